@@ -1,0 +1,3 @@
+"""tcpchatd: a threaded chat-room daemon speaking the Minigamy/TCPchat wire protocol."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,288 @@
+"""The admin channel: codec (both ends) and the Unix-socket admin server.
+
+One JSON object per line each way::
+
+    -> {"v":1,"id":7,"cmd":"kick","args":{"nickname":"bob","reason":"spam"}}\\n
+    <- {"v":1,"id":7,"ok":true,"result":{"kicked":"bob"}}\\n
+    <- {"v":1,"id":7,"ok":false,"error":{"code":"no_such_nickname","message":"..."}}\\n
+
+Access has two layers: the socket file's mode and group (connect() fails with
+EACCES for others), then SO_PEERCRED read before any request: uid 0, the
+daemon's uid or an admin-group member, else `permission_denied`.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import os
+import pwd
+import socket
+import stat
+import struct
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from . import errors
+from .errors import AdminError, StartupError
+
+VERSION = 1
+
+
+# --- codec, used by tcpchatctl and the daemon alike
+
+def encode(obj: dict) -> bytes:
+    return json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8") + b"\n"
+
+
+def request(request_id: int, cmd: str, args: dict | None = None) -> bytes:
+    return encode({"v": VERSION, "id": request_id, "cmd": cmd, "args": args or {}})
+
+
+def reply_ok(request_id: Any, result: Any) -> bytes:
+    return encode({"v": VERSION, "id": request_id, "ok": True, "result": result})
+
+
+def reply_error(request_id: Any, code: str, message: str) -> bytes:
+    return encode({"v": VERSION, "id": request_id, "ok": False,
+                   "error": {"code": code, "message": message}})
+
+
+def parse_request(line: bytes) -> tuple[Any, str, dict]:
+    """(id, cmd, args) of a request line, or AdminError(bad_request)."""
+    try:
+        obj = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise AdminError(errors.BAD_REQUEST, "request is not a JSON line") from None
+    if not isinstance(obj, dict):
+        raise AdminError(errors.BAD_REQUEST, "request is not a JSON object")
+    if obj.get("v") != VERSION:
+        raise AdminError(errors.BAD_REQUEST, f"unsupported protocol version {obj.get('v')!r}")
+    cmd, args = obj.get("cmd"), obj.get("args", {})
+    if not isinstance(cmd, str) or not isinstance(args, dict):
+        raise AdminError(errors.BAD_REQUEST, "request needs a string 'cmd' and object 'args'")
+    return obj.get("id"), cmd, args
+
+
+def parse_reply(line: bytes) -> Any:
+    """The result of a reply line, or AdminError with the daemon's code."""
+    try:
+        obj = json.loads(line.decode("utf-8"))
+        if obj["ok"]:
+            return obj["result"]
+        error = obj["error"]
+        raise AdminError(error["code"], error["message"])
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError):
+        raise AdminError(errors.INTERNAL, "the daemon sent a malformed reply") from None
+
+
+class LineReader:
+    """Reads newline-terminated lines of bounded length from a stream socket."""
+
+    def __init__(self, sock: socket.socket, max_line: int) -> None:
+        self._sock, self._max, self._buf = sock, max_line, b""
+
+    def read_line(self) -> bytes | None:
+        while b"\n" not in self._buf:
+            if len(self._buf) > self._max:
+                raise AdminError(errors.BAD_REQUEST, f"line longer than {self._max} bytes")
+            chunk = self._sock.recv(65536)
+            if not chunk:
+                return None
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        if len(line) > self._max:
+            raise AdminError(errors.BAD_REQUEST, f"line longer than {self._max} bytes")
+        return line
+
+
+def call(path: str, cmd: str, args: dict | None = None, timeout: float = 10.0) -> Any:
+    """One request to the daemon at `path`; OSError when it cannot be reached."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(request(1, cmd, args))
+        line = LineReader(sock, 1 << 24).read_line()
+    if line is None:
+        raise AdminError(errors.INTERNAL, "the daemon closed the connection without a reply")
+    return parse_reply(line)
+
+
+# --- the socket file
+
+def bind_socket(path: str, mode: int, group: str | None) -> socket.socket:
+    """Create the admin socket under a umask (no chmod window); replace a stale one."""
+    directory = os.path.dirname(path) or "."
+    os.makedirs(directory, mode=0o755, exist_ok=True)
+    try:
+        existing = os.lstat(path)
+    except FileNotFoundError:
+        existing = None
+    if existing is not None:
+        if not stat.S_ISSOCK(existing.st_mode):
+            raise StartupError(f"admin socket path {path} exists and is not a socket")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(path)
+        except OSError:
+            os.unlink(path)  # stale: nobody listens on it
+        else:
+            raise StartupError(f"another tcpchatd answers on {path}")
+        finally:
+            probe.close()
+    gid = resolve_group(group) if group else None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old_umask = os.umask(0o777 & ~mode)
+    try:
+        sock.bind(path)
+    except OSError as exc:
+        sock.close()
+        raise StartupError(f"cannot create admin socket {path}: {exc.strerror}") from None
+    finally:
+        os.umask(old_umask)
+    if gid is not None:
+        os.chown(path, -1, gid)
+    sock.listen(64)
+    return sock
+
+
+def resolve_group(group: str) -> int:
+    try:
+        return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
+    except KeyError:
+        raise StartupError(f"admin group {group!r} does not exist") from None
+
+
+@dataclass(frozen=True)
+class Caller:
+    pid: int
+    uid: int
+    gid: int
+
+
+def peer_credentials(conn: socket.socket) -> Caller:
+    pid, uid, gid = struct.unpack("3i", conn.getsockopt(
+        socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+    return Caller(pid, uid, gid)
+
+
+def caller_allowed(caller: Caller, admin_gid: int | None) -> bool:
+    """uid 0, the daemon's own uid, or a member of the admin group (primary or not)."""
+    if caller.uid in (0, os.geteuid()):
+        return True
+    if admin_gid is None:
+        return False
+    if caller.gid == admin_gid:
+        return True
+    try:
+        user = pwd.getpwuid(caller.uid).pw_name
+    except KeyError:
+        return False
+    return admin_gid in os.getgrouplist(user, caller.gid)
+
+
+# --- the server
+
+Command = Callable[[dict, Caller], Any]
+
+
+class AdminServer:
+    """Accepts admin connections; each is served by a short-lived thread."""
+
+    def __init__(self, sock: socket.socket, commands: dict[str, Command], config: Any,
+                 log: Any, owned_path: str | None = None, error_log: Any = None) -> None:
+        self.sock = sock
+        self.commands = commands
+        self.config = config
+        self.log = log
+        self.owned_path = owned_path  # None when systemd passed the socket in
+        self.error_log = error_log
+        self._inode = os.stat(owned_path).st_ino if owned_path else None
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.heartbeat = time.monotonic()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._accept_loop, name="admin", daemon=True)
+        self._thread.start()
+
+    def _accept_loop(self) -> None:
+        self.sock.settimeout(0.5)
+        while not self._stopping.is_set():
+            self.heartbeat = time.monotonic()
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                if self._stopping.is_set():
+                    return
+                time.sleep(0.1)
+                continue
+            threading.Thread(target=self._serve, args=(conn,), daemon=True,
+                             name="admin client").start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(self.config.admin_timeout)
+            caller = peer_credentials(conn)
+            admin_gid = resolve_group(self.config.admin_group) \
+                if self.config.admin_group else None
+            if not caller_allowed(caller, admin_gid):
+                self.log.event("admin_refused", uid=caller.uid, pid=caller.pid)
+                self._send(conn, reply_error(None, errors.PERMISSION_DENIED,
+                                             f"uid {caller.uid} may not use this admin socket"))
+                return
+            reader = LineReader(conn, self.config.admin_max_line)
+            while True:
+                try:
+                    line = reader.read_line()
+                except AdminError as exc:  # over-long line: the stream cannot go on
+                    self._send(conn, reply_error(None, exc.code, exc.message))
+                    return
+                except OSError:  # idle timeout or the caller went away
+                    return
+                if line is None:
+                    return
+                if not self._send(conn, self._dispatch(line, caller)):
+                    return
+
+    def _dispatch(self, line: bytes, caller: Caller) -> bytes:
+        request_id = None
+        try:
+            request_id, cmd, args = parse_request(line)
+            command = self.commands.get(cmd)
+            if command is None:
+                raise AdminError(errors.UNKNOWN_COMMAND, f"unknown command: {cmd}")
+            self.log.event("admin", cmd=cmd, uid=caller.uid, pid=caller.pid)
+            return reply_ok(request_id, command(args, caller))
+        except AdminError as exc:
+            return reply_error(request_id, exc.code, exc.message)
+        except Exception:
+            if self.error_log is not None:
+                self.error_log("internal error in admin command:\n" + traceback.format_exc())
+            return reply_error(request_id, errors.INTERNAL, "internal error (see the daemon's log)")
+
+    @staticmethod
+    def _send(conn: socket.socket, data: bytes) -> bool:
+        try:
+            conn.sendall(data)
+            return True
+        except OSError:
+            return False
+
+    def close(self) -> None:
+        """Stop accepting; remove the socket file only if this daemon created it."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(1.0)
+        self.sock.close()
+        if self.owned_path:
+            try:
+                if os.stat(self.owned_path).st_ino == self._inode:
+                    os.unlink(self.owned_path)
+            except OSError:
+                pass

@@ -1,0 +1,68 @@
+"""The admin command table: who, kick, stats, say (built once, looked up by name)."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from typing import Any
+
+from . import __version__, errors
+from .admin import Caller, Command
+from .errors import AdminError
+from .room import Room
+
+DEFAULT_KICK_REASON = "kicked by an operator"
+
+
+def _string_arg(args: dict, name: str, required: bool = True) -> str | None:
+    value = args.get(name)
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value:
+        raise AdminError(errors.BAD_REQUEST, f"argument {name!r} must be a non-empty string")
+    return value
+
+
+def build(room: Room, server: Any, log: Any) -> dict[str, Command]:
+    """{name: command(args, caller) -> result}; each command reads live state."""
+    started = time.monotonic()
+
+    def who(args: dict, caller: Caller) -> dict:
+        now = time.monotonic()
+        clients = [{
+            "nickname": member.nickname,
+            "address": member.address,
+            "connected": datetime.fromtimestamp(member.connected, timezone.utc)
+                                 .isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "idle_s": round(now - member.last_active, 3),
+            "sent": member.sent,
+            "received": member.received,
+        } for member in room.members()]
+        clients.sort(key=lambda c: c["nickname"].casefold())
+        return {"clients": clients}
+
+    def kick(args: dict, caller: Caller) -> dict:
+        nickname = _string_arg(args, "nickname")
+        reason = _string_arg(args, "reason", required=False) or DEFAULT_KICK_REASON
+        kicked = room.kick(nickname, reason)
+        log.event("kick", nick=kicked, reason=reason, uid=caller.uid, pid=caller.pid)
+        return {"kicked": kicked}
+
+    def stats(args: dict, caller: Caller) -> dict:
+        counters = room.counters
+        return {
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - started, 3),
+            "clients": len(room),
+            "messages": counters.messages,
+            "deliveries": counters.deliveries,
+            "confirms": counters.confirms,
+            "undelivered": counters.undelivered,
+            "send_queue_disconnects": counters.send_queue_disconnects,
+            "log_dropped": log.dropped,
+        }
+
+    def say(args: dict, caller: Caller) -> dict:
+        return {"clients": room.announce(_string_arg(args, "text"))}
+
+    return {"who": who, "kick": kick, "stats": stats, "say": say}

@@ -1,0 +1,285 @@
+"""Every setting of tcpchatd: its name, flag, default, validator and help, in one place.
+
+A setting has a flag (`--kebab-case`), a key of the same name in snake_case in the
+TOML config file, and one default. Precedence: flag > environment (only
+TCPCHATD_ADMIN_SOCKET) > config file > default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_FILE = "/etc/tcpchatd/tcpchatd.toml"
+ADMIN_SOCKET_ENV = "TCPCHATD_ADMIN_SOCKET"
+SYSTEM_ADMIN_SOCKET = "/run/tcpchatd/admin.sock"
+SYSTEM_PID_FILE = "/run/tcpchatd.pid"
+CHAT_PORT = 55555
+
+# RFC 5424 facility codes by name (the subset an operator would choose).
+SYSLOG_FACILITIES = {
+    "user": 1, "daemon": 3, "local0": 16, "local1": 17, "local2": 18, "local3": 19,
+    "local4": 20, "local5": 21, "local6": 22, "local7": 23,
+}
+
+
+# --- value parsers: each takes a flag string or a TOML value, returns the value or raises ValueError
+
+def _int(minimum: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError("expected an integer")
+        number = int(value, 0) if isinstance(value, str) else int(value)
+        if isinstance(value, float) and number != value:
+            raise ValueError("expected an integer")
+        if number < minimum:
+            raise ValueError(f"must be at least {minimum}")
+        return number
+    return parse
+
+
+def _float(minimum: float) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError("expected a number")
+        number = float(value)
+        if not number >= minimum:  # also rejects NaN
+            raise ValueError(f"must be at least {minimum}")
+        return number
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return str(value)
+    return parse
+
+
+def _bool(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("1", "yes", "true", "on"):
+        return True
+    if isinstance(value, str) and value.lower() in ("0", "no", "false", "off"):
+        return False
+    raise ValueError("expected true or false")
+
+
+def _optional_str(value: Any) -> str | None:
+    if not isinstance(value, str):
+        raise ValueError("expected a string")
+    return value or None
+
+
+def _mode(value: Any) -> int:
+    mode = int(value, 8) if isinstance(value, str) else _int(0)(value)
+    if not 0 <= mode <= 0o777:
+        raise ValueError("must be a permission mode such as 0660")
+    return mode
+
+
+def _items(value: Any) -> list[str]:
+    """A TOML list, or flag values that may each hold a comma-separated list."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+        raise ValueError("expected a list of strings")
+    return [item.strip() for v in value for item in v.split(",") if item.strip()]
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """`HOST:PORT` or `[V6]:PORT` -> (host, port)."""
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ValueError(f"{text!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ValueError(f"{text!r}: write an IPv6 address as [ADDR]:PORT")
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ValueError(f"{text!r}: bad port")
+    return host, int(port_text)
+
+
+def _addresses(value: Any) -> tuple[str, ...]:
+    items = _items(value)
+    if not items:
+        raise ValueError("at least one address is needed")
+    for item in items:
+        parse_address(item)
+    return tuple(items)
+
+
+def _networks(value: Any) -> tuple[str, ...]:
+    items = _items(value)
+    for item in items:
+        ipaddress.ip_network(item, strict=False)
+    return tuple(items)
+
+
+def _facility(value: Any) -> str:
+    if value not in SYSLOG_FACILITIES:
+        raise ValueError(f"must be one of {', '.join(SYSLOG_FACILITIES)}")
+    return str(value)
+
+
+def setting(default: Any, help: str, parse: Callable[[Any], Any], *,
+            repeat: bool = False, metavar: str | None = None) -> Any:
+    """Declare one setting: default, help text and parser live together."""
+    return field(default=default, metadata={"help": help, "parse": parse,
+                                            "repeat": repeat, "metavar": metavar})
+
+
+@dataclass(frozen=True)
+class Config:
+    """The daemon's settings; replaced as a whole on reload, never mutated."""
+
+    listen: tuple[str, ...] = setting(
+        (f"127.0.0.1:{CHAT_PORT}",), "chat address HOST:PORT or [V6]:PORT (repeatable); "
+        "unused when systemd passes sockets", _addresses, repeat=True, metavar="ADDR")
+    admin_socket: str | None = setting(
+        None, "admin socket path (default /run/tcpchatd/admin.sock as root, else "
+        "$XDG_RUNTIME_DIR/tcpchatd/admin.sock, else /tmp/tcpchatd-$UID/admin.sock)",
+        _optional_str, metavar="PATH")
+    admin_socket_mode: int = setting(0o660, "admin socket permission mode (octal)", _mode,
+                                     metavar="MODE")
+    admin_group: str | None = setting(None, "group whose members may use the admin socket",
+                                      _optional_str, metavar="GROUP")
+    pid_file: str | None = setting(None, "pid file written with --daemon", _optional_str,
+                                   metavar="PATH")
+    syslog_facility: str = setting("local6", "syslog facility of the traffic log", _facility)
+    syslog_address: str = setting("/dev/log", "syslog socket path", _optional_str,
+                                  metavar="PATH")
+    log_target: str = setting("syslog", "where the traffic log goes", _choice("syslog", "stderr"))
+    log_confirms: str = setting("summary", "'each' logs one line per confirm",
+                                _choice("summary", "each"))
+    log_queue: int = setting(10_000, "log lines queued before lines are dropped", _int(1))
+    max_clients: int = setting(10_000, "most clients connected at once", _int(1))
+    max_per_address: int = setting(16, "most clients from one IP address", _int(1))
+    exempt_addresses: tuple[str, ...] = setting(
+        ("127.0.0.0/8", "::1"), "networks not counted by max_per_address (comma-separated; "
+        "'' for none)", _networks, repeat=True, metavar="NETS")
+    flood_rate: float = setting(20.0, "messages per second per client (0 disables)", _float(0))
+    flood_burst: int = setting(40, "messages a client may send at once", _int(1))
+    send_queue: int = setting(1 << 20, "bytes queued for one client before it is disconnected",
+                              _int(1024))
+    pending_confirms: int = setting(1000, "receipts pending per recipient", _int(1))
+    confirm_timeout: float = setting(30.0, "seconds to wait for receipts", _float(0.01))
+    handshake_timeout: float = setting(10.0, "seconds to send a nickname", _float(0.01))
+    max_text: int = setting(4096, "bytes of message text", _int(1))
+    max_frame: int = setting(65536, "bytes of frame body", _int(64))
+    max_nickname: int = setting(32, "characters of a nickname", _int(1))
+    announce_joins_max: int = setting(1000, "above this many clients joins and leaves are "
+                                      "only logged", _int(0))
+    keepalive: bool = setting(True, "TCP keepalive on client sockets", _bool)
+    shutdown_grace: float = setting(2.0, "seconds to flush clients at shutdown", _float(0))
+    thread_stack: int = setting(256 * 1024, "thread stack size in bytes", _int(32768))
+    admin_max_line: int = setting(65536, "bytes of one admin request line", _int(256))
+    admin_timeout: float = setting(60.0, "seconds an idle admin connection stays open",
+                                   _float(0.01))
+
+    def listen_addresses(self) -> list[tuple[str, int]]:
+        return [parse_address(text) for text in self.listen]
+
+    def admin_socket_path(self) -> str:
+        return self.admin_socket or default_admin_socket()
+
+    def pid_file_path(self) -> str:
+        if self.pid_file:
+            return self.pid_file
+        if os.geteuid() == 0:
+            return SYSTEM_PID_FILE
+        return os.path.join(os.path.dirname(default_admin_socket()), "tcpchatd.pid")
+
+
+SETTINGS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def default_admin_socket(environ: Mapping[str, str] | None = None) -> str:
+    """The path the daemon binds when no admin_socket is set."""
+    environ = os.environ if environ is None else environ
+    if os.geteuid() == 0:
+        return SYSTEM_ADMIN_SOCKET
+    runtime = environ.get("XDG_RUNTIME_DIR")
+    if runtime:
+        return os.path.join(runtime, "tcpchatd", "admin.sock")
+    return f"/tmp/tcpchatd-{os.geteuid()}/admin.sock"
+
+
+def add_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:
+    """Add `--config` and one flag per setting; unset flags stay None."""
+    parser.add_argument("--config", metavar="PATH",
+                        help=f"TOML config file (default {DEFAULT_CONFIG_FILE} if it exists)")
+    for name, f in SETTINGS.items():
+        if only is not None and name not in only:
+            continue
+        flag = "--" + name.replace("_", "-")
+        meta = f.metadata
+        help_text = f"{meta['help']} (default: {_show(f.default)})"
+        if meta["parse"] is _bool:
+            parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
+                                default=None, help=help_text)
+        else:
+            parser.add_argument(flag, dest=name, default=None, help=help_text,
+                                metavar=meta["metavar"] or name.upper(),
+                                action="append" if meta["repeat"] else "store")
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value) or "none"
+    return "computed" if value is None else str(value)
+
+
+def read_file(path: str | None) -> dict[str, Any]:
+    """The TOML file's keys; a missing default file is empty, a missing explicit one an error."""
+    if path is None:
+        if not os.path.exists(DEFAULT_CONFIG_FILE):
+            return {}
+        path = DEFAULT_CONFIG_FILE
+    try:
+        with open(path, "rb") as fh:
+            return tomllib.load(fh)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path}: {exc}") from None
+
+
+def build(file_values: Mapping[str, Any], flag_values: Mapping[str, Any] | None = None,
+          environ: Mapping[str, str] | None = None, source: str = "config file") -> Config:
+    """Merge default < file < environment < flags and validate every value."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for key, raw in file_values.items():
+        if key not in SETTINGS:
+            raise ConfigError(f"{source}: unknown setting {key!r}")
+        values[key] = _parse(key, raw, source)
+    if environ.get(ADMIN_SOCKET_ENV):
+        values["admin_socket"] = _parse("admin_socket", environ[ADMIN_SOCKET_ENV], ADMIN_SOCKET_ENV)
+    for key, raw in (flag_values or {}).items():
+        if raw is not None and key in SETTINGS:
+            values[key] = _parse(key, raw, "--" + key.replace("_", "-"))
+    return Config(**values)
+
+
+def _parse(key: str, raw: Any, source: str) -> Any:
+    try:
+        return SETTINGS[key].metadata["parse"](raw)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{source}: bad value for {key}: {raw!r} ({exc})") from None
+
+
+def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:
+    """The Config for parsed command-line flags (reads the config file they name)."""
+    return build(read_file(args.config), vars(args), environ,
+                 source=args.config or DEFAULT_CONFIG_FILE)

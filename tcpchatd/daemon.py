@@ -1,0 +1,213 @@
+"""`tcpchatd`: main(argv) -> sockets -> servers -> READY -> signal loop -> stop."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import time
+from collections import deque
+
+from . import __version__, admin, commands, config as config_module, pidfile, systemd
+from .config import Config
+from .errors import ConfigError, StartupError
+from .room import Room
+from .server import ACCEPT_TICK, ChatServer, bind_listener, describe
+from .trafficlog import TrafficLog
+
+TICK = 0.25                 # main loop period: receipts expire, late closes are reaped
+ROOM_PROBE_TIMEOUT = 1.0    # the watchdog's bound on taking the room lock
+# Settings a reload does not change: sockets stay as they were bound.
+FIXED_ON_RELOAD = ("listen", "admin_socket", "admin_socket_mode", "pid_file", "thread_stack")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tcpchatd", description="Chat-room daemon (Minigamy/TCPchat wire protocol).")
+    parser.add_argument("--version", action="version", version=f"tcpchatd {__version__}")
+    parser.add_argument("--daemon", action="store_true",
+                        help="detach and write a pid file (for running by hand without systemd)")
+    config_module.add_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    try:
+        config = config_module.from_args(args)
+    except ConfigError as exc:
+        print(f"tcpchatd: {exc.message}", file=sys.stderr)
+        return 2
+    try:
+        return Daemon(config, args).run()
+    except StartupError as exc:
+        print(f"tcpchatd: {exc.message}", file=sys.stderr)
+        return 1
+
+
+def _error_log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+class Daemon:
+    """Owns the sockets, servers and main loop of one daemon process."""
+
+    def __init__(self, config: Config, args: argparse.Namespace) -> None:
+        self.config = config
+        self.args = args
+        self._signals: deque[int] = deque()
+
+    def run(self) -> int:
+        threading.stack_size(self.config.thread_stack)
+        try:
+            inherited = systemd.listen_fds()
+        except systemd.InheritedSocketError as exc:
+            raise StartupError(str(exc)) from None
+        chat_sockets = [sock for name, sock in inherited if name != "admin"]
+        admin_sockets = [sock for name, sock in inherited if name == "admin"]
+        if self.args.daemon and not systemd.under_service_manager():
+            pidfile.check(self.config.pid_file_path())
+        if not chat_sockets:
+            chat_sockets = [bind_listener(host, port)
+                            for host, port in self.config.listen_addresses()]
+        owned_admin_path = None
+        if admin_sockets:
+            admin_socket = admin_sockets[0]
+        else:
+            owned_admin_path = self.config.admin_socket_path()
+            admin_socket = admin.bind_socket(owned_admin_path, self.config.admin_socket_mode,
+                                             self.config.admin_group)
+        pid_path = self._detach([*chat_sockets, admin_socket]) if self.args.daemon else None
+        try:
+            return self._serve(chat_sockets, admin_socket, owned_admin_path)
+        finally:
+            if pid_path:
+                pidfile.remove(pid_path)
+
+    def _detach(self, sockets: list[socket.socket]) -> str | None:
+        """Daemonize with python-daemon, keeping the listening sockets; the pid file path."""
+        if systemd.under_service_manager():
+            print("tcpchatd: a service manager runs this process: --daemon does not fork",
+                  file=sys.stderr, flush=True)
+            return None
+        import daemon as python_daemon  # python-daemon; only needed here
+        path = self.config.pid_file_path()
+        context = python_daemon.DaemonContext(
+            files_preserve=[sock.fileno() for sock in sockets], working_directory="/",
+            umask=0o022, signal_map={}, detach_process=True)
+        context.open()
+        pidfile.write(path)
+        return path
+
+    def _serve(self, chat_sockets: list[socket.socket], admin_socket: socket.socket,
+               owned_admin_path: str | None) -> int:
+        config = self.config
+        log = TrafficLog(config.log_target, config.syslog_address, config.syslog_facility,
+                         config.log_queue)
+        log.start()
+        self.log = log
+        room = Room(config, log)
+        server = ChatServer(chat_sockets, room, log, config, error_log=_error_log)
+        admin_server = admin.AdminServer(
+            admin_socket, commands.build(room, server, log), config, log,
+            owned_path=owned_admin_path, error_log=_error_log)
+        self.room, self.server, self.admin_server = room, server, admin_server
+        wakeup_read = self._install_signals()
+        server.start()
+        admin_server.start()
+        notifier = systemd.Notifier()
+        watchdog = systemd.Watchdog(notifier, systemd.watchdog_interval(), [
+            lambda: server.accepting(max_age=8 * ACCEPT_TICK),
+            lambda: now_fresh(admin_server.heartbeat, 8 * ACCEPT_TICK),
+            lambda: room.probe(ROOM_PROBE_TIMEOUT),
+        ])
+        listening = ", ".join(server.addresses())
+        log.event("start", version=__version__, listen=listening)
+        notifier.ready(self._status())
+        print(f"tcpchatd {__version__}: listening on {listening}; admin socket "
+              f"{owned_admin_path or 'from systemd'}", file=sys.stderr, flush=True)
+        try:
+            while True:
+                select.select([wakeup_read], [], [], TICK)
+                try:
+                    os.read(wakeup_read, 512)
+                except BlockingIOError:
+                    pass
+                if self._handle_signals(notifier):
+                    break
+                room.expire()
+                server.reap()
+                watchdog.tick()
+                notifier.status(self._status())
+        finally:
+            notifier.stopping()
+            log.event("stop")
+            server.shutdown(self.config.shutdown_grace)
+            server.close_listeners()
+            admin_server.close()
+            log.close()
+        return 0
+
+    def _status(self) -> str:
+        count = len(self.room)
+        noun = "client" if count == 1 else "clients"
+        return f"{count} {noun}; listening on {', '.join(self.server.addresses())}"
+
+    # --- signals: the handlers only enqueue; this thread acts
+
+    def _install_signals(self) -> int:
+        read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        signal.set_wakeup_fd(write_fd)
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            signal.signal(signum, self._enqueue_signal)
+        return read_fd
+
+    def _enqueue_signal(self, signum: int, frame: object) -> None:
+        self._signals.append(signum)
+
+    def _handle_signals(self, notifier: systemd.Notifier) -> bool:
+        """Act on queued signals; True when the daemon should stop."""
+        while self._signals:
+            signum = self._signals.popleft()
+            if signum == signal.SIGHUP:
+                self.handle_hup(notifier)
+            else:
+                return True
+        return False
+
+    def handle_hup(self, notifier: systemd.Notifier) -> None:
+        """Re-read the config file; an invalid one keeps the running settings."""
+        notifier.reloading()
+        try:
+            new = config_module.from_args(self.args)
+        except ConfigError as exc:
+            self.log.event("reload", ok="no", error=exc.message)
+            notifier.ready(f"reload failed, running settings kept: {exc.message}")
+            return
+        new = dataclasses.replace(new, **{name: getattr(self.config, name)
+                                          for name in FIXED_ON_RELOAD})
+        self.config = new
+        self.server.config = new
+        self.admin_server.config = new
+        self.log.reconfigure(new.log_target, new.syslog_address, new.syslog_facility,
+                             new.log_queue)
+        self.log.event("reload", ok="yes")
+        notifier.ready(self._status())
+
+
+def now_fresh(beat: float, max_age: float) -> bool:
+    return time.monotonic() - beat <= max_age
+
+
+def main_exit() -> None:
+    """Console-script entry point."""
+    sys.exit(main())

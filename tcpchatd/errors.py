@@ -1,0 +1,79 @@
+"""Error codes shared by the boundaries.
+
+Errors carry a code (a short stable word) and a human message; they are turned
+into wire frames, admin replies or CLI lines only at the boundary that meets
+the peer (session.py, admin.py, ctl.py, daemon.py).
+"""
+
+from __future__ import annotations
+
+# Chat protocol errors (sent in `system` frames with event "error").
+BAD_HEADER = "bad_header"
+FRAME_TOO_LARGE = "frame_too_large"
+BAD_UTF8 = "bad_utf8"
+BAD_JSON = "bad_json"
+NOT_AN_OBJECT = "not_an_object"
+UNKNOWN_TYPE = "unknown_type"
+BAD_UUID = "bad_uuid"
+TEXT_TOO_LONG = "text_too_long"
+UNKNOWN_UUID = "unknown_uuid"
+FLOOD = "flood"
+NICKNAME_TAKEN = "nickname_taken"
+NICKNAME_INVALID = "nickname_invalid"
+HANDSHAKE_TIMEOUT = "handshake_timeout"
+SERVER_FULL = "server_full"
+ADDRESS_LIMIT = "address_limit"
+SEND_QUEUE_EXCEEDED = "send_queue_exceeded"
+
+# Codes after which the byte stream cannot be resynchronised.
+FATAL_PROTOCOL_CODES = frozenset({BAD_HEADER, FRAME_TOO_LARGE})
+
+# Admin protocol errors.
+BAD_REQUEST = "bad_request"
+UNKNOWN_COMMAND = "unknown_command"
+NO_SUCH_NICKNAME = "no_such_nickname"
+PERMISSION_DENIED = "permission_denied"
+INTERNAL = "internal"
+
+
+class CodedError(Exception):
+    """An error with a stable code and a human-readable message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ProtocolError(CodedError):
+    """The peer sent something the chat protocol does not allow."""
+
+    def __init__(self, code: str, message: str, uuid: str | None = None) -> None:
+        super().__init__(code, message)
+        self.uuid = uuid  # the message that caused it, echoed back to the sender
+
+    @property
+    def fatal(self) -> bool:
+        """True when the connection must be closed after reporting it."""
+        return self.code in FATAL_PROTOCOL_CODES
+
+
+class AdminError(CodedError):
+    """An admin request failed; the code goes back to tcpchatctl."""
+
+
+class ConfigError(CodedError):
+    """A setting is unknown or has a bad value (startup exit status 2)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("config", message)
+
+
+class StartupError(CodedError):
+    """The daemon cannot start: a port in use, a bad inherited fd, a live pid file."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("startup", message)

@@ -1,0 +1,264 @@
+"""One chat client: handshake, reader loop, bounded writer, flood limit.
+
+Two threads per client: the reader (handshake, then frames) and the writer,
+which drains a queue bounded in bytes. Frames for a client are only ever
+queued (deliver), so a client that stops reading delays nobody: past the
+bound it is disconnected with reason `send_queue_exceeded`.
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from . import errors, protocol
+from .errors import ProtocolError
+from .protocol import ChatMessage, FrameReader, PeerClosedMidFrame
+
+if TYPE_CHECKING:
+    from .server import ChatServer
+
+NICKNAME_ATTEMPTS = 3
+FLOOD_STRIKES = 3          # dropped messages ...
+FLOOD_STRIKE_WINDOW = 10.0  # ... within this many seconds disconnect
+
+
+class Session:
+    """A connected client; a room Member once its nickname is accepted."""
+
+    def __init__(self, sock: socket.socket, address: tuple, server: ChatServer) -> None:
+        self.sock = sock
+        self.server = server
+        self.room = server.room
+        self.log = server.log
+        self.ip = address[0]
+        self.address = (f"[{address[0]}]:{address[1]}" if ":" in address[0]
+                        else f"{address[0]}:{address[1]}")
+        self.nickname: str | None = None
+        self.joined = False
+        self.connected = time.time()
+        self.last_active = time.monotonic()
+        self.sent = 0       # messages this client sent
+        self.received = 0   # messages delivered to this client
+        self.close_deadline: float | None = None
+        self._out: collections.deque[bytes] = collections.deque()
+        self._out_bytes = 0
+        self._out_cond = threading.Condition(threading.Lock())
+        self._closing = False
+        self._tokens: float | None = None  # the bucket starts full
+        self._tokens_at = 0.0
+        self._flood_strikes: collections.deque[float] = collections.deque()
+        self._writer = threading.Thread(target=self._write_loop, daemon=True,
+                                        name=f"writer {self.address}")
+        self._reader = threading.Thread(target=self._run, daemon=True,
+                                        name=f"reader {self.address}")
+
+    @property
+    def config(self):
+        return self.server.config
+
+    def start(self) -> None:
+        self._reader.start()
+
+    def join_threads(self, timeout: float) -> None:
+        self._reader.join(timeout)
+
+    # --- outbound: any thread may call these
+
+    def deliver(self, frame: bytes, chat: bool = False) -> None:
+        """Queue a frame; a client whose queue is over the bound is disconnected."""
+        with self._out_cond:
+            if self._closing:
+                return
+            if self._out_bytes + len(frame) <= self.config.send_queue:
+                self._out.append(frame)
+                self._out_bytes += len(frame)
+                if chat:
+                    self.received += 1
+                if len(self._out) == 1:
+                    self._out_cond.notify()
+                return
+        self.room.counters.send_queue_disconnects += 1
+        self.close(errors.SEND_QUEUE_EXCEEDED, protocol.error_frame(
+            errors.SEND_QUEUE_EXCEEDED, "you are not reading: disconnected"), drop_queue=True)
+
+    def close(self, reason: str, final_frame: bytes | None = None,
+              detail: str | None = None, drop_queue: bool = False) -> None:
+        """Leave the room and disconnect once; final_frame is flushed first (bounded)."""
+        with self._out_cond:
+            if self._closing:
+                return
+            self._closing = True
+            if drop_queue:  # what a stalled client never read is freed at once
+                self._out.clear()
+                self._out_bytes = 0
+            if final_frame is not None:
+                self._out.append(final_frame)
+            self._out_cond.notify()
+        if final_frame is None:
+            self.shutdown_socket()
+        else:  # the server's reaper shuts it down if the flush takes too long
+            self.close_deadline = time.monotonic() + self.config.shutdown_grace
+        if self.joined:
+            self.log.event("leave", nick=self.nickname, reason=reason)
+            self.room.leave(self, reason, detail)
+
+    def shutdown_socket(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._out_bytes
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._out_cond:
+                while not self._out and not self._closing:
+                    self._out_cond.wait()
+                if not self._out:
+                    break
+                frames = list(self._out)
+                self._out.clear()
+            data = b"".join(frames)  # one send per wake-up, however many frames
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                break
+            with self._out_cond:
+                self._out_bytes = max(0, self._out_bytes - len(data))
+        with self._out_cond:
+            closing = self._closing
+        if closing:
+            self.shutdown_socket()
+
+    # --- reader thread
+
+    def _run(self) -> None:
+        reason = "error"
+        try:
+            self._configure_socket()
+            self._writer.start()
+            reader = self._handshake()
+            if reader is not None:
+                reason = self._serve(reader)
+        except OSError:
+            reason = "error"
+        except Exception:  # never die silently: log the traceback, disconnect this client only
+            self.server.handle_error(self)
+            reason = "error"
+        finally:
+            self.close(reason)
+            if self._writer.is_alive():
+                self._writer.join()
+            self.sock.close()
+            self.server.session_ended(self)
+
+    def _configure_socket(self) -> None:
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.config.keepalive:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6)
+
+    def _handshake(self) -> FrameReader | None:
+        """Ask for a nickname up to three times; the reader for the frame stream, or None."""
+        deadline = time.monotonic() + self.config.handshake_timeout
+        self.deliver(protocol.NICKNAME_PROMPT)
+        for attempt in range(1, NICKNAME_ATTEMPTS + 1):
+            try:
+                self.sock.settimeout(max(0.001, deadline - time.monotonic()))
+                data = self.sock.recv(protocol.RECV_SIZE)
+            except TimeoutError:
+                self.log.event("protocol_error", addr=self.address, code=errors.HANDSHAKE_TIMEOUT)
+                self.close("timeout", protocol.error_frame(
+                    errors.HANDSHAKE_TIMEOUT, "no nickname was sent in time"))
+                return None
+            if not data:
+                return None
+            raw, rest = protocol.take_nickname(data)
+            try:
+                self.room.join(self, protocol.check_nickname(raw, self.config.max_nickname))
+            except ProtocolError as exc:
+                self.nickname = None
+                self.log.event("nick_rejected", addr=self.address,
+                               nick=raw.decode("utf-8", "replace"), code=exc.code)
+                if attempt == NICKNAME_ATTEMPTS:
+                    self.close("error", protocol.error_frame(
+                        exc.code, f"{exc.message}; too many attempts, closing"))
+                    return None
+                self.deliver(protocol.error_frame(exc.code, exc.message))
+                self.deliver(protocol.NICKNAME_PROMPT)
+                continue
+            self.joined = True
+            self.sock.settimeout(None)
+            self.log.event("join", nick=self.nickname, addr=self.address)
+            return FrameReader(self.sock.recv, rest)
+        return None
+
+    def _serve(self, reader: FrameReader) -> str:
+        """Read frames until the client leaves; returns the leave reason."""
+        while True:
+            config = self.config
+            try:
+                body = reader.next_body(config.max_frame)
+                if body is None:
+                    return "quit"
+                self.last_active = time.monotonic()
+                frame = protocol.parse_client_frame(body, config.max_text)
+                if isinstance(frame, ChatMessage):
+                    self._on_message(frame)
+                else:
+                    self.room.confirm(self, frame.uuid)
+            except PeerClosedMidFrame:
+                return "error"
+            except ProtocolError as exc:
+                self.log.event("protocol_error", nick=self.nickname, addr=self.address,
+                               code=exc.code)
+                report = protocol.error_frame(exc.code, exc.message, exc.uuid)
+                if exc.fatal:
+                    self.close("error", report)
+                    return "error"
+                self.deliver(report)
+            if self._closing:
+                return "error"
+
+    def _on_message(self, message: ChatMessage) -> None:
+        if not self._take_token():
+            self.log.event("flood", nick=self.nickname, uuid=message.uuid)
+            now = time.monotonic()
+            self._flood_strikes.append(now)
+            while self._flood_strikes[0] < now - FLOOD_STRIKE_WINDOW:
+                self._flood_strikes.popleft()
+            if len(self._flood_strikes) >= FLOOD_STRIKES:
+                self.close("flood", protocol.error_frame(
+                    errors.FLOOD, "too many messages: disconnected", message.uuid))
+            else:
+                self.deliver(protocol.error_frame(
+                    errors.FLOOD, "too many messages: this one was dropped", message.uuid))
+            return
+        self.room.message(self, message.uuid, message.text)
+        self.sent += 1
+
+    def _take_token(self) -> bool:
+        """Token bucket: flood_rate per second, up to flood_burst at once."""
+        rate = self.config.flood_rate
+        if rate == 0:
+            return True
+        now = time.monotonic()
+        burst = self.config.flood_burst
+        if self._tokens is None:
+            self._tokens = float(burst)
+        else:
+            self._tokens = min(burst, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False

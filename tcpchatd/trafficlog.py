@@ -1,0 +1,184 @@
+"""The traffic log: one `EVENT key=value ...` line per event, sent to syslog.
+
+Callers never wait on syslog: `event()` puts the event on a bounded queue and
+returns; one writer thread formats and sends the lines. When syslog is slow,
+absent or restarting, the writer holds its line and retries, the queue fills,
+and events beyond its bound are dropped and counted; a `log_dropped count=N`
+line follows as soon as syslog takes lines again.
+
+Imports nothing of the package (one OS concern per module).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import socket
+import sys
+import threading
+from typing import Any, TextIO
+
+MAX_LINE = 8000  # rsyslog's default message limit is 8 KiB, header included
+FACILITIES = {
+    "user": 1, "daemon": 3, "local0": 16, "local1": 17, "local2": 18, "local3": 19,
+    "local4": 20, "local5": 21, "local6": 22, "local7": 23,
+}
+SEVERITY_INFO = 6
+
+_BARE = re.compile(r"[A-Za-z0-9._:@/+-]+\Z")
+# JSON leaves these unescaped with ensure_ascii=False; none may reach the log.
+_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_STOP = object()
+
+
+def format_value(value: Any) -> str:
+    """A value bare when it is safe, else as a JSON string with every control char escaped."""
+    text = value if isinstance(value, str) else str(value)
+    if _BARE.match(text):
+        return text
+    quoted = json.dumps(text, ensure_ascii=False)
+    return _UNSAFE.sub(lambda m: "\\u%04x" % ord(m.group()), quoted)
+
+
+def format_line(event: str, fields: dict[str, Any], limit: int = MAX_LINE) -> str:
+    """`EVENT k=v ...`, cut to `limit` bytes by shortening the longest value."""
+    parts = {key: format_value(value) for key, value in fields.items() if value is not None}
+    line = _join(event, parts)
+    if len(line.encode("utf-8")) <= limit:
+        return line
+    longest = max(parts, key=lambda key: len(parts[key]))
+    raw = fields[longest] if isinstance(fields[longest], str) else str(fields[longest])
+    parts["truncated"] = "yes"
+    low, high = 0, len(raw)
+    while low < high:  # the longest prefix of the raw value whose line still fits
+        mid = (low + high + 1) // 2
+        parts[longest] = format_value(raw[:mid])
+        if len(_join(event, parts).encode("utf-8")) <= limit:
+            low = mid
+        else:
+            high = mid - 1
+    parts[longest] = format_value(raw[:low])
+    return _join(event, parts)
+
+
+def _join(event: str, parts: dict[str, str]) -> str:
+    return " ".join([event, *(f"{key}={value}" for key, value in parts.items())])
+
+
+class TrafficLog:
+    """Asynchronous event log to a syslog socket (or stderr)."""
+
+    def __init__(self, target: str = "syslog", address: str = "/dev/log",
+                 facility: str = "local6", queue_size: int = 10_000,
+                 ident: str = "tcpchatd", stderr: TextIO | None = None) -> None:
+        self.target = target
+        self.address = address
+        self.facility = facility
+        self.queue_size = queue_size
+        self.ident = ident
+        self._stderr = stderr or sys.stderr
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._sock: socket.socket | None = None
+        self._connected_address: str | None = None
+        self._drop_lock = threading.Lock()
+        self.dropped = 0            # every event ever dropped (stats)
+        self._unreported = 0        # dropped since the last log_dropped line
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def reconfigure(self, target: str, address: str, facility: str, queue_size: int) -> None:
+        """Apply new log settings (reload); the writer reconnects when the address changed."""
+        self.target, self.address = target, address
+        self.facility, self.queue_size = facility, queue_size
+
+    def start(self) -> None:
+        """Start the writer; warn once on stderr when syslog cannot be reached now."""
+        if self.target == "syslog" and not self._connect():
+            print(f"tcpchatd: warning: syslog at {self.address} cannot be reached; "
+                  "the chat runs on and log lines wait for it (dropped beyond the queue)",
+                  file=self._stderr, flush=True)
+        self._thread = threading.Thread(target=self._run, name="trafficlog", daemon=True)
+        self._thread.start()
+
+    def event(self, name: str, **fields: Any) -> None:
+        """Queue one event; never blocks. Over the bound the event is dropped and counted."""
+        if self._queue.qsize() >= self.queue_size:
+            with self._drop_lock:
+                self.dropped += 1
+                self._unreported += 1
+            return
+        self._queue.put((name, fields))
+
+    def close(self, timeout: float = 1.0) -> None:
+        """Flush what is queued for at most `timeout` seconds, then stop the writer."""
+        self._queue.put(_STOP)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(1.0)
+        if self._sock is not None:
+            self._sock.close()
+
+    # --- writer thread
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            name, fields = item
+            if not self._deliver(format_line(name, fields)):
+                return
+            if self._unreported:
+                with self._drop_lock:
+                    count, self._unreported = self._unreported, 0
+                self._deliver(format_line("log_dropped", {"count": count}))
+
+    def _deliver(self, line: str) -> bool:
+        """Send one line, retrying with backoff until it goes or the log is closed."""
+        backoff = 0.05
+        while not self._stopping.is_set():
+            if self._emit(line):
+                return True
+            self._stopping.wait(backoff)
+            backoff = min(backoff * 2, 1.0)
+        return False
+
+    def _emit(self, line: str) -> bool:
+        if self.target == "stderr":
+            try:
+                self._stderr.write(line + "\n")
+                self._stderr.flush()
+                return True
+            except (OSError, ValueError):
+                return False
+        if self._connected_address != self.address and not self._connect():
+            return False
+        priority = FACILITIES[self.facility] * 8 + SEVERITY_INFO
+        data = f"<{priority}>{self.ident}[{os.getpid()}]: {line}".encode("utf-8", "replace")
+        try:
+            self._sock.send(data)
+            return True
+        except OSError:
+            self._disconnect()
+            return False
+
+    def _connect(self) -> bool:
+        self._disconnect()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.settimeout(1.0)  # a stuck syslog delays only this thread, and never forever
+        try:
+            sock.connect(self.address)
+        except OSError:
+            sock.close()
+            return False
+        self._sock, self._connected_address = sock, self.address
+        return True
+
+    def _disconnect(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+        self._sock, self._connected_address = None, None

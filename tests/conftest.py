@@ -1,0 +1,225 @@
+"""Fixtures: in-process chat servers on port 0, real daemon subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from rawclient import RawClient  # noqa: E402
+
+from tcpchatd.config import Config  # noqa: E402
+from tcpchatd.room import Room  # noqa: E402
+from tcpchatd.server import ChatServer, bind_listener  # noqa: E402
+
+
+class RecordingLog:
+    """Collects traffic-log events in memory for in-process tests."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict]] = []
+        self.dropped = 0
+
+    def event(self, name: str, **fields) -> None:
+        self.events.append((name, fields))
+
+    def named(self, name: str) -> list[dict]:
+        return [fields for event, fields in list(self.events) if event == name]
+
+
+@dataclass
+class ChatHandle:
+    server: ChatServer
+    room: Room
+    log: RecordingLog
+    port: int
+    tracebacks: list = field(default_factory=list)
+    clients: list = field(default_factory=list)
+
+    def client(self, nickname: str | None = None, **kwargs) -> RawClient:
+        client = RawClient(self.port, **kwargs)
+        self.clients.append(client)
+        if nickname is not None:
+            client.join(nickname)
+        return client
+
+
+@pytest.fixture
+def chat():
+    """make(**settings) -> a running in-process server (room, accept loops, ticker)."""
+    handles: list[ChatHandle] = []
+    stop = threading.Event()
+
+    def make(**settings) -> ChatHandle:
+        config = Config(listen=("127.0.0.1:0",), **settings)
+        log = RecordingLog()
+        room = Room(config, log)
+        listener = bind_listener("127.0.0.1", 0)
+        handle = ChatHandle(None, room, log, listener.getsockname()[1])
+        server = ChatServer([listener], room, log, config, error_log=handle.tracebacks.append)
+        handle.server = server
+        server.start()
+
+        def tick() -> None:  # what the daemon's main loop does
+            while not stop.wait(0.05):
+                room.expire()
+                server.reap()
+        threading.Thread(target=tick, daemon=True).start()
+        handles.append(handle)
+        return handle
+
+    yield make
+    stop.set()
+    for handle in handles:
+        for client in handle.clients:
+            client.close()
+        handle.server.shutdown(0.5)
+        handle.server.close_listeners()
+        assert handle.tracebacks == [], "a handler thread died with a traceback"
+
+
+@pytest.fixture
+def short_tmp():
+    """A short temp dir (AF_UNIX paths are limited to 108 bytes), world-traversable."""
+    path = tempfile.mkdtemp(prefix="tcd", dir="/tmp")
+    os.chmod(path, 0o755)
+    yield path
+    subprocess.run(["rm", "-rf", path], check=False)
+
+
+class DaemonProcess:
+    """A real `python -m tcpchatd` subprocess whose readiness comes from our NOTIFY_SOCKET."""
+
+    def __init__(self, workdir: str, args: list[str], env: dict | None = None,
+                 pass_fds: tuple = (), preexec=None) -> None:
+        self.notify_path = os.path.join(workdir, f"notify-{time.monotonic_ns()}")
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(self.notify_path)
+        self.notify.settimeout(10)
+        self.messages: list[str] = []
+        full_env = dict(os.environ, NOTIFY_SOCKET=self.notify_path, PYTHONUNBUFFERED="1")
+        full_env.pop("INVOCATION_ID", None)
+        full_env.update(env or {})
+        self.stderr_path = os.path.join(workdir, f"stderr-{time.monotonic_ns()}")
+        self._stderr = open(self.stderr_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tcpchatd", *args], env=full_env, stderr=self._stderr,
+            stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, pass_fds=pass_fds,
+            start_new_session=True, preexec_fn=preexec)
+
+    def wait_notify(self, prefix: str, timeout: float = 10.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            for message in self.messages:
+                if any(line.startswith(prefix) for line in message.splitlines()):
+                    return message
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or self.proc.poll() is not None and not self._pending():
+                raise AssertionError(f"no {prefix} from the daemon; stderr: {self.stderr()}")
+            self.notify.settimeout(min(remaining, 0.2))
+            try:
+                self.messages.append(self.notify.recv(4096).decode())
+            except TimeoutError:
+                pass
+
+    def _pending(self) -> bool:
+        self.notify.setblocking(False)
+        try:
+            self.messages.append(self.notify.recv(4096).decode())
+            return True
+        except BlockingIOError:
+            return False
+        finally:
+            self.notify.setblocking(True)
+
+    def drain_notify(self) -> list[str]:
+        while self._pending():
+            pass
+        return self.messages
+
+    def ready(self) -> "DaemonProcess":
+        self.wait_notify("READY=1")
+        return self
+
+    def stderr(self) -> str:
+        with open(self.stderr_path, "rb") as fh:
+            return fh.read().decode("utf-8", "replace")
+
+    def signal(self, signum: int) -> None:
+        self.proc.send_signal(signum)
+
+    def stop(self, timeout: float = 10.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(5)
+        self._stderr.close()
+        self.notify.close()
+
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.proc.pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise AssertionError("no VmRSS")
+
+
+def free_port_socket() -> socket.socket:
+    """A bound, listening socket on an ephemeral loopback port (passed to a daemon)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    return sock
+
+
+@pytest.fixture
+def daemon_factory(short_tmp):
+    """start(*args) -> a ready DaemonProcess listening on an ephemeral port."""
+    started: list[DaemonProcess] = []
+
+    def start(*args: str, env: dict | None = None, wait_ready: bool = True,
+              listen: bool = True) -> DaemonProcess:
+        extra = list(args)
+        if "--admin-socket" not in extra:
+            extra += ["--admin-socket", os.path.join(short_tmp, f"a{len(started)}.sock")]
+        if "--log-target" not in extra and "--syslog-address" not in extra:
+            extra += ["--log-target", "stderr"]
+        if listen and not any(a.startswith("--listen") for a in extra):
+            extra += ["--listen", "127.0.0.1:0"]
+        daemon = DaemonProcess(short_tmp, extra, env)
+        started.append(daemon)
+        if wait_ready:
+            daemon.ready()
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.kill()
+
+
+def status_port(daemon: DaemonProcess) -> int:
+    """The chat port from the daemon's READY status line."""
+    message = daemon.wait_notify("READY=1")
+    status = [line for line in message.splitlines() if line.startswith("STATUS=")][0]
+    return int(status.rsplit(":", 1)[1].split(",")[0])

@@ -1,0 +1,107 @@
+"""A chat client written from DESIGN.md alone, speaking like the original client.
+
+It must not import the package: an encoding bug shared by both ends would
+cancel itself out. Raw nickname without a newline, 10-byte headers padded
+with spaces (`f"{len:<10}"`), the nickname already inside `message`.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+import uuid
+
+HEADER = 10
+PROMPT = b"_nickname_"
+
+
+def frame(obj) -> bytes:
+    body = json.dumps(obj).encode("utf-8")
+    return f"{len(body):<{HEADER}}".encode("ascii") + body
+
+
+class RawClient:
+    def __init__(self, port: int, host: str = "127.0.0.1", timeout: float = 5.0,
+                 rcvbuf: int | None = None) -> None:
+        self.sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        if rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect((host, port))
+        self.nickname: str | None = None
+
+    # --- bytes
+
+    def recv_exact(self, size: int) -> bytes:
+        data = b""
+        while len(data) < size:
+            chunk = self.sock.recv(size - len(data))
+            if not chunk:
+                raise EOFError(f"closed after {len(data)} of {size} bytes: {data!r}")
+            data += chunk
+        return data
+
+    def send_raw(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def read_item(self):
+        """The next frame as a dict, or the bytes b'_nickname_'."""
+        header = self.recv_exact(HEADER)
+        if header == PROMPT:
+            return PROMPT
+        return json.loads(self.recv_exact(int(header.decode("ascii").strip())).decode("utf-8"))
+
+    def read(self) -> dict:
+        item = self.read_item()
+        assert item != PROMPT, "unexpected _nickname_"
+        return item
+
+    def read_until(self, predicate, limit: int = 100000) -> dict:
+        for _ in range(limit):
+            item = self.read_item()
+            if item != PROMPT and predicate(item):
+                return item
+        raise AssertionError("no matching frame")
+
+    def closed(self, timeout: float = 5.0) -> bool:
+        """True when the server closes the connection (after draining what it sent)."""
+        self.sock.settimeout(timeout)
+        try:
+            while self.sock.recv(65536):
+                pass
+        except (ConnectionResetError, BrokenPipeError):
+            pass
+        return True
+
+    # --- chat
+
+    def join(self, nickname: str) -> dict:
+        """Handshake like the original client; returns our own join frame."""
+        assert self.recv_exact(HEADER) == PROMPT
+        self.send_raw(nickname.encode("utf-8"))
+        self.nickname = nickname
+        return self.read_until(lambda f: f.get("event") == "join"
+                               and f.get("nickname") == nickname)
+
+    def say(self, text: str, msg_uuid: str | None = None) -> str:
+        msg_uuid = msg_uuid or str(uuid.uuid4())
+        self.send_raw(frame({"type": "message", "uuid": msg_uuid,
+                             "message": f"{self.nickname}: {text}"}))
+        return msg_uuid
+
+    def confirm(self, msg_uuid: str) -> None:
+        self.send_raw(frame({"type": "confirm", "uuid": msg_uuid}))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")

@@ -1,0 +1,126 @@
+"""protocol.py: framing, exact reads, validation (pure functions, no sockets)."""
+
+import json
+
+import pytest
+
+from tcpchatd import protocol
+from tcpchatd.errors import ProtocolError
+
+
+def test_encode_header_is_ten_bytes_left_aligned():
+    data = protocol.encode({"type": "confirm", "uuid": "x"})
+    body = b'{"type":"confirm","uuid":"x"}'
+    assert data == f"{len(body):<10}".encode() + body
+
+
+@pytest.mark.parametrize("header,length", [
+    (b"42        ", 42), (b"        42", 42), (b"   42     ", 42), (b"0000000007", 7)])
+def test_header_digits_padded_with_spaces(header, length):
+    assert protocol.parse_header(header) == length
+
+
+@pytest.mark.parametrize("header", [
+    b"          ", b"+42       ", b"-42       ", b"4_2       ", b"4 2       ",
+    b"\t42       ", b"abc       ", b"42\n       ", "４２        ".encode()[:10]])
+def test_bad_headers(header):
+    with pytest.raises(ProtocolError) as info:
+        protocol.parse_header(header)
+    assert info.value.code == "bad_header" and info.value.fatal
+
+
+def _reader(chunks):
+    chunks = list(chunks)
+    return protocol.FrameReader(lambda n: chunks.pop(0) if chunks else b"")
+
+
+def test_frame_split_byte_by_byte_is_reassembled():
+    data = protocol.encode({"a": 1}) + protocol.encode({"b": "ü"})
+    reader = _reader([data[i:i + 1] for i in range(len(data))])
+    assert json.loads(reader.next_body(100)) == {"a": 1}
+    assert json.loads(reader.next_body(100)) == {"b": "ü"}
+    assert reader.next_body(100) is None
+
+
+def test_several_frames_in_one_segment_are_split():
+    frames = [protocol.encode({"n": i}) for i in range(5)]
+    reader = _reader([b"".join(frames)])
+    assert [json.loads(reader.next_body(100))["n"] for _ in range(5)] == list(range(5))
+
+
+def test_initial_bytes_begin_the_stream():
+    data = protocol.encode({"n": 1})
+    reader = protocol.FrameReader(lambda n: b"", initial=data)
+    assert json.loads(reader.next_body(100)) == {"n": 1}
+
+
+def test_eof_inside_a_frame():
+    data = protocol.encode({"n": 1})
+    with pytest.raises(protocol.PeerClosedMidFrame):
+        _reader([data[:-3]]).next_body(100)
+    with pytest.raises(protocol.PeerClosedMidFrame):
+        _reader([data[:4]]).next_body(100)
+
+
+def test_oversized_frame():
+    with pytest.raises(ProtocolError) as info:
+        _reader([b"70000     "]).next_body(65536)
+    assert info.value.code == "frame_too_large" and info.value.fatal
+
+
+@pytest.mark.parametrize("body,code", [
+    (b"\xff\xfe", "bad_utf8"), (b"{not json", "bad_json"), (b"[1,2]", "not_an_object"),
+    (b'{"type":"hello"}', "unknown_type"), (b'{"message":"x"}', "unknown_type"),
+    (b'{"type":"message","message":"x"}', "bad_uuid"),
+    (b'{"type":"message","uuid":"nope","message":"x"}', "bad_uuid"),
+    (b'{"type":"confirm","uuid":42}', "bad_uuid"),
+])
+def test_client_frame_errors(body, code):
+    with pytest.raises(ProtocolError) as info:
+        protocol.parse_client_frame(body, 4096)
+    assert info.value.code == code and not info.value.fatal
+
+
+def test_text_limit_counts_utf8_bytes():
+    u = "0b7f5c8e-6a8e-4c55-9d43-3f7b5fd0c1a2"
+    ok = json.dumps({"type": "message", "uuid": u, "message": "é" * 5}).encode()
+    assert protocol.parse_client_frame(ok, 10).text == "é" * 5
+    too_long = json.dumps({"type": "message", "uuid": u, "message": "é" * 6}).encode()
+    with pytest.raises(ProtocolError) as info:
+        protocol.parse_client_frame(too_long, 10)
+    assert info.value.code == "text_too_long" and info.value.uuid == u
+
+
+def test_lone_surrogate_in_text_is_bad_utf8():
+    body = b'{"type":"message","uuid":"0b7f5c8e-6a8e-4c55-9d43-3f7b5fd0c1a2","message":"\\ud800"}'
+    with pytest.raises(ProtocolError) as info:
+        protocol.parse_client_frame(body, 100)
+    assert info.value.code == "bad_utf8"
+
+
+@pytest.mark.parametrize("data,nick,rest", [
+    (b"alice", b"alice", b""), (b"alice\n", b"alice", b""), (b" bob \r\nXYZ", b"bob", b"XYZ"),
+    (b"carol\n12        ", b"carol", b"12        ")])
+def test_take_nickname(data, nick, rest):
+    assert protocol.take_nickname(data) == (nick, rest)
+
+
+@pytest.mark.parametrize("raw", [b"", b"a b", b"tab\there", b"bell\x07", b"x" * 33, b"\xff"])
+def test_invalid_nicknames(raw):
+    with pytest.raises(ProtocolError) as info:
+        protocol.check_nickname(raw, 32)
+    assert info.value.code == "nickname_invalid"
+
+
+def test_valid_unicode_nickname():
+    assert protocol.check_nickname("Zoë_42".encode(), 32) == "Zoë_42"
+
+
+def test_chat_frame_adds_prefix_only_when_missing():
+    u = "0b7f5c8e-6a8e-4c55-9d43-3f7b5fd0c1a2"
+    plain = json.loads(protocol.chat_frame(u, "ann", "hi")[10:])
+    prefixed = json.loads(protocol.chat_frame(u, "ann", "ann: hi")[10:])
+    spoofed = json.loads(protocol.chat_frame(u, "ann", "bob: hi")[10:])
+    assert plain["message"] == prefixed["message"] == "ann: hi"
+    assert spoofed["message"] == "ann: bob: hi"
+    assert plain["nickname"] == "ann" and plain["time"].endswith("Z")

@@ -1,0 +1,206 @@
+"""room.py without sockets: membership, receipts, bounds, announcements."""
+
+import json
+import threading
+
+import pytest
+
+from tcpchatd.config import Config
+from tcpchatd.errors import AdminError, ProtocolError
+from tcpchatd.room import Room
+
+from conftest import RecordingLog
+
+U1 = "11111111-1111-4111-8111-111111111111"
+U2 = "22222222-2222-4222-8222-222222222222"
+U3 = "33333333-3333-4333-8333-333333333333"
+
+
+class FakeMember:
+    """A member that records the frames it is given (the room's only view of a client)."""
+
+    def __init__(self, room):
+        self.room = room
+        self.nickname = None
+        self.frames = []
+        self.closed = None
+
+    def deliver(self, frame, chat=False):
+        self.frames.append(json.loads(frame[10:]))
+
+    def close(self, reason, final_frame=None, detail=None):
+        self.closed = reason
+        if final_frame:
+            self.deliver(final_frame)
+        self.room.leave(self, reason, detail)
+
+
+def make_room(**settings):
+    log = RecordingLog()
+    return Room(Config(**settings), log), log
+
+
+def joined(room, *names):
+    members = []
+    for name in names:
+        member = FakeMember(room)
+        room.join(member, name)
+        members.append(member)
+    return members
+
+
+def test_join_is_announced_to_everyone_including_newcomer():
+    room, _ = make_room()
+    a, b = joined(room, "a", "b")
+    assert a.frames[-1] == b.frames[-1] == {"type": "system", "event": "join", "nickname": "b",
+                                            "message": "b joined!"}
+
+
+def test_nickname_taken_in_another_case():
+    room, _ = make_room()
+    joined(room, "Alice")
+    with pytest.raises(ProtocolError) as info:
+        room.join(FakeMember(room), "aLICE")
+    assert info.value.code == "nickname_taken"
+
+
+def test_one_receipt_after_every_recipient_confirms():
+    room, log = make_room()
+    a, b, c = joined(room, "a", "b", "c")
+    room.message(a, U1, "hello")
+    assert b.frames[-1]["message"] == "a: hello" and c.frames[-1]["uuid"] == U1
+    room.confirm(b, U1)
+    assert a.frames[-1]["type"] == "system"  # no receipt yet
+    room.confirm(c, U1)
+    assert a.frames[-1] == {"type": "confirm", "uuid": U1, "delivered": 2, "recipients": 2}
+    assert log.named("delivery") == [{"uuid": U1, "delivered": 2, "recipients": 2}]
+    assert room.pending_count() == 0
+
+
+def test_confirm_twice_or_by_non_recipient_is_unknown_uuid():
+    room, _ = make_room()
+    a, b, c = joined(room, "a", "b", "c")
+    room.message(a, U1, "x")
+    room.confirm(b, U1)
+    for member in (b, a):  # b already confirmed; a sent it
+        with pytest.raises(ProtocolError) as info:
+            room.confirm(member, U1)
+        assert info.value.code == "unknown_uuid"
+
+
+def test_alone_is_undelivered_nobody_else_is_here():
+    room, _ = make_room()
+    (a,) = joined(room, "a")
+    room.message(a, U1, "anyone?")
+    assert a.frames[-1] == {"type": "system", "event": "undelivered", "uuid": U1,
+                            "message": "Message not delivered: nobody else is here"}
+
+
+def test_leaving_recipient_settles_the_receipt():
+    room, _ = make_room()
+    a, b, c = joined(room, "a", "b", "c")
+    room.message(a, U1, "x")
+    room.confirm(b, U1)
+    room.leave(c, "quit")
+    assert a.frames[-1] == {"type": "confirm", "uuid": U1, "delivered": 1, "recipients": 2}
+
+
+def test_every_recipient_leaving_unconfirmed_is_nobody_confirmed():
+    room, _ = make_room()
+    a, b = joined(room, "a", "b")
+    room.message(a, U1, "x")
+    room.leave(b, "quit")
+    assert a.frames[-1]["event"] == "undelivered"
+    assert a.frames[-1]["message"] == "Message not delivered: nobody confirmed it"
+
+
+def test_timeout_with_some_confirms_and_with_none():
+    room, _ = make_room(confirm_timeout=5)
+    a, b, c = joined(room, "a", "b", "c")
+    room.message(a, U1, "x")
+    room.message(a, U2, "y")
+    room.confirm(b, U1)
+    room.expire(now=10**9)
+    receipts = [f for f in a.frames if f.get("uuid") in (U1, U2)]
+    assert {"type": "confirm", "uuid": U1, "delivered": 1, "recipients": 2} in receipts
+    assert [f["message"] for f in receipts if f["uuid"] == U2] == [
+        "Message not delivered: nobody confirmed it"]
+    assert room.pending_count() == 0
+    with pytest.raises(ProtocolError):  # expired: c can no longer confirm it
+        room.confirm(c, U1)
+
+
+def test_sender_leaving_drops_its_pending_receipts():
+    room, _ = make_room()
+    a, b = joined(room, "a", "b")
+    room.message(a, U1, "x")
+    room.leave(a, "quit")
+    assert room.pending_count() == 0
+    with pytest.raises(ProtocolError):
+        room.confirm(b, U1)
+
+
+def test_pending_receipts_per_recipient_are_bounded_oldest_first():
+    room, _ = make_room(pending_confirms=2)
+    a, b = joined(room, "a", "b")
+    for u in (U1, U2, U3):
+        room.message(a, u, "x")
+    # U1 expired for b (its only recipient): the sender hears at once
+    assert a.frames[-1] == {"type": "system", "event": "undelivered", "uuid": U1,
+                            "message": "Message not delivered: nobody confirmed it"}
+    with pytest.raises(ProtocolError):
+        room.confirm(b, U1)
+    room.confirm(b, U3)
+    assert room.pending_count() == 1
+
+
+def test_reused_pending_uuid_is_bad_uuid():
+    room, _ = make_room()
+    a, b = joined(room, "a", "b")
+    room.message(a, U1, "x")
+    with pytest.raises(ProtocolError) as info:
+        room.message(b, U1, "y")
+    assert info.value.code == "bad_uuid"
+
+
+def test_joins_not_broadcast_above_announce_joins_max():
+    room, log = make_room(announce_joins_max=2)
+    a, b, c = joined(room, "a", "b", "c")
+    assert [f["nickname"] for f in a.frames] == ["a", "b"]
+    assert c.frames == [{"type": "system", "event": "join", "nickname": "c",
+                         "message": "c joined!"}]
+    room.leave(c, "quit")  # 3 -> 2 members: still a large room's leave, not broadcast
+    assert [f["event"] for f in a.frames] == ["join", "join"]
+    room.leave(b, "quit")
+    assert a.frames[-1]["event"] == "leave"
+
+
+def test_kick_tells_the_member_and_the_others():
+    room, _ = make_room()
+    a, b = joined(room, "a", "b")
+    assert room.kick("A", "spam") == "a"
+    assert a.frames[-1] == {"type": "system", "event": "kick", "reason": "spam",
+                            "message": "You were kicked: spam"}
+    assert b.frames[-1] == {"type": "system", "event": "leave", "nickname": "a",
+                            "reason": "kicked", "message": "a was kicked (spam)"}
+    with pytest.raises(AdminError) as info:
+        room.kick("nobody", "x")
+    assert info.value.code == "no_such_nickname"
+
+
+def test_probe_fails_while_the_lock_is_held():
+    room, _ = make_room()
+    assert room.probe(0.1)
+    held, release = threading.Event(), threading.Event()
+
+    def hold():
+        with room.lock:
+            held.set()
+            release.wait(5)
+    thread = threading.Thread(target=hold)
+    thread.start()
+    held.wait(5)
+    assert not room.probe(0.1)
+    release.set()
+    thread.join()
+    assert room.probe(0.1)
