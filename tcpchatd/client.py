@@ -264,3 +264,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def main_exit() -> None:
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    main_exit()

@@ -52,11 +52,17 @@ class Terminal:
             if app.is_running and app.loop is not None:
                 app.loop.call_soon_threadsafe(lambda: app.exit(exception=EOFError()))
 
+    def _exit_if_lost(self) -> None:
+        # The connection may have gone before this prompt started: the receiver found
+        # no running app to stop, so the prompt stops itself.
+        if self.lost:
+            self.session.app.exit(exception=EOFError())
+
     def loop(self) -> int:
         threading.Thread(target=self.receive, daemon=True).start()
         while True:
             try:
-                text = self.session.prompt(f"{self.conn.nickname}> ")
+                text = self.session.prompt(f"{self.conn.nickname}> ", pre_run=self._exit_if_lost)
             except KeyboardInterrupt:
                 return EXIT_OK
             except EOFError:
