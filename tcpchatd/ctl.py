@@ -79,15 +79,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config", metavar="PATH", help="config file to read admin_socket from")
     parser.add_argument("--json", action="store_true", help="print the raw JSON result")
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a reply")
+    # --json is accepted after the command too (`tcpchatctl who --json`)
+    json_flag = argparse.ArgumentParser(add_help=False)
+    json_flag.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                           help="print the raw JSON result")
     commands = parser.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
-    commands.add_parser("who", help="list connected clients",
+    commands.add_parser("who", help="list connected clients", parents=[json_flag],
                         description="List connected clients, sorted by nickname.")
-    kick = commands.add_parser("kick", help="disconnect a client",
+    kick = commands.add_parser("kick", help="disconnect a client", parents=[json_flag],
                                description="Disconnect a client; it sees the reason.")
     kick.add_argument("nickname", help="the client's nickname (case-insensitive)")
     kick.add_argument("--reason", help="shown to the client and the room")
-    commands.add_parser("stats", help="show counters", description="Show the daemon's counters.")
-    say = commands.add_parser("say", help="announce to every client",
+    commands.add_parser("stats", help="show counters", parents=[json_flag],
+                        description="Show the daemon's counters.")
+    say = commands.add_parser("say", help="announce to every client", parents=[json_flag],
                               description="Send a server announcement to every client.")
     say.add_argument("text", nargs="+", help="the announcement")
     return parser

@@ -84,7 +84,8 @@ def test_config_file_unknown_key_and_precedence(daemon_factory, short_tmp):
         fh.write('max_clients = 1\nlisten = ["127.0.0.1:1"]\n')
     d = daemon_factory("--config", good)  # the flag --listen 127.0.0.1:0 wins over the file
     port = status_port(d)
-    RawClient(port).join("one")
+    one = RawClient(port)
+    one.join("one")
     full = RawClient(port)
     assert full.read()["code"] == "server_full"  # max_clients came from the file
 
