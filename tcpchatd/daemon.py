@@ -130,7 +130,7 @@ class Daemon:
             lambda: now_fresh(admin_server.heartbeat, 8 * ACCEPT_TICK),
             lambda: room.probe(ROOM_PROBE_TIMEOUT),
         ])
-        listening = ", ".join(server.addresses())
+        listening = ",".join(server.addresses())
         log.event("start", version=__version__, listen=listening)
         notifier.ready(self._status())
         print(f"tcpchatd {__version__}: listening on {listening}; admin socket "

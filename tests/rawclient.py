@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import threading
 import time
 import uuid
 
@@ -30,6 +31,7 @@ class RawClient:
         self.sock.settimeout(timeout)
         self.sock.connect((host, port))
         self.nickname: str | None = None
+        self._send_lock = threading.Lock()  # whole frames, even from several threads
 
     # --- bytes
 
@@ -43,7 +45,8 @@ class RawClient:
         return data
 
     def send_raw(self, data: bytes) -> None:
-        self.sock.sendall(data)
+        with self._send_lock:
+            self.sock.sendall(data)
 
     def read_item(self):
         """The next frame as a dict, or the bytes b'_nickname_'."""
@@ -92,6 +95,12 @@ class RawClient:
 
     def confirm(self, msg_uuid: str) -> None:
         self.send_raw(frame({"type": "confirm", "uuid": msg_uuid}))
+
+    def quit(self) -> None:
+        """Leave cleanly: end our side, read what is left until the server closes."""
+        self.sock.shutdown(socket.SHUT_WR)
+        self.closed()
+        self.sock.close()
 
     def close(self) -> None:
         self.sock.close()

@@ -1,0 +1,312 @@
+"""The traffic log through a real rsyslogd and the SHIPPED rule file."""
+
+import collections
+import os
+import re
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import threading
+import time
+
+import pytest
+
+from tcpchatd import admin
+from tcpchatd.config import Config
+from tcpchatd.trafficlog import format_line
+
+from conftest import status_port
+from rawclient import RawClient, frame, wait_for
+from syslogparse import parse_file, parse_message
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RULE = os.path.join(ROOT, "contrib", "rsyslog", "30-tcpchatd.conf")
+LOGROTATE = os.path.join(ROOT, "contrib", "logrotate", "tcpchatd")
+SHIPPED_LOG = "/var/log/tcpchatd.log"
+
+
+class Rsyslog:
+    """rsyslogd -n with the shipped rule (output path moved to a temp dir) and a catch-all."""
+
+    def __init__(self, workdir):
+        self.dir = workdir
+        self.socket = os.path.join(workdir, "log.sock")
+        self.chat_log = os.path.join(workdir, "tcpchatd.log")
+        self.catch_all = os.path.join(workdir, "all.log")
+        self.rule = os.path.join(workdir, "30-tcpchatd.conf")
+        with open(RULE) as fh:
+            shipped = fh.read()
+        assert shipped.count(SHIPPED_LOG) == 1
+        with open(self.rule, "w") as fh:
+            fh.write(shipped.replace(SHIPPED_LOG, self.chat_log))
+        self.conf = os.path.join(workdir, "rsyslog.conf")
+        with open(self.conf, "w") as fh:
+            fh.write(f'global(workDirectory="{workdir}")\n'
+                     'module(load="imuxsock" SysSock.Use="off")\n'
+                     f'input(type="imuxsock" Socket="{self.socket}")\n'
+                     f'include(file="{self.rule}")\n'
+                     f'*.* action(type="omfile" file="{self.catch_all}")\n')
+        self.proc = None
+
+    def check(self):
+        return subprocess.run(["rsyslogd", "-N1", "-f", self.conf], capture_output=True,
+                              text=True)
+
+    def start(self):
+        self.proc = subprocess.Popen(["rsyslogd", "-n", "-iNONE", "-f", self.conf],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                     start_new_session=True)
+        wait_for(lambda: os.path.exists(self.socket) and _accepts(self.socket), timeout=10)
+        return self
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+    def events(self):
+        return parse_file(self.chat_log) if os.path.exists(self.chat_log) else []
+
+    def wait_events(self, predicate, timeout=15):
+        wait_for(lambda: predicate(self.events()), timeout=timeout)
+        return self.events()
+
+
+def _accepts(path):
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        try:
+            s.connect(path)
+            return True
+        except OSError:
+            return False
+
+
+@pytest.fixture
+def rsyslog(short_tmp):
+    server = Rsyslog(short_tmp).start()
+    yield server
+    server.stop()
+
+
+def syslog_daemon(daemon_factory, rsyslog, *args):
+    d = daemon_factory("--syslog-address", rsyslog.socket, *args)
+    return d, status_port(d)
+
+
+def count(events, name):
+    return sum(1 for event, _ in events if event == name)
+
+
+def test_scenario_lands_exactly_in_the_rule_file(daemon_factory, rsyslog):
+    """3 clients, 1,000 messages with receipts, a rejected nickname, a malformed frame."""
+    d, port = syslog_daemon(daemon_factory, rsyslog, "--flood-rate", "0")
+    names = ["ann", "ben", "cy"]
+    clients = [RawClient(port, timeout=30) for _ in names]
+    for c, n in zip(clients, names):
+        c.join(n)
+    rejected = RawClient(port)
+    rejected.recv_exact(10)
+    rejected.send_raw(b"ANN")  # taken, in another case
+    assert rejected.read()["code"] == "nickname_taken"
+    rejected.close()
+    clients[2].send_raw(b"11        {not json!}")
+    assert clients[2].read_until(lambda f: f.get("event") == "error")["code"] == "bad_json"
+
+    sent = {}
+
+    def reader(c, messages, receipts):
+        """Confirm every message; count the receipts for our own."""
+        while messages or receipts:
+            f = c.read()
+            if f["type"] == "message":
+                c.confirm(f["uuid"])
+                messages -= 1
+            elif f["type"] == "confirm":
+                assert f["delivered"] == 2
+                receipts -= 1
+
+    def sender(index, n):
+        for i in range(n):
+            text = f"message {i} from {names[index]}"
+            sent[clients[index].say(text)] = (names[index], f"{names[index]}: {text}")
+            if i % 50 == 49:
+                time.sleep(0.01)
+
+    threads = [threading.Thread(target=reader, args=(clients[0], 500, 500)),
+               threading.Thread(target=reader, args=(clients[1], 500, 500)),
+               threading.Thread(target=reader, args=(clients[2], 1000, 0)),
+               threading.Thread(target=sender, args=(0, 500)),
+               threading.Thread(target=sender, args=(1, 500))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads)
+    for c in clients:
+        c.quit()
+    assert d.stop() == 0
+
+    events = rsyslog.wait_events(lambda ev: count(ev, "stop") == 1)
+    kinds = collections.Counter(event for event, _ in events)
+    assert kinds == {"start": 1, "join": 3, "nick_rejected": 1, "protocol_error": 1,
+                     "message": 1000, "delivery": 1000, "leave": 3, "stop": 1}, kinds
+    assert count(events, "log_dropped") == 0
+    by_uuid = {f["uuid"]: f for e, f in events if e == "message"}
+    assert set(by_uuid) == set(sent)
+    for u, (nick, text) in sent.items():
+        assert by_uuid[u] == {"nick": nick, "uuid": u, "recipients": "2", "text": text}
+    deliveries = [f for e, f in events if e == "delivery"]
+    assert all(f["delivered"] == "2" and f["recipients"] == "2" for f in deliveries)
+    assert {f["uuid"] for f in deliveries} == set(sent)
+    joins = [f for e, f in events if e == "join"]
+    assert [j["nick"] for j in joins] == names
+    assert all(re.fullmatch(r"127\.0\.0\.1:\d+", j["addr"]) for j in joins)
+    (nick_rejected,) = [f for e, f in events if e == "nick_rejected"]
+    assert nick_rejected["nick"] == "ANN" and nick_rejected["code"] == "nickname_taken"
+    (proto,) = [f for e, f in events if e == "protocol_error"]
+    assert proto["nick"] == "cy" and proto["code"] == "bad_json"
+    start = events[0]
+    assert start[0] == "start" and start[1]["listen"] == f"127.0.0.1:{port}"
+    assert {f["reason"] for e, f in events if e == "leave"} == {"quit"}
+    # other programs, even on the chat facility, still reach the catch-all; chat lines do not
+    subprocess.run(["logger", "-u", rsyslog.socket, "-p", "local6.info", "-t", "other",
+                    "catch-all probe"], check=True)
+    wait_for(lambda: os.path.exists(rsyslog.catch_all) and
+             "catch-all probe" in open(rsyslog.catch_all).read())
+    with open(rsyslog.catch_all, encoding="utf-8") as fh:
+        assert "tcpchatd" not in fh.read()  # the rule stopped every chat line
+    assert stat.S_IMODE(os.stat(rsyslog.chat_log).st_mode) == 0o640
+
+
+def test_undelivered_flood_leave_and_confirms_each(daemon_factory, rsyslog):
+    d, port = syslog_daemon(daemon_factory, rsyslog, "--log-confirms", "each",
+                            "--flood-rate", "1", "--flood-burst", "1")
+    alone = RawClient(port)
+    alone.join("alone")
+    u_alone = alone.say("hello?")
+    other = RawClient(port)
+    other.join("other")
+    u = alone.say("second")  # within the same second: over the flood limit
+    assert alone.read_until(lambda f: f.get("event") == "error")["code"] == "flood"
+    time.sleep(1.1)
+    u2 = alone.say("third")
+    other.confirm(other.read_until(lambda f: f.get("type") == "message")["uuid"])
+    other.close()
+    events = rsyslog.wait_events(lambda ev: count(ev, "leave") == 1)
+    assert ("undelivered", {"uuid": u_alone, "reason": "nobody_here"}) in events
+    assert ("flood", {"nick": "alone", "uuid": u}) in events
+    assert ("confirm", {"uuid": u2, "nick": "other"}) in events
+    assert ("delivery", {"uuid": u2, "delivered": "1", "recipients": "1"}) in events
+    assert ("leave", {"nick": "other", "reason": "quit"}) in events
+
+
+def test_control_characters_quotes_and_newlines_land_as_one_parsable_line(daemon_factory,
+                                                                          rsyslog):
+    d, port = syslog_daemon(daemon_factory, rsyslog)
+    a, b = RawClient(port), RawClient(port)
+    a.join("a")
+    b.join("b")
+    nasty = ('line one\nline two\r\n\ttabbed "quoted" \\back\\slash\x1b[31mred\x00nul'
+             '\x7fdel\x85nel\u2028sep émoji 🎉 key=value')
+    u = a.say(nasty)
+    events = rsyslog.wait_events(lambda ev: count(ev, "message") == 1)
+    (message,) = [f for e, f in events if e == "message"]
+    assert message["text"] == f"a: {nasty}"
+    assert message["uuid"] == u
+    with open(rsyslog.chat_log, encoding="utf-8") as fh:
+        lines = fh.read().splitlines()
+    assert len([l for l in lines if " message " in l]) == 1
+    assert "#0" not in lines[-1]  # rsyslog found no control character to escape
+
+
+def test_long_line_is_cut_with_truncated_yes():
+    text = "é" * 5000  # 10,000 bytes of UTF-8
+    line = format_line("message", {"nick": "a", "uuid": "u", "recipients": 1, "text": text})
+    assert len(line.encode()) <= 8000
+    event, fields = parse_message(line)
+    assert fields["truncated"] == "yes" and text.startswith(fields["text"])
+    assert len(fields["text"]) > 3900
+
+
+def test_long_message_is_truncated_in_the_log_but_not_in_the_chat(daemon_factory, rsyslog):
+    d, port = syslog_daemon(daemon_factory, rsyslog)
+    a, b = RawClient(port), RawClient(port)
+    a.join("a")
+    b.join("b")
+    text = "\x01" * 3000  # each escapes to 6 bytes in the log
+    a.say(text)
+    assert b.read_until(lambda f: f.get("type") == "message")["message"] == f"a: {text}"
+    events = rsyslog.wait_events(lambda ev: count(ev, "message") == 1)
+    (message,) = [f for e, f in events if e == "message"]
+    assert message["truncated"] == "yes" and f"a: {text}".startswith(message["text"])
+
+
+def test_rsyslog_restart_in_the_middle_of_traffic(daemon_factory, rsyslog, short_tmp):
+    ctl_socket = os.path.join(short_tmp, "r.sock")
+    d, port = syslog_daemon(daemon_factory, rsyslog, "--log-queue", "50", "--flood-rate", "0",
+                            "--admin-socket", ctl_socket)
+    a = RawClient(port)
+    a.join("a")
+    rsyslog.wait_events(lambda ev: count(ev, "join") == 1)
+    rsyslog.stop()
+    for i in range(200):  # while syslog is down: 200 message + 200 undelivered lines
+        a.say(f"while down {i}")
+        a.read_until(lambda f: f.get("event") == "undelivered")
+    rsyslog.start()
+    # the writer reconnects, sends what its queue held, then reports what it dropped
+    rsyslog.wait_events(lambda ev: count(ev, "log_dropped") == 1)
+    after = a.say("after the restart")
+    events = rsyslog.wait_events(
+        lambda ev: any(f.get("uuid") == after for e, f in ev if e == "message"))
+    stats = admin.call(ctl_socket, "stats")
+    dropped = sum(int(f["count"]) for e, f in events if e == "log_dropped")
+    assert stats["log_dropped"] > 0  # the queue of 50 could not hold 400 lines
+    assert dropped == stats["log_dropped"]
+    landed = [f["text"] for e, f in events if e == "message"]
+    assert len(landed) + stats["log_dropped"] >= 200 - 50  # nothing vanished uncounted
+
+
+def test_no_syslog_at_all_one_warning_and_the_chat_works(daemon_factory, short_tmp):
+    d = daemon_factory("--syslog-address", os.path.join(short_tmp, "no", "log"))
+    port = status_port(d)
+    a, b = RawClient(port), RawClient(port)
+    a.join("a")
+    b.join("b")
+    u = a.say("works without syslog")
+    b.confirm(b.read_until(lambda f: f.get("type") == "message")["uuid"])
+    assert a.read_until(lambda f: f.get("type") == "confirm")["uuid"] == u
+    warnings = [l for l in d.stderr().splitlines() if "syslog" in l]
+    assert len(warnings) == 1 and "warning" in warnings[0]
+    assert d.stop() == 0
+
+
+def test_default_facility_matches_the_shipped_rule():
+    with open(RULE) as fh:
+        rule = fh.read()
+    facilities = re.findall(r'\$syslogfacility-text == "(\w+)"', rule)
+    assert facilities == [Config().syslog_facility]
+    assert re.findall(r'\$programname == "(\w+)"', rule) == ["tcpchatd"]
+
+
+def test_rsyslogd_accepts_the_shipped_rule(short_tmp):
+    result = Rsyslog(short_tmp).check()
+    assert result.returncode == 0, result.stderr + result.stdout
+    broken = os.path.join(short_tmp, "broken.conf")
+    with open(broken, "w") as fh:
+        fh.write('include(file="/nonexistent/30-tcpchatd.conf")\nif $x = then {\n')
+    assert subprocess.run(["rsyslogd", "-N1", "-f", broken], capture_output=True).returncode != 0
+
+
+def test_logrotate_accepts_the_shipped_file(short_tmp):
+    state = os.path.join(short_tmp, "state")
+    result = subprocess.run(["logrotate", "-d", "-s", state, LOGROTATE], capture_output=True,
+                            text=True)
+    assert result.returncode == 0, result.stderr
+    assert "/var/log/tcpchatd.log" in result.stderr
+    assert "error" not in result.stderr.lower()
