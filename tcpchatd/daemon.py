@@ -132,9 +132,9 @@ class Daemon:
         ])
         listening = ",".join(server.addresses())
         log.event("start", version=__version__, listen=listening)
-        notifier.ready(self._status())
         print(f"tcpchatd {__version__}: listening on {listening}; admin socket "
               f"{owned_admin_path or 'from systemd'}", file=sys.stderr, flush=True)
+        notifier.ready(self._status())
         try:
             while True:
                 select.select([wakeup_read], [], [], TICK)
