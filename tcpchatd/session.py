@@ -205,13 +205,13 @@ class Session:
     def _serve(self, reader: FrameReader) -> str:
         """Read frames until the client leaves; returns the leave reason."""
         while True:
-            config = self.config
             try:
-                body = reader.next_body(config.max_frame)
+                body = reader.next_body(self.config.max_frame)
                 if body is None:
                     return "quit"
                 self.last_active = time.monotonic()
-                frame = protocol.parse_client_frame(body, config.max_text)
+                # the settings now, not from before the wait: a reload may have changed them
+                frame = protocol.parse_client_frame(body, self.config.max_text)
                 if isinstance(frame, ChatMessage):
                     self._on_message(frame)
                 else:

@@ -143,7 +143,7 @@ class DaemonProcess:
             self.notify.setblocking(True)
 
     def drain_notify(self) -> list[str]:
-        while self._pending():
+        while self.notify.fileno() != -1 and self._pending():
             pass
         return self.messages
 
@@ -173,6 +173,8 @@ class DaemonProcess:
             except ProcessLookupError:
                 pass
             self.proc.wait(5)
+        if self.notify.fileno() != -1:
+            self.drain_notify()  # what it said before it ended stays readable
         self._stderr.close()
         self.notify.close()
 
