@@ -143,3 +143,21 @@ def test_stale_socket_replaced_live_refused_file_refused(short_tmp):
     with pytest.raises(StartupError) as info:
         admin.bind_socket(plain, 0o660, None)
     assert "is not a socket" in info.value.message
+
+
+def test_idle_admin_connection_is_closed(chat, short_tmp):
+    h = chat(admin_timeout=0.3)
+    path = os.path.join(short_tmp, "idle.sock")
+    server = admin.AdminServer(admin.bind_socket(path, 0o660, None),
+                               commands.build(h.room, h.server, h.log), h.server.config, h.log,
+                               owned_path=path)
+    server.start()
+    try:
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(path)
+            sock.sendall(b'{"v":1,"id":1,"cmd":')  # half a request, then silence
+            assert sock.recv(100) == b""  # closed by the daemon, not by our timeout
+        assert exchange(path, admin.request(2, "stats"))[0]["ok"]  # still serving
+    finally:
+        server.close()

@@ -217,3 +217,49 @@ def test_interactive_client_when_the_server_goes_away(daemon_factory):
             raise AssertionError(repr(term.screen[-800:]))
     finally:
         term.close()
+
+
+def test_interactive_client_leaves_cleanly_on_ctrl_d_and_ctrl_c(daemon_factory):
+    port = status_port(daemon_factory())
+    watcher = RawClient(port)
+    watcher.join("watcher")
+    for key, name in (("\x04", "ctrl-d"), ("\x03", "ctrl-c")):
+        term = Pty([*CLIENT, "--port", str(port), "--nick", name])
+        try:
+            term.expect(f"Joined as {name}")
+            term.expect(f"{name}>")  # the prompt is up: the key goes to it
+            watcher.read_until(lambda f: f.get("event") == "join" and f["nickname"] == name)
+            term.type(key)
+            assert term.proc.wait(10) == 0
+            leave = watcher.read_until(lambda f: f.get("event") == "leave")
+            assert leave["nickname"] == name and leave["reason"] == "quit"
+            assert "Traceback" not in term.plain()
+        finally:
+            term.close()
+
+
+def test_pipe_client_against_an_original_style_server():
+    from origserver import OriginalStyleServer
+    server = OriginalStyleServer()
+    try:
+        listener = RawClient(server.port)
+        assert listener.recv_exact(10) == b"_nickname_"
+        listener.send_raw(b"old")
+        assert listener.read() == {"type": "system", "message": "old joined!"}
+
+        def confirm_one():
+            f = listener.read_until(lambda f: f.get("type") == "message")
+            listener.confirm(f["uuid"])
+        t = threading.Thread(target=confirm_one)
+        t.start()
+        result = run_client(server.port, "hello old server\n", "--nick", "new")
+        t.join(10)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout == "delivered: hello old server\n"
+        listener.close()
+        wait_for(lambda: len(server.clients) == 0)
+        alone = run_client(server.port, "anyone?\n", "--nick", "solo", "--timeout", "1")
+        assert alone.returncode == 1
+        assert alone.stdout == "no receipt: anyone?\n"
+    finally:
+        server.close()

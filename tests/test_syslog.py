@@ -310,3 +310,12 @@ def test_logrotate_accepts_the_shipped_file(short_tmp):
     assert result.returncode == 0, result.stderr
     assert "/var/log/tcpchatd.log" in result.stderr
     assert "error" not in result.stderr.lower()
+
+
+def test_other_facility_is_not_taken_by_the_rule(daemon_factory, rsyslog):
+    d, port = syslog_daemon(daemon_factory, rsyslog, "--syslog-facility", "local5")
+    c = RawClient(port)
+    c.join("elsewhere")
+    wait_for(lambda: os.path.exists(rsyslog.catch_all)
+             and "join nick=elsewhere" in open(rsyslog.catch_all).read())
+    assert rsyslog.events() == []
