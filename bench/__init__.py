@@ -1,0 +1,1 @@
+"""Benchmarks for tcpchatd (never part of the test run)."""

@@ -1,0 +1,331 @@
+"""A load generator in one process (selectors): N clients, S senders, window W, D seconds.
+
+Speaks tcpchatd's protocol (10-byte headers, JSON) or IRC (for ngircd), so both servers
+are measured by the same loop. Bounded and self-stopping: sending ends after D seconds,
+the drain after `drain` more seconds, whatever the server does.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import selectors
+import socket
+import time
+import uuid as uuidlib
+from array import array
+from dataclasses import dataclass, field
+
+_TS = re.compile(rb'"message":"[^"]*? (\d+) (\d+) (\d+)"')
+_MSG_PREFIX = b'{"type":"message","uuid":"'
+_UUID_AT = slice(len(_MSG_PREFIX), len(_MSG_PREFIX) + 36)
+_CONFIRM = b'{"type":"confirm","uuid":"%s"}'
+_IRC_MSG = re.compile(rb"^:([^! ]+)\S* PRIVMSG #bench :(\d+) (\d+) (\d+)$")
+
+
+@dataclass
+class Settings:
+    port: int
+    clients: int = 200
+    senders: int = 20
+    window: int = 20
+    duration: float = 5.0
+    rate: float = 0.0          # messages/s per sender; 0 = as fast as the window allows
+    confirms: bool = True      # tcpchatd only: recipients confirm, receipts open the window
+    irc: bool = False
+    drain: float = 5.0
+    text_size: int = 32
+    fanout: bool = False       # after joining: one message to everyone, timed
+
+
+class Client:
+    __slots__ = ("index", "sock", "fd", "name", "rbuf", "wbuf", "joined", "sender",
+                 "window", "seq", "next_send", "want_write")
+
+    def __init__(self, index: int, sock: socket.socket, name: str) -> None:
+        self.index, self.sock, self.fd, self.name = index, sock, sock.fileno(), name
+        self.rbuf, self.wbuf = bytearray(), bytearray()
+        self.joined = False
+        self.sender = False
+        self.window = 0
+        self.seq = 0
+        self.next_send = 0.0
+        self.want_write = False
+
+
+@dataclass
+class Result:
+    sent: int = 0
+    deliveries: int = 0
+    receipts: int = 0
+    errors: int = 0
+    disconnects: int = 0
+    latencies: array = field(default_factory=lambda: array("d"))
+    connect_s: float = 0.0
+    fanout_s: float | None = None
+
+
+class LoadGenerator:
+    def __init__(self, settings: Settings, on_tick=None) -> None:
+        self.s = settings
+        self.sel = selectors.DefaultSelector()
+        self.clients: list[Client] = []
+        self.by_fd: dict[int, Client] = {}
+        self.result = Result()
+        self.on_tick = on_tick
+        self.sending = False
+        self.observer: Client | None = None
+        self.padding = "x" * max(0, settings.text_size - 24)
+        self.fanout_seen = 0
+        self.fanout_target = 0
+
+    # --- connection plumbing
+
+    def _connect(self, index: int) -> Client:
+        sock = socket.create_connection(("127.0.0.1", self.s.port), timeout=30)
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client = Client(index, sock, f"b{index}")
+        self.clients.append(client)
+        self.by_fd[client.fd] = client
+        self.sel.register(sock, selectors.EVENT_READ, client)
+        if self.s.irc:
+            self._queue(client, f"NICK {client.name}\r\nUSER {client.name} 0 * :b\r\n".encode())
+        return client
+
+    def _queue(self, client: Client, data: bytes) -> None:
+        client.wbuf += data
+        self._flush(client)
+
+    def _flush(self, client: Client) -> None:
+        if client.wbuf:
+            try:
+                sent = client.sock.send(client.wbuf)
+                del client.wbuf[:sent]
+            except BlockingIOError:
+                pass
+            except OSError:
+                self._lost(client)
+                return
+        want = bool(client.wbuf)
+        if want != client.want_write:
+            client.want_write = want
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
+            self.sel.modify(client.sock, events, client)
+
+    def _lost(self, client: Client) -> None:
+        if client.fd in self.by_fd:
+            del self.by_fd[client.fd]
+            self.result.disconnects += 1
+            self.sel.unregister(client.sock)
+            client.sock.close()
+
+    def _poll(self, timeout: float) -> None:
+        for key, mask in self.sel.select(timeout):
+            client = key.data
+            if mask & selectors.EVENT_READ:
+                try:
+                    data = client.sock.recv(262144)
+                except BlockingIOError:
+                    data = None
+                except OSError:
+                    data = b""
+                if data == b"":
+                    self._lost(client)
+                    continue
+                if data:
+                    client.rbuf += data
+                    if self.s.irc:
+                        self._irc_lines(client)
+                    else:
+                        self._chat_frames(client)
+            if mask & selectors.EVENT_WRITE and client.fd in self.by_fd:
+                self._flush(client)
+
+    # --- tcpchatd protocol
+
+    def _chat_frames(self, client: Client) -> None:
+        buf = client.rbuf
+        pos, out = 0, bytearray()
+        while len(buf) - pos >= 10:
+            header = bytes(buf[pos:pos + 10])
+            if header == b"_nickname_":
+                out += client.name.encode()
+                pos += 10
+                continue
+            end = pos + 10 + int(header)
+            if end > len(buf):
+                break
+            body = bytes(buf[pos + 10:end])
+            pos = end
+            if body.startswith(_MSG_PREFIX):
+                self._arrived(client, _TS.search(body))
+                if self.s.confirms:
+                    confirm = _CONFIRM % body[_UUID_AT]
+                    out += b"%-10d" % len(confirm) + confirm
+            elif body.startswith(b'{"type":"confirm"'):
+                self.result.receipts += 1
+                client.window += 1
+            elif b'"event":"join"' in body:
+                if not client.joined and json.loads(body).get("nickname") == client.name:
+                    client.joined = True
+            elif b'"event":"error"' in body or b'"event":"undelivered"' in body:
+                self.result.errors += 1
+                if self.s.confirms:
+                    client.window += 1
+        del buf[:pos]
+        if out:
+            self._queue(client, bytes(out))
+
+    def _send_chat(self, client: Client, now_ns: int) -> None:
+        client.seq += 1
+        text = f"{client.name}: {self.padding} {client.index} {client.seq} {now_ns}"
+        body = ('{"type":"message","uuid":"%s","message":"%s"}'
+                % (uuidlib.uuid4(), text)).encode()
+        client.wbuf += b"%-10d" % len(body) + body
+
+    # --- IRC protocol
+
+    def _irc_lines(self, client: Client) -> None:
+        buf = client.rbuf
+        *lines, rest = bytes(buf).split(b"\r\n")
+        buf[:] = rest
+        out = bytearray()
+        for line in lines:
+            if line.startswith(b"PING"):
+                out += b"PONG" + line[4:] + b"\r\n"
+                continue
+            match = _IRC_MSG.match(line)
+            if match:
+                self._arrived_irc(client, match)
+                continue
+            parts = line.split(b" ", 3)
+            if len(parts) > 1 and parts[1] == b"001":
+                out += b"JOIN #bench\r\n"
+            elif len(parts) > 1 and parts[1] == b"366":  # end of NAMES: joined
+                client.joined = True
+            elif len(parts) > 1 and parts[1] in (b"433", b"404", b"482") or line.startswith(
+                    b"ERROR"):
+                self.result.errors += 1
+        if out:
+            self._queue(client, bytes(out))
+
+    def _arrived_irc(self, client: Client, match) -> None:
+        self.result.deliveries += 1
+        sender_index, sent_ns = int(match.group(2)), int(match.group(4))
+        self.result.latencies.append((time.monotonic_ns() - sent_ns) / 1e6)
+        if client is self.observer:
+            self.clients[sender_index].window += 1
+        self._fanout_arrival()
+
+    def _send_irc(self, client: Client, now_ns: int) -> None:
+        client.seq += 1
+        client.wbuf += (f"PRIVMSG #bench :{client.index} {client.seq} {now_ns}\r\n").encode()
+
+    # --- shared
+
+    def _arrived(self, client: Client, match) -> None:
+        self.result.deliveries += 1
+        if match is None:
+            return
+        self.result.latencies.append((time.monotonic_ns() - int(match.group(3))) / 1e6)
+        if not self.s.confirms and client is self.observer:
+            self.clients[int(match.group(1))].window += 1  # no receipts: pace by the observer
+        self._fanout_arrival()
+
+    def _fanout_arrival(self) -> None:
+        if self.fanout_target:
+            self.fanout_seen += 1
+
+    def run(self) -> Result:
+        s = self.s
+        started = time.monotonic()
+        for index in range(s.clients):
+            self._connect(index)
+            if index % 200 == 199:
+                self._poll(0)
+        deadline = time.monotonic() + 120
+        while not all(c.joined for c in self.clients):
+            self._poll(0.05)
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"only {sum(c.joined for c in self.clients)} of "
+                                   f"{s.clients} clients joined")
+        self.result.connect_s = time.monotonic() - started
+        if s.irc:
+            for client in self.clients[:s.senders]:
+                self._queue(client, f"OPER bench bench\r\nMODE {client.name} +F\r\n".encode())
+        for client in self.clients[:s.senders]:
+            client.sender = True
+            client.window = s.window
+        self.observer = self.clients[s.senders] if s.senders < len(self.clients) else None
+        settle = time.monotonic() + 0.5
+        while time.monotonic() < settle:
+            self._poll(0.05)
+        if s.fanout:
+            return self._fanout()
+        if self.on_tick:
+            self.on_tick("start")
+        self._load_phase()
+        return self.result
+
+    def _fanout(self) -> Result:
+        self.fanout_target = len(self.clients) - 1
+        sender = self.clients[0]
+        t0 = time.monotonic()
+        (self._send_irc if self.s.irc else self._send_chat)(sender, time.monotonic_ns())
+        self._flush(sender)
+        deadline = t0 + 60
+        while self.fanout_seen < self.fanout_target and time.monotonic() < deadline:
+            self._poll(0.01)
+        self.result.fanout_s = time.monotonic() - t0
+        self.result.sent = 1
+        return self.result
+
+    def _load_phase(self) -> None:
+        s = self.s
+        senders = self.clients[:s.senders]
+        start = time.monotonic()
+        stop_sending = start + s.duration
+        interval = 1.0 / s.rate if s.rate else 0.0
+        for i, client in enumerate(senders):  # spread fixed-rate senders over one interval
+            client.next_send = start + interval * i / max(1, len(senders))
+        send = self._send_irc if s.irc else self._send_chat
+        uses_window = s.rate == 0
+        last_tick = start
+        while True:
+            now = time.monotonic()
+            if now >= stop_sending:
+                break
+            now_ns = time.monotonic_ns()
+            for client in senders:
+                if client.fd not in self.by_fd:
+                    continue
+                if uses_window:
+                    while client.window > 0:
+                        client.window -= 1
+                        send(client, now_ns)
+                        self.result.sent += 1
+                else:
+                    while client.next_send <= now:
+                        client.next_send += interval
+                        send(client, now_ns)
+                        self.result.sent += 1
+                if client.wbuf:
+                    self._flush(client)
+            if now - last_tick >= 0.5 and self.on_tick:
+                self.on_tick("tick")
+                last_tick = now
+            timeout = 0.002 if not uses_window else 0.05
+            self._poll(timeout)
+        self.sending_ended = time.monotonic()
+        expected = self.result.sent * (len(self.clients) - 1)
+        drain_until = time.monotonic() + s.drain
+        while time.monotonic() < drain_until:
+            if self.result.deliveries >= expected and (
+                    not s.confirms or s.irc or self.result.receipts >= self.result.sent):
+                break
+            self._poll(0.05)
+        self.elapsed = time.monotonic() - start
+        for client in self.clients:
+            if client.fd in self.by_fd:
+                client.sock.close()

@@ -1,0 +1,220 @@
+"""`python -m bench`: one measurement, or the whole comparison written to BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+from .loadgen import LoadGenerator, Settings
+from .servers import Ngircd, Tcpchatd, raise_fd_limit
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+
+
+def percentile(values, q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def measure(server_kind: str, settings: Settings, server_args=()) -> dict:
+    """Start a server, run the generator against it, stop it; one result dict."""
+    server = Ngircd() if server_kind == "ngircd" else Tcpchatd(*server_args)
+    with server:
+        settings.port = server.port
+        stats = server.stats()
+        generator = LoadGenerator(settings, on_tick=lambda what: (
+            stats.reset_cpu() if what == "start" else stats.sample()))
+        result = generator.run()
+        stats.sample()
+        proc = stats.report()
+        alive = server.proc.poll() is None
+    elapsed = getattr(generator, "elapsed", None)
+    recipients = settings.clients - 1
+    lat = result.latencies
+    out = {
+        "server": server_kind, "clients": settings.clients, "senders": settings.senders,
+        "window": settings.window, "rate": settings.rate,
+        "confirms": settings.confirms and not settings.irc,
+        "connect_join_s": round(result.connect_s, 3),
+        "messages": result.sent, "deliveries": result.deliveries, "receipts": result.receipts,
+        "missing": result.sent * recipients - result.deliveries,
+        "errors": result.errors, "disconnects": result.disconnects,
+        "server_alive": alive, **proc,
+    }
+    if settings.fanout:
+        out["fanout_s"] = round(result.fanout_s, 3)
+        return out
+    out.update({
+        "seconds": round(elapsed, 3),
+        "deliveries_per_s": round(result.deliveries / elapsed),
+        "messages_per_s": round(result.sent / elapsed),
+        "receipts_per_s": round(result.receipts / elapsed),
+        "latency_p50_ms": round(percentile(lat, 0.50) or 0, 2),
+        "latency_p99_ms": round(percentile(lat, 0.99) or 0, 2),
+        "latency_max_ms": round(max(lat) if lat else 0, 2),
+        "cpu_us_per_delivery": round(proc["server_cpu_s"] * 1e6 / max(1, result.deliveries), 2),
+    })
+    return out
+
+
+def table(rows: list[dict]) -> str:
+    cols = [("server", "server"), ("clients", "N"), ("senders", "S"), ("confirms", "confirms"),
+            ("rate", "rate/s"), ("deliveries_per_s", "deliveries/s"),
+            ("cpu_us_per_delivery", "CPU µs/delivery"), ("latency_p50_ms", "p50 ms"),
+            ("latency_p99_ms", "p99 ms"), ("missing", "missing"),
+            ("server_peak_rss_mib", "peak RSS MiB"), ("server_threads", "threads")]
+    lines = ["| " + " | ".join(c[1] for c in cols) + " |", "|" + "---|" * len(cols)]
+    for row in rows:
+        lines.append("| " + " | ".join(str(row.get(c[0], "")) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def median_of(runs: list[dict]) -> dict:
+    merged = dict(runs[0])
+    for key, value in runs[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            merged[key] = round(statistics.median(r[key] for r in runs), 3)
+    merged["missing"] = max(r["missing"] for r in runs)
+    merged["errors"] = max(r["errors"] for r in runs)
+    merged["disconnects"] = max(r["disconnects"] for r in runs)
+    merged["server_alive"] = all(r["server_alive"] for r in runs)
+    return merged
+
+
+def compare(settings_for, kinds, repeats: int, log) -> dict[str, dict]:
+    """Alternate the servers A B A B ..., `repeats` times each; medians."""
+    runs: dict[str, list] = {k: [] for k, _ in kinds}
+    for _ in range(repeats):
+        for kind, extra in kinds:
+            result = measure(kind.split("/")[0], settings_for(kind), extra)
+            result["server"] = kind
+            log(json.dumps(result))
+            runs[kind].append(result)
+    return {kind: median_of(r) for kind, r in runs.items()}
+
+
+def full_run(args) -> int:
+    raise_fd_limit()
+    log_path = os.path.join(HERE, "results.jsonl")
+    log_file = open(log_path, "w")
+
+    def log(line: str) -> None:
+        print(line, flush=True)
+        log_file.write(line + "\n")
+        log_file.flush()
+
+    rows = []
+    for clients, senders in ((10, 1), (50, 5), (200, 20)):
+        def settings_for(kind, clients=clients, senders=senders):
+            return Settings(port=0, clients=clients, senders=senders, window=args.window,
+                            duration=args.duration, confirms=(kind == "tcpchatd"),
+                            irc=(kind == "ngircd"))
+        medians = compare(settings_for, [("tcpchatd", ()), ("tcpchatd/no-confirm", ()),
+                                         ("ngircd", ())], args.repeats, log)
+        rows += list(medians.values())
+    # latency at a fixed offered load: 20 senders x 20 messages/s, confirms on
+    fixed = compare(lambda kind: Settings(port=0, clients=200, senders=20, rate=20,
+                                          duration=args.duration, confirms=True),
+                    [("tcpchatd", ())], args.repeats, log)
+    rows += list(fixed.values())
+    scale = measure("tcpchatd", Settings(port=0, clients=args.scale_clients, senders=1,
+                                         fanout=True, duration=0))
+    log(json.dumps(scale))
+    write_report(rows, scale, args)
+    return 0
+
+
+def write_report(rows, scale, args) -> None:
+    plot = os.path.join(HERE, "benchmarks.png")
+    try:
+        make_plot(rows, plot)
+        plot_line = "![deliveries/s and p99 latency against N](bench/benchmarks.png)"
+    except ImportError:
+        plot_line = "(matplotlib not installed: `pip install .[bench]` for the plot)"
+    cpu = subprocess.run(["sh", "-c", "grep -m1 'model name' /proc/cpuinfo | cut -d: -f2"],
+                         capture_output=True, text=True).stdout.strip()
+    text = f"""# Benchmarks
+
+Measured by `{' '.join(['python', '-m', 'bench', 'run'] + sys.argv[2:])}` on
+{time.strftime('%Y-%m-%d')}: {os.cpu_count()} cores ({cpu}), Linux {platform.release()},
+Python {platform.python_version()}, tcpchatd and ngircd on loopback, the load generator
+(bench/loadgen.py, one process, selectors) sharing the same cores. Window {args.window}
+unconfirmed messages per sender, {args.duration} s of sending per run, servers
+alternated A B A B, medians of {args.repeats}. tcpchatd runs with `flood_rate = 0` and its
+traffic log written (to /dev/null). `no-confirm`: recipients do not confirm; senders are
+paced by what one observer client has received, exactly as for ngircd (IRC has no receipts).
+
+{table(rows)}
+
+Scale: {scale['clients']} clients connected and joined in {scale['connect_join_s']} s; one
+message reached all {scale['clients'] - 1} others in {scale['fanout_s']} s; server peak RSS
+{scale['server_peak_rss_mib']} MiB ({scale['server_peak_rss_mib'] * 1024 / scale['clients']:.0f} KiB
+per client) with {scale['server_threads']} threads ({scale['server_threads'] / scale['clients']:.2f}
+per client); missing deliveries {scale['missing']}, disconnects {scale['disconnects']}.
+
+{plot_line}
+
+Raw results of every run: bench/results.jsonl.
+"""
+    with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as fh:
+        fh.write(text)
+
+
+def make_plot(rows, path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for kind in sorted({r["server"] for r in rows if not r.get("rate")}):
+        series = sorted((r["clients"], r) for r in rows if r["server"] == kind and not r["rate"])
+        xs = [n for n, _ in series]
+        left.plot(xs, [r["deliveries_per_s"] for _, r in series], marker="o", label=kind)
+        right.plot(xs, [r["latency_p99_ms"] for _, r in series], marker="o", label=kind)
+    left.set(xlabel="clients N", ylabel="deliveries/s", xscale="log", title="throughput")
+    right.set(xlabel="clients N", ylabel="p99 latency ms", xscale="log", yscale="log",
+              title="p99 delivery latency (window-limited)")
+    left.legend()
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    commands = parser.add_subparsers(dest="cmd", required=True)
+    one = commands.add_parser("one", help="one measurement, printed as a JSON line and a table")
+    one.add_argument("--server", choices=["tcpchatd", "ngircd"], default="tcpchatd")
+    one.add_argument("--clients", type=int, default=200)
+    one.add_argument("--senders", type=int, default=20)
+    one.add_argument("--window", type=int, default=20)
+    one.add_argument("--duration", type=float, default=5.0)
+    one.add_argument("--rate", type=float, default=0.0)
+    one.add_argument("--no-confirms", action="store_true")
+    one.add_argument("--fanout", action="store_true")
+    run = commands.add_parser("run", help="the whole comparison; writes BENCHMARKS.md")
+    run.add_argument("--duration", type=float, default=5.0)
+    run.add_argument("--window", type=int, default=20)
+    run.add_argument("--repeats", type=int, default=3)
+    run.add_argument("--scale-clients", type=int, default=10_000)
+    args = parser.parse_args(argv)
+    if args.cmd == "run":
+        return full_run(args)
+    raise_fd_limit()
+    result = measure(args.server, Settings(
+        port=0, clients=args.clients, senders=args.senders, window=args.window,
+        duration=args.duration, rate=args.rate,
+        confirms=not args.no_confirms and args.server == "tcpchatd",
+        irc=args.server == "ngircd", fanout=args.fanout))
+    print(json.dumps(result))
+    if not args.fanout:
+        print(table([result]))
+    return 0

@@ -1,0 +1,171 @@
+"""The servers a benchmark measures: tcpchatd and ngircd, started on loopback, measured from /proc."""
+
+from __future__ import annotations
+
+import os
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def raise_fd_limit() -> int:
+    """Raise RLIMIT_NOFILE to the hard limit (inherited by the servers we start)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_listening(port: int, proc: subprocess.Popen, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError("server did not start listening")
+
+
+class ProcStats:
+    """CPU seconds, peak RSS and thread count of one process, from /proc."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.cpu_start = self.cpu_seconds()
+        self.peak_threads = 0
+
+    def cpu_seconds(self) -> float:
+        with open(f"/proc/{self.pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+    def status(self) -> dict:
+        values = {}
+        with open(f"/proc/{self.pid}/status") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                values[key] = value.strip()
+        return values
+
+    def sample(self) -> None:
+        try:
+            self.peak_threads = max(self.peak_threads, int(self.status()["Threads"]))
+        except (OSError, KeyError):
+            pass
+
+    def reset_cpu(self) -> None:
+        self.cpu_start = self.cpu_seconds()
+
+    def report(self) -> dict:
+        status = self.status()
+        return {"server_cpu_s": round(self.cpu_seconds() - self.cpu_start, 3),
+                "server_peak_rss_mib": round(int(status["VmHWM"].split()[0]) / 1024, 1),
+                "server_rss_mib": round(int(status["VmRSS"].split()[0]) / 1024, 1),
+                "server_threads": max(self.peak_threads, int(status["Threads"]))}
+
+
+class Server:
+    kind = ""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="tcdbench")
+        self.proc: subprocess.Popen | None = None
+
+    def stats(self) -> ProcStats:
+        return ProcStats(self.proc.pid)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class Tcpchatd(Server):
+    kind = "tcpchatd"
+
+    def __init__(self, *extra: str) -> None:
+        super().__init__()
+        self.extra = extra
+
+    def start(self) -> "Tcpchatd":
+        # flood limit off (a benchmark floods on purpose); traffic log formatted and written
+        # to stderr -> /dev/null, so its cost is measured but no syslog daemon competes
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tcpchatd", "--listen", f"127.0.0.1:{self.port}",
+             "--admin-socket", os.path.join(self.dir, "admin.sock"), "--flood-rate", "0",
+             "--log-target", "stderr", *self.extra],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_listening(self.port, self.proc)
+        return self
+
+
+NGIRCD_CONF = """[Global]
+    Name = bench.invalid
+    Info = tcpchatd benchmark peer
+    Listen = 127.0.0.1
+    Ports = {port}
+    PidFile = {dir}/ngircd.pid
+    MotdPhrase = "bench"
+    ServerUID = {uid}
+    ServerGID = {gid}
+[Limits]
+    MaxConnections = 0
+    MaxConnectionsIP = 0
+    MaxJoins = 0
+    MaxNickLength = 32
+    MaxPenaltyTime = 0
+    PingTimeout = 600
+    PongTimeout = 600
+    MaxListSize = 100000
+[Options]
+    DNS = no
+    Ident = no
+    PAM = no
+    OperCanUseMode = yes
+[Operator]
+    Name = bench
+    Password = bench
+"""
+
+
+class Ngircd(Server):
+    kind = "ngircd"
+
+    def start(self) -> "Ngircd":
+        conf = os.path.join(self.dir, "ngircd.conf")
+        with open(conf, "w") as fh:
+            fh.write(NGIRCD_CONF.format(port=self.port, dir=self.dir, uid=os.getuid(),
+                                        gid=os.getgid()))
+        os.chmod(self.dir, 0o755)
+        self.proc = subprocess.Popen(["ngircd", "--nodaemon", "--config", conf],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_listening(self.port, self.proc)
+        return self
