@@ -16,6 +16,7 @@ from typing import Any
 from . import errors, protocol
 from .config import Config
 from .errors import StartupError
+from .outbox import WriterPool
 from .room import Room
 from .session import Session
 
@@ -63,6 +64,7 @@ class ChatServer:
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC)
         self._threads: list[threading.Thread] = []
         self.heartbeats = [time.monotonic()] * len(listeners)
+        self.pool = WriterPool()
 
     @property
     def config(self) -> Config:
@@ -82,6 +84,7 @@ class ChatServer:
         return [describe(sock) for sock in self.listeners]
 
     def start(self) -> None:
+        self.pool.start()
         for index, listener in enumerate(self.listeners):
             thread = threading.Thread(target=self._accept_loop, args=(index, listener),
                                       name=f"accept {describe(listener)}", daemon=True)
@@ -201,6 +204,7 @@ class ChatServer:
             session.join_threads(1.0)
 
     def close_listeners(self) -> None:
+        self.pool.stop()
         for sock in self.listeners:
             sock.close()
         for fd in (self._wake_read, self._wake_write):

@@ -1,14 +1,15 @@
 """One chat client: handshake, reader loop, bounded writer, flood limit.
 
-Two threads per client: the reader (handshake, then frames) and the writer,
-which drains a queue bounded in bytes. Frames for a client are only ever
-queued (deliver), so a client that stops reading delays nobody: past the
-bound it is disconnected with reason `send_queue_exceeded`.
+One thread per client, the reader (handshake, then frames). Frames for a client
+go through its Outbox (outbox.py): sent at once without blocking when the socket
+has room, else queued for the writer pool, so a client that stops reading delays
+nobody: past the bound it is disconnected with reason `send_queue_exceeded`.
 """
 
 from __future__ import annotations
 
 import collections
+import select
 import socket
 import threading
 import time
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING
 
 from . import errors, protocol
 from .errors import ProtocolError
+from .outbox import Outbox
 from .protocol import ChatMessage, FrameReader, PeerClosedMidFrame
 
 if TYPE_CHECKING:
@@ -42,23 +44,24 @@ class Session:
         self.connected = time.time()
         self.last_active = time.monotonic()
         self.sent = 0       # messages this client sent
-        self.received = 0   # messages delivered to this client
         self.close_deadline: float | None = None
-        self._out: collections.deque[bytes] = collections.deque()
-        self._out_bytes = 0
-        self._out_cond = threading.Condition(threading.Lock())
+        self.outbox = Outbox(sock, server.pool)
+        self._state_lock = threading.Lock()
         self._closing = False
         self._tokens: float | None = None  # the bucket starts full
         self._tokens_at = 0.0
         self._flood_strikes: collections.deque[float] = collections.deque()
-        self._writer = threading.Thread(target=self._write_loop, daemon=True,
-                                        name=f"writer {self.address}")
         self._reader = threading.Thread(target=self._run, daemon=True,
                                         name=f"reader {self.address}")
 
     @property
     def config(self):
         return self.server.config
+
+    @property
+    def received(self) -> int:
+        """Chat messages delivered to this client."""
+        return self.outbox.chat_frames
 
     def start(self) -> None:
         self._reader.start()
@@ -69,18 +72,9 @@ class Session:
     # --- outbound: any thread may call these
 
     def deliver(self, frame: bytes, chat: bool = False) -> None:
-        """Queue a frame; a client whose queue is over the bound is disconnected."""
-        with self._out_cond:
-            if self._closing:
-                return
-            if self._out_bytes + len(frame) <= self.config.send_queue:
-                self._out.append(frame)
-                self._out_bytes += len(frame)
-                if chat:
-                    self.received += 1
-                if len(self._out) == 1:
-                    self._out_cond.notify()
-                return
+        """Queue a frame (sent at once if the socket has room); past the bound, disconnect."""
+        if self.outbox.put(frame, self.config.send_queue, chat):
+            return
         self.room.counters.send_queue_disconnects += 1
         self.close(errors.SEND_QUEUE_EXCEEDED, protocol.error_frame(
             errors.SEND_QUEUE_EXCEEDED, "you are not reading: disconnected"), drop_queue=True)
@@ -88,54 +82,21 @@ class Session:
     def close(self, reason: str, final_frame: bytes | None = None,
               detail: str | None = None, drop_queue: bool = False) -> None:
         """Leave the room and disconnect once; final_frame is flushed first (bounded)."""
-        with self._out_cond:
+        with self._state_lock:
             if self._closing:
                 return
             self._closing = True
-            if drop_queue:  # what a stalled client never read is freed at once
-                self._out.clear()
-                self._out_bytes = 0
-            if final_frame is not None:
-                self._out.append(final_frame)
-            self._out_cond.notify()
         if final_frame is None:
-            self.shutdown_socket()
+            self.outbox.kill()
         else:  # the server's reaper shuts it down if the flush takes too long
             self.close_deadline = time.monotonic() + self.config.shutdown_grace
+            self.outbox.finish(final_frame, drop=drop_queue)
         if self.joined:
             self.log.event("leave", nick=self.nickname, reason=reason)
             self.room.leave(self, reason, detail)
 
     def shutdown_socket(self) -> None:
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-    @property
-    def queued_bytes(self) -> int:
-        return self._out_bytes
-
-    def _write_loop(self) -> None:
-        while True:
-            with self._out_cond:
-                while not self._out and not self._closing:
-                    self._out_cond.wait()
-                if not self._out:
-                    break
-                frames = list(self._out)
-                self._out.clear()
-            data = b"".join(frames)  # one send per wake-up, however many frames
-            try:
-                self.sock.sendall(data)
-            except OSError:
-                break
-            with self._out_cond:
-                self._out_bytes = max(0, self._out_bytes - len(data))
-        with self._out_cond:
-            closing = self._closing
-        if closing:
-            self.shutdown_socket()
+        self.outbox.kill()
 
     # --- reader thread
 
@@ -143,7 +104,6 @@ class Session:
         reason = "error"
         try:
             self._configure_socket()
-            self._writer.start()
             reader = self._handshake()
             if reader is not None:
                 reason = self._serve(reader)
@@ -154,9 +114,7 @@ class Session:
             reason = "error"
         finally:
             self.close(reason)
-            if self._writer.is_alive():
-                self._writer.join()
-            self.sock.close()
+            self.outbox.release()
             self.server.session_ended(self)
 
     def _configure_socket(self) -> None:
@@ -172,10 +130,12 @@ class Session:
         deadline = time.monotonic() + self.config.handshake_timeout
         self.deliver(protocol.NICKNAME_PROMPT)
         for attempt in range(1, NICKNAME_ATTEMPTS + 1):
-            try:
-                self.sock.settimeout(max(0.001, deadline - time.monotonic()))
+            poller = select.poll()
+            poller.register(self.sock, select.POLLIN)
+            remaining = deadline - time.monotonic()
+            if remaining > 0 and poller.poll(remaining * 1000):
                 data = self.sock.recv(protocol.RECV_SIZE)
-            except TimeoutError:
+            else:
                 self.log.event("protocol_error", addr=self.address, code=errors.HANDSHAKE_TIMEOUT)
                 self.close("timeout", protocol.error_frame(
                     errors.HANDSHAKE_TIMEOUT, "no nickname was sent in time"))
@@ -197,7 +157,6 @@ class Session:
                 self.deliver(protocol.NICKNAME_PROMPT)
                 continue
             self.joined = True
-            self.sock.settimeout(None)
             self.log.event("join", nick=self.nickname, addr=self.address)
             return FrameReader(self.sock.recv, rest)
         return None
