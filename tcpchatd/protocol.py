@@ -66,6 +66,16 @@ class FrameReader:
             self._buf += chunk
         return True
 
+    def has_frame(self) -> bool:
+        """True when a whole frame (or a header that will fail) is already buffered."""
+        if len(self._buf) < HEADER_LENGTH:
+            return False
+        try:
+            length = parse_header(bytes(self._buf[:HEADER_LENGTH]))
+        except ProtocolError:
+            return True
+        return len(self._buf) >= HEADER_LENGTH + length
+
     def next_body(self, max_frame: int, allow_prompt: bool = False) -> bytes | None:
         """The next frame's body; None at a clean end of stream.
 

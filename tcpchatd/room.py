@@ -174,20 +174,36 @@ class Room:
 
     def confirm(self, member: Member, frame_uuid: str) -> None:
         """A recipient confirms a message; only once, and only if it was sent to it."""
+        if self.confirm_many(member, [frame_uuid]):
+            raise ProtocolError(errors.UNKNOWN_UUID, f"no pending message {frame_uuid} "
+                                "for you to confirm", frame_uuid)
+
+    def confirm_many(self, member: Member, uuids: list[str]) -> list[str]:
+        """Confirms that arrived together, under one lock; returns the unknown uuids.
+
+        Under load a reader finds many confirms in one read: taking the room lock once
+        for all of them keeps 200 reader threads from queueing on it 200 times.
+        """
+        unknown, finished = [], []
         with self.lock:
             awaiting = self._awaiting.get(member)
-            if awaiting is None or frame_uuid not in awaiting:
-                raise ProtocolError(errors.UNKNOWN_UUID, f"no pending message {frame_uuid} "
-                                    "for you to confirm", frame_uuid)
-            del awaiting[frame_uuid]
-            pending = self._pending[frame_uuid]
-            pending.delivered += 1
-            pending.waiting.discard(member)
-            self.counters.confirms += 1
-            finished = [self._finish(pending)] if not pending.waiting else []
+            for frame_uuid in uuids:
+                if awaiting is None or frame_uuid not in awaiting:
+                    unknown.append(frame_uuid)
+                    continue
+                del awaiting[frame_uuid]
+                pending = self._pending[frame_uuid]
+                pending.delivered += 1
+                pending.waiting.discard(member)
+                self.counters.confirms += 1
+                if not pending.waiting:
+                    finished.append(self._finish(pending))
         if self.config.log_confirms == "each":
-            self.log.event("confirm", uuid=frame_uuid, nick=member.nickname)
+            for frame_uuid in uuids:
+                if frame_uuid not in unknown:
+                    self.log.event("confirm", uuid=frame_uuid, nick=member.nickname)
         self._report(finished)
+        return unknown
 
     def expire(self, now: float | None = None) -> None:
         """Settle every pending receipt whose confirm timeout has passed."""

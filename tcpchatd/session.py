@@ -163,7 +163,11 @@ class Session:
 
     def _serve(self, reader: FrameReader) -> str:
         """Read frames until the client leaves; returns the leave reason."""
+        confirms: list[str] = []  # confirms read together are settled together
         while True:
+            if confirms and not reader.has_frame():
+                self._confirm(confirms)
+                confirms = []
             try:
                 body = reader.next_body(self.config.max_frame)
                 if body is None:
@@ -172,9 +176,12 @@ class Session:
                 # the settings now, not from before the wait: a reload may have changed them
                 frame = protocol.parse_client_frame(body, self.config.max_text)
                 if isinstance(frame, ChatMessage):
+                    if confirms:
+                        self._confirm(confirms)
+                        confirms = []
                     self._on_message(frame)
                 else:
-                    self.room.confirm(self, frame.uuid)
+                    confirms.append(frame.uuid)
             except PeerClosedMidFrame:
                 return "error"
             except ProtocolError as exc:
@@ -187,6 +194,14 @@ class Session:
                 self.deliver(report)
             if self._closing:
                 return "error"
+
+    def _confirm(self, uuids: list[str]) -> None:
+        for frame_uuid in self.room.confirm_many(self, uuids):
+            self.log.event("protocol_error", nick=self.nickname, addr=self.address,
+                           code=errors.UNKNOWN_UUID)
+            self.deliver(protocol.error_frame(
+                errors.UNKNOWN_UUID, f"no pending message {frame_uuid} for you to confirm",
+                frame_uuid))
 
     def _on_message(self, message: ChatMessage) -> None:
         if not self._take_token():
