@@ -23,7 +23,7 @@ def _string_arg(args: dict, name: str, required: bool = True) -> str | None:
     return value
 
 
-def build(room: Room, server: Any, log: Any) -> dict[str, Command]:
+def build(room: Room, log: Any) -> dict[str, Command]:
     """{name: command(args, caller) -> result}; each command reads live state."""
     started = time.monotonic()
 

@@ -88,7 +88,7 @@ class Daemon:
                                              self.config.admin_group)
         pid_path = self._detach([*chat_sockets, admin_socket]) if self.args.daemon else None
         try:
-            return self._serve(chat_sockets, admin_socket, owned_admin_path)
+            return self._serve(chat_sockets, admin_socket, owned_admin_path, pid_path)
         finally:
             if pid_path:
                 pidfile.remove(pid_path)
@@ -105,11 +105,10 @@ class Daemon:
             files_preserve=[sock.fileno() for sock in sockets], working_directory="/",
             umask=0o022, signal_map={}, detach_process=True)
         context.open()
-        pidfile.write(path)
-        return path
+        return path  # written once the signal handlers are in place (see _serve)
 
     def _serve(self, chat_sockets: list[socket.socket], admin_socket: socket.socket,
-               owned_admin_path: str | None) -> int:
+               owned_admin_path: str | None, pid_path: str | None = None) -> int:
         config = self.config
         log = TrafficLog(config.log_target, config.syslog_address, config.syslog_facility,
                          config.log_queue)
@@ -118,10 +117,12 @@ class Daemon:
         room = Room(config, log)
         server = ChatServer(chat_sockets, room, log, config, error_log=_error_log)
         admin_server = admin.AdminServer(
-            admin_socket, commands.build(room, server, log), config, log,
+            admin_socket, commands.build(room, log), config, log,
             owned_path=owned_admin_path, error_log=_error_log)
         self.room, self.server, self.admin_server = room, server, admin_server
         wakeup_read = self._install_signals()
+        if pid_path:  # a SIGTERM from here on is handled, so the file is always removed
+            pidfile.write(pid_path)
         server.start()
         admin_server.start()
         notifier = systemd.Notifier()

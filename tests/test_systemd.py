@@ -249,6 +249,15 @@ def test_watchdog_interval_from_the_environment():
     assert systemd.watchdog_interval({}, pid=5) is None
 
 
+def alive(pid):
+    """Running, not a zombie waiting for PID 1 to reap it."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def read_pid(path):
     with open(path) as fh:
         return int(fh.read())
@@ -280,10 +289,10 @@ def test_daemon_mode_detaches_writes_and_removes_its_pid_file(short_tmp):
                                         f"process ({pid}); is tcpchatd already running?"
         os.kill(pid, signal.SIGTERM)
         assert client.read_until(lambda f: f.get("event") == "shutdown")
-        wait_for(lambda: not os.path.exists(pid_file))
-        wait_for(lambda: not os.path.exists(f"/proc/{pid}"))
+        wait_for(lambda: not os.path.exists(pid_file), timeout=10)
+        wait_for(lambda: not alive(pid), timeout=10)
     finally:
-        if os.path.exists(f"/proc/{pid}"):
+        if alive(pid):
             os.kill(pid, signal.SIGKILL)
 
 
@@ -311,9 +320,13 @@ def test_daemon_mode_replaces_a_stale_pid_file(short_tmp):
     assert subprocess.run(argv, env=env, timeout=30).returncode == 0
     wait_for(lambda: os.path.exists(pid_file) and read_pid(pid_file) != 999999)
     pid = read_pid(pid_file)
-    os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: not os.path.exists(f"/proc/{pid}"))
-    assert not os.path.exists(pid_file)
+    try:
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not os.path.exists(pid_file), timeout=10)
+        wait_for(lambda: not alive(pid), timeout=10)
+    finally:
+        if alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 UNIT_FILES = ["tcpchatd.service", "tcpchatd.socket", "tcpchatd-admin.socket"]
