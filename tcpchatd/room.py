@@ -81,6 +81,8 @@ class Room:
             self._awaiting[member] = OrderedDict()
             self._sent[member] = set()
             audience = self._audience(member)
+        # logged before anyone hears of it, so the log keeps the room's order of joins
+        self.log.event("join", nick=nickname, addr=getattr(member, "address", None))
         frame = protocol.join_frame(nickname)
         for other in audience:
             other.deliver(frame)

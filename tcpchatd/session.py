@@ -157,7 +157,9 @@ class Session:
                 self.deliver(protocol.NICKNAME_PROMPT)
                 continue
             self.joined = True
-            self.log.event("join", nick=self.nickname, addr=self.address)
+            if self._closing:  # closed by another thread while joining: close() saw
+                self.room.leave(self, "error")  # joined=False, so leave here (idempotent)
+                return None
             return FrameReader(self.sock.recv, rest)
         return None
 
