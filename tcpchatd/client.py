@@ -56,6 +56,16 @@ class Connection:
         except errors.ProtocolError as exc:
             raise ServerGone(f"the server sent a bad frame: {exc.message}") from None
 
+    def incoming(self):
+        """Frames from the server; each message is confirmed as it arrives (as the original)."""
+        while True:
+            frame = self.next()
+            if frame is protocol.NICKNAME_PROMPT:
+                continue
+            if frame.get("type") == "message" and isinstance(frame.get("uuid"), str):
+                self.confirm(frame["uuid"])
+            yield frame
+
     def join(self, ask_nickname, tell) -> None:
         """Answer `_nickname_` prompts until this client's join arrives."""
         while True:
@@ -145,14 +155,10 @@ class PipeRun:
 
     def receive(self) -> None:
         try:
-            while True:
-                frame = self.conn.next()
-                if frame is protocol.NICKNAME_PROMPT:
-                    continue
+            for frame in self.conn.incoming():
                 kind, frame_uuid = frame.get("type"), frame.get("uuid")
-                if kind == "message" and isinstance(frame_uuid, str):
-                    self.conn.confirm(frame_uuid)
-                elif frame_uuid in self.pending and (
+                ours = isinstance(frame_uuid, str) and frame_uuid in self.pending
+                if ours and kind != "message" and (
                         kind == "confirm" or frame.get("event") in ("undelivered", "error")):
                     with self.cond:
                         item = self.pending[frame_uuid]

@@ -13,7 +13,6 @@ import threading
 from prompt_toolkit import PromptSession, print_formatted_text
 from prompt_toolkit.patch_stdout import patch_stdout
 
-from . import protocol
 from .client import EXIT_FAILED, EXIT_OK, Connection, ServerGone, describe_receipt, format_line
 
 QUIT_COMMANDS = ("/quit", "/exit")
@@ -28,15 +27,10 @@ class Terminal:
 
     def receive(self) -> None:
         try:
-            while True:
-                frame = self.conn.next()
-                if frame is protocol.NICKNAME_PROMPT:
-                    continue
+            for frame in self.conn.incoming():
                 kind, frame_uuid = frame.get("type"), frame.get("uuid")
-                if kind == "message" and isinstance(frame_uuid, str):
-                    self.conn.confirm(frame_uuid)
-                if frame_uuid in self.mine and (kind == "confirm"
-                                                or frame.get("event") == "undelivered"):
+                mine = isinstance(frame_uuid, str) and frame_uuid in self.mine
+                if mine and (kind == "confirm" or frame.get("event") == "undelivered"):
                     self.mine.discard(frame_uuid)
                     reached, text = describe_receipt(frame)
                     print_formatted_text(("  \u2713 " if reached else "  \u2717 ") + text)
