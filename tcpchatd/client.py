@@ -157,9 +157,13 @@ class PipeRun:
         try:
             for frame in self.conn.incoming():
                 kind, frame_uuid = frame.get("type"), frame.get("uuid")
-                ours = isinstance(frame_uuid, str) and frame_uuid in self.pending
-                if ours and kind != "message" and (
-                        kind == "confirm" or frame.get("event") in ("undelivered", "error")):
+                if not isinstance(frame_uuid, str) or kind == "message":
+                    ours = False
+                else:  # under the lock: the sender registers a uuid under it as it sends
+                    with self.cond:
+                        ours = frame_uuid in self.pending
+                if ours and (kind == "confirm"
+                             or frame.get("event") in ("undelivered", "error")):
                     with self.cond:
                         item = self.pending[frame_uuid]
                         if frame.get("code") == errors.FLOOD:

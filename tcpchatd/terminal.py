@@ -24,14 +24,17 @@ class Terminal:
         self.session = session
         self.lost: str | None = None
         self.mine: set[str] = set()
+        self._mine_lock = threading.Lock()  # a receipt may arrive before send_message returns
 
     def receive(self) -> None:
         try:
             for frame in self.conn.incoming():
                 kind, frame_uuid = frame.get("type"), frame.get("uuid")
-                mine = isinstance(frame_uuid, str) and frame_uuid in self.mine
+                with self._mine_lock:
+                    mine = isinstance(frame_uuid, str) and frame_uuid in self.mine
                 if mine and (kind == "confirm" or frame.get("event") == "undelivered"):
-                    self.mine.discard(frame_uuid)
+                    with self._mine_lock:
+                        self.mine.discard(frame_uuid)
                     reached, text = describe_receipt(frame)
                     print_formatted_text(("  \u2713 " if reached else "  \u2717 ") + text)
                     continue
@@ -68,7 +71,8 @@ class Terminal:
             if not text.strip():
                 continue
             try:
-                self.mine.add(self.conn.send_message(text))
+                with self._mine_lock:
+                    self.mine.add(self.conn.send_message(text))
             except ServerGone as exc:
                 self.lost = str(exc)
                 break
