@@ -186,15 +186,15 @@ def test_scenario_lands_exactly_in_the_rule_file(daemon_factory, rsyslog):
 
 def test_undelivered_flood_leave_and_confirms_each(daemon_factory, rsyslog):
     d, port = syslog_daemon(daemon_factory, rsyslog, "--log-confirms", "each",
-                            "--flood-rate", "1", "--flood-burst", "1")
+                            "--flood-rate", "0.4", "--flood-burst", "1")
     alone = RawClient(port)
     alone.join("alone")
     u_alone = alone.say("hello?")
     other = RawClient(port)
     other.join("other")
-    u = alone.say("second")  # within the same second: over the flood limit
+    u = alone.say("second")  # within 2.5 s of the first: over the flood limit
     assert alone.read_until(lambda f: f.get("event") == "error")["code"] == "flood"
-    time.sleep(1.1)
+    time.sleep(2.6)  # a token again
     u2 = alone.say("third")
     other.confirm(other.read_until(lambda f: f.get("type") == "message")["uuid"])
     other.close()
