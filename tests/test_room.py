@@ -88,6 +88,16 @@ def test_confirm_twice_or_by_non_recipient_is_unknown_uuid():
         assert info.value.code == "unknown_uuid"
 
 
+def test_a_broadcast_is_encoded_once_for_every_recipient():
+    room, _ = make_room()
+    members = joined(room, "a", "b", "c", "d")
+    raw = []
+    for m in members[1:]:
+        m.deliver = lambda frame, chat=False, raw=raw: raw.append(frame)
+    room.message(members[0], U1, "once")
+    assert len(raw) == 3 and raw[0] is raw[1] is raw[2]  # the same bytes object
+
+
 def test_alone_is_undelivered_nobody_else_is_here():
     room, _ = make_room()
     (a,) = joined(room, "a")
