@@ -129,6 +129,7 @@ class Daemon:
         watchdog = systemd.Watchdog(notifier, systemd.watchdog_interval(), [
             lambda: server.accepting(max_age=8 * ACCEPT_TICK),
             lambda: now_fresh(admin_server.heartbeat, 8 * ACCEPT_TICK),
+            lambda: now_fresh(server.pool.heartbeat, 8 * ACCEPT_TICK),
             lambda: room.probe(ROOM_PROBE_TIMEOUT),
         ])
         listening = ",".join(server.addresses())

@@ -1,14 +1,15 @@
 """Frames on their way to one client: bounded, sent without ever blocking a caller.
 
-Any thread may put a frame. If nobody is sending to that client, the caller sends at
-once with a non-blocking send (MSG_DONTWAIT: the socket itself stays blocking for its
-reader thread); whatever the kernel does not take waits in the queue and is handed to
-the WriterPool, one epoll thread for every client whose socket is full. So a broadcast
-costs one non-blocking send per recipient and no thread wake-up in the common case,
-and a client that stops reading costs only its own queue, up to its bound.
+Any thread may put a frame; it never waits. The WriterPool's one thread sends: each
+client's queued frames in one non-blocking send (MSG_DONTWAIT: the socket itself stays
+blocking for its reader thread), and whatever the kernel does not take waits until
+epoll says there is room. A client that stops reading costs only its own queue, up
+to its bound.
 
 Why not a writer thread per client: measured with 200 clients, waking 199 writer
-threads per message made thread switches the main cost of a delivery (see BENCHMARKS.md).
+threads per message made thread switches the main cost of a delivery; sending inline
+from the producing thread cost a system call per frame; one pool thread coalesces the
+frames of many messages into one call per client (see BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import os
 import select
 import socket
 import threading
+import time
 
 
 class Outbox:
@@ -47,9 +49,9 @@ class Outbox:
             if chat:
                 self.chat_frames += 1
             if self._busy:
-                return True  # the sending thread (or the pool) takes it along
+                return True  # already scheduled, being sent, or waiting for room
             self._busy = True
-        self.drain()
+        self.pool.schedule(self)
         return True
 
     def finish(self, final_frame: bytes | None = None, drop: bool = False) -> None:
@@ -67,7 +69,7 @@ class Outbox:
             if self._busy:
                 return
             self._busy = True
-        self.drain()
+        self.pool.schedule(self)
 
     def drain(self) -> None:
         """Send until the queue is empty or the kernel is full; only the busy thread calls it."""
@@ -105,6 +107,12 @@ class Outbox:
         if release:
             self._close_socket()
 
+    def wait_sent(self, timeout: float) -> None:
+        """Wait (bounded) until the pool has sent what is queued, or the socket died."""
+        deadline = time.monotonic() + timeout
+        while self._busy and not self._dead and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     def release(self) -> None:
         """The session is over: close the socket now, or when the busy sender is done.
 
@@ -140,19 +148,40 @@ class Outbox:
 
 
 class WriterPool:
-    """One thread that finishes sends for clients whose socket buffer was full."""
+    """The one thread that sends to every client.
+
+    Producers only queue: a frame for a client goes into its Outbox, and the Outbox is
+    put on the ready list when it was idle. The pool sends each ready Outbox's frames in
+    one system call, so under load the frames of many messages for one client go out
+    together (ngircd does the same in its event loop), and no producer ever waits on a
+    socket. Clients whose socket is full wait in epoll for room.
+    """
 
     def __init__(self) -> None:
         self._epoll = select.epoll()
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._epoll.register(self._wake_read, select.EPOLLIN)
         self._waiting: dict[int, Outbox] = {}
+        self._ready: collections.deque[Outbox] = collections.deque()
+        self._sleeping = False  # the pool thread is (about to be) blocked in epoll
         self._lock = threading.Lock()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="writer pool", daemon=True)
+        self.heartbeat = 0.0
 
     def start(self) -> None:
         self._thread.start()
+
+    def schedule(self, outbox: Outbox) -> None:
+        """Have the pool drain this (busy) outbox soon."""
+        with self._lock:
+            self._ready.append(outbox)
+            wake, self._sleeping = self._sleeping, False
+        if wake:
+            try:
+                os.write(self._wake_write, b"x")
+            except BlockingIOError:
+                pass  # the pipe is full: a wake-up is pending anyway
 
     def wait_writable(self, outbox: Outbox) -> None:
         fd = outbox.sock.fileno()
@@ -184,13 +213,25 @@ class WriterPool:
 
     def _run(self) -> None:
         while not self._stopping:
+            self.heartbeat = time.monotonic()
+            with self._lock:
+                ready, self._ready = self._ready, collections.deque()
+                self._sleeping = not ready
+            for outbox in ready:
+                outbox.drain()
             try:
-                events = self._epoll.poll(0.5)
+                events = self._epoll.poll(0.5 if not ready else 0)
             except InterruptedError:
                 continue
             except (OSError, ValueError):
                 return  # closed
             for fd, _ in events:
+                if fd == self._wake_read:
+                    try:
+                        os.read(self._wake_read, 4096)
+                    except BlockingIOError:
+                        pass
+                    continue
                 with self._lock:
                     outbox = self._waiting.get(fd)
                 if outbox is not None:

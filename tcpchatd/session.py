@@ -114,6 +114,8 @@ class Session:
             reason = "error"
         finally:
             self.close(reason)
+            if self.close_deadline is not None:  # a final frame (kick, error) is on its way
+                self.outbox.wait_sent(max(0.0, self.close_deadline - time.monotonic()))
             self.outbox.release()
             self.server.session_ended(self)
 
