@@ -1,9 +1,9 @@
 """One chat client: handshake, reader loop, bounded writer, flood limit.
 
 One thread per client, the reader (handshake, then frames). Frames for a client
-go through its Outbox (outbox.py): sent at once without blocking when the socket
-has room, else queued for the writer pool, so a client that stops reading delays
-nobody: past the bound it is disconnected with reason `send_queue_exceeded`.
+only go into its Outbox (outbox.py), which the writer-pool thread sends, so a
+client that stops reading delays nobody: past the bound it is disconnected with
+reason `send_queue_exceeded`.
 """
 
 from __future__ import annotations
