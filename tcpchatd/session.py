@@ -1,4 +1,4 @@
-"""One chat client: handshake, reader loop, bounded writer, flood limit.
+"""One chat client: handshake, reader loop, flood limit; its frames go through an Outbox.
 
 One thread per client, the reader (handshake, then frames). Frames for a client
 only go into its Outbox (outbox.py), which the writer-pool thread sends, so a
@@ -72,7 +72,7 @@ class Session:
     # --- outbound: any thread may call these
 
     def deliver(self, frame: bytes, chat: bool = False) -> None:
-        """Queue a frame (sent at once if the socket has room); past the bound, disconnect."""
+        """Queue a frame for the writer pool; past the bound, disconnect the client."""
         if self.outbox.put(frame, self.config.send_queue, chat):
             return
         self.room.counters.send_queue_disconnects += 1
