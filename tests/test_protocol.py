@@ -124,3 +124,25 @@ def test_chat_frame_adds_prefix_only_when_missing():
     assert plain["message"] == prefixed["message"] == "ann: hi"
     assert spoofed["message"] == "ann: bob: hi"
     assert plain["nickname"] == "ann" and plain["time"].endswith("Z")
+
+
+@pytest.mark.parametrize("body", [
+    b'{"type":"confirm","uuid":"0b7f5c8e-6a8e-4c55-9d43-3f7b5fd0c1a2"}',
+    b'{"type": "confirm", "uuid": "0b7f5c8e-6a8e-4c55-9d43-3f7b5fd0c1a2"}',
+    b'{"uuid":"0b7f5c8e-6a8e-4c55-9d43-3f7b5fd0c1a2","type":"confirm"}',
+    b' {"type":"confirm","uuid":"0b7f5c8e6a8e4c559d433f7b5fd0c1a2"} ',
+])
+def test_confirms_in_any_json_spelling(body):
+    confirm = protocol.parse_client_frame(body, 10)
+    assert isinstance(confirm, protocol.Confirm)
+    assert confirm.uuid.replace("-", "") == "0b7f5c8e6a8e4c559d433f7b5fd0c1a2"
+
+
+@pytest.mark.parametrize("body,code", [
+    (b'{"type":"confirm","uuid":"0b7f5c8e-6a8e-4c55-9d43-3f7b5fd0c1aZ"}', "bad_uuid"),
+    (b'{"type":"confirm","uuid":"0b7f5c8e-6a8e-4c55-9d43-3f7b5fd0c1a2"', "bad_json"),
+])
+def test_near_miss_confirms_take_the_full_path(body, code):
+    with pytest.raises(ProtocolError) as info:
+        protocol.parse_client_frame(body, 10)
+    assert info.value.code == code
