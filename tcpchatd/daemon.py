@@ -17,7 +17,7 @@ from . import __version__, admin, commands, config as config_module, pidfile, sy
 from .config import Config
 from .errors import ConfigError, StartupError
 from .room import Room
-from .server import ACCEPT_TICK, ChatServer, bind_listener, describe
+from .server import ACCEPT_TICK, ChatServer, bind_listener
 from .trafficlog import TrafficLog
 
 TICK = 0.25                 # main loop period: receipts expire, late closes are reaped

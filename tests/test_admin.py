@@ -10,7 +10,6 @@ import pytest
 from tcpchatd import admin, commands
 from tcpchatd.errors import AdminError, StartupError
 
-from rawclient import wait_for
 
 
 def test_codec_round_trip_over_a_socketpair():

@@ -95,7 +95,7 @@ def test_who_kick_stats_say_end_to_end(running):
     missing = ctl(path, "kick", "bob")
     assert (missing.returncode, missing.stderr) == (1, "tcpchatctl: no such nickname: bob\n")
     log = d.stderr()
-    assert f"kick nick=bob reason=spamming uid=0 pid=" in log
+    assert "kick nick=bob reason=spamming uid=0 pid=" in log
     assert "admin cmd=who uid=0 pid=" in log
 
 

@@ -3,7 +3,6 @@
 import collections
 import os
 import re
-import shutil
 import signal
 import socket
 import stat
@@ -18,7 +17,7 @@ from tcpchatd.config import Config
 from tcpchatd.trafficlog import format_line
 
 from conftest import status_port
-from rawclient import RawClient, frame, wait_for
+from rawclient import RawClient, wait_for
 from syslogparse import parse_file, parse_message
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

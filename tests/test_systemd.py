@@ -17,7 +17,7 @@ from tcpchatd.config import Config
 from tcpchatd.room import Room
 from tcpchatd.server import ChatServer, bind_listener
 
-from conftest import DaemonProcess, RecordingLog, status_port
+from conftest import RecordingLog, status_port
 from rawclient import RawClient, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
