@@ -263,3 +263,21 @@ def test_pipe_client_against_an_original_style_server():
         assert alone.stdout == "no receipt: anyone?\n"
     finally:
         server.close()
+
+
+def test_pipe_client_paces_itself_under_the_default_flood_limit(daemon_factory):
+    port = status_port(daemon_factory())  # default flood limit: 20/s, burst 40
+    listener = RawClient(port)
+    listener.join("listener")
+    lines = 70  # more than the burst: sent as fast as possible, some would be dropped
+
+    def confirm_all():
+        for _ in range(lines):
+            listener.confirm(listener.read_until(lambda f: f.get("type") == "message")["uuid"])
+    t = threading.Thread(target=confirm_all)
+    t.start()
+    result = run_client(port, "".join(f"line {i}\n" for i in range(lines)), "--nick", "bulk",
+                        timeout=60)
+    t.join(30)
+    assert result.returncode == 0, result.stdout[-500:]
+    assert result.stdout.splitlines() == [f"delivered to 1 of 1: line {i}" for i in range(lines)]
