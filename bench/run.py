@@ -194,7 +194,8 @@ LIMITS = """## What limits tcpchatd, and what would move it
 - **Fan-out to 10,000.** The pool thread makes 10,000 sends while up to 10,000 reader
   threads wake to hand in their confirms; each send gives the GIL away, and taking it back
   waits behind them. Sending inline from the producing thread measured 1.3 s in a run
-  before the pool; the pool 1.5-3.8 s across runs. The pool stays: under load it is
+  before the pool; the pool 1.3-3.8 s across runs (a wide spread: it depends on how the
+  confirms interleave with the sends). The pool stays: under load it is
   4-8x cheaper per delivery.
 - **Light load.** At 2 messages/s per sender nothing coalesces: every delivery pays its
   own pool wake-up, send and confirm wake-up (about 100 µs of CPU each, mostly system

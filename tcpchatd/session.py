@@ -107,7 +107,8 @@ class Session:
         try:
             # Readers yield the CPU to the writer pool: when 10,000 confirms come in at
             # once, sending the message to the last recipients matters more than reading
-            # the first receipts (measured: fan-out to 10,000 about 15% sooner).
+            # the first receipts (fan-out to 10,000 was sooner in most runs here, but the
+            # spread between runs is wide; see BENCHMARKS.md).
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), READER_NICENESS)
             self._configure_socket()
             reader = self._handshake()
