@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
 from .errors import ConfigError
+from .trafficlog import FACILITIES as SYSLOG_FACILITIES
 
 DEFAULT_CONFIG_FILE = "/etc/tcpchatd/tcpchatd.toml"
 ADMIN_SOCKET_ENV = "TCPCHATD_ADMIN_SOCKET"
@@ -23,11 +24,6 @@ SYSTEM_ADMIN_SOCKET = "/run/tcpchatd/admin.sock"
 SYSTEM_PID_FILE = "/run/tcpchatd.pid"
 CHAT_PORT = 55555
 
-# RFC 5424 facility codes by name (the subset an operator would choose).
-SYSLOG_FACILITIES = {
-    "user": 1, "daemon": 3, "local0": 16, "local1": 17, "local2": 18, "local3": 19,
-    "local4": 20, "local5": 21, "local6": 22, "local7": 23,
-}
 
 
 # --- value parsers: each takes a flag string or a TOML value, returns the value or raises ValueError

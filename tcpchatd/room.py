@@ -258,6 +258,10 @@ class Room:
             member.deliver(frame)
         return len(members)
 
+    def count_send_queue_disconnect(self) -> None:
+        with self.lock:
+            self.counters.send_queue_disconnects += 1
+
     def probe(self, timeout: float) -> bool:
         """True when the lock can be taken within `timeout` (the watchdog's check)."""
         if not self.lock.acquire(timeout=timeout):

@@ -77,7 +77,7 @@ class Session:
         """Queue a frame for the writer pool; past the bound, disconnect the client."""
         if self.outbox.put(frame, self.config.send_queue, chat):
             return
-        self.room.counters.send_queue_disconnects += 1
+        self.room.count_send_queue_disconnect()
         self.close(errors.SEND_QUEUE_EXCEEDED, protocol.error_frame(
             errors.SEND_QUEUE_EXCEEDED, "you are not reading: disconnected"), drop_queue=True)
 

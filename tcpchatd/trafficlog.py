@@ -87,6 +87,7 @@ class TrafficLog:
         self._unreported = 0        # dropped since the last log_dropped line
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._tag = f"{ident}[{os.getpid()}]: "
 
     def reconfigure(self, target: str, address: str, facility: str, queue_size: int) -> None:
         """Apply new log settings (reload); the writer reconnects when the address changed."""
@@ -95,6 +96,7 @@ class TrafficLog:
 
     def start(self) -> None:
         """Start the writer; warn once on stderr when syslog cannot be reached now."""
+        self._tag = f"{self.ident}[{os.getpid()}]: "
         if self.target == "syslog" and not self._connect():
             print(f"tcpchatd: warning: syslog at {self.address} cannot be reached; "
                   "the chat runs on and log lines wait for it (dropped beyond the queue)",
@@ -158,7 +160,7 @@ class TrafficLog:
         if self._connected_address != self.address and not self._connect():
             return False
         priority = FACILITIES[self.facility] * 8 + SEVERITY_INFO
-        data = f"<{priority}>{self.ident}[{os.getpid()}]: {line}".encode("utf-8", "replace")
+        data = f"<{priority}>{self._tag}{line}".encode("utf-8", "replace")
         try:
             self._sock.send(data)
             return True

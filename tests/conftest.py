@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -21,6 +22,25 @@ from rawclient import RawClient  # noqa: E402
 from tcpchatd.config import Config  # noqa: E402
 from tcpchatd.room import Room  # noqa: E402
 from tcpchatd.server import ChatServer, bind_listener  # noqa: E402
+
+
+@contextlib.contextmanager
+def lock_held_by_another_thread(lock):
+    """A stuck thread holds `lock` for the duration of the block (a wedged room)."""
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            release.wait(10)
+    thread = threading.Thread(target=hold, daemon=True)
+    thread.start()
+    assert held.wait(5)
+    try:
+        yield
+    finally:
+        release.set()
+        thread.join(5)
 
 
 class RecordingLog:

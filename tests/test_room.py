@@ -1,7 +1,6 @@
 """room.py without sockets: membership, receipts, bounds, announcements."""
 
 import json
-import threading
 
 import pytest
 
@@ -9,7 +8,7 @@ from tcpchatd.config import Config
 from tcpchatd.errors import AdminError, ProtocolError
 from tcpchatd.room import Room
 
-from conftest import RecordingLog
+from conftest import RecordingLog, lock_held_by_another_thread
 
 U1 = "11111111-1111-4111-8111-111111111111"
 U2 = "22222222-2222-4222-8222-222222222222"
@@ -201,16 +200,6 @@ def test_kick_tells_the_member_and_the_others():
 def test_probe_fails_while_the_lock_is_held():
     room, _ = make_room()
     assert room.probe(0.1)
-    held, release = threading.Event(), threading.Event()
-
-    def hold():
-        with room.lock:
-            held.set()
-            release.wait(5)
-    thread = threading.Thread(target=hold)
-    thread.start()
-    held.wait(5)
-    assert not room.probe(0.1)
-    release.set()
-    thread.join()
+    with lock_held_by_another_thread(room.lock):
+        assert not room.probe(0.1)
     assert room.probe(0.1)

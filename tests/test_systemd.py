@@ -7,7 +7,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -17,7 +16,7 @@ from tcpchatd.config import Config
 from tcpchatd.room import Room
 from tcpchatd.server import ChatServer, bind_listener
 
-from conftest import RecordingLog, status_port
+from conftest import RecordingLog, lock_held_by_another_thread, status_port
 from rawclient import RawClient, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -149,20 +148,21 @@ def test_notifications_in_order_over_reload_and_stop(daemon_factory, short_tmp):
     a.join("a")
     b.join("b")
     d.wait_notify("WATCHDOG=1")
+
+    def reload_with(text, readies):
+        with open(conf, "w") as fh:
+            fh.write(text)
+        d.signal(signal.SIGHUP)
+        wait_for(lambda: sum("READY=1" in m for m in d.drain_notify()) == readies)
+
     # reload with a new limit: applied, no client dropped
-    with open(conf, "w") as fh:
-        fh.write("max_text = 20\n")
-    d.signal(signal.SIGHUP)
-    wait_for(lambda: sum("READY=1" in m for m in d.drain_notify()) == 2)
+    reload_with("max_text = 20\n", readies=2)
     a.say("x" * 30)
     assert a.read_until(lambda f: f.get("event") == "error")["code"] == "text_too_long"
     u = a.say("short")
     assert b.read_until(lambda f: f.get("type") == "message")["uuid"] == u
     # an invalid file keeps the running settings and says why
-    with open(conf, "w") as fh:
-        fh.write("max_text = 'lots'\n")
-    d.signal(signal.SIGHUP)
-    wait_for(lambda: sum("READY=1" in m for m in d.drain_notify()) == 3)
+    reload_with("max_text = 'lots'\n", readies=3)
     a.say("y" * 30)
     assert a.read_until(lambda f: f.get("event") == "error")["code"] == "text_too_long"
     assert d.stop() == 0
@@ -214,19 +214,9 @@ def test_watchdog_pings_only_while_room_and_accept_loops_answer(notify_socket):
         now = 1000.0
         assert watchdog.tick(now) and received(notify_socket) == ["WATCHDOG=1"]
         # a stuck thread holds the room lock: no ping
-        held, release = threading.Event(), threading.Event()
-
-        def hold():
-            with room.lock:
-                held.set()
-                release.wait(10)
-        t = threading.Thread(target=hold)
-        t.start()
-        held.wait(5)
-        now += 1
-        assert not watchdog.tick(now) and received(notify_socket) == []
-        release.set()
-        t.join()
+        with lock_held_by_another_thread(room.lock):
+            now += 1
+            assert not watchdog.tick(now) and received(notify_socket) == []
         now += 1
         assert watchdog.tick(now) and received(notify_socket) == ["WATCHDOG=1"]
         # an accept loop's heartbeat goes stale (wedged): no ping until it ticks again
