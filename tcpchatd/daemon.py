@@ -16,6 +16,7 @@ from collections import deque
 from . import __version__, admin, commands, config as config_module, pidfile, systemd
 from .config import Config
 from .errors import ConfigError, StartupError
+from .outbox import WriterPool
 from .room import Room
 from .server import ACCEPT_TICK, ChatServer, bind_listener
 from .trafficlog import TrafficLog
@@ -114,8 +115,9 @@ class Daemon:
                          config.log_queue)
         log.start()
         self.log = log
-        room = Room(config, log)
-        server = ChatServer(chat_sockets, room, log, config, error_log=_error_log)
+        pool = WriterPool()
+        room = Room(config, log, pool)
+        server = ChatServer(chat_sockets, room, log, config, pool, error_log=_error_log)
         admin_server = admin.AdminServer(
             admin_socket, commands.build(room, log), config, log,
             owned_path=owned_admin_path, error_log=_error_log)

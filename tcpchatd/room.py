@@ -1,16 +1,18 @@
 """The room: members, broadcast, delivery receipts, kick, counters.
 
-One lock guards membership and pending receipts and nothing else: frames are
-encoded before it is taken and handed to members after it is released, so no
-socket I/O (nor a slow member) ever happens under it. The room knows a member
-only by the Member protocol, so it can be tested without sockets.
+One lock guards membership and pending receipts and nothing else. Frames are
+encoded before it is taken; a broadcast is published under it to the Channel (the
+writer pool's log: an O(1) append, so the order in which clients see events and who
+sees them are the room's), and frames for one member are handed over after it is
+released. No socket I/O (nor a slow member) ever happens under it. The room knows a
+member only by the Member protocol, so it can be tested without sockets.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict, deque
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -21,12 +23,26 @@ from .errors import AdminError, ProtocolError
 class Member(Protocol):
     nickname: str | None
 
-    def deliver(self, frame: bytes, chat: bool = False) -> None:
-        """Queue a frame for the member; never blocks (it may close the member)."""
+    def deliver(self, frame: bytes) -> None:
+        """Queue a frame for this member alone; never blocks (it may close the member)."""
 
     def close(self, reason: str, final_frame: bytes | None = None,
               detail: str | None = None) -> None:
         """Leave the room and disconnect, after sending final_frame if given."""
+
+
+class Channel(Protocol):
+    """Where broadcasts go (the writer pool's log); called under the room's lock."""
+
+    def subscribe(self, member: Member) -> None: ...
+
+    def unsubscribe(self, member: Member) -> None: ...
+
+    def publish(self, frame: bytes, sender: Member | None = None, chat: bool = False) -> None:
+        """Queue a frame for every subscriber but the sender; O(1), no system call."""
+
+    def notify(self) -> None:
+        """After the lock is released: start sending what was published."""
 
 
 class EventLog(Protocol):
@@ -45,6 +61,21 @@ class Pending:
     delivered: int = 0
 
 
+@dataclass(eq=False)
+class Account:
+    """What the room keeps of one member: its own pending messages and what it owes.
+
+    The receipts a member owes are counted, not listed, so that a message costs the
+    room O(1) per recipient in C (one set of recipients) and nothing in Python: it owes
+    every message sent since it joined, except its own, minus those it confirmed or
+    that were settled without it (see Room._owed).
+    """
+
+    joined_at: int                  # Room._messages_sent when it joined
+    settled: int = 0                # its own messages, confirms, and receipts settled
+    sent: set = field(default_factory=set)  # uuids of its pending messages
+
+
 @dataclass
 class Counters:
     messages: int = 0
@@ -57,65 +88,68 @@ class Counters:
 class Room:
     """One chat room; `config` is replaced as a whole on reload."""
 
-    def __init__(self, config: Any, log: EventLog) -> None:
+    def __init__(self, config: Any, log: EventLog, channel: Channel) -> None:
         self.config = config
         self.log = log
+        self.channel = channel
         self.lock = threading.Lock()
         self.counters = Counters()
         self._members: dict[str, Member] = {}        # casefolded nickname -> member
-        self._pending: dict[str, Pending] = {}       # uuid -> pending receipt
-        self._awaiting: dict[Member, OrderedDict] = {}  # recipient -> uuids it may confirm
-        self._sent: dict[Member, set[str]] = {}      # sender -> its pending uuids
+        self._accounts: dict[Member, Account] = {}
+        self._pending: dict[str, Pending] = {}       # uuid -> pending receipt, oldest first
+        self._messages_sent = 0                      # messages that had recipients
         self._deadlines: deque[tuple[float, str]] = deque()
 
     # --- membership
 
     def join(self, member: Member, nickname: str) -> None:
         """Add a member under its nickname, or raise nickname_taken."""
+        frame = protocol.join_frame(nickname)
         with self.lock:
             key = nickname.casefold()
             if key in self._members:
                 raise ProtocolError(errors.NICKNAME_TAKEN, f"nickname {nickname!r} is taken")
             member.nickname = nickname
             self._members[key] = member
-            self._awaiting[member] = OrderedDict()
-            self._sent[member] = set()
-            audience = self._audience(member)
-        # logged before anyone hears of it, so the log keeps the room's order of joins
-        self.log.event("join", nick=nickname, addr=getattr(member, "address", None))
-        frame = protocol.join_frame(nickname)
-        for other in audience:
-            other.deliver(frame)
+            self._accounts[member] = Account(self._messages_sent)
+            self.channel.subscribe(member)
+            # logged under the lock, so the log keeps the room's order of events
+            self.log.event("join", nick=nickname, addr=getattr(member, "address", None))
+            alone = len(self._members) > self.config.announce_joins_max
+            if not alone:  # everyone hears of it, the newcomer too
+                self.channel.publish(frame)
+        self.channel.notify()
+        if alone:  # a very large room: only the newcomer hears of its join
+            member.deliver(frame)
 
     def leave(self, member: Member, reason: str, detail: str | None = None) -> None:
         """Remove a member (idempotent); settle the receipts that waited on it."""
+        frame = protocol.leave_frame(member.nickname, reason, detail)
+        finished = []
         with self.lock:
             key = (member.nickname or "").casefold()
             if self._members.get(key) is not member:
                 return
             del self._members[key]
-            finished = []
-            for frame_uuid in self._awaiting.pop(member):
-                pending = self._pending[frame_uuid]
-                pending.waiting.discard(member)
-                if not pending.waiting:
-                    finished.append(self._finish(pending))
-            for frame_uuid in list(self._sent[member]):  # nobody is left to tell
+            self.channel.unsubscribe(member)
+            account = self._accounts.pop(member)
+            owed = self._owed(account)
+            # newest first: a member that confirms as it reads owes only recent ones
+            for pending in reversed(list(self._pending.values())) if owed else ():
+                if member in pending.waiting:
+                    pending.waiting.discard(member)
+                    if not pending.waiting:
+                        finished.append(self._finish(pending))
+                    owed -= 1
+                    if not owed:
+                        break
+            for frame_uuid in list(account.sent):  # nobody is left to tell
                 self._forget(self._pending[frame_uuid])
-            del self._sent[member]
             # At shutdown everyone gets the shutdown notice instead of N leave notices.
-            quiet = reason == "shutdown" or len(self._members) >= self.config.announce_joins_max
-            audience = [] if quiet else list(self._members.values())
-        frame = protocol.leave_frame(member.nickname, reason, detail)
-        for other in audience:
-            other.deliver(frame)
+            if reason != "shutdown" and len(self._members) < self.config.announce_joins_max:
+                self.channel.publish(frame)
+        self.channel.notify()
         self._report(finished)
-
-    def _audience(self, newcomer: Member) -> list[Member]:
-        """Who hears of a join: everyone, or only the newcomer in a very large room."""
-        if len(self._members) > self.config.announce_joins_max:
-            return [newcomer]
-        return list(self._members.values())
 
     def find(self, nickname: str) -> Member:
         with self.lock:
@@ -137,42 +171,59 @@ class Room:
         """Broadcast a message to everyone but its sender; returns the recipient count."""
         frame = protocol.chat_frame(frame_uuid, sender.nickname, text)
         now = time.monotonic()
+        finished = []
         with self.lock:
             if frame_uuid in self._pending:
                 raise ProtocolError(errors.BAD_UUID, "uuid is already in use by a pending "
                                     "message", frame_uuid)
-            if sender not in self._awaiting:
+            account = self._accounts.get(sender)
+            if account is None:
                 return 0  # left while this was read
-            recipients = [m for m in self._members.values() if m is not sender]
+            recipients = len(self._members) - 1
             self.counters.messages += 1
-            self.counters.deliveries += len(recipients)
-            finished = []
+            self.counters.deliveries += recipients
+            self.log.event("message", nick=sender.nickname, uuid=frame_uuid,
+                           recipients=recipients, text=text)
             if recipients:
-                pending = Pending(frame_uuid, sender, set(recipients), len(recipients),
+                waiting = set(self._members.values())
+                waiting.discard(sender)
+                pending = Pending(frame_uuid, sender, waiting, recipients,
                                   now + self.config.confirm_timeout)
                 self._pending[frame_uuid] = pending
-                self._sent[sender].add(frame_uuid)
+                self._messages_sent += 1
+                account.settled += 1  # nobody owes a receipt for their own message
+                account.sent.add(frame_uuid)
                 self._deadlines.append((pending.deadline, frame_uuid))
-                limit = self.config.pending_confirms
-                for member in recipients:
-                    awaiting = self._awaiting[member]
-                    awaiting[frame_uuid] = None
-                    if len(awaiting) > limit:  # the oldest receipt expires for this one
-                        old = self._pending[awaiting.popitem(last=False)[0]]
-                        old.waiting.discard(member)
-                        if not old.waiting:
-                            finished.append(self._finish(old))
+                self.channel.publish(frame, sender, chat=True)
+                if len(self._pending) > self.config.pending_confirms:
+                    finished = self._expire_oldest_for_laggards()
             else:
                 self.counters.undelivered += 1
-        self.log.event("message", nick=sender.nickname, uuid=frame_uuid,
-                       recipients=len(recipients), text=text)
+        self.channel.notify()
         if not recipients:
             sender.deliver(protocol.undelivered_frame(frame_uuid, protocol.NOBODY_HERE))
             self.log.event("undelivered", uuid=frame_uuid, reason="nobody_here")
-        for member in recipients:
-            member.deliver(frame, chat=True)
         self._report(finished)
-        return len(recipients)
+        return recipients
+
+    def _owed(self, account: Account) -> int:
+        """How many pending receipts wait on this member's confirm."""
+        return self._messages_sent - account.joined_at - account.settled
+
+    def _expire_oldest_for_laggards(self) -> list[Pending]:
+        """Under the lock, with more receipts pending than one member may owe: the oldest
+        expires for every member that owes more than pending_confirms.
+
+        Only a member that owes the oldest receipt can owe that many (it would have to
+        confirm the oldest and leave a thousand newer ones unconfirmed otherwise, which
+        no reading client does); that keeps this O(those members), not O(room).
+        """
+        limit = self.config.pending_confirms
+        oldest = next(iter(self._pending.values()))
+        for member in [m for m in oldest.waiting if self._owed(self._accounts[m]) > limit]:
+            oldest.waiting.discard(member)
+            self._accounts[member].settled += 1
+        return [self._finish(oldest)] if not oldest.waiting else []
 
     def confirm(self, member: Member, frame_uuid: str) -> None:
         """A recipient confirms a message; only once, and only if it was sent to it."""
@@ -188,22 +239,25 @@ class Room:
         """
         unknown, finished = [], []
         with self.lock:
-            awaiting = self._awaiting.get(member)
+            account = self._accounts.get(member)
+            pending_by_uuid = self._pending
             for frame_uuid in uuids:
-                if awaiting is None or frame_uuid not in awaiting:
+                pending = pending_by_uuid.get(frame_uuid)
+                if account is None or pending is None or member not in pending.waiting:
                     unknown.append(frame_uuid)
                     continue
-                del awaiting[frame_uuid]
-                pending = self._pending[frame_uuid]
-                pending.delivered += 1
                 pending.waiting.discard(member)
-                self.counters.confirms += 1
+                pending.delivered += 1
                 if not pending.waiting:
                     finished.append(self._finish(pending))
-        if self.config.log_confirms == "each":
-            for frame_uuid in uuids:
-                if frame_uuid not in unknown:
-                    self.log.event("confirm", uuid=frame_uuid, nick=member.nickname)
+            if account is not None:
+                confirmed = len(uuids) - len(unknown)
+                account.settled += confirmed
+                self.counters.confirms += confirmed
+            if self.config.log_confirms == "each":
+                for frame_uuid in uuids:
+                    if frame_uuid not in unknown:
+                        self.log.event("confirm", uuid=frame_uuid, nick=member.nickname)
         self._report(finished)
         return unknown
 
@@ -228,9 +282,13 @@ class Room:
 
     def _forget(self, pending: Pending) -> None:
         del self._pending[pending.uuid]
-        self._sent[pending.sender].discard(pending.uuid)
-        for member in pending.waiting:  # those that timed out
-            self._awaiting[member].pop(pending.uuid, None)
+        sender = self._accounts.get(pending.sender)
+        if sender is not None:
+            sender.sent.discard(pending.uuid)
+        for member in pending.waiting:  # they owe it no more (timed out, sender left)
+            account = self._accounts.get(member)
+            if account is not None:
+                account.settled += 1
 
     def _report(self, finished: list[Pending]) -> None:
         for pending in finished:
@@ -252,11 +310,12 @@ class Room:
         return member.nickname
 
     def announce(self, text: str) -> int:
-        members = self.members()
         frame = protocol.announce_frame(text)
-        for member in members:
-            member.deliver(frame)
-        return len(members)
+        with self.lock:
+            self.channel.publish(frame)
+            reached = len(self._members)
+        self.channel.notify()
+        return reached
 
     def count_send_queue_disconnect(self) -> None:
         with self.lock:

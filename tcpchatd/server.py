@@ -50,7 +50,7 @@ class ChatServer:
     """Accepts clients on every listener and keeps the set of live sessions."""
 
     def __init__(self, listeners: list[socket.socket], room: Room, log: Any,
-                 config: Config, error_log: Any = None) -> None:
+                 config: Config, pool: WriterPool, error_log: Any = None) -> None:
         self.listeners = listeners
         self.room = room
         self.log = log
@@ -64,7 +64,7 @@ class ChatServer:
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC)
         self._threads: list[threading.Thread] = []
         self.heartbeats = [time.monotonic()] * len(listeners)
-        self.pool = WriterPool()
+        self.pool = pool  # the room's channel: started and stopped with the server
 
     @property
     def config(self) -> Config:

@@ -47,7 +47,8 @@ class Session:
         self.last_active = time.monotonic()
         self.sent = 0       # messages this client sent
         self.close_deadline: float | None = None
-        self.outbox = Outbox(sock, server.pool)
+        self.outbox = Outbox(sock, server.pool, limit=lambda: self.config.send_queue,
+                             on_overflow=self._overflow)
         self._state_lock = threading.Lock()
         self._closing = False
         self._tokens: float | None = None  # the bucket starts full
@@ -73,10 +74,13 @@ class Session:
 
     # --- outbound: any thread may call these
 
-    def deliver(self, frame: bytes, chat: bool = False) -> None:
-        """Queue a frame for the writer pool; past the bound, disconnect the client."""
-        if self.outbox.put(frame, self.config.send_queue, chat):
-            return
+    def deliver(self, frame: bytes) -> None:
+        """Queue a frame for this client; past the bound, disconnect the client."""
+        if not self.outbox.put(frame):
+            self._overflow()
+
+    def _overflow(self) -> None:
+        """Over send_queue bytes (found by deliver, or by the pool for broadcasts)."""
         self.room.count_send_queue_disconnect()
         self.close(errors.SEND_QUEUE_EXCEEDED, protocol.error_frame(
             errors.SEND_QUEUE_EXCEEDED, "you are not reading: disconnected"), drop_queue=True)
@@ -176,6 +180,7 @@ class Session:
         """Read frames until the client leaves; returns the leave reason."""
         confirms: list[str] = []  # confirms read together are settled together
         while True:
+            confirms += reader.take_confirms()  # the common case under load, in bulk
             if confirms and not reader.has_frame():
                 self._confirm(confirms)
                 confirms = []

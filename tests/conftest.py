@@ -20,6 +20,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from rawclient import RawClient  # noqa: E402
 
 from tcpchatd.config import Config  # noqa: E402
+from tcpchatd.outbox import WriterPool  # noqa: E402
 from tcpchatd.room import Room  # noqa: E402
 from tcpchatd.server import ChatServer, bind_listener  # noqa: E402
 
@@ -83,10 +84,12 @@ def chat():
     def make(**settings) -> ChatHandle:
         config = Config(listen=("127.0.0.1:0",), **settings)
         log = RecordingLog()
-        room = Room(config, log)
+        pool = WriterPool()
+        room = Room(config, log, pool)
         listener = bind_listener("127.0.0.1", 0)
         handle = ChatHandle(None, room, log, listener.getsockname()[1])
-        server = ChatServer([listener], room, log, config, error_log=handle.tracebacks.append)
+        server = ChatServer([listener], room, log, config, pool,
+                            error_log=handle.tracebacks.append)
         handle.server = server
         server.start()
 

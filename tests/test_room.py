@@ -15,6 +15,27 @@ U2 = "22222222-2222-4222-8222-222222222222"
 U3 = "33333333-3333-4333-8333-333333333333"
 
 
+class ListChannel:
+    """The room's channel without a writer pool: a broadcast is delivered at once."""
+
+    def __init__(self):
+        self.subscribers = []
+
+    def subscribe(self, member):
+        self.subscribers.append(member)
+
+    def unsubscribe(self, member):
+        self.subscribers.remove(member)
+
+    def publish(self, frame, sender=None, chat=False):
+        for member in self.subscribers:
+            if member is not sender:
+                member.deliver(frame)
+
+    def notify(self):
+        pass
+
+
 class FakeMember:
     """A member that records the frames it is given (the room's only view of a client)."""
 
@@ -24,7 +45,7 @@ class FakeMember:
         self.frames = []
         self.closed = None
 
-    def deliver(self, frame, chat=False):
+    def deliver(self, frame):
         self.frames.append(json.loads(frame[10:]))
 
     def close(self, reason, final_frame=None, detail=None):
@@ -36,7 +57,7 @@ class FakeMember:
 
 def make_room(**settings):
     log = RecordingLog()
-    return Room(Config(**settings), log), log
+    return Room(Config(**settings), log, ListChannel()), log
 
 
 def joined(room, *names):

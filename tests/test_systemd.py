@@ -13,6 +13,7 @@ import pytest
 
 from tcpchatd import systemd
 from tcpchatd.config import Config
+from tcpchatd.outbox import WriterPool
 from tcpchatd.room import Room
 from tcpchatd.server import ChatServer, bind_listener
 
@@ -205,8 +206,9 @@ def received(sock):
 def test_watchdog_pings_only_while_room_and_accept_loops_answer(notify_socket):
     config = Config()
     log = RecordingLog()
-    room = Room(config, log)
-    server = ChatServer([bind_listener("127.0.0.1", 0)], room, log, config)
+    pool = WriterPool()
+    room = Room(config, log, pool)
+    server = ChatServer([bind_listener("127.0.0.1", 0)], room, log, config, pool)
     server.start()
     try:
         watchdog = systemd.Watchdog(systemd.Notifier(), 1.0, [
