@@ -55,7 +55,7 @@ def parse_header(header: bytes) -> int:
 def _confirm_headers() -> dict[bytes, int]:
     """Every header a confirm frame of the fast path may carry: its 10 bytes -> length."""
     headers = {}
-    for length in range(62, 67):  # the body with zero to four optional spaces
+    for length in range(64, 68):  # the body with none to all three optional spaces
         digits = b"%d" % length
         for lead in range(HEADER_LENGTH - len(digits) + 1):
             headers[(b" " * lead + digits).ljust(HEADER_LENGTH)] = length

@@ -146,3 +146,54 @@ def test_near_miss_confirms_take_the_full_path(body, code):
     with pytest.raises(ProtocolError) as info:
         protocol.parse_client_frame(body, 10)
     assert info.value.code == code
+
+
+U = "0b7f5c8e-6a8e-4c55-9d43-3f7b5fd0c1a2"
+
+
+def _confirm_frame(header_text: str, spaced: bool = False) -> bytes:
+    sep = ", " if spaced else ","
+    colon = ": " if spaced else ":"
+    body = f'{{"type"{colon}"confirm"{sep}"uuid"{colon}"{U}"}}'.encode()
+    return header_text.format(len(body)).encode() + body
+
+
+def test_confirms_in_a_row_are_taken_in_bulk_and_the_rest_is_left():
+    uuids = [f"{i:08d}-6a8e-4c55-9d43-3f7b5fd0c1a2" for i in range(3)]
+    run = b"".join(protocol.encode({"type": "confirm", "uuid": u}) for u in uuids)
+    after = protocol.encode({"type": "message", "uuid": U, "message": "x"})
+    reader = protocol.FrameReader(lambda n: b"", initial=run + after + run)
+    assert reader.take_confirms() == uuids
+    # a frame of another type stops the run; next_body reads it, then the run goes on
+    assert reader.take_confirms() == []
+    assert json.loads(reader.next_body(1000))["type"] == "message"
+    assert reader.take_confirms() == uuids
+    assert reader.next_body(1000) is None
+
+
+@pytest.mark.parametrize("data", [
+    _confirm_frame("{:<10}"), _confirm_frame("{:>10}"), _confirm_frame("{:^10}"),
+    _confirm_frame("{:<10}", spaced=True)])
+def test_bulk_confirms_accept_what_the_frame_reader_accepts(data):
+    reader = protocol.FrameReader(lambda n: b"", initial=data * 2)
+    assert reader.take_confirms() == [U, U]
+
+
+def test_anything_else_is_left_for_the_frame_by_frame_path():
+    compact = _confirm_frame("{:<10}")
+    body = compact[10:]
+    # not all there yet: nothing taken, nothing lost
+    reader = protocol.FrameReader(lambda n: b"", initial=compact[:-1])
+    assert reader.take_confirms() == [] and not reader.has_frame()
+    # zero-padded digits: valid, read by the frame-by-frame path
+    reader = protocol.FrameReader(lambda n: b"", initial=b"%010d" % len(body) + body)
+    assert reader.take_confirms() == [] and reader.next_body(1000) == body
+    # a header that does not say this body's length: the stream is read as it says
+    reader = protocol.FrameReader(lambda n: b"", initial=b"%-10d" % (len(body) - 1) + body)
+    assert reader.take_confirms() == [] and reader.next_body(1000) == body[:-1]
+    # a sign in the header: bad_header, as always
+    reader = protocol.FrameReader(lambda n: b"", initial=b"+%-9d" % len(body) + body)
+    assert reader.take_confirms() == []
+    with pytest.raises(ProtocolError) as info:
+        reader.next_body(1000)
+    assert info.value.code == "bad_header"

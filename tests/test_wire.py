@@ -276,3 +276,47 @@ def test_ipv6_listener(chat):
         assert describe(sock).startswith("[::1]:")
     finally:
         sock.close()
+
+
+def _burst(uuids, sender="a"):
+    """Many messages in one write: the server reads them together, as under load."""
+    return b"".join(frame({"type": "message", "uuid": u, "message": f"{sender}: {i}"})
+                    for i, u in enumerate(uuids))
+
+
+def test_a_burst_reaches_everyone_in_order_and_the_sender_gets_only_receipts(chat):
+    h = chat(flood_rate=0)
+    a, b, c = h.client("a"), h.client("b"), h.client("c")
+    for client in (a, b):
+        client.read_until(lambda f: f.get("nickname") == "c")
+    uuids = [str(uuid.uuid4()) for _ in range(300)]
+    a.send_raw(_burst(uuids))
+    for client in (b, c):
+        got = [client.read() for _ in uuids]
+        assert [(f["uuid"], f["message"]) for f in got] == [
+            (u, f"a: {i}") for i, u in enumerate(uuids)]
+        # all confirms in one write (the reader settles them together)
+        client.send_raw(b"".join(frame({"type": "confirm", "uuid": u}) for u in uuids))
+    receipts = {}
+    for _ in uuids:
+        f = a.read()
+        receipts[f["uuid"]] = f
+    assert receipts == {u: {"type": "confirm", "uuid": u, "delivered": 2, "recipients": 2}
+                        for u in uuids}
+    assert h.room.pending_count() == 0
+
+
+def test_a_kicked_client_gets_what_was_said_before_the_kick_then_the_kick(chat):
+    h = chat(flood_rate=0)
+    a, b = h.client("a"), h.client("b")
+    a.read_until(lambda f: f.get("nickname") == "b")
+    uuids = [str(uuid.uuid4()) for _ in range(200)]
+    a.send_raw(_burst(uuids))
+    wait_for(lambda: h.room.counters.messages == len(uuids))
+    h.room.kick("b", "enough")
+    got = []
+    while not got or got[-1].get("event") != "kick":
+        got.append(b.read())
+    assert [f.get("uuid") for f in got[:-1]] == uuids
+    assert got[-1]["message"] == "You were kicked: enough"
+    assert b.sock.recv(1) == b""  # and nothing after the kick
