@@ -63,6 +63,52 @@ def _confirm_headers() -> dict[bytes, int]:
 
 
 _CONFIRM_HEADERS = _confirm_headers()
+_HEX_TO_X = str.maketrans("0123456789abcdefABCDEF", "x" * 22)
+_UUID_SHAPE = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
+
+
+class _ConfirmSpelling:
+    """Whole buffers of confirm frames spelt one way, checked and split in a few C calls.
+
+    Under load a reader finds dozens of confirms in one read, all written by the same
+    client code. Split on '"', every frame gives the same eight pieces, the uuid the 8th:
+    comparing the pieces in strides (list.count) and the uuids' shape (str.translate)
+    checks a whole buffer at once, a tenth of the cost of one regex match per frame.
+    Anything else (a mixed buffer, another spacing, a bad uuid) is left to the regex path.
+    """
+
+    def __init__(self, colon: str, comma: str) -> None:
+        body = f'{{"type"{colon}"confirm"{comma}"uuid"{colon}"{_UUID_SHAPE}"}}'
+        self.size = HEADER_LENGTH + len(body)
+        self.head = f"{len(body):<10}{{"
+        self.pieces = ["type", colon, "confirm", comma, "uuid", colon]  # pieces 1..6
+
+    def take_all(self, buf: bytearray) -> list[str] | None:
+        count = len(buf) // self.size
+        if count < 2:
+            return None  # one frame: the regex path is as cheap
+        end = count * self.size
+        try:
+            pieces = buf[:end].decode("ascii").split('"')
+        except UnicodeDecodeError:
+            return None
+        if (len(pieces) != 8 * count + 1 or pieces[0] != self.head or pieces[-1] != "}"
+                or pieces[8:-1:8].count("}" + self.head) != count - 1):
+            return None
+        for offset, piece in enumerate(self.pieces, 1):
+            if pieces[offset::8].count(piece) != count:
+                return None
+        uuids = pieces[7::8]
+        if ("".join(uuids).translate(_HEX_TO_X) != _UUID_SHAPE * count
+                or set(map(len, uuids)) != {len(_UUID_SHAPE)}):
+            return None
+        del buf[:end]
+        return uuids
+
+
+# ours (compact) and the original client's (json.dumps' default spaces), with the
+# header as both write it
+_CONFIRM_SPELLINGS = (_ConfirmSpelling(":", ","), _ConfirmSpelling(": ", ", "))
 
 
 class FrameReader:
@@ -96,7 +142,12 @@ class FrameReader:
         Only what is already buffered; never reads. A frame that is anything else (or a
         confirm written another way) stops the run and is left for next_body.
         """
-        buf, pos, uuids = self._buf, 0, []
+        buf = self._buf
+        for spelling in _CONFIRM_SPELLINGS:  # the common case: the buffer holds one kind
+            uuids = spelling.take_all(buf)
+            if uuids:
+                return uuids
+        pos, uuids = 0, []
         match, headers = _CONFIRM_FRAME.match, _CONFIRM_HEADERS
         while True:
             found = match(buf, pos)

@@ -197,3 +197,29 @@ def test_anything_else_is_left_for_the_frame_by_frame_path():
     with pytest.raises(ProtocolError) as info:
         reader.next_body(1000)
     assert info.value.code == "bad_header"
+
+
+@pytest.mark.parametrize("spaced", [False, True])
+def test_a_buffer_of_confirms_is_taken_whole_and_a_partial_frame_stays(spaced):
+    uuids = [f"{i:08d}-6a8e-4c55-9d43-3f7b5fd0c1a{i % 10}" for i in range(50)]
+    sep, colon = (", ", ": ") if spaced else (",", ":")
+    frames = [f'{{"type"{colon}"confirm"{sep}"uuid"{colon}"{u}"}}'.encode() for u in uuids]
+    data = b"".join(b"%-10d" % len(f) + f for f in frames)
+    reader = protocol.FrameReader(lambda n: b"", initial=data + data[:30])
+    assert reader.take_confirms() == uuids
+    assert not reader.has_frame() and reader.take_confirms() == []
+
+
+@pytest.mark.parametrize("bad", [
+    "0b7f5c8e-6a8e-4c55-9d43-3f7b5fd0c1aZ",     # not hex
+    "0b7f5c8e-6a8e-4c55-9d43-3f7b5fd0c1a",      # short ...
+    "0b7f5c8e6-a8e-4c55-9d43-3f7b5fd0c1a22",    # ... and long, with dashes moved
+])
+def test_a_bad_uuid_in_a_buffer_of_confirms_stops_the_run_there(bad):
+    good = ["0b7f5c8e-6a8e-4c55-9d43-3f7b5fd0c1a2"] * 3
+    frames = [protocol.encode({"type": "confirm", "uuid": u}) for u in good[:2] + [bad]]
+    reader = protocol.FrameReader(lambda n: b"", initial=b"".join(frames))
+    assert reader.take_confirms() == good[:2]
+    with pytest.raises(ProtocolError) as info:
+        protocol.parse_client_frame(reader.next_body(1000), 10)
+    assert info.value.code == "bad_uuid"
