@@ -20,7 +20,12 @@ _TS = re.compile(rb'"message":"[^"]*? (\d+) (\d+) (\d+)"')
 _MSG_PREFIX = b'{"type":"message","uuid":"'
 _UUID_AT = slice(len(_MSG_PREFIX), len(_MSG_PREFIX) + 36)
 _CONFIRM = b'{"type":"confirm","uuid":"%s"}'
-_IRC_MSG = re.compile(rb"^:([^! ]+)\S* PRIVMSG #bench :(\d+) (\d+) (\d+)$")
+_IRC_MSG = re.compile(rb"^:([^! ]+)\S* PRIVMSG \S+ :(\d+) (\d+) (\d+)$")
+# IRC without a channel: an operator's PRIVMSG to a server mask reaches every user of
+# the server (RFC 2812, 3.3.1), so 10,000 users get one message without 10,000 JOINs,
+# each broadcast to the whole channel (about 50 million JOIN lines)
+IRC_SERVER_MASK = "$bench.invalid"
+CONNECTS_IN_FLIGHT = 8
 
 
 @dataclass
@@ -36,6 +41,7 @@ class Settings:
     drain: float = 5.0
     text_size: int = 32
     fanout: bool = False       # after joining: one message to everyone, timed
+    irc_mask: bool = False     # IRC: no channel; registered = joined; send to the server mask
 
 
 class Client:
@@ -71,6 +77,7 @@ class LoadGenerator:
         self.s = settings
         self.sel = selectors.DefaultSelector()
         self.clients: list[Client] = []
+        self.joined_count = 0
         self.by_fd: dict[int, Client] = {}
         self.result = Result()
         self.on_tick = on_tick
@@ -97,6 +104,11 @@ class LoadGenerator:
     def _queue(self, client: Client, data: bytes) -> None:
         client.wbuf += data
         self._flush(client)
+
+    def _joined(self, client: Client) -> None:
+        if not client.joined:
+            client.joined = True
+            self.joined_count += 1
 
     def _flush(self, client: Client) -> None:
         if client.wbuf:
@@ -169,7 +181,7 @@ class LoadGenerator:
                 client.window += 1
             elif b'"event":"join"' in body:
                 if not client.joined and json.loads(body).get("nickname") == client.name:
-                    client.joined = True
+                    self._joined(client)
             elif b'"event":"undelivered"' in body:
                 # without confirms, receipts beyond pending_confirms expire: expected
                 self.result.undelivered += 1
@@ -205,9 +217,12 @@ class LoadGenerator:
                 continue
             parts = line.split(b" ", 3)
             if len(parts) > 1 and parts[1] == b"001":
-                out += b"JOIN #bench\r\n"
+                if self.s.irc_mask:
+                    self._joined(client)
+                else:
+                    out += b"JOIN #bench\r\n"
             elif len(parts) > 1 and parts[1] == b"366":  # end of NAMES: joined
-                client.joined = True
+                self._joined(client)
             elif len(parts) > 1 and parts[1] in (b"433", b"404", b"482") or line.startswith(
                     b"ERROR"):
                 self.result.errors += 1
@@ -215,8 +230,10 @@ class LoadGenerator:
             self._queue(client, bytes(out))
 
     def _arrived_irc(self, client: Client, match) -> None:
-        self.result.deliveries += 1
         sender_index, sent_ns = int(match.group(2)), int(match.group(4))
+        if sender_index == client.index:
+            return  # a server-mask message reaches its sender too: not a delivery
+        self.result.deliveries += 1
         self.result.latencies.append((time.monotonic_ns() - sent_ns) / 1e6)
         if client is self.observer:
             self.clients[sender_index].window += 1
@@ -224,7 +241,8 @@ class LoadGenerator:
 
     def _send_irc(self, client: Client, now_ns: int) -> None:
         client.seq += 1
-        client.wbuf += (f"PRIVMSG #bench :{client.index} {client.seq} {now_ns}\r\n").encode()
+        target = IRC_SERVER_MASK if self.s.irc_mask else "#bench"
+        client.wbuf += (f"PRIVMSG {target} :{client.index} {client.seq} {now_ns}\r\n").encode()
 
     # --- shared
 
@@ -246,8 +264,12 @@ class LoadGenerator:
         started = time.monotonic()
         for index in range(s.clients):
             self._connect(index)
-            if index % 20 == 19:  # answer `_nickname_` promptly: the server times out at 10 s
-                self._poll(0)
+            # At most CONNECTS_IN_FLIGHT clients connected and not yet joined: a server's
+            # listen backlog is finite (ngircd listens with a backlog of 10, and every connect
+            # past it waits a second for a SYN retry); `_nickname_` is answered promptly.
+            self._poll(0)
+            while index + 1 - self.joined_count >= CONNECTS_IN_FLIGHT:
+                self._poll(0.01)
         deadline = time.monotonic() + 120
         while not all(c.joined for c in self.clients):
             self._poll(0.05)
