@@ -189,6 +189,8 @@ def test_undelivered_flood_leave_and_confirms_each(daemon_factory, rsyslog):
     alone = RawClient(port)
     alone.join("alone")
     u_alone = alone.say("hello?")
+    # settled before anyone else is here (else "other" might join first and receive it)
+    assert alone.read_until(lambda f: f.get("event") == "undelivered")["uuid"] == u_alone
     other = RawClient(port)
     other.join("other")
     u = alone.say("second")  # within 2.5 s of the first: over the flood limit
