@@ -260,6 +260,15 @@ class LoadGenerator:
             self.fanout_seen += 1
 
     def run(self) -> Result:
+        """Connect, join, measure; every socket is closed at the end, whatever happened."""
+        try:
+            return self._run()
+        finally:
+            for client in self.clients:
+                client.sock.close()
+            self.sel.close()
+
+    def _run(self) -> Result:
         s = self.s
         started = time.monotonic()
         for index in range(s.clients):
@@ -352,6 +361,3 @@ class LoadGenerator:
                 break
             self._poll(0.05)
         self.elapsed = time.monotonic() - start
-        for client in self.clients:
-            if client.fd in self.by_fd:
-                client.sock.close()
