@@ -247,13 +247,23 @@ class LoadGenerator:
         *lines, rest = bytes(buf).split(b"\r\n")
         buf[:] = rest
         out = bytearray()
+        # as for tcpchatd (_chat_messages): one time stamp per read, arrivals inline
+        now, match = time.monotonic_ns(), _IRC_MSG.match
+        latencies, arrived = self.result.latencies, 0
+        pace = client is self.observer
         for line in lines:
+            found = match(line)
+            if found is not None:
+                sender = int(found.group(2))
+                if sender == client.index:
+                    continue  # a server-mask message reaches its sender too: not a delivery
+                arrived += 1
+                latencies.append((now - int(found.group(4))) / 1e6)
+                if pace:
+                    self.clients[sender].window += 1
+                continue
             if line.startswith(b"PING"):
                 out += b"PONG" + line[4:] + b"\r\n"
-                continue
-            match = _IRC_MSG.match(line)
-            if match:
-                self._arrived_irc(client, match)
                 continue
             parts = line.split(b" ", 3)
             if len(parts) > 1 and parts[1] == b"001":
@@ -266,18 +276,12 @@ class LoadGenerator:
             elif len(parts) > 1 and parts[1] in (b"433", b"404", b"482") or line.startswith(
                     b"ERROR"):
                 self.result.errors += 1
+        if arrived:
+            self.result.deliveries += arrived
+            if self.fanout_target:
+                self.fanout_seen += arrived
         if out:
             self._queue(client, bytes(out))
-
-    def _arrived_irc(self, client: Client, match) -> None:
-        sender_index, sent_ns = int(match.group(2)), int(match.group(4))
-        if sender_index == client.index:
-            return  # a server-mask message reaches its sender too: not a delivery
-        self.result.deliveries += 1
-        self.result.latencies.append((time.monotonic_ns() - sent_ns) / 1e6)
-        if client is self.observer:
-            self.clients[sender_index].window += 1
-        self._fanout_arrival()
 
     def _send_irc(self, client: Client, now_ns: int) -> None:
         client.seq += 1
