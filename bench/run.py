@@ -197,10 +197,10 @@ LIMITS = """## What limits tcpchatd, and what would move it
 
 - **What made it fast.** A broadcast is appended once to the writer pool's log; the pool
   sends every client what is new for it in one system call, and clients that are caught
-  up share one joined chunk (outbox.py). The sender's thread does O(1) work per message,
+  up share one joined chunk (outbox.py, writerpool.py). The sender's thread does O(1) work per message,
   not one queue operation per recipient; receipts owed are counted per member, not listed
   (room.py). Confirms that arrive together are checked and split in a few C calls
-  (protocol.py, `take_confirms`). Together these took CPU per delivery with confirms
+  (confirms.py). Together these took CPU per delivery with confirms
   from 18.6 µs to the figure above (without confirms from 4.7 µs).
 - **Latency at a fixed load is partly the generator's.** At 20 senders × 20 messages/s
   the one-process generator reads about 80,000 deliveries/s from 200 sockets and is

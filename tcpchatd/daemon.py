@@ -16,10 +16,10 @@ from collections import deque
 from . import __version__, admin, commands, config as config_module, pidfile, systemd
 from .config import Config
 from .errors import ConfigError, StartupError
-from .outbox import WriterPool
 from .room import Room
 from .server import ACCEPT_TICK, ChatServer, bind_listener
 from .trafficlog import TrafficLog
+from .writerpool import WriterPool
 
 TICK = 0.25                 # main loop period: receipts expire, late closes are reaped
 ROOM_PROBE_TIMEOUT = 1.0    # the watchdog's bound on taking the room lock

@@ -16,9 +16,9 @@ from typing import Any
 from . import errors, protocol
 from .config import Config
 from .errors import StartupError
-from .outbox import WriterPool
 from .room import Room
 from .session import Session
+from .writerpool import WriterPool
 
 ACCEPT_TICK = 0.5  # how often an idle accept loop updates its heartbeat
 

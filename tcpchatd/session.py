@@ -17,6 +17,7 @@ import time
 from typing import TYPE_CHECKING
 
 from . import errors, protocol
+from .confirms import take_confirms
 from .errors import ProtocolError
 from .outbox import Outbox
 from .protocol import ChatMessage, FrameReader, PeerClosedMidFrame
@@ -180,7 +181,7 @@ class Session:
         """Read frames until the client leaves; returns the leave reason."""
         confirms: list[str] = []  # confirms read together are settled together
         while True:
-            confirms += reader.take_confirms()  # the common case under load, in bulk
+            confirms += take_confirms(reader)  # the common case under load, in bulk
             if confirms and not reader.has_frame():
                 self._confirm(confirms)
                 confirms = []

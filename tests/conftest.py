@@ -20,9 +20,9 @@ sys.path.insert(0, os.path.dirname(__file__))
 from rawclient import RawClient  # noqa: E402
 
 from tcpchatd.config import Config  # noqa: E402
-from tcpchatd.outbox import WriterPool  # noqa: E402
 from tcpchatd.room import Room  # noqa: E402
 from tcpchatd.server import ChatServer, bind_listener  # noqa: E402
+from tcpchatd.writerpool import WriterPool  # noqa: E402
 
 
 @contextlib.contextmanager

@@ -1,10 +1,11 @@
-"""protocol.py: framing, exact reads, validation (pure functions, no sockets)."""
+"""protocol.py and confirms.py: framing, exact reads, validation (pure, no sockets)."""
 
 import json
 
 import pytest
 
 from tcpchatd import protocol
+from tcpchatd.confirms import take_confirms
 from tcpchatd.errors import ProtocolError
 
 
@@ -163,12 +164,12 @@ def test_confirms_in_a_row_are_taken_in_bulk_and_the_rest_is_left():
     run = b"".join(protocol.encode({"type": "confirm", "uuid": u}) for u in uuids)
     after = protocol.encode({"type": "message", "uuid": U, "message": "x"})
     reader = protocol.FrameReader(lambda n: b"", initial=run + after + run)
-    assert reader.take_confirms() == uuids
+    assert take_confirms(reader) == uuids
     # a frame of another type (a sender's own chat message) stops the run; next_body
     # reads it, then the run goes on
-    assert reader.take_confirms() == []
+    assert take_confirms(reader) == []
     assert json.loads(reader.next_body(1000))["type"] == "message"
-    assert reader.take_confirms() == uuids
+    assert take_confirms(reader) == uuids
     assert reader.next_body(1000) is None
 
 
@@ -177,7 +178,7 @@ def test_confirms_in_a_row_are_taken_in_bulk_and_the_rest_is_left():
     _confirm_frame("{:<10}", spaced=True)])
 def test_bulk_confirms_accept_what_the_frame_reader_accepts(data):
     reader = protocol.FrameReader(lambda n: b"", initial=data * 2)
-    assert reader.take_confirms() == [U, U]
+    assert take_confirms(reader) == [U, U]
 
 
 def test_anything_else_is_left_for_the_frame_by_frame_path():
@@ -185,16 +186,16 @@ def test_anything_else_is_left_for_the_frame_by_frame_path():
     body = compact[10:]
     # not all there yet: nothing taken, nothing lost
     reader = protocol.FrameReader(lambda n: b"", initial=compact[:-1])
-    assert reader.take_confirms() == [] and not reader.has_frame()
+    assert take_confirms(reader) == [] and not reader.has_frame()
     # zero-padded digits: valid, read by the frame-by-frame path
     reader = protocol.FrameReader(lambda n: b"", initial=b"%010d" % len(body) + body)
-    assert reader.take_confirms() == [] and reader.next_body(1000) == body
+    assert take_confirms(reader) == [] and reader.next_body(1000) == body
     # a header that does not say this body's length: the stream is read as it says
     reader = protocol.FrameReader(lambda n: b"", initial=b"%-10d" % (len(body) - 1) + body)
-    assert reader.take_confirms() == [] and reader.next_body(1000) == body[:-1]
+    assert take_confirms(reader) == [] and reader.next_body(1000) == body[:-1]
     # a sign in the header: bad_header, as always
     reader = protocol.FrameReader(lambda n: b"", initial=b"+%-9d" % len(body) + body)
-    assert reader.take_confirms() == []
+    assert take_confirms(reader) == []
     with pytest.raises(ProtocolError) as info:
         reader.next_body(1000)
     assert info.value.code == "bad_header"
@@ -207,8 +208,8 @@ def test_a_buffer_of_confirms_is_taken_whole_and_a_partial_frame_stays(spaced):
     frames = [f'{{"type"{colon}"confirm"{sep}"uuid"{colon}"{u}"}}'.encode() for u in uuids]
     data = b"".join(b"%-10d" % len(f) + f for f in frames)
     reader = protocol.FrameReader(lambda n: b"", initial=data + data[:30])
-    assert reader.take_confirms() == uuids
-    assert not reader.has_frame() and reader.take_confirms() == []
+    assert take_confirms(reader) == uuids
+    assert not reader.has_frame() and take_confirms(reader) == []
 
 
 @pytest.mark.parametrize("bad", [
@@ -220,7 +221,7 @@ def test_a_bad_uuid_in_a_buffer_of_confirms_stops_the_run_there(bad):
     good = ["0b7f5c8e-6a8e-4c55-9d43-3f7b5fd0c1a2"] * 3
     frames = [protocol.encode({"type": "confirm", "uuid": u}) for u in good[:2] + [bad]]
     reader = protocol.FrameReader(lambda n: b"", initial=b"".join(frames))
-    assert reader.take_confirms() == good[:2]
+    assert take_confirms(reader) == good[:2]
     with pytest.raises(ProtocolError) as info:
         protocol.parse_client_frame(reader.next_body(1000), 10)
     assert info.value.code == "bad_uuid"

@@ -13,9 +13,9 @@ import pytest
 
 from tcpchatd import systemd
 from tcpchatd.config import Config
-from tcpchatd.outbox import WriterPool
 from tcpchatd.room import Room
 from tcpchatd.server import ChatServer, bind_listener
+from tcpchatd.writerpool import WriterPool
 
 from conftest import RecordingLog, lock_held_by_another_thread, status_port
 from rawclient import RawClient, wait_for
