@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import re
 
-from .protocol import HEADER_LENGTH, FrameReader
+from .protocol import CONFIRM_BODY, HEADER_LENGTH, FrameReader
 
 
 # A whole confirm frame, header included, for take_confirms: under load a
 # reader finds dozens of them in one read, and matching them in a row costs a fraction of
 # a frame-by-frame parse (measured: 4 µs a frame down to well under 1).
-_CONFIRM_FRAME = re.compile(rb'([ 0-9]{10})(\{"type": ?"confirm", ?"uuid": ?"([0-9a-fA-F]{8}-'
-                            rb'[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"\})')
+_CONFIRM_FRAME = re.compile(rb'([ 0-9]{10})(' + CONFIRM_BODY + rb')')
 
 
 def _confirm_headers() -> dict[bytes, int]:

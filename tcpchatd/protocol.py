@@ -131,8 +131,9 @@ class Confirm:
 # The confirm frames that real clients send, as bytes: ours compact, the original's with
 # json.dumps' default spaces. A confirm is sent once per delivery, so recognising these
 # without building a dict or a UUID object is worth it; anything else takes the full path.
-_CONFIRM = re.compile(rb'\{"type": ?"confirm", ?"uuid": ?"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-'
-                      rb'[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"\}\Z')
+CONFIRM_BODY = (rb'\{"type": ?"confirm", ?"uuid": ?"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-'
+                rb'[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"\}')  # also in confirms.py
+_CONFIRM = re.compile(CONFIRM_BODY + rb'\Z')
 
 
 def parse_client_frame(body: bytes, max_text: int) -> ChatMessage | Confirm:

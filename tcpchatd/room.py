@@ -133,16 +133,17 @@ class Room:
             del self._members[key]
             self.channel.unsubscribe(member)
             account = self._accounts.pop(member)
-            owed = self._owed(account)
+            owed, emptied = self._owed(account), []
             # newest first: a member that confirms as it reads owes only recent ones
-            for pending in reversed(list(self._pending.values())) if owed else ():
+            for pending in reversed(self._pending.values()) if owed else ():
                 if member in pending.waiting:
                     pending.waiting.discard(member)
                     if not pending.waiting:
-                        finished.append(self._finish(pending))
+                        emptied.append(pending)  # finished after the loop: it edits _pending
                     owed -= 1
                     if not owed:
                         break
+            finished += [self._finish(pending) for pending in emptied]
             for frame_uuid in list(account.sent):  # nobody is left to tell
                 self._forget(self._pending[frame_uuid])
             # At shutdown everyone gets the shutdown notice instead of N leave notices.

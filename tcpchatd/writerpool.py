@@ -121,9 +121,8 @@ class WriterPool:
         """Have the pool drain this outbox soon."""
         with self._lock:
             self._ready.append(outbox)
-            wake, self._sleeping = self._sleeping, False
-        if wake:
-            self._wake()
+            self._note_work()
+        self.notify()
 
     def chat_count(self, until: int | None) -> int:
         log = self._log
@@ -141,19 +140,16 @@ class WriterPool:
 
     def chunk(self, outbox: Outbox, start: int, stop: int) -> bytes:
         """The broadcast frames [start, stop) for this outbox: all but its own."""
-        key = (start, stop)
-        cached = self._chunks.get(key)
         log = self._log
+        first, last = start - log.base, stop - log.base
+        cached = self._chunks.get((start, stop))
         if cached is None:
-            frames = log.frames[start - log.base:stop - log.base]
-            cached = (b"".join(frames),
-                      set(log.senders[start - log.base:stop - log.base]))
-            self._chunks[key] = cached
+            cached = (b"".join(log.frames[first:last]), set(log.senders[first:last]))
+            self._chunks[(start, stop)] = cached
         if outbox not in cached[1]:
             return cached[0]
-        first = start - log.base
-        return b"".join(frame for frame, sender in zip(log.frames[first:stop - log.base],
-                                                       log.senders[first:stop - log.base])
+        return b"".join(frame for frame, sender in zip(log.frames[first:last],
+                                                       log.senders[first:last])
                         if sender is not outbox)
 
     def wait_writable(self, outbox: Outbox) -> None:
