@@ -121,8 +121,9 @@ class WriterPool:
         """Have the pool drain this outbox soon."""
         with self._lock:
             self._ready.append(outbox)
-            self._note_work()
-        self.notify()
+            wake, self._sleeping = self._sleeping, False
+        if wake:
+            self._wake()
 
     def chat_count(self, until: int | None) -> int:
         log = self._log
