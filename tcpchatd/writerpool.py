@@ -118,7 +118,11 @@ class WriterPool:
     # --- for outboxes
 
     def schedule(self, outbox: Outbox) -> None:
-        """Have the pool drain this outbox soon."""
+        """Have the pool drain this outbox soon.
+
+        It wakes the pool itself rather than through _note_work() and notify(): that way
+        measured two to four times the CPU per delivery (see the review commit).
+        """
         with self._lock:
             self._ready.append(outbox)
             wake, self._sleeping = self._sleeping, False
