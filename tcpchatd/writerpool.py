@@ -121,7 +121,7 @@ class WriterPool:
         """Have the pool drain this outbox soon.
 
         It wakes the pool itself rather than through _note_work() and notify(): that way
-        measured two to four times the CPU per delivery (see the review commit).
+        measured two to five times the CPU per delivery (see the review commit).
         """
         with self._lock:
             self._ready.append(outbox)
