@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from . import errors
 from .errors import AdminError, StartupError
+from .protocol import MAX_JSON_DEPTH, loads_bounded
 
 VERSION = 1
 
@@ -51,26 +52,39 @@ def reply_error(request_id: Any, code: str, message: str) -> bytes:
                    "error": {"code": code, "message": message}})
 
 
-def parse_request(line: bytes) -> tuple[Any, str, dict]:
-    """(id, cmd, args) of a request line, or AdminError(bad_request)."""
+def parse_request(line: bytes, max_depth: int = MAX_JSON_DEPTH) -> tuple[Any, str, dict]:
+    """(id, cmd, args) of a request line, or AdminError(bad_request).
+
+    Everything in it must be encodable again (no lone surrogates), since a reply may
+    echo it: a request the daemon could not answer would leave the caller with nothing.
+    """
     try:
-        obj = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise AdminError(errors.BAD_REQUEST, "request is not a JSON line") from None
+        text = line.decode("utf-8")
+        text.encode("utf-8")
+        obj = loads_bounded(text, max_depth)
+        json.dumps(obj, ensure_ascii=False).encode("utf-8")  # a lone surrogate escaped in it
+    except UnicodeError:
+        raise AdminError(errors.BAD_REQUEST, "request is not valid UTF-8 (or holds a lone "
+                         "surrogate)") from None
+    except ValueError as exc:
+        raise AdminError(errors.BAD_REQUEST, f"request is not a JSON line: {exc}") from None
     if not isinstance(obj, dict):
         raise AdminError(errors.BAD_REQUEST, "request is not a JSON object")
-    if obj.get("v") != VERSION:
-        raise AdminError(errors.BAD_REQUEST, f"unsupported protocol version {obj.get('v')!r}")
+    version, request_id = obj.get("v"), obj.get("id")
+    if type(version) is not int or version != VERSION:  # not True, not 1.0
+        raise AdminError(errors.BAD_REQUEST, f"unsupported protocol version {version!r}")
+    if request_id is not None and type(request_id) not in (int, str):
+        raise AdminError(errors.BAD_REQUEST, "'id' must be an integer, a string or null")
     cmd, args = obj.get("cmd"), obj.get("args", {})
     if not isinstance(cmd, str) or not isinstance(args, dict):
         raise AdminError(errors.BAD_REQUEST, "request needs a string 'cmd' and object 'args'")
-    return obj.get("id"), cmd, args
+    return request_id, cmd, args
 
 
 def parse_reply(line: bytes) -> Any:
     """The result of a reply line, or AdminError with the daemon's code."""
     try:
-        obj = json.loads(line.decode("utf-8"))
+        obj = loads_bounded(line.decode("utf-8"))
         if obj["ok"]:
             return obj["result"]
         error = obj["error"]
@@ -226,34 +240,48 @@ class AdminServer:
                              name="admin client").start()
 
     def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            conn.settimeout(self.config.admin_timeout)
-            caller = peer_credentials(conn)
-            admin_gid = resolve_group(self.config.admin_group) \
-                if self.config.admin_group else None
-            if not caller_allowed(caller, admin_gid):
-                self.log.event("admin_refused", uid=caller.uid, pid=caller.pid)
-                self._send(conn, reply_error(None, errors.PERMISSION_DENIED,
-                                             f"uid {caller.uid} may not use this admin socket"))
+        """One admin connection; whatever fails, the caller gets a coded reply."""
+        try:
+            self._serve_requests(conn)
+        except Exception:
+            self._internal_error("internal error on an admin connection")
+            self._send(conn, reply_error(None, errors.INTERNAL,
+                                         "internal error (see the daemon's log)"))
+        finally:
+            conn.close()
+
+    def _internal_error(self, what: str) -> None:
+        if self.error_log is not None:
+            self.error_log(f"{what}:\n{traceback.format_exc()}")
+
+    def _serve_requests(self, conn: socket.socket) -> None:
+        conn.settimeout(self.config.admin_timeout)
+        caller = peer_credentials(conn)
+        admin_gid = resolve_group(self.config.admin_group) \
+            if self.config.admin_group else None
+        if not caller_allowed(caller, admin_gid):
+            self.log.event("admin_refused", uid=caller.uid, pid=caller.pid)
+            self._send(conn, reply_error(None, errors.PERMISSION_DENIED,
+                                         f"uid {caller.uid} may not use this admin socket"))
+            return
+        reader = LineReader(conn, self.config.admin_max_line)
+        while True:
+            try:
+                line = reader.read_line()
+            except AdminError as exc:  # over-long line: the stream cannot go on
+                self._send(conn, reply_error(None, exc.code, exc.message))
                 return
-            reader = LineReader(conn, self.config.admin_max_line)
-            while True:
-                try:
-                    line = reader.read_line()
-                except AdminError as exc:  # over-long line: the stream cannot go on
-                    self._send(conn, reply_error(None, exc.code, exc.message))
-                    return
-                except OSError:  # idle timeout or the caller went away
-                    return
-                if line is None:
-                    return
-                if not self._send(conn, self._dispatch(line, caller)):
-                    return
+            except OSError:  # idle timeout or the caller went away
+                return
+            if line is None:
+                return
+            if not self._send(conn, self._dispatch(line, caller)):
+                return
 
     def _dispatch(self, line: bytes, caller: Caller) -> bytes:
         request_id = None
         try:
-            request_id, cmd, args = parse_request(line)
+            request_id, cmd, args = parse_request(line, self.config.max_json_depth)
             command = self.commands.get(cmd)
             if command is None:
                 raise AdminError(errors.UNKNOWN_COMMAND, f"unknown command: {cmd}")
@@ -262,8 +290,7 @@ class AdminServer:
         except AdminError as exc:
             return reply_error(request_id, exc.code, exc.message)
         except Exception:
-            if self.error_log is not None:
-                self.error_log("internal error in admin command:\n" + traceback.format_exc())
+            self._internal_error("internal error in admin command")
             return reply_error(request_id, errors.INTERNAL, "internal error (see the daemon's log)")
 
     @staticmethod

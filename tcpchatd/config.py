@@ -28,7 +28,7 @@ CHAT_PORT = 55555
 
 # --- value parsers: each takes a flag string or a TOML value, returns the value or raises ValueError
 
-def _int(minimum: int) -> Callable[[Any], int]:
+def _int(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
         if isinstance(value, bool):
             raise ValueError("expected an integer")
@@ -37,6 +37,8 @@ def _int(minimum: int) -> Callable[[Any], int]:
             raise ValueError("expected an integer")
         if number < minimum:
             raise ValueError(f"must be at least {minimum}")
+        if maximum is not None and number > maximum:
+            raise ValueError(f"must be at most {maximum}")
         return number
     return parse
 
@@ -170,9 +172,18 @@ class Config:
                               _int(1024))
     pending_confirms: int = setting(1000, "receipts pending per recipient", _int(1))
     confirm_timeout: float = setting(30.0, "seconds to wait for receipts", _float(0.01))
+    receipt_wait: float = setting(2.0, "seconds after a message's first confirm until its "
+                                  "sender gets the receipt with the confirms so far",
+                                  _float(0.01))
+    error_limit: int = setting(20, "protocol errors a client may make in 10 s; one more and "
+                               "it leaves with reason 'errors' (unknown_uuid does not count)",
+                               _int(1))
     handshake_timeout: float = setting(10.0, "seconds to send a nickname", _float(0.01))
     max_text: int = setting(4096, "bytes of message text", _int(1))
     max_frame: int = setting(65536, "bytes of frame body", _int(64))
+    max_json_depth: int = setting(
+        32, "levels of nested objects and arrays in a frame or admin request (checked before "
+        "parsing, so deep input cannot exhaust a thread's stack)", _int(2, 64))
     max_nickname: int = setting(32, "characters of a nickname", _int(1))
     announce_joins_max: int = setting(1000, "above this many clients joins and leaves are "
                                       "only logged", _int(0))

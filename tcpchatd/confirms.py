@@ -32,7 +32,7 @@ def _confirm_headers() -> dict[bytes, int]:
 
 
 _CONFIRM_HEADERS = _confirm_headers()
-_HEX_TO_X = str.maketrans("0123456789abcdefABCDEF", "x" * 22)
+_HEX_TO_X = str.maketrans("0123456789abcdef", "x" * 16)  # lower case only (see CONFIRM_BODY)
 _UUID_SHAPE = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
 
 

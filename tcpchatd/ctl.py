@@ -115,8 +115,15 @@ def main(argv: list[str] | None = None) -> int:
         candidates = socket_candidates(args)
     except ConfigError as exc:
         return fail(exc.message, EXIT_USAGE)
+    cmd_args = request_args(args)
+    for value in cmd_args.values():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:  # bytes that are not UTF-8 came in through argv
+            shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+            return fail(f"argument is not valid UTF-8: {shown}", EXIT_USAGE)
     try:
-        result = call_first(candidates, args.cmd, request_args(args), args.timeout)
+        result = call_first(candidates, args.cmd, cmd_args, args.timeout)
     except AdminError as exc:
         return fail(exc.message, EXIT_BY_CODE.get(exc.code, EXIT_FAILED))
     except NotRunning as exc:

@@ -13,7 +13,7 @@ import threading
 import time
 from collections import deque
 
-from . import __version__, admin, commands, config as config_module, pidfile, systemd
+from . import __version__, admin, commands, config as config_module, console, pidfile, systemd
 from .config import Config
 from .errors import ConfigError, StartupError
 from .room import Room
@@ -46,17 +46,17 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = config_module.from_args(args)
     except ConfigError as exc:
-        print(f"tcpchatd: {exc.message}", file=sys.stderr)
+        console.say(f"tcpchatd: {exc.message}")
         return 2
     try:
         return Daemon(config, args).run()
     except StartupError as exc:
-        print(f"tcpchatd: {exc.message}", file=sys.stderr)
+        console.say(f"tcpchatd: {exc.message}")
         return 1
 
 
 def _error_log(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    console.say(text)
 
 
 class Daemon:
@@ -97,8 +97,7 @@ class Daemon:
     def _detach(self, sockets: list[socket.socket]) -> str | None:
         """Daemonize with python-daemon, keeping the listening sockets; the pid file path."""
         if systemd.under_service_manager():
-            print("tcpchatd: a service manager runs this process: --daemon does not fork",
-                  file=sys.stderr, flush=True)
+            console.say("tcpchatd: a service manager runs this process: --daemon does not fork")
             return None
         import daemon as python_daemon  # python-daemon; only needed here
         path = self.config.pid_file_path()
@@ -136,8 +135,8 @@ class Daemon:
         ])
         listening = ",".join(server.addresses())
         log.event("start", version=__version__, listen=listening)
-        print(f"tcpchatd {__version__}: listening on {listening}; admin socket "
-              f"{owned_admin_path or 'from systemd'}", file=sys.stderr, flush=True)
+        console.say(f"tcpchatd {__version__}: listening on {listening}; admin socket "
+                    f"{owned_admin_path or 'from systemd'}")
         notifier.ready(self._status())
         try:
             while True:
@@ -193,6 +192,11 @@ class Daemon:
         notifier.reloading()
         try:
             new = config_module.from_args(self.args)
+            if new.admin_group:  # every admin connection would fail on an unknown group
+                try:
+                    admin.resolve_group(new.admin_group)
+                except StartupError as exc:
+                    raise ConfigError(exc.message) from None
         except ConfigError as exc:
             self.log.event("reload", ok="no", error=exc.message)
             notifier.ready(f"reload failed, running settings kept: {exc.message}")

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import json
 import re
-import unicodedata
-import uuid as uuidlib
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Callable
@@ -102,16 +100,56 @@ class FrameReader:
         return body
 
 
-def decode(body: bytes) -> dict:
+MAX_JSON_DEPTH = 32  # nesting a body may have (objects and arrays); see json_depth_over
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"', re.S)
+_NOT_BRACKET = re.compile(r"[^\[\]{}]+")
+
+
+def json_depth_over(text: str, limit: int) -> bool:
+    """True when JSON text nests objects and arrays deeper than `limit`.
+
+    Checked before json.loads, whose parser recurses once per level: a body nested
+    10,000 deep would raise RecursionError, or overflow a small thread stack and kill
+    the whole process. A body with few brackets is passed at the cost of two counts.
+    """
+    if text.count("[") + text.count("{") <= limit:
+        return False
+    depth = 0
+    for char in _NOT_BRACKET.sub("", _JSON_STRING.sub("", text)):
+        if char in "[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def loads_bounded(text: str, max_depth: int = MAX_JSON_DEPTH):
+    """json.loads with the nesting bounded and no NaN or Infinity; ValueError otherwise."""
+    if json_depth_over(text, max_depth):
+        raise ValueError(f"JSON nested deeper than {max_depth} levels")
+    try:
+        return json.loads(text, parse_constant=_refuse_constant)
+    except RecursionError:  # only if the bound is set above what the stack allows
+        raise ValueError("JSON nested too deep") from None
+
+
+def _refuse_constant(name: str) -> None:
+    raise ValueError(f"{name} is not JSON")
+
+
+def decode(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> dict:
     """A frame body as a JSON object."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError(errors.BAD_UTF8, "frame body is not valid UTF-8") from None
     try:
-        obj = json.loads(text)
-    except ValueError:
-        raise ProtocolError(errors.BAD_JSON, "frame body is not valid JSON") from None
+        obj = loads_bounded(text, max_depth)
+    except ValueError as exc:
+        raise ProtocolError(errors.BAD_JSON, f"frame body is not valid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ProtocolError(errors.NOT_AN_OBJECT, "frame body is not a JSON object")
     return obj
@@ -131,24 +169,27 @@ class Confirm:
 # The confirm frames that real clients send, as bytes: ours compact, the original's with
 # json.dumps' default spaces. A confirm is sent once per delivery, so recognising these
 # without building a dict or a UUID object is worth it; anything else takes the full path.
-CONFIRM_BODY = (rb'\{"type": ?"confirm", ?"uuid": ?"([0-9a-fA-F]{8}-[0-9a-fA-F]{4}-'
-                rb'[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12})"\}')  # also in confirms.py
+# Lower-case uuids only: an upper-case one takes the full path, which normalises it.
+CONFIRM_BODY = (rb'\{"type": ?"confirm", ?"uuid": ?"([0-9a-f]{8}-[0-9a-f]{4}-'
+                rb'[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"\}')  # also in confirms.py
 _CONFIRM = re.compile(CONFIRM_BODY + rb'\Z')
 
 
-def parse_client_frame(body: bytes, max_text: int) -> ChatMessage | Confirm:
+def parse_client_frame(body: bytes, max_text: int,
+                       max_depth: int = MAX_JSON_DEPTH) -> ChatMessage | Confirm:
     """Decode and validate one frame a client may send."""
     match = _CONFIRM.match(body)
     if match is not None:
         return Confirm(match.group(1).decode("ascii"))
-    obj = decode(body)
+    obj = decode(body, max_depth)
     kind = obj.get("type")
     if kind not in ("message", "confirm"):
         raise ProtocolError(errors.UNKNOWN_TYPE,
                             f"unknown frame type {kind!r}: expected 'message' or 'confirm'")
-    frame_uuid = obj.get("uuid")
-    if not isinstance(frame_uuid, str) or not _is_uuid(frame_uuid):
-        raise ProtocolError(errors.BAD_UUID, f"missing or malformed uuid in {kind!r} frame")
+    frame_uuid = canonical_uuid(obj.get("uuid"))
+    if frame_uuid is None:
+        raise ProtocolError(errors.BAD_UUID, f"missing or malformed uuid in {kind!r} frame: "
+                            "expected 36 characters, hex digits with dashes at 8-4-4-4-12")
     if kind == "confirm":
         return Confirm(frame_uuid)
     text = obj.get("message")
@@ -166,36 +207,25 @@ def parse_client_frame(body: bytes, max_text: int) -> ChatMessage | Confirm:
     return ChatMessage(frame_uuid, text)
 
 
-def _is_uuid(text: str) -> bool:
-    try:
-        uuidlib.UUID(text)
-    except ValueError:
-        return False
-    return True
+_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
+                             r"[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\Z")
+
+
+def canonical_uuid(value: object) -> str | None:
+    """The uuid in lower case when `value` is one in the canonical 8-4-4-4-12 form, else None.
+
+    Only that form: uuid.UUID() also takes braces, `urn:uuid:`, missing dashes and
+    non-ASCII digits, which would let one message be pending under several spellings.
+    """
+    if not isinstance(value, str) or not _CANONICAL_UUID.match(value):
+        return None
+    return value.lower()
 
 
 def take_nickname(data: bytes) -> tuple[bytes, bytes]:
     """Split a handshake read into (nickname bytes, start of the frame stream)."""
     line, newline, rest = data.partition(b"\n")
     return line.rstrip(b"\r").strip(b" "), rest if newline else b""
-
-
-def check_nickname(raw: bytes, max_length: int) -> str:
-    """The nickname as text, or ProtocolError(nickname_invalid)."""
-    try:
-        name = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ProtocolError(errors.NICKNAME_INVALID, "nickname is not valid UTF-8") from None
-    if not name:
-        raise ProtocolError(errors.NICKNAME_INVALID, "nickname is empty")
-    if len(name) > max_length:
-        raise ProtocolError(errors.NICKNAME_INVALID,
-                            f"nickname is longer than {max_length} characters")
-    for char in name:
-        if char.isspace() or unicodedata.category(char)[0] in "CZ":
-            raise ProtocolError(errors.NICKNAME_INVALID,
-                                "nickname may not contain spaces or control characters")
-    return name
 
 
 # --- frames the server sends

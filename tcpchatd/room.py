@@ -10,14 +10,21 @@ member only by the Member protocol, so it can be tested without sockets.
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import errors, protocol
 from .errors import AdminError, ProtocolError
+from .nicknames import nickname_key
+
+# How many settled messages the room remembers, per pending_confirms, so that a confirm
+# that comes after its message was settled (the sender left, or confirm_timeout passed
+# while a laptop slept) is taken silently instead of drawing unknown_uuid.
+SETTLED_MEMORY_FACTOR = 10
 
 
 class Member(Protocol):
@@ -59,6 +66,7 @@ class Pending:
     recipients: int
     deadline: float
     delivered: int = 0
+    reported: bool = False  # the sender has its receipt (receipt_wait passed); log pending
 
 
 @dataclass(eq=False)
@@ -94,19 +102,23 @@ class Room:
         self.channel = channel
         self.lock = threading.Lock()
         self.counters = Counters()
-        self._members: dict[str, Member] = {}        # casefolded nickname -> member
+        self._members: dict[str, Member] = {}        # nickname_key -> member
         self._accounts: dict[Member, Account] = {}
+        # members that left half-closed, still owed receipts for their own messages
+        self._departed: dict[Member, Account] = {}
         self._pending: dict[str, Pending] = {}       # uuid -> pending receipt, oldest first
         self._messages_sent = 0                      # messages that had recipients
         self._deadlines: deque[tuple[float, str]] = deque()
+        self._receipt_times: list[tuple[float, str]] = []  # heap: receipt_wait deadlines
+        self._settled: OrderedDict[str, None] = OrderedDict()  # recently settled uuids
 
     # --- membership
 
     def join(self, member: Member, nickname: str) -> None:
         """Add a member under its nickname, or raise nickname_taken."""
         frame = protocol.join_frame(nickname)
+        key = nickname_key(nickname)
         with self.lock:
-            key = nickname.casefold()
             if key in self._members:
                 raise ProtocolError(errors.NICKNAME_TAKEN, f"nickname {nickname!r} is taken")
             member.nickname = nickname
@@ -122,12 +134,17 @@ class Room:
         if alone:  # a very large room: only the newcomer hears of its join
             member.deliver(frame)
 
-    def leave(self, member: Member, reason: str, detail: str | None = None) -> None:
-        """Remove a member (idempotent); settle the receipts that waited on it."""
+    def leave(self, member: Member, reason: str, detail: str | None = None,
+              keep_receipts: bool = False) -> None:
+        """Remove a member (idempotent); settle the receipts that waited on it.
+
+        With keep_receipts (the member half-closed: it still reads), the receipts of
+        its own pending messages still go to it; see awaiting_receipts().
+        """
         frame = protocol.leave_frame(member.nickname, reason, detail)
         finished = []
         with self.lock:
-            key = (member.nickname or "").casefold()
+            key = nickname_key(member.nickname or "")
             if self._members.get(key) is not member:
                 return
             del self._members[key]
@@ -144,17 +161,25 @@ class Room:
                     if not owed:
                         break
             finished += [self._finish(pending) for pending in emptied]
-            for frame_uuid in list(account.sent):  # nobody is left to tell
-                self._forget(self._pending[frame_uuid])
+            if keep_receipts and account.sent:
+                self._departed[member] = account
+            else:
+                for frame_uuid in list(account.sent):  # nobody is left to tell
+                    self._forget(self._pending[frame_uuid])
             # At shutdown everyone gets the shutdown notice instead of N leave notices.
             if reason != "shutdown" and len(self._members) < self.config.announce_joins_max:
                 self.channel.publish(frame)
         self.channel.notify()
         self._report(finished)
 
+    def awaiting_receipts(self, member: Member) -> bool:
+        """True while a member that left with keep_receipts is still owed a receipt."""
+        with self.lock:
+            return member in self._departed
+
     def find(self, nickname: str) -> Member:
         with self.lock:
-            member = self._members.get(nickname.casefold())
+            member = self._members.get(nickname_key(nickname))
         if member is None:
             raise AdminError(errors.NO_SUCH_NICKNAME, f"no such nickname: {nickname}")
         return member
@@ -238,21 +263,27 @@ class Room:
         Under load a reader finds many confirms in one read: taking the room lock once
         for all of them keeps 200 reader threads from queueing on it 200 times.
         """
-        unknown, finished = [], []
+        unknown, finished, late = [], [], 0
         with self.lock:
             account = self._accounts.get(member)
             pending_by_uuid = self._pending
             for frame_uuid in uuids:
                 pending = pending_by_uuid.get(frame_uuid)
                 if account is None or pending is None or member not in pending.waiting:
-                    unknown.append(frame_uuid)
+                    if frame_uuid in self._settled:
+                        late += 1  # settled without it: correct, nobody left to tell
+                    else:
+                        unknown.append(frame_uuid)
                     continue
                 pending.waiting.discard(member)
                 pending.delivered += 1
                 if not pending.waiting:
                     finished.append(self._finish(pending))
+                elif pending.delivered == 1:  # the sender hears at most receipt_wait later
+                    heapq.heappush(self._receipt_times, (
+                        time.monotonic() + self.config.receipt_wait, frame_uuid))
             if account is not None:
-                confirmed = len(uuids) - len(unknown)
+                confirmed = len(uuids) - len(unknown) - late
                 account.settled += confirmed
                 self.counters.confirms += confirmed
             if self.config.log_confirms == "each":
@@ -263,15 +294,25 @@ class Room:
         return unknown
 
     def expire(self, now: float | None = None) -> None:
-        """Settle every pending receipt whose confirm timeout has passed."""
+        """Send the receipts whose receipt_wait has passed; settle every pending receipt
+        whose confirm timeout has passed."""
         now = time.monotonic() if now is None else now
-        finished = []
+        finished, early = [], []
         with self.lock:
             while self._deadlines and self._deadlines[0][0] <= now:
                 deadline, frame_uuid = self._deadlines.popleft()
                 pending = self._pending.get(frame_uuid)
                 if pending is not None and pending.deadline == deadline:
                     finished.append(self._finish(pending))
+            times = self._receipt_times
+            while times and times[0][0] <= now:
+                pending = self._pending.get(heapq.heappop(times)[1])
+                if pending is not None and not pending.reported:
+                    pending.reported = True
+                    early.append(pending)
+        for pending in early:  # delivered so far; the log line waits for the final count
+            pending.sender.deliver(protocol.receipt_frame(pending.uuid, pending.delivered,
+                                                          pending.recipients))
         self._report(finished)
 
     def _finish(self, pending: Pending) -> Pending:
@@ -284,20 +325,31 @@ class Room:
     def _forget(self, pending: Pending) -> None:
         del self._pending[pending.uuid]
         sender = self._accounts.get(pending.sender)
+        if sender is None:
+            sender = self._departed.get(pending.sender)
+            if sender is not None and sender.sent == {pending.uuid}:
+                del self._departed[pending.sender]
         if sender is not None:
             sender.sent.discard(pending.uuid)
+        if pending.delivered < pending.recipients:  # late confirms: take them silently
+            self._settled[pending.uuid] = None
+            if len(self._settled) > SETTLED_MEMORY_FACTOR * self.config.pending_confirms:
+                self._settled.popitem(last=False)
         for member in pending.waiting:  # they owe it no more (timed out, sender left)
             account = self._accounts.get(member)
             if account is not None:
                 account.settled += 1
 
     def _report(self, finished: list[Pending]) -> None:
+        """Outside the lock: tell each sender, log the final count."""
         for pending in finished:
             if pending.delivered:
                 frame = protocol.receipt_frame(pending.uuid, pending.delivered,
                                                pending.recipients)
                 self.log.event("delivery", uuid=pending.uuid, delivered=pending.delivered,
                                recipients=pending.recipients)
+                if pending.reported:  # the sender had its receipt at receipt_wait
+                    continue
             else:
                 frame = protocol.undelivered_frame(pending.uuid, protocol.NOBODY_CONFIRMED)
                 self.log.event("undelivered", uuid=pending.uuid, reason="nobody_confirmed")

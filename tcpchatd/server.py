@@ -134,8 +134,16 @@ class ChatServer:
                 self._sessions.add(session)
                 self._per_ip[ip] += 1
         if refusal is None:
-            session.start()
-            return
+            try:
+                session.start()
+                return
+            except RuntimeError as exc:  # no thread (a task limit): the slot was never used
+                self._forget(session)
+                if self.error_log is not None:
+                    self.error_log(f"cannot serve {session.address}: {exc}; "
+                                   "refused with server_full")
+                refusal = (errors.SERVER_FULL, "the server cannot take more clients now, "
+                           "try again later")
         try:  # a fresh socket's send buffer has room for one small frame: never blocks
             sock.setblocking(False)
             sock.send(protocol.error_frame(*refusal))
@@ -151,6 +159,10 @@ class ChatServer:
         return any(address in net for net in self._exempt)
 
     def session_ended(self, session: Session) -> None:
+        self._forget(session)
+
+    def _forget(self, session: Session) -> None:
+        """Give the session's slot back: the session count and its address's count."""
         with self._lock:
             self._sessions.discard(session)
             self._per_ip[session.ip] -= 1

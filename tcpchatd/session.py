@@ -16,7 +16,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from . import errors, protocol
+from . import errors, nicknames, protocol
 from .confirms import take_confirms
 from .errors import ProtocolError
 from .outbox import Outbox
@@ -28,6 +28,11 @@ if TYPE_CHECKING:
 NICKNAME_ATTEMPTS = 3
 FLOOD_STRIKES = 3          # dropped messages ...
 FLOOD_STRIKE_WINDOW = 10.0  # ... within this many seconds disconnect
+ERROR_WINDOW = 10.0         # error_limit counts the protocol errors of this many seconds
+# unknown_uuid is not held against a client: a laptop that wakes after confirm_timeout
+# confirms its backlog honestly.
+UNCOUNTED_ERRORS = frozenset({errors.UNKNOWN_UUID})
+COALESCE_WINDOW = 10.0      # identical error lines within it become one `repeated=N` line
 READER_NICENESS = 5         # relative to the writer pool and accept loops (see _run)
 
 
@@ -55,6 +60,9 @@ class Session:
         self._tokens: float | None = None  # the bucket starts full
         self._tokens_at = 0.0
         self._flood_strikes: collections.deque[float] = collections.deque()
+        self._errors: collections.deque[float] = collections.deque()  # counted, recent
+        self._logged_error: tuple[str, float] | None = None  # (code, when) of the last line
+        self._error_repeats = 0  # identical errors since that line, not logged yet
         self._reader = threading.Thread(target=self._run, daemon=True,
                                         name=f"reader {self.address}")
 
@@ -118,13 +126,18 @@ class Session:
             self._configure_socket()
             reader = self._handshake()
             if reader is not None:
-                reason = self._serve(reader)
+                reason, final_frame = self._serve(reader)
+                if reason == "quit":
+                    self._leave_half_closed()
+                else:
+                    self.close(reason, final_frame)
         except OSError:
             reason = "error"
         except Exception:  # never die silently: log the traceback, disconnect this client only
             self.server.handle_error(self)
             reason = "error"
         finally:
+            self._flush_error_repeats()
             self.close(reason)
             if self.close_deadline is not None:  # a final frame (kick, error) is on its way
                 self.outbox.wait_sent(max(0.0, self.close_deadline - time.monotonic()))
@@ -158,7 +171,7 @@ class Session:
                 return None
             raw, rest = protocol.take_nickname(data)
             try:
-                self.room.join(self, protocol.check_nickname(raw, self.config.max_nickname))
+                self.room.join(self, nicknames.check_nickname(raw, self.config.max_nickname))
             except ProtocolError as exc:
                 self.nickname = None
                 self.log.event("nick_rejected", addr=self.address,
@@ -177,45 +190,117 @@ class Session:
             return FrameReader(self.sock.recv, rest)
         return None
 
-    def _serve(self, reader: FrameReader) -> str:
-        """Read frames until the client leaves; returns the leave reason."""
+    def _serve(self, reader: FrameReader) -> tuple[str, bytes | None]:
+        """Read frames until the client leaves: (leave reason, final frame or None).
+
+        Whatever was valid before the end takes effect: the confirms read with a fatal
+        frame (a bad header) are settled before the connection closes.
+        """
         confirms: list[str] = []  # confirms read together are settled together
-        while True:
-            confirms += take_confirms(reader)  # the common case under load, in bulk
-            if confirms and not reader.has_frame():
+        try:
+            while True:
+                confirms += take_confirms(reader)  # the common case under load, in bulk
+                if confirms and not reader.has_frame():
+                    self._confirm(confirms)
+                    confirms = []
+                try:
+                    body = reader.next_body(self.config.max_frame)
+                    if body is None:
+                        return "quit", None
+                    self.last_active = time.monotonic()
+                    # the settings now, not from before the wait: a reload may change them
+                    config = self.config
+                    frame = protocol.parse_client_frame(body, config.max_text,
+                                                        config.max_json_depth)
+                    if isinstance(frame, ChatMessage):
+                        if confirms:
+                            self._confirm(confirms)
+                            confirms = []
+                        self._on_message(frame)
+                    else:
+                        confirms.append(frame.uuid)
+                except PeerClosedMidFrame:
+                    return "error", None
+                except ProtocolError as exc:
+                    report = protocol.error_frame(exc.code, exc.message, exc.uuid)
+                    if exc.fatal:
+                        self._log_error(exc.code)
+                        return "error", report
+                    if self._count_error(exc.code):
+                        return "errors", self._too_many_errors(exc)
+                    self.deliver(report)
+                if self._closing:
+                    return "error", None
+        finally:
+            if confirms:
                 self._confirm(confirms)
-                confirms = []
-            try:
-                body = reader.next_body(self.config.max_frame)
-                if body is None:
-                    return "quit"
-                self.last_active = time.monotonic()
-                # the settings now, not from before the wait: a reload may have changed them
-                frame = protocol.parse_client_frame(body, self.config.max_text)
-                if isinstance(frame, ChatMessage):
-                    if confirms:
-                        self._confirm(confirms)
-                        confirms = []
-                    self._on_message(frame)
-                else:
-                    confirms.append(frame.uuid)
-            except PeerClosedMidFrame:
-                return "error"
-            except ProtocolError as exc:
-                self.log.event("protocol_error", nick=self.nickname, addr=self.address,
-                               code=exc.code)
-                report = protocol.error_frame(exc.code, exc.message, exc.uuid)
-                if exc.fatal:
-                    self.close("error", report)
-                    return "error"
-                self.deliver(report)
+
+    def _leave_half_closed(self) -> None:
+        """The client ended its side (EOF): it leaves the room, but it may still read.
+
+        Its connection stays open for writing until the receipts of its own messages
+        are sent, or shutdown_grace passes; what was queued for it (its own join notice,
+        say) is flushed before the socket is shut down.
+        """
+        with self._state_lock:
             if self._closing:
-                return "error"
+                return
+            self._closing = True
+        if self.joined:
+            self.log.event("leave", nick=self.nickname, reason="quit")
+            self.room.leave(self, "quit", keep_receipts=True)
+        grace = self.config.shutdown_grace
+        deadline = time.monotonic() + grace
+        while self.room.awaiting_receipts(self) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.close_deadline = time.monotonic() + grace
+        self.outbox.finish()
+
+    # --- protocol errors: logged (identical ones coalesced) and counted
+
+    def _count_error(self, code: str) -> bool:
+        """Log and count one recoverable error; True when the client is over error_limit."""
+        self._log_error(code)
+        if code in UNCOUNTED_ERRORS:
+            return False
+        now = time.monotonic()
+        self._errors.append(now)
+        while self._errors[0] < now - ERROR_WINDOW:
+            self._errors.popleft()
+        return len(self._errors) > self.config.error_limit
+
+    def _too_many_errors(self, exc: ProtocolError) -> bytes:
+        self._flush_error_repeats()
+        self.log.event("protocol_error", nick=self.nickname, addr=self.address,
+                       code=exc.code, limit="errors")
+        return protocol.error_frame(
+            exc.code, f"{exc.message}; too many errors ({len(self._errors)} in "
+            f"{ERROR_WINDOW:.0f} s): disconnected", exc.uuid)
+
+    def _log_error(self, code: str) -> None:
+        """One `protocol_error` line, or a count towards the next `repeated=N` line.
+
+        A client that repeats one mistake (300,000 confirms for unknown uuids, say)
+        must not fill the traffic log's queue and push other clients' events out.
+        """
+        now = time.monotonic()
+        last = self._logged_error
+        if last is not None and last[0] == code and now - last[1] < COALESCE_WINDOW:
+            self._error_repeats += 1
+            return
+        self._flush_error_repeats()
+        self.log.event("protocol_error", nick=self.nickname, addr=self.address, code=code)
+        self._logged_error = (code, now)
+
+    def _flush_error_repeats(self) -> None:
+        if self._error_repeats:
+            self.log.event("protocol_error", nick=self.nickname, addr=self.address,
+                           code=self._logged_error[0], repeated=self._error_repeats)
+            self._error_repeats = 0
 
     def _confirm(self, uuids: list[str]) -> None:
         for frame_uuid in self.room.confirm_many(self, uuids):
-            self.log.event("protocol_error", nick=self.nickname, addr=self.address,
-                           code=errors.UNKNOWN_UUID)
+            self._count_error(errors.UNKNOWN_UUID)
             self.deliver(protocol.error_frame(
                 errors.UNKNOWN_UUID, f"no pending message {frame_uuid} for you to confirm",
                 frame_uuid))

@@ -6,7 +6,7 @@ absent or restarting, the writer holds its line and retries, the queue fills,
 and events beyond its bound are dropped and counted; a `log_dropped count=N`
 line follows as soon as syslog takes lines again.
 
-Imports nothing of the package (one OS concern per module).
+Imports nothing of the package but console.py, the one way to stderr.
 """
 
 from __future__ import annotations
@@ -16,9 +16,12 @@ import os
 import queue
 import re
 import socket
-import sys
 import threading
 from typing import Any, TextIO
+
+import regex
+
+from . import console
 
 MAX_LINE = 8000  # rsyslog's default message limit is 8 KiB, header included
 FACILITIES = {
@@ -27,10 +30,21 @@ FACILITIES = {
 }
 SEVERITY_INFO = 6
 
+# The events of the chat itself: while the queue is full of anything else (a client's
+# protocol errors, say), these are kept and the oldest other line is dropped instead.
+CHAT_EVENTS = frozenset({"join", "leave", "message", "delivery", "undelivered", "kick"})
+
 _BARE = re.compile(r"[A-Za-z0-9._:@/+-]+\Z")
-# JSON leaves these unescaped with ensure_ascii=False; none may reach the log.
-_UNSAFE = re.compile("[\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+# JSON leaves these unescaped with ensure_ascii=False; none may reach the log: controls,
+# bidi and other format characters, zero-width and other invisible ones, line and
+# paragraph separators, lone surrogates, unassigned code points.
+_UNSAFE = regex.compile(r"[\p{Cc}\p{Cf}\p{Cs}\p{Cn}\p{Zl}\p{Zp}"
+                        r"\p{Default_Ignorable_Code_Point}]")
 _STOP = object()
+
+
+def _escape(match: regex.Match) -> str:
+    return json.dumps(match.group())[1:-1]  # \uXXXX, a surrogate pair beyond the BMP
 
 
 def format_value(value: Any) -> str:
@@ -39,7 +53,7 @@ def format_value(value: Any) -> str:
     if _BARE.match(text):
         return text
     quoted = json.dumps(text, ensure_ascii=False)
-    return _UNSAFE.sub(lambda m: "\\u%04x" % ord(m.group()), quoted)
+    return _UNSAFE.sub(_escape, quoted)
 
 
 def format_line(event: str, fields: dict[str, Any], limit: int = MAX_LINE) -> str:
@@ -78,13 +92,15 @@ class TrafficLog:
         self.facility = facility
         self.queue_size = queue_size
         self.ident = ident
-        self._stderr = stderr or sys.stderr
+        self._stderr = stderr  # None: the process's stderr, through console.py
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._sock: socket.socket | None = None
         self._connected_address: str | None = None
         self._drop_lock = threading.Lock()
         self.dropped = 0            # every event ever dropped (stats)
         self._unreported = 0        # dropped since the last log_dropped line
+        self._others_queued = 0     # lines queued that are not CHAT_EVENTS
+        self._others_to_drop = 0    # of those, how many the writer drops (see event)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self._tag = f"{ident}[{os.getpid()}]: "
@@ -98,19 +114,26 @@ class TrafficLog:
         """Start the writer; warn once on stderr when syslog cannot be reached now."""
         self._tag = f"{self.ident}[{os.getpid()}]: "
         if self.target == "syslog" and not self._connect():
-            print(f"tcpchatd: warning: syslog at {self.address} cannot be reached; "
-                  "the chat runs on and log lines wait for it (dropped beyond the queue)",
-                  file=self._stderr, flush=True)
+            console.say(f"tcpchatd: warning: syslog at {self.address} cannot be reached; "
+                        "the chat runs on and log lines wait for it (dropped beyond the queue)")
         self._thread = threading.Thread(target=self._run, name="trafficlog", daemon=True)
         self._thread.start()
 
     def event(self, name: str, **fields: Any) -> None:
-        """Queue one event; never blocks. Over the bound the event is dropped and counted."""
+        """Queue one event; never blocks. Over the bound an event is dropped and counted:
+        the new one, unless it is a chat event and other lines wait, of which the oldest
+        is dropped instead (so the chat is never what a flood of errors pushes out)."""
+        chat = name in CHAT_EVENTS
         if self._queue.qsize() >= self.queue_size:
             with self._drop_lock:
-                self.dropped += 1
-                self._unreported += 1
-            return
+                if not chat or self._others_queued <= self._others_to_drop:
+                    self.dropped += 1
+                    self._unreported += 1
+                    return
+                self._others_to_drop += 1
+        if not chat:
+            with self._drop_lock:
+                self._others_queued += 1
         self._queue.put((name, fields))
 
     def close(self, timeout: float = 1.0) -> None:
@@ -132,6 +155,14 @@ class TrafficLog:
             if item is _STOP:
                 return
             name, fields = item
+            if name not in CHAT_EVENTS:
+                with self._drop_lock:
+                    self._others_queued -= 1
+                    if self._others_to_drop:  # a chat event took its place
+                        self._others_to_drop -= 1
+                        self.dropped += 1
+                        self._unreported += 1
+                        continue
             if not self._deliver(format_line(name, fields)):
                 return
             if self._unreported:
@@ -152,8 +183,7 @@ class TrafficLog:
     def _emit(self, line: str) -> bool:
         if self.target == "stderr":
             try:
-                self._stderr.write(line + "\n")
-                self._stderr.flush()
+                console.write(line, self._stderr)
                 return True
             except (OSError, ValueError):
                 return False

@@ -1,0 +1,107 @@
+"""Nickname rules: what a nickname may hold and when two are the same; pure, no sockets.
+
+Two nicknames are the same when their keys are equal: NFKC(casefold(NFKC(name))),
+Unicode's identifier caseless match, so `ANN`, `ａｎｎ` (fullwidth) and `ann` collide.
+A nickname is refused (`nickname_invalid`, with the reason) when it:
+
+- is empty, too long, or not UTF-8;
+- holds a space, a control, format or other invisible (default-ignorable) character,
+  or is made of blank-looking characters (the Hangul fillers and the Braille blank
+  are neither spaces nor default-ignorable, hence the short explicit list);
+- mixes scripts beyond Unicode TS #39's "moderately restrictive" level: one script;
+  or Latin with Han, Hiragana and Katakana (Japanese), with Han and Bopomofo
+  (Chinese) or with Han and Hangul (Korean); or Latin with one other recommended
+  script except Cyrillic and Greek, whose letters look like Latin ones (`аnn`);
+- uses a letter of no script recommended for identifiers (UAX #31, table 5);
+- parses as an IP address or network: bans take those as targets.
+
+Script properties come from the `regex` package (Unicode's Script_Extensions), not
+from tables written here; the only lists here are the standard's names of scripts.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import unicodedata
+
+import regex
+
+from . import errors
+from .errors import ProtocolError
+
+# UAX #31 table 5, the scripts recommended for identifiers (ISO 15924 codes).
+RECOMMENDED_SCRIPTS = (
+    "Arab", "Armn", "Beng", "Bopo", "Cyrl", "Deva", "Ethi", "Geor", "Grek", "Gujr", "Guru",
+    "Hang", "Hani", "Hebr", "Hira", "Kana", "Knda", "Khmr", "Laoo", "Latn", "Mlym", "Mymr",
+    "Orya", "Sinh", "Taml", "Telu", "Thaa", "Thai", "Tibt")
+# TS #39 section 5.2: the sets that "highly restrictive" allows besides a single script.
+CJK_SETS = (("Latn", "Hani", "Hira", "Kana"), ("Latn", "Hani", "Bopo"),
+            ("Latn", "Hani", "Hang"))
+# Scripts that may not join Latin at the "moderately restrictive" level.
+LOOK_ALIKE_SCRIPTS = ("Cyrl", "Grek")
+# Visually blank, yet neither white space nor default-ignorable: U+115F, U+1160 and
+# U+3164, U+FFA0 (Hangul fillers), U+2800 (Braille pattern blank).
+BLANK_LOOKING = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+_INVISIBLE = regex.compile(r"[\p{White_Space}\p{Cc}\p{Cf}\p{Cs}\p{Co}\p{Cn}\p{Z}"
+                           r"\p{Default_Ignorable_Code_Point}]")
+_NEUTRAL = r"\p{scx=Zyyy}\p{scx=Zinh}"  # Common and Inherited go with any script
+
+
+def _covered_by(scripts: tuple[str, ...]) -> regex.Pattern:
+    """A pattern for names whose every character belongs to one of `scripts`."""
+    classes = "".join(rf"\p{{scx={script}}}" for script in scripts)
+    return regex.compile(rf"[{classes}{_NEUTRAL}]+")
+
+
+_ANY_RECOMMENDED = _covered_by(RECOMMENDED_SCRIPTS)
+_ALLOWED = tuple(
+    [_covered_by((script,)) for script in RECOMMENDED_SCRIPTS]
+    + [_covered_by(scripts) for scripts in CJK_SETS]
+    + [_covered_by(("Latn", script)) for script in RECOMMENDED_SCRIPTS
+       if script not in LOOK_ALIKE_SCRIPTS + ("Latn",)])
+
+
+def nickname_key(name: str) -> str:
+    """What makes two nicknames the same (UTS #31 identifier caseless match)."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", name).casefold())
+
+
+def _invalid(reason: str) -> ProtocolError:
+    return ProtocolError(errors.NICKNAME_INVALID, f"nickname {reason}")
+
+
+def check_nickname(raw: bytes, max_length: int) -> str:
+    """The nickname as text, or ProtocolError(nickname_invalid) saying why."""
+    try:
+        name = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise _invalid("is not valid UTF-8") from None
+    if not name:
+        raise _invalid("is empty")
+    if len(name) > max_length:
+        raise _invalid(f"is longer than {max_length} characters")
+    if _INVISIBLE.search(name):
+        raise _invalid("may not contain spaces, control or invisible characters")
+    if name.isascii():  # Latin and Common only: no script to check
+        _refuse_address(name)
+        return name
+    if all(char in BLANK_LOOKING or unicodedata.category(char)[0] == "M" for char in name):
+        raise _invalid("looks blank")
+    if any(char in BLANK_LOOKING for char in name):
+        raise _invalid("may not contain blank-looking characters")
+    if not _ANY_RECOMMENDED.fullmatch(name):
+        raise _invalid("uses a script that nicknames may not use")
+    if not any(pattern.fullmatch(name) for pattern in _ALLOWED):
+        raise _invalid("mixes scripts that look alike (such as Latin with Cyrillic or Greek)")
+    _refuse_address(name)
+    return name
+
+
+def _refuse_address(name: str) -> None:
+    for form in {name, unicodedata.normalize("NFKC", name)}:  # fullwidth digits too
+        try:
+            ipaddress.ip_network(form, strict=False)
+        except ValueError:
+            continue
+        raise _invalid("may not be an IP address (bans take addresses as targets)")
