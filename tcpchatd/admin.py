@@ -236,8 +236,13 @@ class AdminServer:
                     return
                 time.sleep(0.1)
                 continue
-            threading.Thread(target=self._serve, args=(conn,), daemon=True,
-                             name="admin client").start()
+            try:
+                threading.Thread(target=self._serve, args=(conn,), daemon=True,
+                                 name="admin client").start()
+            except RuntimeError as exc:  # no thread (a task limit): say so, serve on
+                self._send(conn, reply_error(None, errors.INTERNAL,
+                                             f"the daemon cannot start a thread: {exc}"))
+                conn.close()
 
     def _serve(self, conn: socket.socket) -> None:
         """One admin connection; whatever fails, the caller gets a coded reply."""

@@ -270,9 +270,7 @@ class Session:
         return len(self._errors) > self.config.error_limit
 
     def _too_many_errors(self, exc: ProtocolError) -> bytes:
-        self._flush_error_repeats()
-        self.log.event("protocol_error", nick=self.nickname, addr=self.address,
-                       code=exc.code, limit="errors")
+        self._flush_error_repeats()  # the `leave reason=errors` line follows
         return protocol.error_frame(
             exc.code, f"{exc.message}; too many errors ({len(self._errors)} in "
             f"{ERROR_WINDOW:.0f} s): disconnected", exc.uuid)

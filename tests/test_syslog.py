@@ -9,15 +9,16 @@ import stat
 import subprocess
 import threading
 import time
+import uuid
 
 import pytest
 
 from tcpchatd import admin
 from tcpchatd.config import Config
-from tcpchatd.trafficlog import format_line
+from tcpchatd.trafficlog import TrafficLog, format_line
 
 from conftest import status_port
-from rawclient import RawClient, wait_for
+from rawclient import RawClient, frame, wait_for
 from syslogparse import parse_file, parse_message
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -320,3 +321,63 @@ def test_other_facility_is_not_taken_by_the_rule(daemon_factory, rsyslog):
     wait_for(lambda: os.path.exists(rsyslog.catch_all)
              and "join nick=elsewhere" in open(rsyslog.catch_all).read())
     assert rsyslog.events() == []
+
+
+def test_a_flood_of_unknown_confirms_never_pushes_the_chat_out_of_the_log(daemon_factory,
+                                                                          rsyslog):
+    d, port = syslog_daemon(daemon_factory, rsyslog, "--log-queue", "100", "--flood-rate", "0",
+                            "--confirm-timeout", "1")
+    victim, friend, attacker = RawClient(port), RawClient(port), RawClient(port, timeout=60)
+    victim.join("victim"), friend.join("friend"), attacker.join("attacker")
+    strays = b"".join(frame({"type": "confirm", "uuid": str(uuid.uuid4())})
+                      for _ in range(30_000))
+    errors_back = []
+    reader = threading.Thread(target=lambda: errors_back.extend(
+        attacker.read_until(lambda f: f.get("code") == "unknown_uuid") for _ in range(30_000)))
+    reader.start()
+    sent = []
+    for i in range(20):  # 1,500 at a time, read as they come (a client that reads)
+        attacker.send_raw(strays[i * len(strays) // 20:(i + 1) * len(strays) // 20])
+        wait_for(lambda: len(errors_back) >= (i + 1) * 1500, timeout=30)
+        sent.append(victim.say(f"message {i}"))
+        friend.confirm(friend.read_until(lambda f: f.get("uuid") == sent[-1])["uuid"])
+    reader.join(60)
+    assert len(errors_back) == 30_000  # every error answered; the attacker is still here
+    u = attacker.say("still connected")
+    assert friend.read_until(lambda f: f.get("type") == "message")["uuid"] == u
+    attacker.close()  # its repeated errors are written when it leaves
+    events = rsyslog.wait_events(lambda ev: count(ev, "leave") == 1
+                                 and count(ev, "delivery") == len(sent))
+    logged = [f["uuid"] for e, f in events if e == "message" and f["nick"] == "victim"]
+    assert logged == sent
+    assert sorted(f["uuid"] for e, f in events if e == "delivery") == sorted(sent)
+    errors_logged = [f for e, f in events if e == "protocol_error"]
+    assert sum(int(f.get("repeated", 1)) for f in errors_logged) == 30_000
+    assert len(errors_logged) <= 3
+
+
+def test_chat_lines_take_the_place_of_other_lines_in_a_full_queue(short_tmp):
+    server = Rsyslog(short_tmp)  # not started yet: lines wait in the queue
+    log = TrafficLog(address=server.socket, queue_size=10)
+    log.start()
+    for i in range(20):
+        log.event("protocol_error", nick="attacker", addr="127.0.0.1:1", code=f"c{i}")
+    for i in range(5):
+        log.event("message", nick="victim", uuid=f"u{i}", recipients=1, text=f"m{i}")
+    server.start()
+    try:
+        events = server.wait_events(lambda ev: count(ev, "log_dropped") == 1)
+        assert [f["uuid"] for e, f in events if e == "message"] == [f"u{i}" for i in range(5)]
+        others = [f for e, f in events if e == "protocol_error"]
+        assert len(others) + log.dropped == 20  # every other line landed or was counted
+        (dropped_line,) = [f for e, f in events if e == "log_dropped"]
+        assert int(dropped_line["count"]) == log.dropped
+    finally:
+        log.close()
+        server.stop()
+
+
+def test_bidi_and_zero_width_characters_are_escaped_in_the_log():
+    line = format_line("message", {"text": "a\u202eb\u200bc\u2066d\ufeffe\U000e0041f é"})
+    assert line == 'message text="a\\u202eb\\u200bc\\u2066d\\ufeffe\\udb40\\udc41f é"'
+    assert parse_message(line)[1]["text"] == "a\u202eb\u200bc\u2066d\ufeffe\U000e0041f é"
