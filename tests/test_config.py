@@ -26,6 +26,7 @@ def test_defaults_are_the_design_cards():
     assert (c.confirm_timeout, c.handshake_timeout, c.announce_joins_max) == (30, 10, 1000)
     assert c.admin_socket_mode == 0o660 and c.keepalive and c.exempt_addresses == (
         "127.0.0.0/8", "::1")
+    assert (c.receipt_wait, c.error_limit) == (2, 20)
 
 
 def test_every_setting_has_a_flag_and_help():
