@@ -185,6 +185,9 @@ class Config:
         32, "levels of nested objects and arrays in a frame or admin request (checked before "
         "parsing, so deep input cannot exhaust a thread's stack)", _int(2, 64))
     max_nickname: int = setting(32, "characters of a nickname", _int(1))
+    history: int = setting(20, "public messages a joiner is shown (0 = off)", _int(0))
+    history_bytes: int = setting(16384, "bytes of the history frame's body at most (older "
+                                 "messages left out)", _int(256))
     announce_joins_max: int = setting(1000, "above this many clients joins and leaves are "
                                       "only logged", _int(0))
     keepalive: bool = setting(True, "TCP keepalive on client sockets", _bool)

@@ -159,6 +159,16 @@ def decode(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> dict:
 class ChatMessage:
     uuid: str
     text: str
+    to: str | None = None   # a private message's one recipient
+    action: bool = False    # `/me waves`
+
+
+@dataclass(frozen=True)
+class Request:
+    """`{"type":"request","id":ID,"cmd":CMD,...}`; the answer carries the same id."""
+    id: int | str | None
+    cmd: str
+    nickname: str | None = None  # for `nick`
 
 
 @dataclass(frozen=True)
@@ -183,9 +193,11 @@ def parse_client_frame(body: bytes, max_text: int,
         return Confirm(match.group(1).decode("ascii"))
     obj = decode(body, max_depth)
     kind = obj.get("type")
+    if kind == "request":
+        return _request(obj)
     if kind not in ("message", "confirm"):
-        raise ProtocolError(errors.UNKNOWN_TYPE,
-                            f"unknown frame type {kind!r}: expected 'message' or 'confirm'")
+        raise ProtocolError(errors.UNKNOWN_TYPE, f"unknown frame type {kind!r}: expected "
+                            "'message', 'confirm' or 'request'")
     frame_uuid = canonical_uuid(obj.get("uuid"))
     if frame_uuid is None:
         raise ProtocolError(errors.BAD_UUID, f"missing or malformed uuid in {kind!r} frame: "
@@ -204,7 +216,32 @@ def parse_client_frame(body: bytes, max_text: int,
         raise ProtocolError(errors.TEXT_TOO_LONG,
                             f"message text of {size} bytes is over the limit of {max_text}",
                             frame_uuid)
-    return ChatMessage(frame_uuid, text)
+    to, action = obj.get("to"), obj.get("action", False)
+    if to is not None and not isinstance(to, str) or not isinstance(action, bool):
+        raise ProtocolError(errors.BAD_JSON, "'to' must be a nickname and 'action' true or "
+                            "false", frame_uuid)
+    return ChatMessage(frame_uuid, text, to, action)
+
+
+def _request(obj: dict) -> Request:
+    request_id, cmd = obj.get("id"), obj.get("cmd")
+    if request_id is not None and type(request_id) not in (int, str):
+        raise ProtocolError(errors.BAD_JSON, "a request's 'id' must be an integer or a string")
+    if not isinstance(cmd, str):
+        raise RequestError(errors.UNKNOWN_COMMAND, "a request needs a 'cmd' string", request_id)
+    nickname = obj.get("nickname")
+    if cmd == "nick" and not isinstance(nickname, str):
+        raise RequestError(errors.NICKNAME_INVALID, "'nick' needs a 'nickname' string",
+                           request_id)
+    return Request(request_id, cmd, nickname)
+
+
+class RequestError(ProtocolError):
+    """A request failed: the error frame carries the request's id."""
+
+    def __init__(self, code: str, message: str, request_id: int | str | None) -> None:
+        super().__init__(code, message)
+        self.request_id = request_id
 
 
 _CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
@@ -234,13 +271,84 @@ def now_iso() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def chat_frame(frame_uuid: str, sender: str, text: str) -> bytes:
-    """A message as recipients see it: stamped, and always prefixed `SENDER: `."""
+def chat_text(sender: str, text: str) -> str:
+    """A public message's text, always prefixed `SENDER: ` (nobody speaks as another)."""
     prefix = sender + ": "
-    if not text.startswith(prefix):
-        text = prefix + text
-    return encode({"type": "message", "uuid": frame_uuid, "message": text,
-                   "nickname": sender, "time": now_iso()})
+    return text if text.startswith(prefix) else prefix + text
+
+
+def private_text(sender: str, text: str) -> str:
+    """A private message's text: `SENDER (private): `, so the original client shows it so."""
+    prefix = sender + ": "
+    return f"{sender} (private): {text[len(prefix):] if text.startswith(prefix) else text}"
+
+
+def chat_frame(frame_uuid: str, sender: str, text: str, stamp: str | None = None,
+               to: str | None = None, action: bool = False) -> bytes:
+    """A message as recipients see it: stamped, its text prefixed (see chat_text)."""
+    obj = {"type": "message", "uuid": frame_uuid,
+           "message": private_text(sender, text) if to else chat_text(sender, text),
+           "nickname": sender, "time": stamp or now_iso()}
+    if to:
+        obj["to"], obj["private"] = to, True
+    if action:
+        obj["action"] = True
+    return encode(obj)
+
+
+FEATURES = ("request", "private", "history", "nick", "action")
+NAMES_SHOWN = 50  # nicknames in a names frame's `message`; the list itself is complete
+
+
+def names_frame(nicknames: list[str], total: int, request_id: int | str | None = None,
+                history: int | None = None) -> bytes:
+    """Who is here: on joining (after the join, before history), or for a `who` request.
+
+    On joining, `history` says how many messages the history frame that follows holds
+    (0: none follows), so a client knows when the catching-up is over.
+    """
+    listed = nicknames[:NAMES_SHOWN]
+    shown = ", ".join(listed)
+    if total > len(listed):
+        shown += f" and {total - len(listed)} more"
+    obj = {"type": "system", "event": "names", "nicknames": nicknames,
+           "features": list(FEATURES), "message": f"In the room: {shown} ({total})"}
+    if request_id is not None:
+        obj["id"] = request_id
+    if history is not None:
+        obj["history"] = history
+    return encode(obj)
+
+
+def nick_frame(old: str, new: str) -> bytes:
+    return encode({"type": "system", "event": "nick", "nickname": new, "old": old,
+                   "message": f"{old} is now {new}"})
+
+
+def history_frame(entries: list[tuple[str, str, str]], max_bytes: int
+                  ) -> tuple[bytes | None, int]:
+    """(frame, how many entries) for the newest (nickname, time, text) entries whose frame
+    body fits max_bytes; (None, 0) if none fits. One frame: the original client reads a
+    body with one recv."""
+    chosen: list[tuple[str, str, str]] = []
+    frame = None
+    for entry in reversed(entries):
+        candidate = _history_frame([entry, *chosen])
+        if len(candidate) - HEADER_LENGTH > max_bytes:
+            break
+        chosen.insert(0, entry)
+        frame = candidate
+    return frame, len(chosen)
+
+
+def _history_frame(entries: list[tuple[str, str, str]]) -> bytes:
+    count = len(entries)
+    lines = [f"-- {count} earlier message{'s' if count != 1 else ''} --"]
+    lines += [f"[{stamp[11:16]}] {text}" for _, stamp, text in entries]
+    return encode({"type": "system", "event": "history",
+                   "messages": [{"nickname": nickname, "time": stamp, "message": text}
+                                for nickname, stamp, text in entries],
+                   "message": "\n".join(lines)})
 
 
 def join_frame(nickname: str) -> bytes:
@@ -281,8 +389,11 @@ def announce_frame(text: str) -> bytes:
     return encode({"type": "system", "event": "announce", "message": text})
 
 
-def error_frame(code: str, message: str, frame_uuid: str | None = None) -> bytes:
+def error_frame(code: str, message: str, frame_uuid: str | None = None,
+                request_id: int | str | None = None) -> bytes:
     obj = {"type": "system", "event": "error", "code": code, "message": message}
     if frame_uuid is not None:
         obj["uuid"] = frame_uuid
+    if request_id is not None:
+        obj["id"] = request_id
     return encode(obj)

@@ -82,6 +82,7 @@ class Account:
     joined_at: int                  # Room._messages_sent when it joined
     settled: int = 0                # its own messages, confirms, and receipts settled
     sent: set = field(default_factory=set)  # uuids of its pending messages
+    private: int = 0                # private messages it received (not in _messages_sent)
 
 
 @dataclass
@@ -111,11 +112,16 @@ class Room:
         self._deadlines: deque[tuple[float, str]] = deque()
         self._receipt_times: list[tuple[float, str]] = []  # heap: receipt_wait deadlines
         self._settled: OrderedDict[str, None] = OrderedDict()  # recently settled uuids
+        self._history: deque[tuple[str, str, str]] = deque()  # (nickname, time, text)
+        self._history_frame: tuple[bytes | None, int] | None = None  # see _history_frame_now
 
     # --- membership
 
     def join(self, member: Member, nickname: str) -> None:
-        """Add a member under its nickname, or raise nickname_taken."""
+        """Add a member under its nickname, or raise nickname_taken.
+
+        The newcomer gets, in this order: its join, who is here (names), the history.
+        """
         frame = protocol.join_frame(nickname)
         key = nickname_key(nickname)
         with self.lock:
@@ -130,9 +136,52 @@ class Room:
             alone = len(self._members) > self.config.announce_joins_max
             if not alone:  # everyone hears of it, the newcomer too
                 self.channel.publish(frame)
+            history, count = self._history_frame_now()
+            names = self._names_frame(history=count)
         self.channel.notify()
         if alone:  # a very large room: only the newcomer hears of its join
             member.deliver(frame)
+        member.deliver(names)  # queued after the join's place in the log: it follows it
+        if history is not None:
+            member.deliver(history)
+
+    def _names_frame(self, request_id: int | str | None = None,
+                     history: int | None = None) -> bytes:
+        """Under the lock: who is here, sorted; the list complete up to announce_joins_max."""
+        members = self._members.values()
+        limit = self.config.announce_joins_max
+        names = sorted((m.nickname for m in members), key=str.casefold) \
+            if len(members) <= limit else [m.nickname for _, m in zip(range(limit), members)]
+        return protocol.names_frame(names, len(members), request_id, history)
+
+    def names(self, request_id: int | str | None = None) -> bytes:
+        with self.lock:
+            return self._names_frame(request_id)
+
+    def _history_frame_now(self) -> tuple[bytes | None, int]:
+        """Under the lock: (history frame, messages in it), built once for every joiner
+        until the next public message."""
+        if self._history_frame is None:
+            entries = list(self._history)[-self.config.history:] if self.config.history else []
+            self._history_frame = protocol.history_frame(entries, self.config.history_bytes)
+        return self._history_frame
+
+    def rename(self, member: Member, new: str) -> None:
+        """A member takes another nickname; everyone hears of it (nickname_taken if used)."""
+        key = nickname_key(new)
+        with self.lock:
+            old = member.nickname
+            if self._members.get(nickname_key(old or "")) is not member:
+                return  # left meanwhile
+            holder = self._members.get(key)
+            if holder is not None and holder is not member:
+                raise ProtocolError(errors.NICKNAME_TAKEN, f"nickname {new!r} is taken")
+            del self._members[nickname_key(old)]
+            self._members[key] = member
+            member.nickname = new
+            self.log.event("nick", old=old, new=new)
+            self.channel.publish(protocol.nick_frame(old, new))
+        self.channel.notify()
 
     def leave(self, member: Member, reason: str, detail: str | None = None,
               keep_receipts: bool = False) -> None:
@@ -193,9 +242,11 @@ class Room:
 
     # --- messages and receipts
 
-    def message(self, sender: Member, frame_uuid: str, text: str) -> int:
-        """Broadcast a message to everyone but its sender; returns the recipient count."""
-        frame = protocol.chat_frame(frame_uuid, sender.nickname, text)
+    def message(self, sender: Member, frame_uuid: str, text: str, to: str | None = None,
+                action: bool = False) -> int:
+        """Broadcast a message to everyone but its sender, or send it to `to` alone;
+        returns the recipient count."""
+        stamp = protocol.now_iso()
         now = time.monotonic()
         finished = []
         with self.lock:
@@ -205,36 +256,60 @@ class Room:
             account = self._accounts.get(sender)
             if account is None:
                 return 0  # left while this was read
-            recipients = len(self._members) - 1
+            target = None
+            if to is not None:
+                target = self._members.get(nickname_key(to))
+                if target is None or target is sender:
+                    raise ProtocolError(errors.NO_SUCH_NICKNAME, f"no such nickname: {to}"
+                                        if target is None else "that is you", frame_uuid)
+                to = target.nickname
+            frame = protocol.chat_frame(frame_uuid, sender.nickname, text, stamp, to, action)
+            recipients = 1 if target is not None else len(self._members) - 1
             self.counters.messages += 1
             self.counters.deliveries += recipients
             self.log.event("message", nick=sender.nickname, uuid=frame_uuid,
-                           recipients=recipients, text=text)
+                           recipients=recipients, to=to, text=text)
+            if target is None:
+                self._remember(sender.nickname, stamp, protocol.chat_text(sender.nickname, text))
             if recipients:
-                waiting = set(self._members.values())
+                waiting = {target} if target is not None else set(self._members.values())
                 waiting.discard(sender)
                 pending = Pending(frame_uuid, sender, waiting, recipients,
                                   now + self.config.confirm_timeout)
                 self._pending[frame_uuid] = pending
-                self._messages_sent += 1
-                account.settled += 1  # nobody owes a receipt for their own message
                 account.sent.add(frame_uuid)
                 self._deadlines.append((pending.deadline, frame_uuid))
-                self.channel.publish(frame, sender, chat=True)
+                if target is not None:  # owed by the target alone
+                    self._accounts[target].private += 1
+                else:
+                    self._messages_sent += 1
+                    account.settled += 1  # nobody owes a receipt for their own message
+                    self.channel.publish(frame, sender, chat=True)
                 if len(self._pending) > self.config.pending_confirms:
                     finished = self._expire_oldest_for_laggards()
             else:
                 self.counters.undelivered += 1
         self.channel.notify()
+        if target is not None:
+            target.deliver(frame)
         if not recipients:
             sender.deliver(protocol.undelivered_frame(frame_uuid, protocol.NOBODY_HERE))
             self.log.event("undelivered", uuid=frame_uuid, reason="nobody_here")
         self._report(finished)
         return recipients
 
+    def _remember(self, nickname: str, stamp: str, text: str) -> None:
+        """Under the lock: a public message for the history of later joiners."""
+        if not self.config.history:
+            return
+        self._history.append((nickname, stamp, text))
+        while len(self._history) > self.config.history:
+            self._history.popleft()
+        self._history_frame = None
+
     def _owed(self, account: Account) -> int:
         """How many pending receipts wait on this member's confirm."""
-        return self._messages_sent - account.joined_at - account.settled
+        return self._messages_sent - account.joined_at - account.settled + account.private
 
     def _expire_oldest_for_laggards(self) -> list[Pending]:
         """Under the lock, with more receipts pending than one member may owe: the oldest

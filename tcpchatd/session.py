@@ -20,7 +20,7 @@ from . import errors, nicknames, protocol
 from .confirms import take_confirms
 from .errors import ProtocolError
 from .outbox import Outbox
-from .protocol import ChatMessage, FrameReader, PeerClosedMidFrame
+from .protocol import ChatMessage, FrameReader, PeerClosedMidFrame, Request, RequestError
 
 if TYPE_CHECKING:
     from .server import ChatServer
@@ -212,17 +212,21 @@ class Session:
                     config = self.config
                     frame = protocol.parse_client_frame(body, config.max_text,
                                                         config.max_json_depth)
+                    if isinstance(frame, protocol.Confirm):
+                        confirms.append(frame.uuid)
+                        continue
+                    if confirms:  # what was confirmed before takes effect first
+                        self._confirm(confirms)
+                        confirms = []
                     if isinstance(frame, ChatMessage):
-                        if confirms:
-                            self._confirm(confirms)
-                            confirms = []
                         self._on_message(frame)
                     else:
-                        confirms.append(frame.uuid)
+                        self._on_request(frame)
                 except PeerClosedMidFrame:
                     return "error", None
                 except ProtocolError as exc:
-                    report = protocol.error_frame(exc.code, exc.message, exc.uuid)
+                    report = protocol.error_frame(exc.code, exc.message, exc.uuid,
+                                                  getattr(exc, "request_id", None))
                     if exc.fatal:
                         self._log_error(exc.code)
                         return "error", report
@@ -305,20 +309,43 @@ class Session:
 
     def _on_message(self, message: ChatMessage) -> None:
         if not self._take_token():
-            self.log.event("flood", nick=self.nickname, uuid=message.uuid)
-            now = time.monotonic()
-            self._flood_strikes.append(now)
-            while self._flood_strikes[0] < now - FLOOD_STRIKE_WINDOW:
-                self._flood_strikes.popleft()
-            if len(self._flood_strikes) >= FLOOD_STRIKES:
-                self.close("flood", protocol.error_frame(
-                    errors.FLOOD, "too many messages: disconnected", message.uuid))
-            else:
-                self.deliver(protocol.error_frame(
-                    errors.FLOOD, "too many messages: this one was dropped", message.uuid))
+            self._flooded(message.uuid)
             return
-        self.room.message(self, message.uuid, message.text)
+        self.room.message(self, message.uuid, message.text, message.to, message.action)
         self.sent += 1
+
+    def _on_request(self, request: Request) -> None:
+        """`who` and `nick`; they count against the flood limit like messages."""
+        if not self._take_token():
+            self._flooded(None, request.id)
+            return
+        if request.cmd == "who":
+            self.deliver(self.room.names(request.id))
+        elif request.cmd == "nick":
+            try:
+                new = nicknames.check_nickname(request.nickname.encode("utf-8", "replace"),
+                                               self.config.max_nickname)
+                self.room.rename(self, new)
+            except ProtocolError as exc:
+                raise RequestError(exc.code, exc.message, request.id) from None
+        else:
+            raise RequestError(errors.UNKNOWN_COMMAND, f"unknown command {request.cmd!r}: "
+                               "this server knows 'who' and 'nick'", request.id)
+
+    def _flooded(self, frame_uuid: str | None, request_id: int | str | None = None) -> None:
+        """A message or request over the flood limit: dropped; three in 10 s disconnect."""
+        self.log.event("flood", nick=self.nickname, uuid=frame_uuid)
+        now = time.monotonic()
+        self._flood_strikes.append(now)
+        while self._flood_strikes[0] < now - FLOOD_STRIKE_WINDOW:
+            self._flood_strikes.popleft()
+        if len(self._flood_strikes) >= FLOOD_STRIKES:
+            self.close("flood", protocol.error_frame(
+                errors.FLOOD, "too many messages: disconnected", frame_uuid, request_id))
+        else:
+            self.deliver(protocol.error_frame(
+                errors.FLOOD, "too many messages: this one was dropped", frame_uuid,
+                request_id))
 
     def _take_token(self) -> bool:
         """Token bucket: flood_rate per second, up to flood_burst at once."""

@@ -80,12 +80,21 @@ class RawClient:
     # --- chat
 
     def join(self, nickname: str) -> dict:
-        """Handshake like the original client; returns our own join frame."""
+        """Handshake like the original client; returns our own join frame.
+
+        The names frame that follows it, and the history frame when names says one
+        follows, are kept in self.names and self.history.
+        """
         assert self.recv_exact(HEADER) == PROMPT
         self.send_raw(nickname.encode("utf-8"))
         self.nickname = nickname
-        return self.read_until(lambda f: f.get("event") == "join"
-                               and f.get("nickname") == nickname)
+        joined = self.read_until(lambda f: f.get("event") == "join"
+                                 and f.get("nickname") == nickname)
+        self.names = self.read()
+        assert self.names["event"] == "names", self.names
+        self.history = self.read() if self.names["history"] else None
+        assert self.history is None or self.history["event"] == "history"
+        return joined
 
     def say(self, text: str, msg_uuid: str | None = None) -> str:
         msg_uuid = msg_uuid or str(uuid.uuid4())

@@ -72,8 +72,12 @@ def joined(room, *names):
 def test_join_is_announced_to_everyone_including_newcomer():
     room, _ = make_room()
     a, b = joined(room, "a", "b")
-    assert a.frames[-1] == b.frames[-1] == {"type": "system", "event": "join", "nickname": "b",
-                                            "message": "b joined!"}
+    join_b = {"type": "system", "event": "join", "nickname": "b", "message": "b joined!"}
+    assert a.frames[-1] == join_b
+    assert b.frames == [join_b, {  # then who is here, with no history to follow
+        "type": "system", "event": "names", "nicknames": ["a", "b"], "history": 0,
+        "features": ["request", "private", "history", "nick", "action"],
+        "message": "In the room: a, b (2)"}]
 
 
 def test_nickname_taken_in_another_case():
@@ -198,11 +202,13 @@ def test_reused_pending_uuid_is_bad_uuid():
 def test_joins_not_broadcast_above_announce_joins_max():
     room, log = make_room(announce_joins_max=2)
     a, b, c = joined(room, "a", "b", "c")
-    assert [f["nickname"] for f in a.frames] == ["a", "b"]
-    assert c.frames == [{"type": "system", "event": "join", "nickname": "c",
-                         "message": "c joined!"}]
+    assert [(f["event"], f.get("nickname")) for f in a.frames] == [
+        ("join", "a"), ("names", None), ("join", "b")]
+    assert c.frames[0] == {"type": "system", "event": "join", "nickname": "c",
+                           "message": "c joined!"}
+    assert c.frames[1]["message"] == "In the room: a, b and 1 more (3)"  # the list holds 2
     room.leave(c, "quit")  # 3 -> 2 members: still a large room's leave, not broadcast
-    assert [f["event"] for f in a.frames] == ["join", "join"]
+    assert [f["event"] for f in a.frames] == ["join", "names", "join"]
     room.leave(b, "quit")
     assert a.frames[-1]["event"] == "leave"
 

@@ -16,6 +16,7 @@ def test_handshake_join_and_message_with_receipt(chat):
     alice.nickname = "alice"
     assert alice.read() == {"type": "system", "event": "join", "nickname": "alice",
                             "message": "alice joined!"}
+    assert alice.read()["message"] == "In the room: alice (1)"
     bob = h.client("bob")
     assert alice.read()["message"] == "bob joined!"
     u = alice.say("hello bob")
