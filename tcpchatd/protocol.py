@@ -344,7 +344,8 @@ def history_frame(entries: list[tuple[str, str, str]], max_bytes: int
 def _history_frame(entries: list[tuple[str, str, str]]) -> bytes:
     count = len(entries)
     lines = [f"-- {count} earlier message{'s' if count != 1 else ''} --"]
-    lines += [f"[{stamp[11:16]}] {text}" for _, stamp, text in entries]
+    # continuation lines indented, so the original client shows none as a line of its own
+    lines += [f"[{stamp[11:16]}] {text}".replace("\n", "\n    ") for _, stamp, text in entries]
     return encode({"type": "system", "event": "history",
                    "messages": [{"nickname": nickname, "time": stamp, "message": text}
                                 for nickname, stamp, text in entries],

@@ -63,6 +63,7 @@ class Session:
         self._errors: collections.deque[float] = collections.deque()  # counted, recent
         self._logged_error: tuple[str, float] | None = None  # (code, when) of the last line
         self._error_repeats = 0  # identical errors since that line, not logged yet
+        self._ending: tuple[str, bytes] | None = None  # (reason, final frame): stop reading
         self._reader = threading.Thread(target=self._run, daemon=True,
                                         name=f"reader {self.address}")
 
@@ -127,8 +128,8 @@ class Session:
             reader = self._handshake()
             if reader is not None:
                 reason, final_frame = self._serve(reader)
-                if reason == "quit":
-                    self._leave_half_closed()
+                if reason in ("quit", "flood"):  # it may still read its receipts
+                    self._leave_keeping_receipts(reason, final_frame)
                 else:
                     self.close(reason, final_frame)
         except OSError:
@@ -233,32 +234,35 @@ class Session:
                     if self._count_error(exc.code):
                         return "errors", self._too_many_errors(exc)
                     self.deliver(report)
+                if self._ending is not None:
+                    return self._ending
                 if self._closing:
                     return "error", None
         finally:
             if confirms:
                 self._confirm(confirms)
 
-    def _leave_half_closed(self) -> None:
-        """The client ended its side (EOF): it leaves the room, but it may still read.
+    def _leave_keeping_receipts(self, reason: str, final_frame: bytes | None) -> None:
+        """The client leaves the room, but it may still read: it ended its side (EOF),
+        or it was disconnected for flooding after its first messages went out.
 
         Its connection stays open for writing until the receipts of its own messages
         are sent, or shutdown_grace passes; what was queued for it (its own join notice,
-        say) is flushed before the socket is shut down.
+        say) and final_frame are flushed before the socket is shut down.
         """
         with self._state_lock:
             if self._closing:
                 return
             self._closing = True
         if self.joined:
-            self.log.event("leave", nick=self.nickname, reason="quit")
-            self.room.leave(self, "quit", keep_receipts=True)
+            self.log.event("leave", nick=self.nickname, reason=reason)
+            self.room.leave(self, reason, keep_receipts=True)
         grace = self.config.shutdown_grace
         deadline = time.monotonic() + grace
         while self.room.awaiting_receipts(self) and time.monotonic() < deadline:
             time.sleep(0.01)
         self.close_deadline = time.monotonic() + grace
-        self.outbox.finish()
+        self.outbox.finish(final_frame)
 
     # --- protocol errors: logged (identical ones coalesced) and counted
 
@@ -339,8 +343,8 @@ class Session:
         self._flood_strikes.append(now)
         while self._flood_strikes[0] < now - FLOOD_STRIKE_WINDOW:
             self._flood_strikes.popleft()
-        if len(self._flood_strikes) >= FLOOD_STRIKES:
-            self.close("flood", protocol.error_frame(
+        if len(self._flood_strikes) >= FLOOD_STRIKES:  # _serve ends, receipts still go out
+            self._ending = ("flood", protocol.error_frame(
                 errors.FLOOD, "too many messages: disconnected", frame_uuid, request_id))
         else:
             self.deliver(protocol.error_frame(

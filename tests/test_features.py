@@ -1,0 +1,191 @@
+"""Chat features beyond the original, on the wire (issue 11): names, requests, private
+messages, actions, history; every new frame reads well in the original client."""
+
+import uuid
+
+import pytest
+
+from rawclient import PROMPT, frame
+from test_wire import error_of
+
+FEATURES = ["request", "private", "history", "nick", "action"]
+
+
+def request(client, cmd, request_id=1, **fields):
+    client.send_raw(frame({"type": "request", "id": request_id, "cmd": cmd, **fields}))
+
+
+def test_a_joiner_sees_its_join_then_who_is_here_then_the_history(chat):
+    h = chat()
+    ann, ben = h.client("ann"), h.client("ben")
+    u = ann.say("hello")
+    ben.confirm(ben.read_until(lambda f: f.get("uuid") == u)["uuid"])
+    cy = h.client()
+    assert cy.recv_exact(10) == PROMPT
+    cy.send_raw(b"cy")
+    joined, names, history = cy.read(), cy.read(), cy.read()
+    assert joined["event"] == "join" and joined["nickname"] == "cy"
+    assert names == {"type": "system", "event": "names", "nicknames": ["ann", "ben", "cy"],
+                     "features": FEATURES, "history": 1,
+                     "message": "In the room: ann, ben, cy (3)"}
+    stamp = history["messages"][0]["time"]
+    assert history == {"type": "system", "event": "history",
+                       "messages": [{"nickname": "ann", "time": stamp, "message": "ann: hello"}],
+                       "message": f"-- 1 earlier message --\n[{stamp[11:16]}] ann: hello"}
+
+
+def test_names_lists_fifty_in_its_message_and_everyone_in_the_list(chat):
+    h = chat(max_per_address=100)
+    for i in range(52):
+        h.client(f"n{i:02d}")
+    last = h.clients[-1]
+    assert len(last.names["nicknames"]) == 52
+    assert last.names["message"].endswith("n49 and 2 more (52)")
+
+
+def test_who_request_answers_with_names_and_the_id(chat):
+    h = chat()
+    ann, ben = h.client("ann"), h.client("Ben")
+    request(ann, "who", "q1")
+    names = ann.read_until(lambda f: f.get("event") == "names")
+    assert names["id"] == "q1" and names["nicknames"] == ["ann", "Ben"]
+
+
+def test_unknown_request_and_bad_requests(chat):
+    h = chat()
+    ann = h.client("ann")
+    request(ann, "dance", 7)
+    err = error_of(ann, "unknown_command")
+    assert err["id"] == 7 and "dance" in err["message"]
+    ann.send_raw(frame({"type": "request", "id": 8}))
+    assert error_of(ann, "unknown_command")["id"] == 8
+    ann.send_raw(frame({"type": "request", "id": [1], "cmd": "who"}))
+    error_of(ann, "bad_json")
+
+
+def test_nick_change_is_announced_to_everyone(chat):
+    h = chat()
+    ann, ben = h.client("ann"), h.client("ben")
+    request(ben, "nick", 2, nickname="benny")
+    expected = {"type": "system", "event": "nick", "nickname": "benny", "old": "ben",
+                "message": "ben is now benny"}
+    assert ann.read_until(lambda f: f.get("event") == "nick") == expected
+    assert ben.read_until(lambda f: f.get("event") == "nick") == expected
+    u = ben.say("renamed")  # the client still writes its old prefix: the server adds the new
+    assert ann.read_until(lambda f: f.get("uuid") == u)["nickname"] == "benny"
+    assert {"old": "ben", "new": "benny"} in h.log.named("nick")
+    cy = h.client()
+    assert cy.recv_exact(10) == PROMPT
+    cy.send_raw(b"BEN")  # the old name is free again
+    assert cy.read()["nickname"] == "BEN"
+
+
+@pytest.mark.parametrize("new,code", [("ANN", "nickname_taken"), ("\u0430nn", "nickname_invalid"),
+                                      ("two words", "nickname_invalid")])
+def test_nick_change_refused(chat, new, code):
+    h = chat()
+    h.client("ann")
+    ben = h.client("ben")
+    request(ben, "nick", 3, nickname=new)
+    err = error_of(ben, code)
+    assert err["id"] == 3
+    request(ben, "who", 4)
+    assert "ben" in ben.read_until(lambda f: f.get("event") == "names")["nicknames"]
+
+
+def test_private_message_reaches_only_its_recipient(chat):
+    h = chat()
+    ann, ben, cy = h.client("ann"), h.client("ben"), h.client("cy")
+    u = str(uuid.uuid4())
+    ann.send_raw(frame({"type": "message", "uuid": u, "message": "ann: psst", "to": "BEN"}))
+    got = ben.read_until(lambda f: f.get("uuid") == u)
+    assert got["message"] == "ann (private): psst"
+    assert (got["to"], got["private"], got["nickname"]) == ("ben", True, "ann")
+    ben.confirm(u)
+    assert ann.read_until(lambda f: f.get("uuid") == u) == {
+        "type": "confirm", "uuid": u, "delivered": 1, "recipients": 1}
+    u2 = ann.say("public now")
+    assert cy.read_until(lambda f: f.get("type") == "message")["uuid"] == u2  # never saw u
+    (logged,) = [m for m in h.log.named("message") if m["uuid"] == u]
+    assert logged["to"] == "ben" and logged["recipients"] == 1
+    dan = h.client("dan")
+    assert [m["message"] for m in dan.history["messages"]] == ["ann: public now"]
+
+
+def test_private_message_to_nobody_is_no_such_nickname(chat):
+    h = chat()
+    ann, ben = h.client("ann"), h.client("ben")
+    for to in ("zed", "ann"):
+        u = str(uuid.uuid4())
+        ann.send_raw(frame({"type": "message", "uuid": u, "message": "x", "to": to}))
+        assert error_of(ann, "no_such_nickname")["uuid"] == u
+    u = ann.say("after")
+    assert ben.read_until(lambda f: f.get("type") == "message")["uuid"] == u
+
+
+def test_private_receipts_do_not_upset_the_room_s_accounting(chat):
+    h = chat(pending_confirms=5)
+    ann, ben, cy = h.client("ann"), h.client("ben"), h.client("cy")
+    for i in range(20):  # cy confirms everything it gets: never over pending_confirms
+        u = str(uuid.uuid4())
+        ann.send_raw(frame({"type": "message", "uuid": u, "message": f"p{i}", "to": "cy"}))
+        cy.confirm(cy.read_until(lambda f, u=u: f.get("uuid") == u)["uuid"])
+        assert ann.read_until(lambda f, u=u: f.get("uuid") == u)["delivered"] == 1
+    u = ann.say("to all")
+    for c in (ben, cy):
+        c.confirm(c.read_until(lambda f: f.get("uuid") == u)["uuid"])
+    assert ann.read_until(lambda f: f.get("uuid") == u)["delivered"] == 2
+
+
+def test_action_is_forwarded_as_an_action(chat):
+    h = chat()
+    ann, ben = h.client("ann"), h.client("ben")
+    u = str(uuid.uuid4())
+    ann.send_raw(frame({"type": "message", "uuid": u, "message": "ann: waves", "action": True}))
+    got = ben.read_until(lambda f: f.get("uuid") == u)
+    assert got["action"] is True and got["message"] == "ann: waves"
+
+
+def test_history_keeps_the_newest_within_its_bytes_and_can_be_off(chat):
+    import json
+    for limit, expected in ((16384, 3), (300, 1)):
+        h = chat(history=3, history_bytes=limit)
+        ann, ben = h.client("ann"), h.client("ben")
+        for i in range(5):
+            u = ann.say(f"m{i} " + "x" * 60)
+            ben.confirm(ben.read_until(lambda f, u=u: f.get("uuid") == u)["uuid"])
+        cy = h.client("cy")
+        texts = [m["message"][:7] for m in cy.history["messages"]]
+        assert texts == ["ann: m2", "ann: m3", "ann: m4"][-expected:]
+        assert cy.names["history"] == expected
+        body = json.dumps(cy.history, ensure_ascii=False, separators=(",", ":")).encode()
+        assert len(body) <= limit
+    off = chat(history=0)
+    a = off.client("a")
+    a.say("alone")
+    assert off.client("b").history is None
+
+
+def test_requests_count_against_the_flood_limit(chat):
+    h = chat(flood_rate=1, flood_burst=2)
+    ann = h.client("ann")
+    for i in range(3):
+        request(ann, "who", i)
+    ann.read_until(lambda f: f.get("id") == 1)
+    err = error_of(ann, "flood")
+    assert err["id"] == 2
+
+
+def test_every_new_frame_has_a_readable_message(chat):
+    """The original client prints `message` of every system frame it gets."""
+    h = chat()
+    ann = h.client("ann")
+    u = ann.say("x")
+    ben = h.client("ben")
+    request(ben, "nick", 1, nickname="bob")
+    request(ben, "dance", 2)
+    frames = [ben.names, ben.history,
+              ben.read_until(lambda f: f.get("event") == "nick"),
+              ben.read_until(lambda f: f.get("event") == "error")]
+    assert all(isinstance(f["message"], str) and f["message"] for f in frames)
+    assert ben.history["messages"][0]["message"] == "ann: x" and u
