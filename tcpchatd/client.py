@@ -3,7 +3,11 @@
 It speaks like the original client (raw nickname in one write, `NICK: text`
 inside every message) so that it also works against the original server, and
 it copes with what that server sends: no `event`/`nickname`/`time` fields, a
-receipt without counts from the first recipient only, none when alone.
+receipt without counts from the first recipient only, none when alone, and no
+`names` frame (so no features: `/msg`, `/nick` and `/who` stay local).
+
+After a restart or a lost connection it reconnects (0.5 s, doubling to 30 s) and
+rejoins under its nickname; never after a kick or a disconnect for flooding.
 """
 
 from __future__ import annotations
@@ -15,17 +19,23 @@ import threading
 import time
 import uuid as uuidlib
 from dataclasses import dataclass, field
-from datetime import datetime
+from typing import Callable, Iterable, TextIO
 
-from . import errors, protocol
-from .config import CHAT_PORT
+from . import __version__, errors, protocol
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 MAX_FRAME = 1 << 24  # what the client accepts from a server
+CHAT_PORT = 55555    # the original project's port (the daemon's default too)
+RECONNECT_FIRST, RECONNECT_MAX = 0.5, 30.0
+DEFAULT_RATE = 15.0  # messages a second: under the server's default flood limit (20/s)
 
 
 class ServerGone(Exception):
     """The server closed the connection or sent something unreadable."""
+
+
+class Refused(ServerGone):
+    """The server will not have us back: a kick, a flood disconnect, a rejected nickname."""
 
 
 class Connection:
@@ -40,6 +50,8 @@ class Connection:
         self.reader = protocol.FrameReader(self.sock.recv)
         self._send_lock = threading.Lock()
         self.nickname: str | None = None
+        self.features: frozenset[str] = frozenset()  # what the server's names frame offered
+        self.nicknames: set[str] = set()             # who is here, as far as we know
 
     def next(self) -> dict | bytes:
         """The next frame as a dict, or NICKNAME_PROMPT."""
@@ -64,9 +76,27 @@ class Connection:
                 continue
             if frame.get("type") == "message" and isinstance(frame.get("uuid"), str):
                 self.confirm(frame["uuid"])
+            self._track(frame)
             yield frame
 
-    def join(self, ask_nickname, tell) -> None:
+    def _track(self, frame: dict) -> None:
+        """Keep the features and who is here (for completion) up to date."""
+        event, nickname = frame.get("event"), frame.get("nickname")
+        if event == "names" and isinstance(frame.get("nicknames"), list):
+            self.nicknames = {n for n in frame["nicknames"] if isinstance(n, str)}
+            if isinstance(frame.get("features"), list):
+                self.features = frozenset(f for f in frame["features"] if isinstance(f, str))
+        elif event == "join" and isinstance(nickname, str):
+            self.nicknames.add(nickname)
+        elif event == "leave" and isinstance(nickname, str):
+            self.nicknames.discard(nickname)
+        elif event == "nick" and isinstance(nickname, str):
+            self.nicknames.discard(frame.get("old"))
+            self.nicknames.add(nickname)
+            if frame.get("old") == self.nickname:
+                self.nickname = nickname
+
+    def join(self, ask_nickname: Callable[[], str], tell: Callable[[str], None]) -> None:
         """Answer `_nickname_` prompts until this client's join arrives."""
         while True:
             item = self.next()
@@ -82,13 +112,22 @@ class Connection:
             joined = item.get("nickname") == self.nickname if "event" in item \
                 else item.get("message") == f"{self.nickname} joined!"
             if joined:
+                self.nicknames.add(self.nickname)
                 return
 
-    def send_message(self, text: str) -> str:
-        frame_uuid = str(uuidlib.uuid4())
-        self._send(protocol.encode({"type": "message", "uuid": frame_uuid,
-                                    "message": f"{self.nickname}: {text}"}))
+    def send_message(self, text: str, to: str | None = None, action: bool = False,
+                     frame_uuid: str | None = None) -> str:
+        frame_uuid = frame_uuid or str(uuidlib.uuid4())
+        frame = {"type": "message", "uuid": frame_uuid, "message": f"{self.nickname}: {text}"}
+        if to is not None:
+            frame["to"] = to
+        if action:
+            frame["action"] = True
+        self._send(protocol.encode(frame))
         return frame_uuid
+
+    def request(self, cmd: str, **fields: object) -> None:
+        self._send(protocol.encode({"type": "request", "id": cmd, "cmd": cmd, **fields}))
 
     def confirm(self, frame_uuid: str) -> None:
         self._send(protocol.encode({"type": "confirm", "uuid": frame_uuid}))
@@ -108,6 +147,54 @@ class Connection:
         self.sock.close()
 
 
+def refusal(frame: dict) -> str | None:
+    """Why the server will not have us back, when a frame says it; else None."""
+    if frame.get("event") == "kick":
+        return str(frame.get("message", "kicked"))
+    if frame.get("event") == "error" and "disconnected" in str(frame.get("message", "")):
+        if frame.get("code") == errors.FLOOD:
+            return "disconnected for flooding (too many messages at once)"
+        return f"disconnected: {frame.get('message')}"
+    return None
+
+
+def connect_and_join(args: argparse.Namespace, nickname: str,
+                     tell: Callable[[str], None] = lambda _: None) -> Connection:
+    """A joined connection under `nickname`; Refused when the server rejects it."""
+    conn = Connection(args.host, args.port, args.timeout)
+    rejected: list[str] = []
+
+    def ask() -> str:
+        if rejected:
+            raise Refused(f"nickname {nickname!r} rejected: {rejected[-1]}")
+        return nickname
+    try:
+        conn.join(ask, lambda reason: (rejected.append(reason), tell(reason)))
+    except ServerGone:
+        conn.close()
+        raise
+    return conn
+
+
+def reconnect(args: argparse.Namespace, nickname: str, say: Callable[[str], None],
+              stop: threading.Event) -> Connection | None:
+    """Reconnect with backoff (0.5 s doubling to 30 s) until joined or `stop` is set."""
+    delay = RECONNECT_FIRST
+    while not stop.is_set():
+        say(f"reconnecting in {delay:g} s")
+        if stop.wait(delay):
+            return None
+        try:
+            conn = connect_and_join(args, nickname)
+        except ServerGone as exc:
+            say(str(exc))
+            delay = min(delay * 2, RECONNECT_MAX)
+            continue
+        say(f"reconnected as {conn.nickname}")
+        return conn
+    return None
+
+
 def describe_receipt(frame: dict) -> tuple[bool, str]:
     """(reached someone, text) for a receipt or undelivered notice."""
     if frame.get("type") == "confirm":
@@ -118,106 +205,134 @@ def describe_receipt(frame: dict) -> tuple[bool, str]:
     return False, message.replace("Message not delivered", "not delivered")
 
 
-def format_line(frame: dict) -> str | None:
-    """`HH:MM nick: text` for a message, `HH:MM -- text` for a notice."""
-    stamp = datetime.now()
-    if isinstance(frame.get("time"), str):
-        try:
-            stamp = datetime.fromisoformat(frame["time"].replace("Z", "+00:00")).astimezone()
-        except ValueError:
-            pass
-    clock = stamp.strftime("%H:%M")
-    if frame.get("type") == "message":
-        return f"{clock} {frame.get('message', '')}"
-    if frame.get("type") == "system" and frame.get("event") not in ("undelivered",):
-        return f"{clock} -- {frame.get('message', '')}"
-    return None
-
-
 # --- pipe mode
 
 @dataclass
 class Outgoing:
     text: str
+    uuid: str = ""
     result: tuple[bool, str] | None = None
-    sent_at: float = 0.0
 
 
 @dataclass
 class PipeRun:
+    """Each input line is sent as a message, paced; each result printed as it arrives."""
+
+    args: argparse.Namespace
     conn: Connection
-    rate: float
-    timeout: float
-    out: object = sys.stdout
+    out: TextIO = sys.stdout
     pending: dict[str, Outgoing] = field(default_factory=dict)
     cond: threading.Condition = field(default_factory=threading.Condition)
-    lost: str | None = None
+    down: str | None = None     # why the connection is down (reconnecting)
+    final: str | None = None    # why nothing more can be sent
+    done: threading.Event = field(default_factory=threading.Event)
+    results: list[bool] = field(default_factory=list)
+
+    def _finish(self, item: Outgoing, reached: bool, text: str) -> None:
+        """Under the lock: a line's result, printed at once (`tail -f log | client` works)."""
+        if item.result is not None:
+            return
+        item.result = (reached, text)
+        self.results.append(reached)
+        self.pending.pop(item.uuid, None)
+        print(f"{text}: {item.text}", file=self.out, flush=True)
+        self.cond.notify_all()
 
     def receive(self) -> None:
+        conn = self.conn
+        while True:
+            why = self._receive_from(conn)
+            with self.cond:
+                for item in list(self.pending.values()):  # sent, never confirmed: not resent
+                    self._finish(item, False, f"no receipt ({why})")
+                if self.final is not None or self.done.is_set():
+                    self.final = self.final or why
+                    self.cond.notify_all()
+                    return
+                self.down = why
+            say = lambda text: print(f"tcpchat-client: {text}", file=sys.stderr, flush=True)
+            conn = reconnect(self.args, self.conn.nickname, say, self.done)
+            with self.cond:
+                if conn is None:
+                    self.final = self.final or why
+                else:
+                    self.conn, self.down = conn, None
+                self.cond.notify_all()
+            if conn is None:
+                return
+
+    def _receive_from(self, conn: Connection) -> str:
+        """Take frames until the connection ends; returns why it ended."""
         try:
-            for frame in self.conn.incoming():
+            for frame in conn.incoming():
                 kind, frame_uuid = frame.get("type"), frame.get("uuid")
-                if not isinstance(frame_uuid, str) or kind == "message":
-                    ours = False
-                else:  # under the lock: the sender registers a uuid under it as it sends
+                refused = refusal(frame)
+                if refused is not None:
                     with self.cond:
-                        ours = frame_uuid in self.pending
-                if ours and (kind == "confirm"
-                             or frame.get("event") in ("undelivered", "error")):
-                    with self.cond:
-                        item = self.pending[frame_uuid]
+                        self.final = refused
+                with self.cond:
+                    item = self.pending.get(frame_uuid) if isinstance(frame_uuid, str) else None
+                    if item is not None and kind != "message":
                         if frame.get("code") == errors.FLOOD:
-                            item.result = (False, "dropped by the flood limit")
-                        elif item.result is None:
-                            item.result = describe_receipt(frame) if kind == "confirm" or \
-                                frame.get("event") == "undelivered" else \
-                                (False, f"error: {frame.get('message')}")
-                        self.cond.notify_all()
-                elif frame.get("event") == "shutdown":
+                            self._finish(item, False, "dropped by the flood limit")
+                        elif kind == "confirm" or frame.get("event") == "undelivered":
+                            self._finish(item, *describe_receipt(frame))
+                        elif frame.get("event") == "error":
+                            self._finish(item, False, f"error: {frame.get('message')}")
+                if frame.get("event") == "shutdown":
                     raise ServerGone("the server is shutting down")
         except ServerGone as exc:
-            with self.cond:
-                self.lost = str(exc)
-                self.cond.notify_all()
+            return str(exc)
+        return "the server closed the connection"
 
-    def run(self, lines) -> int:
+    def run(self, lines: Iterable[str]) -> int:
         threading.Thread(target=self.receive, daemon=True).start()
-        order = []
-        interval = 1.0 / self.rate if self.rate > 0 else 0.0
+        rate = self.args.rate
+        interval = 1.0 / rate if rate > 0 else 0.0
         next_send = time.monotonic()
+        unsent: list[Outgoing] = []
         for line in lines:
             text = line.rstrip("\r\n")
-            if not text.strip() or self.lost:
+            if not text.strip():
                 continue
+            item = Outgoing(text)
+            with self.cond:
+                while self.down is not None and self.final is None:
+                    self.cond.wait()  # reconnecting: the line goes out once we are back
+                if self.final is not None:
+                    unsent.append(item)
+                    continue
             delay = next_send - time.monotonic()
             if delay > 0:
                 time.sleep(delay)
             next_send = max(next_send, time.monotonic() - 1.0) + interval
-            item = Outgoing(text, sent_at=time.monotonic())
             with self.cond:
+                item.uuid = str(uuidlib.uuid4())
+                self.pending[item.uuid] = item  # before sending: the receipt may be quick
                 try:
-                    frame_uuid = self.conn.send_message(text)
-                except ServerGone as exc:
-                    self.lost = str(exc)
-                    break
-                self.pending[frame_uuid] = item
-            order.append(item)
-        deadline = time.monotonic() + self.timeout
+                    self.conn.send_message(text, frame_uuid=item.uuid)
+                except ServerGone:
+                    del self.pending[item.uuid]
+                    unsent.append(item)  # the receiver notices and reconnects
+        deadline = time.monotonic() + self.args.timeout
         with self.cond:
-            while any(i.result is None for i in order) and not self.lost:
+            while (self.pending or self.down is not None) and self.final is None:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break
                 self.cond.wait(remaining)
-        ok = not (self.lost and not order)
-        for item in order:
-            reached, text = item.result or (False, "no receipt" if not self.lost
-                                            else f"no receipt ({self.lost})")
-            ok = ok and reached
-            print(f"{text}: {item.text}", file=self.out, flush=True)
-        if self.lost and not order:
-            print(f"tcpchat-client: {self.lost}", file=sys.stderr)
-        return EXIT_OK if ok else EXIT_FAILED
+            self.done.set()
+            for item in list(self.pending.values()):
+                self._finish(item, False, "no receipt")
+            reason = self.final or self.down
+            for item in unsent:
+                self._finish(item, False, f"not sent ({reason})" if reason else "not sent")
+        if reason and not self.results:
+            print(f"tcpchat-client: {reason}", file=sys.stderr)
+        elif self.final and any(not ok for ok in self.results):
+            print(f"tcpchat-client: {self.final}", file=sys.stderr)
+        return EXIT_OK if all(self.results) and not (reason and not self.results) \
+            else EXIT_FAILED
 
 
 def run_pipe(args: argparse.Namespace) -> int:
@@ -225,35 +340,36 @@ def run_pipe(args: argparse.Namespace) -> int:
         print("tcpchat-client: --nick is needed when stdin is not a terminal", file=sys.stderr)
         return EXIT_USAGE
     try:
-        conn = Connection(args.host, args.port, args.timeout)
-        rejected = []
-
-        def ask() -> str:
-            if rejected:
-                raise ServerGone(f"nickname {args.nick!r} rejected: {rejected[-1]}")
-            return args.nick
-        conn.join(ask, rejected.append)
+        conn = connect_and_join(args, args.nick)
     except ServerGone as exc:
         print(f"tcpchat-client: {exc}", file=sys.stderr)
         return EXIT_FAILED
+    run = PipeRun(args, conn)
     try:
-        return PipeRun(conn, args.rate, args.timeout).run(sys.stdin)
+        return run.run(sys.stdin)
     finally:
-        conn.close()
+        run.conn.close()
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tcpchat-client", description="Chat client for tcpchatd (and the original "
-        "TCPchat server). From a pipe, each line is sent as a message.")
+        "TCPchat server). From a pipe, each line is sent as a message and its result "
+        "printed as soon as its receipt arrives.",
+        epilog="exit status: 0 every message reached someone, 1 not (or no connection), "
+        "2 usage. Colours are off when NO_COLOR is set or the output is not a terminal.")
+    parser.add_argument("--version", action="version", version=f"tcpchat-client {__version__}")
     parser.add_argument("--host", default="127.0.0.1", help="server host (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=CHAT_PORT, help=f"default {CHAT_PORT}")
     parser.add_argument("--nick", help="nickname (asked for when not given)")
     parser.add_argument("--timeout", type=float, default=10.0,
-                        help="pipe mode: seconds to wait for receipts (default 10)")
-    parser.add_argument("--rate", type=float, default=15.0,
-                        help="pipe mode: messages per second, under the server's flood limit "
-                        "(default 15; 0 = no pacing)")
+                        help="seconds to connect, and in pipe mode to wait for the last "
+                        "receipts (default 10)")
+    parser.add_argument("--rate", type=float, default=DEFAULT_RATE,
+                        help="messages per second, under the server's flood limit "
+                        f"(default {DEFAULT_RATE:g}; 0 = no pacing)")
+    parser.add_argument("--no-bell", action="store_true",
+                        help="no bell when a message mentions your nickname")
     return parser
 
 

@@ -1,85 +1,274 @@
 """The interactive side of tcpchat-client (prompt_toolkit).
 
-Incoming lines are printed through `patch_stdout`, so they appear above the
-line being typed instead of garbling it.
+Three threads: the prompt (this one), the receiver (frames from the server, printed
+above the prompt through `patch_stdout`, so they never garble the line being typed; it
+also reconnects) and the sender (what was typed, paced under the server's flood limit,
+so a pasted block of lines is never cut short).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import queue
 import sys
 import threading
+import time
+from dataclasses import dataclass
 
 from prompt_toolkit import PromptSession, print_formatted_text
+from prompt_toolkit.completion import Completer, Completion
+from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.patch_stdout import patch_stdout
 
-from .client import EXIT_FAILED, EXIT_OK, Connection, ServerGone, describe_receipt, format_line
+from . import render
+from .client import (EXIT_FAILED, EXIT_OK, Connection, Refused, ServerGone, connect_and_join,
+                     reconnect, refusal)
 
-QUIT_COMMANDS = ("/quit", "/exit")
+HELP = """commands:
+  /who              who is here
+  /msg NICK TEXT    a private message to NICK
+  /me TEXT          an action (`* you TEXT`)
+  /nick NEW         take another nickname
+  /quit [TEXT]      leave (saying TEXT first); Ctrl-D and Ctrl-C leave too
+  /help             this list
+  //TEXT            sends TEXT starting with one /
+Tab completes nicknames."""
+USAGE = {"/me": "/me TEXT", "/msg": "/msg NICK TEXT", "/nick": "/nick NEW"}
+# the commands that need the server's support, by the feature its names frame announces
+NEEDS = {"/who": "request", "/msg": "private", "/nick": "nick"}
+QUIT_GRACE = 2.0  # seconds /quit TEXT waits for TEXT to go out
+
+
+@dataclass
+class Outgoing:
+    """A line on its way out: a message (text, to, action) or a request."""
+    text: str = ""
+    to: str | None = None
+    action: bool = False
+    request: str | None = None
+    nickname: str | None = None
+
+
+class NicknameCompleter(Completer):
+    """Tab completes the nicknames of who is here (from names, joins, leaves, nicks)."""
+
+    def __init__(self, terminal: "Terminal") -> None:
+        self.terminal = terminal
+
+    def get_completions(self, document, complete_event):
+        word = document.get_word_before_cursor(WORD=True)
+        if not word or word.startswith("/"):
+            return
+        at_start = document.text_before_cursor == word
+        for nickname in sorted(self.terminal.conn.nicknames, key=str.casefold):
+            if nickname.casefold().startswith(word.casefold()):
+                yield Completion(nickname + (": " if at_start else ""),
+                                 start_position=-len(word), display=nickname)
 
 
 class Terminal:
-    def __init__(self, conn: Connection, session: PromptSession) -> None:
+    def __init__(self, conn: Connection, session: PromptSession, args: argparse.Namespace,
+                 colour: bool) -> None:
         self.conn = conn
         self.session = session
-        self.lost: str | None = None
-        self.mine: set[str] = set()
-        self._mine_lock = threading.Lock()  # a receipt may arrive before send_message returns
+        self.args = args
+        self.colour = colour
+        self.lost: str | None = None       # why the chat is over (no reconnect)
+        self.stop = threading.Event()
+        self.outbox: queue.Queue[Outgoing | None] = queue.Queue()
+        self.up = threading.Event()        # connected and joined
+        self.up.set()
+        self.mine: dict[str, str] = {}     # uuid -> text of messages awaiting a receipt
+        self._mine_lock = threading.Lock()
+
+    # --- output
+
+    def show(self, fragments: render.Fragments) -> None:
+        if self.colour:
+            print_formatted_text(FormattedText(fragments))
+        else:
+            print_formatted_text(render.plain(fragments))
+
+    def say(self, text: str) -> None:
+        self.show([(render.NOTICE_STYLE, f"-- {text}")])
+
+    # --- receiver thread
 
     def receive(self) -> None:
+        while not self.stop.is_set():
+            why = self._receive_from(self.conn)
+            if self.stop.is_set():
+                return
+            with self._mine_lock:
+                unanswered, self.mine = list(self.mine.values()), {}
+            for text in unanswered:  # never resent: the server cannot tell a resend
+                self.show(render.no_receipt(text, "connection lost"))
+            if isinstance(why, Refused):
+                self._end(str(why))
+                return
+            self.up.clear()
+            if not getattr(why, "shown", False):
+                self.say(f"{why}")
+            conn = reconnect(self.args, self.conn.nickname, self.say, self.stop)
+            if conn is None:
+                return
+            self.conn = conn
+            self.up.set()
+
+    def _receive_from(self, conn: Connection) -> ServerGone:
         try:
-            for frame in self.conn.incoming():
-                kind, frame_uuid = frame.get("type"), frame.get("uuid")
-                with self._mine_lock:
-                    mine = isinstance(frame_uuid, str) and frame_uuid in self.mine
-                if mine and (kind == "confirm" or frame.get("event") == "undelivered"):
-                    with self._mine_lock:
-                        self.mine.discard(frame_uuid)
-                    reached, text = describe_receipt(frame)
-                    print_formatted_text(("  \u2713 " if reached else "  \u2717 ") + text)
-                    continue
-                line = format_line(frame)
-                if line is not None:
-                    print_formatted_text(line)
-                if frame.get("event") in ("shutdown", "kick"):
-                    raise ServerGone(frame.get("message", "disconnected"))
+            for frame in conn.incoming():
+                self._show_frame(frame)
+                refused = refusal(frame)
+                if refused is not None:
+                    raise Refused(refused)
+                if frame.get("event") == "shutdown":
+                    gone = ServerGone(str(frame.get("message", "the server is shutting down")))
+                    gone.shown = True  # the notice is on the screen already
+                    raise gone
         except ServerGone as exc:
-            self.lost = str(exc)
-            app = self.session.app
-            if app.is_running and app.loop is not None:
-                app.loop.call_soon_threadsafe(lambda: app.exit(exception=EOFError()))
+            return exc
+        return ServerGone("the server closed the connection")
+
+    def _show_frame(self, frame: dict) -> None:
+        kind, frame_uuid, event = frame.get("type"), frame.get("uuid"), frame.get("event")
+        with self._mine_lock:
+            text = self.mine.pop(frame_uuid, None) if isinstance(frame_uuid, str) and (
+                kind == "confirm" or event in ("undelivered", "error")) else None
+        if text is not None:
+            if kind == "confirm":
+                self.show(render.receipt(frame.get("delivered"), frame.get("recipients"), text))
+            elif event == "undelivered":
+                self.show(render.receipt(0, frame.get("recipients", 0), text,
+                                         "nobody else is here" if "nobody else" in
+                                         str(frame.get("message")) else "nobody confirmed it"))
+            else:
+                self.show(render.receipt(0, None, text, str(frame.get("message"))))
+            return
+        if kind == "message":
+            self.show(render.message(frame, self.conn.nickname))
+            if render.mentions(frame, self.conn.nickname) and not self.args.no_bell:
+                self.session.output.bell()
+                self.session.output.flush()
+        elif kind == "system" and event == "history":
+            for block in render.history(frame, self.conn.nickname):
+                self.show(block)
+        elif kind == "system" and event != "undelivered":
+            self.show(render.notice(frame))
+
+    def _end(self, why: str) -> None:
+        self.lost = why
+        self.stop.set()
+        self.outbox.put(None)
+        app = self.session.app
+        if app.is_running and app.loop is not None:
+            app.loop.call_soon_threadsafe(lambda: app.exit(exception=EOFError()))
+
+    # --- sender thread: paced under the flood limit, never dropping a line
+
+    def send(self) -> None:
+        rate = self.args.rate
+        interval = 1.0 / rate if rate > 0 else 0.0
+        next_send = time.monotonic()
+        while True:
+            item = self.outbox.get()
+            if item is None:
+                return
+            delay = next_send - time.monotonic()
+            if delay > 0:
+                time.sleep(delay)
+            next_send = max(next_send, time.monotonic() - 1.0) + interval
+            while not self.stop.is_set():
+                self.up.wait()
+                try:
+                    self._send_one(item)
+                    break
+                except ServerGone:
+                    time.sleep(0.1)  # the receiver notices and reconnects; then again
+            self.outbox.task_done()
+
+    def _send_one(self, item: Outgoing) -> None:
+        conn = self.conn
+        if item.request is not None:
+            fields = {"nickname": item.nickname} if item.nickname else {}
+            conn.request(item.request, **fields)
+            return
+        with self._mine_lock:  # a receipt may arrive before send_message returns
+            frame_uuid = conn.send_message(item.text, to=item.to, action=item.action)
+            self.mine[frame_uuid] = item.text
+
+    # --- the prompt
 
     def _exit_if_lost(self) -> None:
-        # The connection may have gone before this prompt started: the receiver found
+        # The chat may have ended before this prompt started: the receiver found
         # no running app to stop, so the prompt stops itself.
         if self.lost:
             self.session.app.exit(exception=EOFError())
 
     def loop(self) -> int:
         threading.Thread(target=self.receive, daemon=True).start()
+        threading.Thread(target=self.send, daemon=True).start()
         while True:
             try:
-                text = self.session.prompt(f"{self.conn.nickname}> ", pre_run=self._exit_if_lost)
+                text = self.session.prompt(lambda: f"{self.conn.nickname}> ",
+                                           pre_run=self._exit_if_lost)
             except KeyboardInterrupt:
-                return EXIT_OK
+                break
             except EOFError:
                 break
             if self.lost:
                 break
-            if text.strip() in QUIT_COMMANDS:
-                return EXIT_OK
-            if not text.strip():
-                continue
-            try:
-                with self._mine_lock:
-                    self.mine.add(self.conn.send_message(text))
-            except ServerGone as exc:
-                self.lost = str(exc)
+            if self.command(text):
                 break
+        self.stop.set()
+        self.outbox.put(None)
         if self.lost:
             print(f"tcpchat-client: {self.lost}", file=sys.stderr)
             return EXIT_FAILED
         return EXIT_OK
+
+    def command(self, text: str) -> bool:
+        """Act on one typed line; True when it was /quit."""
+        if not text.strip():
+            return False
+        if not text.startswith("/") or text.startswith("//"):
+            self.outbox.put(Outgoing(text[1:] if text.startswith("//") else text))
+            return False
+        word, _, rest = text.partition(" ")
+        rest = rest.strip()
+        if word in NEEDS and NEEDS[word] not in self.conn.features:
+            self.say(f"{word} is not offered by this server (it announced no "
+                     f"'{NEEDS[word]}' feature); nothing was sent")
+            return False
+        if word == "/quit":
+            if rest:
+                self.outbox.put(Outgoing(rest))
+                deadline = time.monotonic() + QUIT_GRACE
+                while self.outbox.unfinished_tasks and time.monotonic() < deadline:
+                    time.sleep(0.02)
+            return True
+        if word == "/help":
+            self.say(HELP)
+        elif word == "/who":
+            self.outbox.put(Outgoing(request="who"))
+        elif word == "/me" and rest:
+            self.outbox.put(Outgoing(rest, action=True))
+        elif word == "/msg" and len(rest.split(" ", 1)) == 2:
+            nickname, message = rest.split(" ", 1)
+            self.outbox.put(Outgoing(message, to=nickname))
+        elif word == "/nick" and rest and " " not in rest:
+            self.outbox.put(Outgoing(request="nick", nickname=rest))
+        elif word in USAGE:
+            self.say(f"usage: {USAGE[word]}")
+        else:
+            self.say(f"unknown command {word}; /help lists them (//text sends /text)")
+        return False
+
+
+def colour_wanted() -> bool:
+    """Colours unless NO_COLOR is set (no-color.org) or the output is not a terminal."""
+    return not os.environ.get("NO_COLOR") and sys.stdout.isatty()
 
 
 def run_interactive(args: argparse.Namespace) -> int:
@@ -103,10 +292,15 @@ def run_interactive(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     except (KeyboardInterrupt, EOFError):
         return EXIT_OK
-    print(f"Joined as {conn.nickname}. Type messages; /quit, Ctrl-D or Ctrl-C leaves.",
-          flush=True)
+    print(f"Joined as {conn.nickname}. Type messages; /help lists commands; /quit, Ctrl-D "
+          "or Ctrl-C leaves.", flush=True)
+    terminal = Terminal(conn, session, args, colour_wanted())
+    session.completer = NicknameCompleter(terminal)
     try:
         with patch_stdout(raw=True):
-            return Terminal(conn, session).loop()
+            return terminal.loop()
     finally:
-        conn.close()
+        terminal.conn.close()
+
+
+__all__ = ["run_interactive", "Terminal", "connect_and_join"]

@@ -1,0 +1,172 @@
+"""How tcpchat-client shows what the server sends: safe, aligned, optionally coloured.
+
+Nothing a sender writes can look like a line from someone else: a message's continuation
+lines are indented under its text, and every control, bidi or invisible character is
+shown as a visible escape (`\\x1b`, `<U+202E>`). Lines are prompt_toolkit formatted text
+(a list of (style, text) pairs), so colours come from prompt_toolkit's own styles and
+output, never from escape sequences written here; `plain()` drops the styles for a pipe
+or NO_COLOR.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+import zlib
+from datetime import datetime
+
+Fragments = list[tuple[str, str]]
+
+# styles by name; prompt_toolkit turns them into whatever the terminal understands
+NICK_COLOURS = ("ansired", "ansigreen", "ansiyellow", "ansiblue", "ansimagenta", "ansicyan",
+                "ansibrightred", "ansibrightgreen", "ansibrightblue", "ansibrightmagenta")
+OWN_STYLE = "bold"
+NOTICE_STYLE = "ansibrightblack"
+MENTION_STYLE = "reverse"
+RECEIPT_STYLES = {"full": "ansigreen", "partial": "ansiyellow", "none": "ansired"}
+TAB = "    "
+RECEIPT_EXCERPT = 24  # characters of a message shown beside its receipt
+
+
+def nick_style(nickname: str, own: str | None) -> str:
+    """The same colour for the same nickname in every session; one's own in bold."""
+    if own is not None and nickname.casefold() == own.casefold():
+        return OWN_STYLE
+    return NICK_COLOURS[zlib.crc32(nickname.casefold().encode()) % len(NICK_COLOURS)]
+
+
+def visible(text: str) -> str:
+    """One line's text with every control, bidi and invisible character made visible."""
+    out = []
+    for char in text:
+        category = unicodedata.category(char)
+        if char == "\t":
+            out.append(TAB)
+        elif category == "Cc":
+            out.append(f"\\x{ord(char):02x}")
+        elif category in ("Cf", "Zl", "Zp", "Cs", "Co", "Cn"):
+            out.append(f"<U+{ord(char):04X}>")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def clock(stamp: object) -> str:
+    """HH:MM local time of an ISO 8601 stamp (now when there is none)."""
+    when = datetime.now()
+    if isinstance(stamp, str):
+        try:
+            when = datetime.fromisoformat(stamp.replace("Z", "+00:00")).astimezone()
+        except ValueError:
+            pass
+    return when.strftime("%H:%M")
+
+
+def _body(lead: Fragments, text: str, own: str | None, style: str = "") -> Fragments:
+    """`lead` then text; continuation lines indented to the column where the text starts."""
+    indent = " " * sum(len(part) for _, part in lead)
+    lines = text.split("\n")
+    fragments = list(lead)
+    for number, line in enumerate(lines):
+        if number:
+            fragments.append(("", "\n" + indent))
+        fragments += _mentions(visible(line), own, style)
+    return fragments
+
+
+def _mentions(line: str, own: str | None, style: str) -> Fragments:
+    """The line with mentions of one's own nickname highlighted."""
+    if not own:
+        return [(style, line)]
+    fragments, folded, key, start = [], line.casefold(), own.casefold(), 0
+    position = folded.find(key) if len(folded) == len(line) else -1
+    while position >= 0:
+        fragments.append((style, line[start:position]))
+        fragments.append((MENTION_STYLE, line[position:position + len(own)]))
+        start = position + len(own)
+        position = folded.find(key, start)
+    fragments.append((style, line[start:]))
+    return [f for f in fragments if f[1]]
+
+
+def mentions(frame: dict, own: str | None) -> bool:
+    """True when a message from someone else names one's own nickname."""
+    if not own or frame.get("type") != "message" or frame.get("nickname") == own:
+        return False
+    return own.casefold() in str(frame.get("message", "")).casefold()
+
+
+def message(frame: dict, own: str | None) -> Fragments:
+    """A chat message: `HH:MM nick: text`, `HH:MM * nick waves`, or a private one."""
+    text = str(frame.get("message", ""))
+    sender = frame.get("nickname")
+    stamp = clock(frame.get("time"))
+    if not isinstance(sender, str):  # the original server: the text holds `nick: `
+        sender, sep, rest = text.partition(": ")
+        if not sep or "\n" in sender:
+            return _body([("", f"{stamp} ")], text, own)
+        text = rest
+    else:
+        for prefix in (f"{sender} (private): ", f"{sender}: "):
+            if text.startswith(prefix):
+                text = text[len(prefix):]
+                break
+    who = (nick_style(sender, own), visible(sender))
+    if frame.get("private"):
+        lead = [("", f"{stamp} "), ("italic", "[private] "), who, ("", ": ")]
+    elif frame.get("action"):
+        lead = [("", f"{stamp} * "), who, ("", " ")]
+    else:
+        lead = [("", f"{stamp} "), who, ("", ": ")]
+    return _body(lead, text, own)
+
+
+def notice(frame: dict) -> Fragments:
+    """A system frame: `HH:MM -- text`."""
+    return _body([(NOTICE_STYLE, f"{clock(frame.get('time'))} -- ")],
+                 str(frame.get("message", "")), None, NOTICE_STYLE)
+
+
+def history(frame: dict, own: str | None) -> list[Fragments]:
+    """The history frame as the messages it holds, one block each."""
+    entries = frame.get("messages")
+    if not isinstance(entries, list):
+        return [notice(frame)]
+    blocks = [[(NOTICE_STYLE, f"-- {len(entries)} earlier message"
+                              f"{'' if len(entries) == 1 else 's'} --")]]
+    for entry in entries:
+        if isinstance(entry, dict):
+            blocks.append(message({"type": "message", **entry}, own))
+    return blocks
+
+
+def receipt(delivered: int | None, recipients: int | None, text: str,
+            reason: str | None = None) -> Fragments:
+    """`✓ 3/3 start of the message`, partial `◐ 2/3`, none `✗ 0/3`."""
+    excerpt = _excerpt(text)
+    if delivered is None:  # the original server: a bare confirm from the first recipient
+        mark, kind, counts = "\u2713", "full", ""
+    elif delivered == 0:
+        mark, kind, counts = "\u2717", "none", f" {delivered}/{recipients}"
+    elif recipients is not None and delivered < recipients:
+        mark, kind, counts = "\u25d0", "partial", f" {delivered}/{recipients}"
+    else:
+        mark, kind, counts = "\u2713", "full", f" {delivered}/{recipients}"
+    fragments = [(RECEIPT_STYLES[kind], f"  {mark}{counts}"), ("", f" {excerpt}")]
+    if reason:
+        fragments.append((NOTICE_STYLE, f" ({reason})"))
+    return fragments
+
+
+def no_receipt(text: str, reason: str) -> Fragments:
+    """`? start of the message (no receipt: reason)`: sent, but nobody can say if it arrived."""
+    return [(RECEIPT_STYLES["partial"], "  ?"), ("", f" {_excerpt(text)}"),
+            (NOTICE_STYLE, f" (no receipt: {reason})")]
+
+
+def _excerpt(text: str) -> str:
+    excerpt = visible(text.replace("\n", " "))
+    return excerpt if len(excerpt) <= RECEIPT_EXCERPT else excerpt[:RECEIPT_EXCERPT - 1] + "…"
+
+
+def plain(fragments: Fragments) -> str:
+    return "".join(text for _, text in fragments)
