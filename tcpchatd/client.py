@@ -244,7 +244,7 @@ class PipeRun:
             why = self._receive_from(conn)
             with self.cond:
                 for item in list(self.pending.values()):  # sent, never confirmed: not resent
-                    self._finish(item, False, f"no receipt ({why})")
+                    self._finish(item, False, f"no receipt ({self.final or why})")
                 if self.final is not None or self.done.is_set():
                     self.final = self.final or why
                     self.cond.notify_all()

@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from . import admin, config as config_module, errors
+from . import __version__, admin, config as config_module, errors
 from .errors import AdminError, ConfigError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PERMISSION, EXIT_NOT_RUNNING = 0, 1, 2, 4, 7
@@ -72,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="tcpchatctl", description="Control a running tcpchatd through its admin socket.",
         epilog="exit status: 0 ok, 1 command failed, 2 usage, 4 permission denied, "
                "7 daemon not running")
+    parser.add_argument("--version", action="version", version=f"tcpchatctl {__version__}")
     parser.add_argument("--socket", metavar="PATH",
                         help="admin socket (default: $TCPCHATD_ADMIN_SOCKET, the config file's "
                         "admin_socket, /run/tcpchatd/admin.sock if it exists, else the "

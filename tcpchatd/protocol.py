@@ -372,9 +372,10 @@ NOBODY_HERE = "Message not delivered: nobody else is here"
 NOBODY_CONFIRMED = "Message not delivered: nobody confirmed it"
 
 
-def undelivered_frame(frame_uuid: str, message: str) -> bytes:
+def undelivered_frame(frame_uuid: str, message: str, recipients: int = 0) -> bytes:
+    """Nobody received it (`recipients`, an addition, says how many it was sent to)."""
     return encode({"type": "system", "event": "undelivered", "uuid": frame_uuid,
-                   "message": message})
+                   "recipients": recipients, "message": message})
 
 
 def kick_frame(reason: str) -> bytes:

@@ -426,7 +426,8 @@ class Room:
                 if pending.reported:  # the sender had its receipt at receipt_wait
                     continue
             else:
-                frame = protocol.undelivered_frame(pending.uuid, protocol.NOBODY_CONFIRMED)
+                frame = protocol.undelivered_frame(pending.uuid, protocol.NOBODY_CONFIRMED,
+                                                   pending.recipients)
                 self.log.event("undelivered", uuid=pending.uuid, reason="nobody_confirmed")
             pending.sender.deliver(frame)
 

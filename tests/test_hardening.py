@@ -305,7 +305,7 @@ def test_three_recipients_timing_out_one_confirming_late(chat):
     u2 = s.say("nobody confirms this")
     receive([r1, r2, r3], u2)
     assert s.read_until(lambda f: f.get("uuid") == u2) == {
-        "type": "system", "event": "undelivered", "uuid": u2,
+        "type": "system", "event": "undelivered", "uuid": u2, "recipients": 3,
         "message": "Message not delivered: nobody confirmed it"}
     assert h.log.named("protocol_error") == []
     assert [(d["delivered"], d["recipients"]) for d in h.log.named("delivery")] == [(1, 3)]

@@ -127,6 +127,7 @@ def test_alone_is_undelivered_nobody_else_is_here():
     (a,) = joined(room, "a")
     room.message(a, U1, "anyone?")
     assert a.frames[-1] == {"type": "system", "event": "undelivered", "uuid": U1,
+                            "recipients": 0,
                             "message": "Message not delivered: nobody else is here"}
 
 
@@ -184,6 +185,7 @@ def test_pending_receipts_per_recipient_are_bounded_oldest_first():
         room.message(a, u, "x")
     # U1 expired for b (its only recipient): the sender hears at once
     assert a.frames[-1] == {"type": "system", "event": "undelivered", "uuid": U1,
+                            "recipients": 1,
                             "message": "Message not delivered: nobody confirmed it"}
     room.confirm(b, U1)  # late, but settled recently: silent
     room.confirm(b, U3)

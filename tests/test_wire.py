@@ -78,7 +78,7 @@ def test_undelivered_when_alone(chat):
     h = chat()
     a = h.client("a")
     u = a.say("hello?")
-    assert a.read() == {"type": "system", "event": "undelivered", "uuid": u,
+    assert a.read() == {"type": "system", "event": "undelivered", "uuid": u, "recipients": 0,
                         "message": "Message not delivered: nobody else is here"}
 
 
