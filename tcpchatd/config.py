@@ -30,11 +30,12 @@ CHAT_PORT = 55555
 
 def _int(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
-        if isinstance(value, bool):
-            raise ValueError("expected an integer")
-        number = int(value, 0) if isinstance(value, str) else int(value)
-        if isinstance(value, float) and number != value:
-            raise ValueError("expected an integer")
+        if isinstance(value, bool) or not isinstance(value, (int, str)):
+            raise ValueError("expected a whole number")
+        try:
+            number = int(value, 0) if isinstance(value, str) else value
+        except ValueError:
+            raise ValueError("expected a whole number") from None
         if number < minimum:
             raise ValueError(f"must be at least {minimum}")
         if maximum is not None and number > maximum:
@@ -45,9 +46,12 @@ def _int(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
 
 def _float(minimum: float) -> Callable[[Any], float]:
     def parse(value: Any) -> float:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise ValueError("expected a number")
-        number = float(value)
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError("expected a number") from None
         if not number >= minimum:  # also rejects NaN
             raise ValueError(f"must be at least {minimum}")
         return number
@@ -79,7 +83,10 @@ def _optional_str(value: Any) -> str | None:
 
 
 def _mode(value: Any) -> int:
-    mode = int(value, 8) if isinstance(value, str) else _int(0)(value)
+    try:
+        mode = int(value, 8) if isinstance(value, str) else _int(0)(value)
+    except ValueError:
+        raise ValueError("must be a permission mode such as 0660") from None
     if not 0 <= mode <= 0o777:
         raise ValueError("must be a permission mode such as 0660")
     return mode
@@ -131,10 +138,11 @@ def _facility(value: Any) -> str:
 
 
 def setting(default: Any, help: str, parse: Callable[[Any], Any], *,
-            repeat: bool = False, metavar: str | None = None) -> Any:
-    """Declare one setting: default, help text and parser live together."""
-    return field(default=default, metadata={"help": help, "parse": parse,
-                                            "repeat": repeat, "metavar": metavar})
+            repeat: bool = False, metavar: str | None = None, shown: str | None = None) -> Any:
+    """Declare one setting: default, help text and parser live together; `shown` is how
+    --help shows the default when str() would not do (a mode, a computed path)."""
+    return field(default=default, metadata={"help": help, "parse": parse, "repeat": repeat,
+                                            "metavar": metavar, "shown": shown})
 
 
 @dataclass(frozen=True)
@@ -147,13 +155,14 @@ class Config:
     admin_socket: str | None = setting(
         None, "admin socket path (default /run/tcpchatd/admin.sock as root, else "
         "$XDG_RUNTIME_DIR/tcpchatd/admin.sock, else /tmp/tcpchatd-$UID/admin.sock)",
-        _optional_str, metavar="PATH")
+        _optional_str, metavar="PATH", shown="computed as above")
     admin_socket_mode: int = setting(0o660, "admin socket permission mode (octal)", _mode,
-                                     metavar="MODE")
+                                     metavar="MODE", shown="0660")
     admin_group: str | None = setting(None, "group whose members may use the admin socket",
                                       _optional_str, metavar="GROUP")
     pid_file: str | None = setting(None, "pid file written with --daemon", _optional_str,
-                                   metavar="PATH")
+                                   metavar="PATH", shown="/run/tcpchatd.pid as root, else "
+                                   "beside the per-user admin socket")
     syslog_facility: str = setting("local6", "syslog facility of the traffic log", _facility)
     syslog_address: str = setting("/dev/log", "syslog socket path", _optional_str,
                                   metavar="PATH")
@@ -234,7 +243,7 @@ def add_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None 
             continue
         flag = "--" + name.replace("_", "-")
         meta = f.metadata
-        help_text = f"{meta['help']} (default: {_show(f.default)})"
+        help_text = f"{meta['help']} (default: {meta['shown'] or _show(f.default)})"
         if meta["parse"] is _bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
@@ -247,7 +256,7 @@ def add_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None 
 def _show(value: Any) -> str:
     if isinstance(value, tuple):
         return ",".join(value) or "none"
-    return "computed" if value is None else str(value)
+    return "none" if value is None else str(value).replace("%", "%%")
 
 
 def read_file(path: str | None) -> dict[str, Any]:
@@ -287,6 +296,13 @@ def _parse(key: str, raw: Any, source: str) -> Any:
         return SETTINGS[key].metadata["parse"](raw)
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{source}: bad value for {key}: {raw!r} ({exc})") from None
+
+
+def absolute_config_path(args: argparse.Namespace) -> None:
+    """Resolve a relative --config now: a detached daemon runs in /, and every reload
+    reads the file again."""
+    if getattr(args, "config", None):
+        args.config = os.path.abspath(args.config)
 
 
 def from_args(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> Config:

@@ -12,6 +12,7 @@ import errno
 import json
 import os
 import sys
+import unicodedata
 from typing import Any
 
 from . import __version__, admin, config as config_module, errors
@@ -24,7 +25,7 @@ EXIT_BY_CODE = {errors.PERMISSION_DENIED: EXIT_PERMISSION, errors.UNKNOWN_COMMAN
 
 def socket_candidates(args: argparse.Namespace) -> list[str]:
     """Where to look for the daemon: explicit setting, system path, per-user path."""
-    explicit = args.socket or os.environ.get(config_module.ADMIN_SOCKET_ENV)
+    explicit = args.admin_socket or os.environ.get(config_module.ADMIN_SOCKET_ENV)
     if explicit:
         return [explicit]
     from_file = config_module.read_file(args.config).get("admin_socket")
@@ -48,9 +49,19 @@ def format_who(result: dict) -> str:
     rows = [("NICKNAME", "ADDRESS", "CONNECTED", "IDLE", "SENT", "RECEIVED")]
     rows += [(c["nickname"], c["address"], c["connected"], f"{c['idle_s']:.0f}s",
               str(c["sent"]), str(c["received"])) for c in clients]
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
-                     for row in rows)
+    widths = [max(display_width(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell + " " * (w - display_width(cell))
+                               for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def display_width(text: str) -> int:
+    """Columns a terminal gives `text`: wide East Asian characters take two, marks none."""
+    width = 0
+    for char in text:
+        if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
+            continue
+        width += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+    return width
 
 
 def format_stats(result: dict) -> str:
@@ -73,13 +84,14 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="exit status: 0 ok, 1 command failed, 2 usage, 4 permission denied, "
                "7 daemon not running")
     parser.add_argument("--version", action="version", version=f"tcpchatctl {__version__}")
-    parser.add_argument("--socket", metavar="PATH",
+    parser.add_argument("--admin-socket", "--socket", dest="admin_socket", metavar="PATH",
                         help="admin socket (default: $TCPCHATD_ADMIN_SOCKET, the config file's "
                         "admin_socket, /run/tcpchatd/admin.sock if it exists, else the "
                         "per-user path)")
     parser.add_argument("--config", metavar="PATH", help="config file to read admin_socket from")
     parser.add_argument("--json", action="store_true", help="print the raw JSON result")
-    parser.add_argument("--timeout", type=float, default=10.0, help="seconds to wait for a reply")
+    parser.add_argument("--timeout", type=positive_seconds, default=10.0,
+                        help="seconds to wait for a reply (default 10)")
     # --json is accepted after the command too (`tcpchatctl who --json`)
     json_flag = argparse.ArgumentParser(add_help=False)
     json_flag.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
@@ -90,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     kick = commands.add_parser("kick", help="disconnect a client", parents=[json_flag],
                                description="Disconnect a client; it sees the reason.")
     kick.add_argument("nickname", help="the client's nickname (case-insensitive)")
+    kick.add_argument("text", nargs="*", metavar="REASON",
+                      help="the reason, as words after the nickname (the IRC habit)")
     kick.add_argument("--reason", help="shown to the client and the room")
     commands.add_parser("stats", help="show counters", parents=[json_flag],
                         description="Show the daemon's counters.")
@@ -99,9 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds: {text!r}")
+    return value
+
+
 def request_args(args: argparse.Namespace) -> dict:
     if args.cmd == "kick":
-        return {"nickname": args.nickname, **({"reason": args.reason} if args.reason else {})}
+        reason = args.reason or " ".join(args.text)
+        return {"nickname": args.nickname, **({"reason": reason} if reason else {})}
     if args.cmd == "say":
         return {"text": " ".join(args.text)}
     return {}

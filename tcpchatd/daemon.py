@@ -43,6 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
+    config_module.absolute_config_path(args)
     try:
         config = config_module.from_args(args)
     except ConfigError as exc:
@@ -66,6 +67,7 @@ class Daemon:
         self.config = config
         self.args = args
         self._signals: deque[int] = deque()
+        self._started_pipe: int | None = None  # --daemon: tells the waiting parent we serve
 
     def run(self) -> int:
         threading.stack_size(self.config.thread_stack)
@@ -101,11 +103,35 @@ class Daemon:
             return None
         import daemon as python_daemon  # python-daemon; only needed here
         path = self.config.pid_file_path()
+        # Fork first: this parent waits on a pipe until the detached daemon serves and
+        # has written its pid file, then says where it listens (python-daemon's open()
+        # would end the parent at once, before either).
+        read_fd, write_fd = os.pipe()
+        if os.fork() > 0:
+            os.close(write_fd)
+            os._exit(self._wait_started(read_fd, path))
+        os.close(read_fd)
+        self._started_pipe = write_fd
         context = python_daemon.DaemonContext(
-            files_preserve=[sock.fileno() for sock in sockets], working_directory="/",
-            umask=0o022, signal_map={}, detach_process=True)
+            files_preserve=[sock.fileno() for sock in sockets] + [write_fd],
+            working_directory="/", umask=0o022, signal_map={}, detach_process=True)
         context.open()
         return path  # written once the signal handlers are in place (see _serve)
+
+    @staticmethod
+    def _wait_started(read_fd: int, pid_path: str) -> int:
+        """In the first parent: the daemon's word once it serves; exit status 0 or 1."""
+        report = b""
+        while chunk := os.read(read_fd, 4096):
+            report += chunk
+        text = report.decode("utf-8", "replace").strip()
+        if text.startswith("ok "):
+            pid, _, listening = text[3:].partition(" ")
+            console.say(f"tcpchatd: running in the background as pid {pid}, listening on "
+                        f"{listening}; pid file {pid_path}")
+            return 0
+        console.say(f"tcpchatd: the detached daemon did not start{': ' + text if text else ''}")
+        return 1
 
     def _serve(self, chat_sockets: list[socket.socket], admin_socket: socket.socket,
                owned_admin_path: str | None, pid_path: str | None = None) -> int:
@@ -138,6 +164,10 @@ class Daemon:
         console.say(f"tcpchatd {__version__}: listening on {listening}; admin socket "
                     f"{owned_admin_path or 'from systemd'}")
         notifier.ready(self._status())
+        if self._started_pipe is not None:  # --daemon: the waiting parent may now return
+            os.write(self._started_pipe, f"ok {os.getpid()} {listening}\n".encode())
+            os.close(self._started_pipe)
+            self._started_pipe = None
         try:
             while True:
                 select.select([wakeup_read], [], [], TICK)
@@ -201,6 +231,8 @@ class Daemon:
             self.log.event("reload", ok="no", error=exc.message)
             notifier.ready(f"reload failed, running settings kept: {exc.message}")
             return
+        fixed = [name for name in FIXED_ON_RELOAD
+                 if getattr(new, name) != getattr(self.config, name)]
         new = dataclasses.replace(new, **{name: getattr(self.config, name)
                                           for name in FIXED_ON_RELOAD})
         self.config = new
@@ -208,8 +240,12 @@ class Daemon:
         self.admin_server.config = new
         self.log.reconfigure(new.log_target, new.syslog_address, new.syslog_facility,
                              new.log_queue)
-        self.log.event("reload", ok="yes")
-        notifier.ready(self._status())
+        if fixed:  # sockets stay as they were bound: say so, not just ok
+            self.log.event("reload", ok="yes", needs_restart=",".join(fixed))
+            notifier.ready(f"{self._status()}; changed {', '.join(fixed)} needs a restart")
+        else:
+            self.log.event("reload", ok="yes")
+            notifier.ready(self._status())
 
 
 def now_fresh(beat: float, max_age: float) -> bool:

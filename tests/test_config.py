@@ -60,6 +60,10 @@ def test_lists_booleans_modes_and_addresses():
     ({"admin_socket_mode": "999"}, "admin_socket_mode"), ({"exempt_addresses": ["x/99"]},
                                                           "exempt_addresses"),
     ({"keepalive": "maybe"}, "keepalive"), ({"nonsense": 1}, "unknown setting"),
+    ({"max_clients": "many"}, "bad value for max_clients: 'many' (expected a whole number)"),
+    ({"max_clients": 5.0}, "bad value for max_clients: 5.0 (expected a whole number)"),
+    ({"confirm_timeout": "soon"}, "bad value for confirm_timeout: 'soon' (expected a number)"),
+    ({"max_json_depth": 65}, "must be at most 64"),
 ])
 def test_bad_values_are_clear_errors(values, message):
     with pytest.raises(ConfigError) as info:

@@ -197,3 +197,39 @@ def test_admin_group_members_get_in_others_do_not(running, admin_group_and_user)
     denied = ctl(path, "who", user=(outsider.pw_uid, outsider.pw_gid))
     assert denied.returncode == 4
     assert "Traceback" not in denied.stderr
+
+
+def test_positional_reason_admin_socket_flag_timeout_and_wide_names(running):
+    d, path, port = running()
+    names = ["山田太郎", "ann", "Kim김"]
+    clients = {n: RawClient(port) for n in names}
+    for name, c in clients.items():
+        c.join(name)
+    result = subprocess.run([*CTL, "--admin-socket", path, "who"], capture_output=True,
+                            text=True, timeout=30)
+    assert result.returncode == 0
+    table = result.stdout.splitlines()
+    columns = [_columns_before(line, "127.0.0.1") for line in table[1:]]
+    assert len(set(columns)) == 1, table  # the address column starts at one screen column
+    kick = ctl(path, "kick", "ann", "flooding", "the", "room")
+    assert (kick.returncode, kick.stdout) == (0, "kicked ann\n")
+    assert clients["ann"].read_until(lambda f: f.get("event") == "kick")["reason"] == \
+        "flooding the room"
+    for bad in ("0", "-1", "soon", "inf"):
+        result = ctl(path, "--timeout", bad, "who")
+        assert result.returncode == 2 and "positive number of seconds" in result.stderr
+
+
+def _columns_before(line: str, marker: str) -> int:
+    from tcpchatd.ctl import display_width
+    return display_width(line[:line.index(marker)])
+
+
+def test_help_shows_modes_in_octal_and_none_for_unset(short_tmp):
+    result = subprocess.run([sys.executable, "-m", "tcpchatd", "--help"], capture_output=True,
+                            text=True, timeout=30, env=dict(os.environ, COLUMNS="200"))
+    text = " ".join(result.stdout.split())
+    assert "--admin-socket-mode MODE admin socket permission mode (octal) (default: 0660)" in text
+    assert "--admin-group GROUP group whose members may use the admin socket (default: none)" \
+        in text
+    assert "computed" not in result.stdout.replace("computed as above", "")

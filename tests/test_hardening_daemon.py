@@ -272,3 +272,20 @@ def test_every_stats_counter_after_a_scripted_session(admin_daemon):
     assert stats == {"clients": 1, "messages": 2004, "deliveries": 3 + 3 + 3 + reached_stuck,
                      "confirms": 4, "undelivered": 2002, "send_queue_disconnects": 1,
                      "log_dropped": 0}
+
+
+def test_a_reload_that_changes_the_listen_address_says_it_needs_a_restart(daemon_factory,
+                                                                          short_tmp):
+    conf = os.path.join(short_tmp, "l.toml")
+    with open(conf, "w") as fh:
+        fh.write('listen = ["127.0.0.1:0"]\n')
+    d = daemon_factory("--config", conf, listen=False)
+    port = status_port(d)
+    with open(conf, "w") as fh:
+        fh.write('listen = ["127.0.0.1:1"]\nmax_clients = 7\n')
+    d.messages.clear()
+    d.signal(signal.SIGHUP)
+    status = d.wait_notify("READY=1")
+    assert "listen needs a restart" in status and f"127.0.0.1:{port}" in status
+    wait_for(lambda: "reload ok=yes needs_restart=listen" in d.stderr())
+    assert RawClient(port).join("still")["nickname"] == "still"  # the old address serves

@@ -267,8 +267,9 @@ def test_daemon_mode_detaches_writes_and_removes_its_pid_file(short_tmp):
     env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "INVOCATION_ID")}
     started = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=30)
     assert started.returncode == 0, started.stderr
-    wait_for(lambda: os.path.exists(pid_file))
-    pid = read_pid(pid_file)
+    pid = read_pid(pid_file)  # there when the command returns: it waited for the daemon
+    assert started.stderr == (f"tcpchatd: running in the background as pid {pid}, listening "
+                              f"on 127.0.0.1:{port}; pid file {pid_file}\n")
     try:
         assert pid != os.getpid()
         os.kill(pid, 0)  # alive
@@ -300,6 +301,33 @@ def test_daemon_mode_replaces_a_stale_pid_file_and_never_forks_under_a_manager(
     notes = [l for l in d.stderr().splitlines() if "does not fork" in l]
     assert notes == ["tcpchatd: a service manager runs this process: --daemon does not fork"]
     assert d.stop() == 0
+
+
+def test_daemon_mode_with_a_relative_config_reloads_it(short_tmp):
+    pid_file = os.path.join(short_tmp, "r.pid")
+    conf = os.path.join(short_tmp, "rel.toml")
+    with open(conf, "w") as fh:
+        fh.write("max_clients = 5\n")
+    chat = bind_listener("127.0.0.1", 0)
+    port = chat.getsockname()[1]
+    chat.close()
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "INVOCATION_ID")}
+    argv = [sys.executable, "-m", "tcpchatd", "--daemon", "--config", "rel.toml",
+            "--pid-file", pid_file, "--admin-socket", os.path.join(short_tmp, "r.sock"),
+            "--listen", f"127.0.0.1:{port}"]
+    assert subprocess.run(argv, env=env, cwd=short_tmp, timeout=30).returncode == 0
+    pid = read_pid(pid_file)
+    try:
+        with open(conf, "w") as fh:
+            fh.write("max_clients = 1\n")
+        os.kill(pid, signal.SIGHUP)  # the detached daemon runs in /: the path was resolved
+        first = RawClient(port)
+        first.join("first")
+        wait_for(lambda: RawClient(port).read_item() != b"_nickname_", timeout=10)
+        assert RawClient(port).read()["code"] == "server_full"
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not alive(pid), timeout=10)
 
 
 def test_daemon_mode_replaces_a_stale_pid_file(short_tmp):
