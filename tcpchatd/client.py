@@ -316,7 +316,9 @@ class PipeRun:
                     unsent.append(item)  # the receiver notices and reconnects
         deadline = time.monotonic() + self.args.timeout
         with self.cond:
-            while (self.pending or self.down is not None) and self.final is None:
+            # a refusal (a flood disconnect) still lets the receipts of what went out
+            # before it arrive: the receiver settles the rest when the connection ends
+            while self.pending or (self.down is not None and self.final is None):
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     break

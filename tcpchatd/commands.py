@@ -1,4 +1,5 @@
-"""The admin command table: who, kick, stats, say (built once, looked up by name)."""
+"""The admin command table: who, kick, stats, say, ban, unban, bans (built once, looked up
+by name)."""
 
 from __future__ import annotations
 
@@ -6,8 +7,9 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from . import __version__, errors
+from . import __version__, errors, protocol
 from .admin import Caller, Command
+from .bans import BanList, iso, parse_duration
 from .errors import AdminError
 from .room import Room
 
@@ -23,7 +25,10 @@ def _string_arg(args: dict, name: str, required: bool = True) -> str | None:
     return value
 
 
-def build(room: Room, log: Any) -> dict[str, Command]:
+DEFAULT_BAN_REASON = "banned by an operator"
+
+
+def build(room: Room, log: Any, bans: BanList | None = None) -> dict[str, Command]:
     """{name: command(args, caller) -> result}; each command reads live state."""
     started = time.monotonic()
 
@@ -65,4 +70,39 @@ def build(room: Room, log: Any) -> dict[str, Command]:
     def say(args: dict, caller: Caller) -> dict:
         return {"clients": room.announce(_string_arg(args, "text"))}
 
-    return {"who": who, "kick": kick, "stats": stats, "say": say}
+    def ban(args: dict, caller: Caller) -> dict:
+        target = _string_arg(args, "target")
+        duration = _string_arg(args, "for", required=False)
+        reason = _string_arg(args, "reason", required=False) or DEFAULT_BAN_REASON
+        force = args.get("force", False)
+        if not isinstance(force, bool):
+            raise AdminError(errors.BAD_REQUEST, "argument 'force' must be true or false")
+        added = banlist().add(target, parse_duration(duration) if duration else None, reason,
+                              caller.uid, force)
+        log.event("ban", target=added.target, until=iso(added.until), reason=reason,
+                  uid=caller.uid, pid=caller.pid)
+        kicked = []
+        for member in room.members():  # everyone it matches leaves at once
+            if banlist().matches(added, member.nickname, member.ip):
+                member.close("kicked", protocol.kick_frame(reason), detail=reason)
+                log.event("kick", nick=member.nickname, reason=reason, uid=caller.uid,
+                          pid=caller.pid)
+                kicked.append(member.nickname)
+        return {"banned": added.target, "until": iso(added.until),
+                "kicked": sorted(kicked, key=str.casefold)}
+
+    def unban(args: dict, caller: Caller) -> dict:
+        removed = banlist().remove(_string_arg(args, "target"))
+        log.event("unban", target=removed.target, uid=caller.uid, pid=caller.pid)
+        return {"unbanned": removed.target}
+
+    def list_bans(args: dict, caller: Caller) -> dict:
+        return {"bans": [b.record() for b in banlist().all()]}
+
+    def banlist() -> BanList:
+        if bans is None:
+            raise AdminError(errors.INTERNAL, "this daemon keeps no bans")
+        return bans
+
+    return {"who": who, "kick": kick, "stats": stats, "say": say, "ban": ban, "unban": unban,
+            "bans": list_bans}

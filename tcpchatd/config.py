@@ -163,6 +163,10 @@ class Config:
     pid_file: str | None = setting(None, "pid file written with --daemon", _optional_str,
                                    metavar="PATH", shown="/run/tcpchatd.pid as root, else "
                                    "beside the per-user admin socket")
+    state_dir: str | None = setting(
+        None, "where lasting state (bans.json) is kept", _optional_str, metavar="PATH",
+        shown="$STATE_DIRECTORY under systemd, else /var/lib/tcpchatd as root, else "
+        "$XDG_STATE_HOME/tcpchatd (~/.local/state/tcpchatd)")
     syslog_facility: str = setting("local6", "syslog facility of the traffic log", _facility)
     syslog_address: str = setting("/dev/log", "syslog socket path", _optional_str,
                                   metavar="PATH")
@@ -212,6 +216,9 @@ class Config:
     def admin_socket_path(self) -> str:
         return self.admin_socket or default_admin_socket()
 
+    def state_dir_path(self) -> str:
+        return self.state_dir or default_state_dir()
+
     def pid_file_path(self) -> str:
         if self.pid_file:
             return self.pid_file
@@ -232,6 +239,19 @@ def default_admin_socket(environ: Mapping[str, str] | None = None) -> str:
     if runtime:
         return os.path.join(runtime, "tcpchatd", "admin.sock")
     return f"/tmp/tcpchatd-{os.geteuid()}/admin.sock"
+
+
+def default_state_dir(environ: Mapping[str, str] | None = None) -> str:
+    """systemd's StateDirectory= (the first, if several), /var/lib/tcpchatd as root, else
+    the XDG state folder."""
+    environ = os.environ if environ is None else environ
+    if environ.get("STATE_DIRECTORY"):
+        return environ["STATE_DIRECTORY"].split(":")[0]
+    if os.geteuid() == 0:
+        return "/var/lib/tcpchatd"
+    base = environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local",
+                                                         "state")
+    return os.path.join(base, "tcpchatd")
 
 
 def add_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None) -> None:

@@ -49,6 +49,11 @@ def format_who(result: dict) -> str:
     rows = [("NICKNAME", "ADDRESS", "CONNECTED", "IDLE", "SENT", "RECEIVED")]
     rows += [(c["nickname"], c["address"], c["connected"], f"{c['idle_s']:.0f}s",
               str(c["sent"]), str(c["received"])) for c in clients]
+    return _table(rows)
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    """Columns aligned by what a terminal shows, wide characters included."""
     widths = [max(display_width(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell + " " * (w - display_width(cell))
                                for cell, w in zip(row, widths)).rstrip() for row in rows)
@@ -69,12 +74,31 @@ def format_stats(result: dict) -> str:
     return "\n".join(f"{key.ljust(width)}  {value}" for key, value in result.items())
 
 
+def format_ban(result: dict) -> str:
+    until = f"until {result['until']}" if result["until"] else "until unbanned"
+    kicked = f"; kicked {', '.join(result['kicked'])}" if result["kicked"] else ""
+    return f"banned {result['banned']} {until}{kicked}"
+
+
+def format_bans(result: dict) -> str:
+    bans = result["bans"]
+    if not bans:
+        return "no bans"
+    rows = [("TARGET", "UNTIL", "SINCE", "BY UID", "REASON")]
+    rows += [(b["target"], b["until"] or "unbanned", b["since"], str(b["by_uid"]), b["reason"])
+             for b in bans]
+    return _table(rows)
+
+
 FORMATTERS = {
     "who": format_who,
     "stats": format_stats,
     "kick": lambda result: f"kicked {result['kicked']}",
     "say": lambda result: f"announced to {result['clients']} client"
                           f"{'' if result['clients'] == 1 else 's'}",
+    "ban": format_ban,
+    "unban": lambda result: f"unbanned {result['unbanned']}",
+    "bans": format_bans,
 }
 
 
@@ -110,6 +134,22 @@ def build_parser() -> argparse.ArgumentParser:
     say = commands.add_parser("say", help="announce to every client", parents=[json_flag],
                               description="Send a server announcement to every client.")
     say.add_argument("text", nargs="+", help="the announcement")
+    ban = commands.add_parser(
+        "ban", help="ban an address, a network or a nickname", parents=[json_flag],
+        description="Ban TARGET (an address or network such as 203.0.113.7 or 2001:db8::/32, "
+        "else a nickname); every matching client is kicked at once. Kept on disk: bans "
+        "survive restarts.")
+    ban.add_argument("target", help="address, network or nickname")
+    ban.add_argument("--for", dest="duration", metavar="DURATION",
+                     help="how long: 90s, 15m, 2h, 7d (default: until unbanned)")
+    ban.add_argument("--reason", help="shown to the banned client")
+    ban.add_argument("--force", action="store_true",
+                     help="needed for a ban that matches every address (0.0.0.0/0, ::/0)")
+    unban = commands.add_parser("unban", help="lift a ban", parents=[json_flag],
+                                description="Lift the ban on TARGET.")
+    unban.add_argument("target", help="as it was banned")
+    commands.add_parser("bans", help="list the bans", parents=[json_flag],
+                        description="List the bans in force.")
     return parser
 
 
@@ -129,6 +169,12 @@ def request_args(args: argparse.Namespace) -> dict:
         return {"nickname": args.nickname, **({"reason": reason} if reason else {})}
     if args.cmd == "say":
         return {"text": " ".join(args.text)}
+    if args.cmd == "ban":
+        return {"target": args.target, **({"for": args.duration} if args.duration else {}),
+                **({"reason": args.reason} if args.reason else {}),
+                **({"force": True} if args.force else {})}
+    if args.cmd == "unban":
+        return {"target": args.target}
     return {}
 
 
@@ -142,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         return fail(exc.message, EXIT_USAGE)
     cmd_args = request_args(args)
-    for value in cmd_args.values():
+    for value in (v for v in cmd_args.values() if isinstance(v, str)):
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:  # bytes that are not UTF-8 came in through argv

@@ -15,6 +15,7 @@ from collections import deque
 
 from . import __version__, admin, commands, config as config_module, console, pidfile, systemd
 from .config import Config
+from .bans import BanList
 from .errors import ConfigError, StartupError
 from .room import Room
 from .server import ACCEPT_TICK, ChatServer, bind_listener
@@ -24,7 +25,8 @@ from .writerpool import WriterPool
 TICK = 0.25                 # main loop period: receipts expire, late closes are reaped
 ROOM_PROBE_TIMEOUT = 1.0    # the watchdog's bound on taking the room lock
 # Settings a reload does not change: sockets stay as they were bound.
-FIXED_ON_RELOAD = ("listen", "admin_socket", "admin_socket_mode", "pid_file", "thread_stack")
+FIXED_ON_RELOAD = ("listen", "admin_socket", "admin_socket_mode", "pid_file", "thread_stack",
+                   "state_dir")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -79,6 +81,8 @@ class Daemon:
         admin_sockets = [sock for name, sock in inherited if name == "admin"]
         if self.args.daemon and not systemd.under_service_manager():
             pidfile.check(self.config.pid_file_path())
+        self.bans = BanList(os.path.abspath(self.config.state_dir_path()))
+        self.bans.load()  # a list that does not parse stops the start (exit 1)
         if not chat_sockets:
             chat_sockets = [bind_listener(host, port)
                             for host, port in self.config.listen_addresses()]
@@ -141,10 +145,10 @@ class Daemon:
         log.start()
         self.log = log
         pool = WriterPool()
-        room = Room(config, log, pool)
+        room = Room(config, log, pool, self.bans)
         server = ChatServer(chat_sockets, room, log, config, pool, error_log=_error_log)
         admin_server = admin.AdminServer(
-            admin_socket, commands.build(room, log), config, log,
+            admin_socket, commands.build(room, log, self.bans), config, log,
             owned_path=owned_admin_path, error_log=_error_log)
         self.room, self.server, self.admin_server = room, server, admin_server
         wakeup_read = self._install_signals()
@@ -178,6 +182,8 @@ class Daemon:
                 if self._handle_signals(notifier):
                     break
                 room.expire()
+                for ended in self.bans.expire():
+                    log.event("ban_expired", target=ended.target, by_uid=ended.by_uid)
                 server.reap()
                 watchdog.tick()
                 notifier.status(self._status())

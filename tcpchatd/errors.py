@@ -26,12 +26,14 @@ ADDRESS_LIMIT = "address_limit"
 SEND_QUEUE_EXCEEDED = "send_queue_exceeded"
 UNKNOWN_COMMAND = "unknown_command"    # also an admin error
 NO_SUCH_NICKNAME = "no_such_nickname"  # also an admin error
+BANNED = "banned"
 
 # Codes after which the byte stream cannot be resynchronised.
 FATAL_PROTOCOL_CODES = frozenset({BAD_HEADER, FRAME_TOO_LARGE})
 
 # Admin protocol errors.
 BAD_REQUEST = "bad_request"
+NO_SUCH_BAN = "no_such_ban"
 PERMISSION_DENIED = "permission_denied"
 INTERNAL = "internal"
 

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from . import errors, protocol
 from .errors import AdminError, ProtocolError
+from .bans import BanList
 from .nicknames import nickname_key
 
 # How many settled messages the room remembers, per pending_confirms, so that a confirm
@@ -97,10 +98,12 @@ class Counters:
 class Room:
     """One chat room; `config` is replaced as a whole on reload."""
 
-    def __init__(self, config: Any, log: EventLog, channel: Channel) -> None:
+    def __init__(self, config: Any, log: EventLog, channel: Channel,
+                 bans: BanList | None = None) -> None:
         self.config = config
         self.log = log
         self.channel = channel
+        self.bans = bans
         self.lock = threading.Lock()
         self.counters = Counters()
         self._members: dict[str, Member] = {}        # nickname_key -> member
@@ -124,6 +127,7 @@ class Room:
         """
         frame = protocol.join_frame(nickname)
         key = nickname_key(nickname)
+        self._refuse_banned(nickname)
         with self.lock:
             if key in self._members:
                 raise ProtocolError(errors.NICKNAME_TAKEN, f"nickname {nickname!r} is taken")
@@ -166,9 +170,15 @@ class Room:
             self._history_frame = protocol.history_frame(entries, self.config.history_bytes)
         return self._history_frame
 
+    def _refuse_banned(self, nickname: str) -> None:
+        ban = self.bans.for_nickname(nickname) if self.bans is not None else None
+        if ban is not None:
+            raise ProtocolError(errors.BANNED, f"nickname {nickname!r} is {ban.describe()}")
+
     def rename(self, member: Member, new: str) -> None:
         """A member takes another nickname; everyone hears of it (nickname_taken if used)."""
         key = nickname_key(new)
+        self._refuse_banned(new)
         with self.lock:
             old = member.nickname
             if self._members.get(nickname_key(old or "")) is not member:

@@ -53,6 +53,7 @@ class ChatServer:
                  config: Config, pool: WriterPool, error_log: Any = None) -> None:
         self.listeners = listeners
         self.room = room
+        self.bans = room.bans
         self.log = log
         self.error_log = error_log
         self._config = config
@@ -122,8 +123,12 @@ class ChatServer:
         sock.settimeout(None)
         config = self.config
         ip = address[0]
+        ban = self.bans.for_address(ip) if self.bans is not None else None
         with self._lock:
-            if len(self._sessions) >= config.max_clients:
+            if ban is not None:  # exempt addresses are not exempt from bans
+                refusal = (errors.BANNED, f"your address is {ban.describe()}")
+                self.log.event("refused", addr=ip, code=errors.BANNED)
+            elif len(self._sessions) >= config.max_clients:
                 refusal = (errors.SERVER_FULL, "the server is full, try again later")
             elif self._per_ip[ip] >= config.max_per_address and not self._exempted(ip):
                 refusal = (errors.ADDRESS_LIMIT,

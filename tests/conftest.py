@@ -230,6 +230,8 @@ def daemon_factory(short_tmp):
             extra += ["--admin-socket", os.path.join(short_tmp, f"a{len(started)}.sock")]
         if "--log-target" not in extra and "--syslog-address" not in extra:
             extra += ["--log-target", "stderr"]
+        if "--state-dir" not in extra:  # never the host's /var/lib/tcpchatd
+            extra += ["--state-dir", os.path.join(short_tmp, f"state{len(started)}")]
         if listen and not any(a.startswith("--listen") for a in extra):
             extra += ["--listen", "127.0.0.1:0"]
         daemon = DaemonProcess(short_tmp, extra, env)

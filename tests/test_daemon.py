@@ -142,9 +142,9 @@ def test_pipe_client_usage_and_connection_errors(daemon_factory):
 class Pty:
     """The interactive client in a pseudo-terminal, read like a person reads a screen."""
 
-    def __init__(self, argv):
+    def __init__(self, argv, env=None):
         self.master, slave = pty.openpty()
-        env = dict(os.environ, TERM="xterm", COLUMNS="100", LINES="30")
+        env = dict(os.environ, TERM="xterm", COLUMNS="100", LINES="30", **(env or {}))
         self.proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env,
                                      start_new_session=True, close_fds=True)
         os.close(slave)

@@ -1,7 +1,6 @@
 """The probes of issue 10 that need the real daemon: its stack, its admin socket, its
 reload, its stderr, its task limit and its counters."""
 
-import grp
 import json
 import os
 import re
@@ -15,8 +14,8 @@ import uuid
 import pytest
 
 from conftest import status_port
-from rawclient import RawClient, frame, wait_for
-from test_ctl import ctl
+from rawclient import RawClient, wait_for
+from test_ctl import ctl, running  # noqa: F401 (a fixture)
 
 EVENT_LINE = re.compile(r"[a-z_]+( [a-z_]+=(\"([^\"\\]|\\.)*\"|[A-Za-z0-9._:@/+-]+))*")
 
@@ -44,17 +43,8 @@ def admin_line(path: str, line: bytes) -> dict:
     return json.loads(reply)
 
 
-@pytest.fixture
-def admin_daemon(daemon_factory, short_tmp):
-    def start(*args):
-        path = os.path.join(short_tmp, f"adm{len(os.listdir(short_tmp))}.sock")
-        d = daemon_factory("--admin-socket", path, *args)
-        return d, path, status_port(d)
-    return start
-
-
-def test_deep_json_at_the_smallest_stack_never_kills_the_daemon(admin_daemon):
-    d, path, port = admin_daemon("--thread-stack", "32768", "--max-json-depth", "64")
+def test_deep_json_at_the_smallest_stack_never_kills_the_daemon(running):
+    d, path, port = running("--thread-stack", "32768", "--max-json-depth", "64")
     good, bad = RawClient(port), RawClient(port)
     good.join("good"), bad.join("bad")
     good.read()
@@ -81,16 +71,16 @@ def test_deep_json_at_the_smallest_stack_never_kills_the_daemon(admin_daemon):
     rb'{"v":1.0,"id":1,"cmd":"who"}',
     rb'{"v":1,"id":[1],"cmd":"who"}',
 ])
-def test_admin_requests_that_cannot_be_answered_as_sent_get_bad_request(admin_daemon, line):
-    d, path, _ = admin_daemon()
+def test_admin_requests_that_cannot_be_answered_as_sent_get_bad_request(running, line):
+    d, path, _ = running()
     reply = admin_line(path, line)
     assert reply["ok"] is False and reply["error"]["code"] == "bad_request"
     assert admin_line(path, b'{"v":1,"id":2,"cmd":"who"}')["ok"] is True
     assert "Traceback" not in d.stderr()
 
 
-def test_ctl_with_an_argument_that_is_not_utf8(admin_daemon):
-    d, path, _ = admin_daemon()
+def test_ctl_with_an_argument_that_is_not_utf8(running):
+    d, path, _ = running()
     result = subprocess.run([sys.executable, "-m", "tcpchatd.ctl", "--socket", path, "kick",
                              b"\xff"], capture_output=True, timeout=30)
     assert result.returncode == 2
@@ -98,11 +88,11 @@ def test_ctl_with_an_argument_that_is_not_utf8(admin_daemon):
         "tcpchatctl: argument is not valid UTF-8: \\xff"]
 
 
-def test_reload_with_an_unknown_admin_group_is_refused(admin_daemon, short_tmp):
+def test_reload_with_an_unknown_admin_group_is_refused(running, short_tmp):
     conf = os.path.join(short_tmp, "r.toml")
     with open(conf, "w") as fh:
         fh.write("max_clients = 50\n")
-    d, path, _ = admin_daemon("--config", conf)
+    d, path, _ = running("--config", conf)
     with open(conf, "w") as fh:
         fh.write('admin_group = "no-such-group-tcpchatd"\n')
     d.messages.clear()
@@ -121,8 +111,8 @@ def vanishing_group():
     subprocess.run(["groupdel", name], check=False)
 
 
-def test_an_admin_connection_that_fails_inside_gets_internal(admin_daemon, vanishing_group):
-    d, path, _ = admin_daemon("--admin-group", vanishing_group)
+def test_an_admin_connection_that_fails_inside_gets_internal(running, vanishing_group):
+    d, path, _ = running("--admin-group", vanishing_group)
     assert ctl(path, "who").returncode == 0
     subprocess.run(["groupdel", vanishing_group], check=True)  # gone while the daemon runs
     reply = admin_line(path, b'{"v":1,"id":3,"cmd":"who"}')
@@ -184,8 +174,8 @@ def task_limited():
 
 
 def test_a_client_whose_thread_cannot_start_gets_server_full_and_no_slot_leaks(
-        admin_daemon, task_limited):
-    d, path, port = admin_daemon("--max-per-address", "2", "--exempt-addresses", "")
+        running, task_limited):
+    d, path, port = running("--max-per-address", "2", "--exempt-addresses", "")
     tasks = task_limited(d.proc.pid, 1)  # one reader thread more, no second one
     first = RawClient(port)
     first.join("first")
@@ -210,8 +200,8 @@ def test_a_client_whose_thread_cannot_start_gets_server_full_and_no_slot_leaks(
 
 # --- 12. every stats counter after a scripted session
 
-def test_every_stats_counter_after_a_scripted_session(admin_daemon):
-    d, path, port = admin_daemon("--confirm-timeout", "0.5", "--receipt-wait", "0.2",
+def test_every_stats_counter_after_a_scripted_session(running):
+    d, path, port = running("--confirm-timeout", "0.5", "--receipt-wait", "0.2",
                                  "--flood-rate", "0")
     names = ["s", "r1", "r2", "r3"]
     clients = {n: RawClient(port) for n in names}

@@ -175,3 +175,17 @@ def test_stop_is_clean_and_clients_hear_of_it(units):
     assert units.show(SERVICE, "Result") == "success"
     assert units.show(SERVICE, "ExecMainStatus") == "0"
     assert active(units, CHAT) == "active" and active(units, ADMIN) == "active"
+
+
+def test_a_ban_survives_a_restart_of_the_service(units):
+    units.systemctl("start", SERVICE)
+    result = ctl(units, "ban", "spammer", "--reason", "lab")
+    assert result.returncode == 0, result.stderr
+    units.systemctl("restart", SERVICE)
+    listed = json.loads(ctl(units, "bans", "--json").stdout)["bans"]
+    assert [(b["target"], b["reason"]) for b in listed] == [("spammer", "lab")]
+    c = RawClient(units.port)
+    assert c.recv_exact(10) == b"_nickname_"
+    c.send_raw(b"SPAMMER")
+    assert c.read()["code"] == "banned"
+    assert ctl(units, "unban", "spammer").returncode == 0

@@ -1,0 +1,236 @@
+"""Bans that last: addresses, networks and nicknames, kept in `bans.json` in state_dir.
+
+A target is an address or network when it parses as one (`203.0.113.7`,
+`2001:db8::/32`; an IPv4-mapped IPv6 peer matches IPv4 bans), else a nickname, compared
+as nicknames are (nickname_key). The file is written atomically: a temporary file,
+fsync, rename over the old one, fsync of the folder, so a crash or a power cut leaves
+the old list or the new one, never a torn one. A file that does not parse stops the
+start: an operator's bans are never silently emptied.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import threading
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+
+from . import errors
+from .errors import AdminError, StartupError
+from .nicknames import nickname_key
+
+FILE_NAME = "bans.json"
+FORMAT = 1
+_DURATION = re.compile(r"([1-9][0-9]{0,8})([smhd])\Z")
+_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_duration(text: str) -> float:
+    """`90s`, `15m`, `2h`, `7d` in seconds; AdminError(bad_request) otherwise."""
+    match = _DURATION.match(text.strip())
+    if match is None:
+        raise AdminError(errors.BAD_REQUEST, f"bad duration {text!r}: write it like 90s, "
+                         "15m, 2h or 7d")
+    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+def parse_target(text: str) -> tuple[str, Network | None]:
+    """(the target as kept, its network or None for a nickname); bad_request if empty."""
+    text = text.strip()
+    if not text:
+        raise AdminError(errors.BAD_REQUEST, "a ban needs a target: an address, a network "
+                         "or a nickname")
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        if "/" in text or text.count(".") == 3 and text.replace(".", "").isdigit():
+            raise AdminError(errors.BAD_REQUEST, f"bad address or network {text!r}") from None
+        return text, None
+    if network.version == 6 and network.prefixlen >= 96 and \
+            ipaddress.ip_address(network.network_address).ipv4_mapped:
+        mapped = ipaddress.ip_address(network.network_address).ipv4_mapped
+        network = ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}")
+    return str(network if network.num_addresses > 1 else network.network_address), network
+
+
+def peer_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    address = ipaddress.ip_address(ip.split("%", 1)[0])
+    if address.version == 6 and address.ipv4_mapped:  # a dual-stack socket's IPv4 peer
+        return address.ipv4_mapped
+    return address
+
+
+def iso(moment: float | None) -> str | None:
+    if moment is None:
+        return None
+    return datetime.fromtimestamp(moment, timezone.utc).isoformat(timespec="seconds") \
+        .replace("+00:00", "Z")
+
+
+@dataclass(frozen=True)
+class Ban:
+    target: str
+    until: float | None  # epoch seconds; None: until unbanned
+    reason: str
+    by_uid: int
+    since: float
+
+    @property
+    def network(self) -> Network | None:
+        try:
+            return ipaddress.ip_network(self.target, strict=False)
+        except ValueError:
+            return None
+
+    def describe(self) -> str:
+        """For the banned client: the reason and how long."""
+        how_long = f"until {iso(self.until)}" if self.until is not None else "with no end"
+        return f"banned ({self.reason}), {how_long}"
+
+    def record(self) -> dict:
+        """As `tcpchatctl bans` shows it."""
+        return {"target": self.target, "until": iso(self.until), "reason": self.reason,
+                "by_uid": self.by_uid, "since": iso(self.since)}
+
+
+class BanList:
+    """The bans in force; the file is rewritten on every change. Thread-safe."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.state_dir = state_dir
+        self.path = os.path.join(state_dir, FILE_NAME)
+        self._lock = threading.Lock()
+        self._bans: dict[str, Ban] = {}  # key: the network's text or the nickname_key
+
+    @staticmethod
+    def _key(target: str, network: Network | None) -> str:
+        return str(network) if network is not None else "nick:" + nickname_key(target)
+
+    # --- the file
+
+    def load(self) -> None:
+        """Read bans.json if it exists; StartupError naming the file if it does not parse."""
+        try:
+            with open(self.path, encoding="utf-8") as fh:
+                data = json.load(fh)
+            if not isinstance(data, dict) or data.get("format") != FORMAT:
+                raise ValueError(f"not a format {FORMAT} ban list")
+            bans = [Ban(str(b["target"]), None if b["until"] is None else float(b["until"]),
+                        str(b["reason"]), int(b["by_uid"]), float(b["since"]))
+                    for b in data["bans"]]
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StartupError(f"cannot read the ban list {self.path}: {exc.strerror}") \
+                from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise StartupError(f"the ban list {self.path} does not parse ({exc}); fix or "
+                               "move it, the daemon will not start without its bans") from None
+        with self._lock:
+            self._bans = {self._key(b.target, b.network): b for b in bans}
+
+    def _save(self, bans: dict[str, Ban]) -> None:
+        """Atomically: temporary file, fsync, rename, fsync of the folder."""
+        os.makedirs(self.state_dir, mode=0o750, exist_ok=True)
+        body = json.dumps({"format": FORMAT, "bans": [asdict(b) for b in bans.values()]},
+                          ensure_ascii=False, indent=1).encode("utf-8")
+        temp = f"{self.path}.{os.getpid()}.tmp"
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
+        try:
+            view = memoryview(body)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(temp, self.path)
+        folder = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+    def _change(self, bans: dict[str, Ban]) -> None:
+        """Under the lock: write the new list, then make it the one in force."""
+        try:
+            self._save(bans)
+        except OSError as exc:
+            raise AdminError(errors.INTERNAL, f"cannot write the ban list {self.path}: "
+                             f"{exc.strerror or exc}; nothing was changed") from None
+        self._bans = bans
+
+    # --- changes
+
+    def add(self, target: str, seconds: float | None, reason: str, by_uid: int,
+            force: bool = False) -> Ban:
+        kept, network = parse_target(target)
+        if network is not None and network.prefixlen == 0 and not force:
+            raise AdminError(errors.BAD_REQUEST, f"{kept} matches every address: add --force "
+                             "if you mean to ban everyone")
+        now = time.time()
+        ban = Ban(kept, None if seconds is None else now + seconds, reason, by_uid, now)
+        with self._lock:
+            self._change({**self._bans, self._key(kept, network): ban})
+        return ban
+
+    def remove(self, target: str) -> Ban:
+        kept, network = parse_target(target)
+        key = self._key(kept, network)
+        with self._lock:
+            ban = self._bans.get(key)
+            if ban is None:
+                raise AdminError(errors.NO_SUCH_BAN, f"no such ban: {kept}")
+            self._change({k: b for k, b in self._bans.items() if k != key})
+        return ban
+
+    def expire(self, now: float | None = None) -> list[Ban]:
+        """Drop the bans whose time is up; the ones dropped (an unwritable file keeps them)."""
+        now = time.time() if now is None else now
+        with self._lock:
+            ended = [b for b in self._bans.values() if b.until is not None and b.until <= now]
+            if not ended:
+                return []
+            try:
+                self._change({k: b for k, b in self._bans.items() if b not in ended})
+            except AdminError:
+                return []
+        return ended
+
+    # --- lookups
+
+    def all(self) -> list[Ban]:
+        with self._lock:
+            return sorted(self._bans.values(), key=lambda b: b.since)
+
+    def for_address(self, ip: str) -> Ban | None:
+        """The ban matching a peer's address (live ones only), or None."""
+        address = peer_address(ip)
+        now = time.time()
+        with self._lock:
+            bans = list(self._bans.values())
+        for ban in bans:
+            network = ban.network
+            if network is not None and network.version == address.version \
+                    and address in network and (ban.until is None or ban.until > now):
+                return ban
+        return None
+
+    def for_nickname(self, nickname: str) -> Ban | None:
+        with self._lock:
+            ban = self._bans.get("nick:" + nickname_key(nickname))
+        if ban is not None and (ban.until is None or ban.until > time.time()):
+            return ban
+        return None
+
+    def matches(self, ban: Ban, nickname: str | None, ip: str) -> bool:
+        """True when a connected client (nickname, address) falls under the ban."""
+        network = ban.network
+        if network is None:
+            return nickname is not None and nickname_key(nickname) == nickname_key(ban.target)
+        address = peer_address(ip)
+        return address.version == network.version and address in network
