@@ -258,7 +258,8 @@ def test_pipe_mode_answers_within_receipt_wait_beside_a_sleeping_member(room):
 
 
 def test_pipe_mode_at_rate_0_counts_every_line_and_says_why(daemon_factory):
-    d = daemon_factory("--flood-burst", "40", "--flood-rate", "20")
+    # a generous grace: under load the receipts of what went out may take a while
+    d = daemon_factory("--flood-burst", "40", "--flood-rate", "20", "--shutdown-grace", "8")
     port = status_port(d)
     confirmer(port, "ben")
     lines = [f"line {i}" for i in range(300)]
