@@ -401,3 +401,16 @@ def test_units_say_what_the_design_asks():
     assert admin["ListenStream"] == ["/run/tcpchatd/admin.sock"]
     assert admin["SocketMode"] == ["0660"] and admin["SocketGroup"] == ["tcpchatd-admin"]
     assert admin["FileDescriptorName"] == ["admin"]
+
+
+def test_the_service_is_hardened_to_an_exposure_of_at_most_2():
+    result = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager",
+                             os.path.join(UNITS, "tcpchatd.service")],
+                            capture_output=True, text=True, timeout=60)
+    match = re.search(r"Overall exposure level for tcpchatd\.service: (\d+\.\d)", result.stdout)
+    assert match, result.stdout[-500:] + result.stderr
+    assert float(match.group(1)) <= 2.0
+    for setting in ("SystemCallFilter=", "ProtectProc=", "ProcSubset=", "PrivateMounts=",
+                    "RemoveIPC=", "MemoryDenyWriteExecute="):
+        assert re.search(rf"✓ {setting}", result.stdout) or setting in open(
+            os.path.join(UNITS, "tcpchatd.service")).read()

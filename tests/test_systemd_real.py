@@ -21,8 +21,12 @@ from systemd_lab import UserManager
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNITS = os.path.join(ROOT, "contrib", "systemd")
 SERVICE, CHAT, ADMIN = "tcpchatd.service", "tcpchatd.socket", "tcpchatd-admin.socket"
-ALLOWED_DROP_IN = {"Service": {"ExecStart", "WatchdogSec", "User", "Group", "DynamicUser"},
+# ProtectProc= and ProcSubset= work for a system manager only: under this per-user manager
+# the service is never taken as ready with them, so the lab resets those two.
+ALLOWED_DROP_IN = {"Service": {"ExecStart", "WatchdogSec", "User", "Group", "DynamicUser",
+                               "ProtectProc", "ProcSubset"},
                    "Socket": {"ListenStream", "SocketGroup"}}
+LAB_RESETS = "ProtectProc=default\nProcSubset=all\n"
 
 
 def free_port() -> int:
@@ -42,7 +46,7 @@ def lab():
         port = free_port()
         drop_ins = {
             SERVICE: "[Service]\nExecStart=\n"
-                     f"ExecStart={sys.executable} -m tcpchatd\nWatchdogSec=2\n",
+                     f"ExecStart={sys.executable} -m tcpchatd\nWatchdogSec=2\n" + LAB_RESETS,
             CHAT: f"[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n",
             ADMIN: f"[Socket]\nListenStream=\nListenStream={admin_path}\n",
         }
