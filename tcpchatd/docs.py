@@ -81,8 +81,10 @@ def man_page(command: Command) -> str:
         lines += _items("FILES", command.files)
     lines += [".SH SEE ALSO", ", ".join(f"\\fB{_roff(other.name)}\\fR({other.section})"
                                         for other in COMMANDS if other is not command)]
+    body = "\n".join(  # a text line may not start with a control character
+        "\\&" + line if line.startswith("'") else line for line in text[len(header):].split("\n"))
     return f'.TH {command.name.upper()} "{command.section}" "" "tcpchatd" ' \
-           f'"tcpchatd manual"' + text[len(header):] + "\n".join(lines) + "\n"
+           f'"tcpchatd manual"' + body + "\n".join(lines) + "\n"
 
 
 # --- bash completion

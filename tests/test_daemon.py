@@ -218,6 +218,7 @@ def test_interactive_client_reconnects_after_a_restart(daemon_factory):
         watcher = RawClient(port)
         watcher.join("watcher")
         assert "ann" in watcher.names["nicknames"]
+        term.expect(r"reconnected as ann[\s\S]*ann>")  # the prompt is back: the key goes to it
         term.type("\x04")
         assert term.proc.wait(10) == 0
         assert again.stop() == 0
