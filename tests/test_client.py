@@ -311,3 +311,31 @@ def test_version_on_all_three_commands():
                                 capture_output=True, text=True, timeout=30)
         assert result.returncode == 0
         assert result.stdout == f"{name} {__version__}\n"
+
+
+def test_pipe_mode_reports_a_line_that_was_sent_but_never_confirmed(daemon_factory):
+    d = daemon_factory()
+    port = status_port(d)
+    silent = RawClient(port)
+    silent.join("silent")  # receives, never confirms
+    proc = subprocess.Popen([*CLIENT, "--port", str(port), "--nick", "bot"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        proc.stdin.write("pending when the server goes\n")
+        proc.stdin.flush()
+        silent.read_until(lambda f: f.get("type") == "message")
+        d.stop()
+        first = proc.stdout.readline()
+        assert first == "no receipt (the server is shutting down): pending when the server " \
+                        "goes\n", first  # sent, never confirmed: reported, never resent
+        again = daemon_factory("--listen", f"127.0.0.1:{port}")
+        confirmer(port, "ben")
+        proc.stdin.write("after\n")
+        proc.stdin.close()
+        rest = proc.stdout.read()
+        assert rest.endswith("delivered to 1 of 1: after\n")
+        assert proc.wait(20) == 1  # one line reached nobody it could tell of
+        assert again.stop() == 0
+    finally:
+        proc.kill()
