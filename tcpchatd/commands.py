@@ -11,7 +11,8 @@ from . import __version__, errors, protocol
 from .admin import Caller, Command
 from .bans import BanList, iso, parse_duration
 from .errors import AdminError
-from .room import Room
+from .room import NoSuchMember, Room
+from .specs import SPECS
 
 DEFAULT_KICK_REASON = "kicked by an operator"
 
@@ -49,7 +50,10 @@ def build(room: Room, log: Any, bans: BanList | None = None) -> dict[str, Comman
     def kick(args: dict, caller: Caller) -> dict:
         nickname = _string_arg(args, "nickname")
         reason = _string_arg(args, "reason", required=False) or DEFAULT_KICK_REASON
-        kicked = room.kick(nickname, reason)
+        try:
+            kicked = room.kick(nickname, reason)
+        except NoSuchMember:  # the room's error, in the admin protocol's words
+            raise AdminError(errors.NO_SUCH_NICKNAME, f"no such nickname: {nickname}") from None
         log.event("kick", nick=kicked, reason=reason, uid=caller.uid, pid=caller.pid)
         return {"kicked": kicked}
 
@@ -104,5 +108,7 @@ def build(room: Room, log: Any, bans: BanList | None = None) -> dict[str, Comman
             raise AdminError(errors.INTERNAL, "this daemon keeps no bans")
         return bans
 
-    return {"who": who, "kick": kick, "stats": stats, "say": say, "ban": ban, "unban": unban,
-            "bans": list_bans}
+    handlers = {"who": who, "kick": kick, "stats": stats, "say": say, "ban": ban,
+                "unban": unban, "bans": list_bans}
+    assert handlers.keys() == SPECS.keys(), "specs.py and the handlers name the same commands"
+    return handlers

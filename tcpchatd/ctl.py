@@ -12,11 +12,11 @@ import errno
 import json
 import os
 import sys
-import unicodedata
 from typing import Any
 
 from . import __version__, admin, config as config_module, errors
 from .errors import AdminError, ConfigError
+from .specs import SPECS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PERMISSION, EXIT_NOT_RUNNING = 0, 1, 2, 4, 7
 EXIT_BY_CODE = {errors.PERMISSION_DENIED: EXIT_PERMISSION, errors.UNKNOWN_COMMAND: EXIT_USAGE,
@@ -40,68 +40,6 @@ def socket_candidates(args: argparse.Namespace) -> list[str]:
     return candidates
 
 
-# --- formatters, apart from the transport
-
-def format_who(result: dict) -> str:
-    clients = result["clients"]
-    if not clients:
-        return "no clients connected"
-    rows = [("NICKNAME", "ADDRESS", "CONNECTED", "IDLE", "SENT", "RECEIVED")]
-    rows += [(c["nickname"], c["address"], c["connected"], f"{c['idle_s']:.0f}s",
-              str(c["sent"]), str(c["received"])) for c in clients]
-    return _table(rows)
-
-
-def _table(rows: list[tuple[str, ...]]) -> str:
-    """Columns aligned by what a terminal shows, wide characters included."""
-    widths = [max(display_width(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(cell + " " * (w - display_width(cell))
-                               for cell, w in zip(row, widths)).rstrip() for row in rows)
-
-
-def display_width(text: str) -> int:
-    """Columns a terminal gives `text`: wide East Asian characters take two, marks none."""
-    width = 0
-    for char in text:
-        if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
-            continue
-        width += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
-    return width
-
-
-def format_stats(result: dict) -> str:
-    width = max(len(key) for key in result)
-    return "\n".join(f"{key.ljust(width)}  {value}" for key, value in result.items())
-
-
-def format_ban(result: dict) -> str:
-    until = f"until {result['until']}" if result["until"] else "until unbanned"
-    kicked = f"; kicked {', '.join(result['kicked'])}" if result["kicked"] else ""
-    return f"banned {result['banned']} {until}{kicked}"
-
-
-def format_bans(result: dict) -> str:
-    bans = result["bans"]
-    if not bans:
-        return "no bans"
-    rows = [("TARGET", "UNTIL", "SINCE", "BY UID", "REASON")]
-    rows += [(b["target"], b["until"] or "unbanned", b["since"], str(b["by_uid"]), b["reason"])
-             for b in bans]
-    return _table(rows)
-
-
-FORMATTERS = {
-    "who": format_who,
-    "stats": format_stats,
-    "kick": lambda result: f"kicked {result['kicked']}",
-    "say": lambda result: f"announced to {result['clients']} client"
-                          f"{'' if result['clients'] == 1 else 's'}",
-    "ban": format_ban,
-    "unban": lambda result: f"unbanned {result['unbanned']}",
-    "bans": format_bans,
-}
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tcpchatctl", description="Control a running tcpchatd through its admin socket.",
@@ -121,35 +59,19 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                            help="print the raw JSON result")
     commands = parser.add_subparsers(dest="cmd", metavar="COMMAND", required=True)
-    commands.add_parser("who", help="list connected clients", parents=[json_flag],
-                        description="List connected clients, sorted by nickname.")
-    kick = commands.add_parser("kick", help="disconnect a client", parents=[json_flag],
-                               description="Disconnect a client; it sees the reason.")
-    kick.add_argument("nickname", help="the client's nickname (case-insensitive)")
-    kick.add_argument("text", nargs="*", metavar="REASON",
-                      help="the reason, as words after the nickname (the IRC habit)")
-    kick.add_argument("--reason", help="shown to the client and the room")
-    commands.add_parser("stats", help="show counters", parents=[json_flag],
-                        description="Show the daemon's counters.")
-    say = commands.add_parser("say", help="announce to every client", parents=[json_flag],
-                              description="Send a server announcement to every client.")
-    say.add_argument("text", nargs="+", help="the announcement")
-    ban = commands.add_parser(
-        "ban", help="ban an address, a network or a nickname", parents=[json_flag],
-        description="Ban TARGET (an address or network such as 203.0.113.7 or 2001:db8::/32, "
-        "else a nickname); every matching client is kicked at once. Kept on disk: bans "
-        "survive restarts.")
-    ban.add_argument("target", help="address, network or nickname")
-    ban.add_argument("--for", dest="duration", metavar="DURATION",
-                     help="how long: 90s, 15m, 2h, 7d (default: until unbanned)")
-    ban.add_argument("--reason", help="shown to the banned client")
-    ban.add_argument("--force", action="store_true",
-                     help="needed for a ban that matches every address (0.0.0.0/0, ::/0)")
-    unban = commands.add_parser("unban", help="lift a ban", parents=[json_flag],
-                                description="Lift the ban on TARGET.")
-    unban.add_argument("target", help="as it was banned")
-    commands.add_parser("bans", help="list the bans", parents=[json_flag],
-                        description="List the bans in force.")
+    for spec in SPECS.values():  # one table serves tcpchatctl and the daemon (specs.py)
+        sub = commands.add_parser(spec.name, help=spec.help, description=spec.description,
+                                  parents=[json_flag])
+        for arg in spec.args:
+            if arg.words:
+                sub.add_argument(f"words_{arg.key}", nargs="*" if arg.flag or not arg.required
+                                 else "+", metavar=arg.key.upper(), help=arg.help)
+            if arg.flag and arg.boolean:
+                sub.add_argument(arg.flag, dest=arg.key, action="store_true", help=arg.help)
+            elif arg.flag:
+                sub.add_argument(arg.flag, dest=arg.key, metavar=arg.metavar, help=arg.help)
+            elif not arg.words:
+                sub.add_argument(arg.key, metavar=arg.metavar, help=arg.help)
     return parser
 
 
@@ -164,18 +86,15 @@ def positive_seconds(text: str) -> float:
 
 
 def request_args(args: argparse.Namespace) -> dict:
-    if args.cmd == "kick":
-        reason = args.reason or " ".join(args.text)
-        return {"nickname": args.nickname, **({"reason": reason} if reason else {})}
-    if args.cmd == "say":
-        return {"text": " ".join(args.text)}
-    if args.cmd == "ban":
-        return {"target": args.target, **({"for": args.duration} if args.duration else {}),
-                **({"reason": args.reason} if args.reason else {}),
-                **({"force": True} if args.force else {})}
-    if args.cmd == "unban":
-        return {"target": args.target}
-    return {}
+    """The request's args for the parsed command line (specs.py says which are which)."""
+    values: dict[str, Any] = {}
+    for arg in SPECS[args.cmd].args:
+        value = getattr(args, arg.key, None) if arg.flag or not arg.words else None
+        if arg.words and not value:
+            value = " ".join(getattr(args, f"words_{arg.key}") or []) or None
+        if value:  # an unset flag or an empty reason is left to the daemon's default
+            values[arg.key] = value
+    return values
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -205,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         return fail(f"cannot talk to the daemon: {exc.strerror or exc}", EXIT_FAILED)
     print(json.dumps(result, indent=2, ensure_ascii=False) if args.json
-          else FORMATTERS[args.cmd](result))
+          else SPECS[args.cmd].show(result))
     return EXIT_OK
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from . import errors, protocol
-from .errors import AdminError, ProtocolError
+from .errors import ProtocolError
 from .bans import BanList
 from .nicknames import nickname_key
 
@@ -29,7 +29,15 @@ SETTLED_MEMORY_FACTOR = 10
 
 
 class Member(Protocol):
+    """What the room and the admin commands know of a client."""
+
     nickname: str | None
+    address: str      # `ip:port` or `[v6]:port`, for `who` and the log
+    ip: str           # the peer's address, for bans
+    connected: float  # time.time() when it connected
+    last_active: float  # time.monotonic() of its last frame
+    sent: int         # messages it sent
+    received: int     # chat messages queued for it
 
     def deliver(self, frame: bytes) -> None:
         """Queue a frame for this member alone; never blocks (it may close the member)."""
@@ -37,6 +45,14 @@ class Member(Protocol):
     def close(self, reason: str, final_frame: bytes | None = None,
               detail: str | None = None) -> None:
         """Leave the room and disconnect, after sending final_frame if given."""
+
+
+class NoSuchMember(LookupError):
+    """No member has that nickname (the admin layer turns it into no_such_nickname)."""
+
+    def __init__(self, nickname: str) -> None:
+        super().__init__(nickname)
+        self.nickname = nickname
 
 
 class Channel(Protocol):
@@ -207,6 +223,8 @@ class Room:
             if self._members.get(key) is not member:
                 return
             del self._members[key]
+            # logged under the lock, as the join is, so the log keeps the room's order
+            self.log.event("leave", nick=member.nickname, reason=reason)
             self.channel.unsubscribe(member)
             account = self._accounts.pop(member)
             owed, emptied = self._owed(account), []
@@ -237,10 +255,11 @@ class Room:
             return member in self._departed
 
     def find(self, nickname: str) -> Member:
+        """The member of that nickname (compared as nicknames are), or NoSuchMember."""
         with self.lock:
             member = self._members.get(nickname_key(nickname))
         if member is None:
-            raise AdminError(errors.NO_SUCH_NICKNAME, f"no such nickname: {nickname}")
+            raise NoSuchMember(nickname)
         return member
 
     def members(self) -> list[Member]:

@@ -107,8 +107,7 @@ class Session:
         else:  # the server's reaper shuts it down if the flush takes too long
             self.close_deadline = time.monotonic() + self.config.shutdown_grace
             self.outbox.finish(final_frame, drop=drop_queue)
-        if self.joined:
-            self.log.event("leave", nick=self.nickname, reason=reason)
+        if self.joined:  # the room logs the leave, in its order of events
             self.room.leave(self, reason, detail)
 
     def shutdown_socket(self) -> None:
@@ -255,7 +254,6 @@ class Session:
                 return
             self._closing = True
         if self.joined:
-            self.log.event("leave", nick=self.nickname, reason=reason)
             self.room.leave(self, reason, keep_receipts=True)
         grace = self.config.shutdown_grace
         deadline = time.monotonic() + grace

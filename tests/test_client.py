@@ -216,9 +216,8 @@ def test_tab_completes_nicknames(room):
     term = interactive(port, "ann")
     try:
         term.type("ben")
-        term.expect(r"ann> ben")
+        term.expect(r"benedict[\s\S]*benedict")  # the completion menu, below the names line
         term.type("\t")
-        term.expect(r"edict:")  # the line is redrawn from the cursor on
         term.type("hi\r")
         wait_for(lambda: any(f.get("message") == "ann: benedict: hi" for f in seen))
     finally:
@@ -325,10 +324,11 @@ def test_pipe_mode_reports_a_line_that_was_sent_but_never_confirmed(daemon_facto
         proc.stdin.write("pending when the server goes\n")
         proc.stdin.flush()
         silent.read_until(lambda f: f.get("type") == "message")
-        d.stop()
+        d.kill()  # the server dies: nobody can say whether the line arrived
         first = proc.stdout.readline()
-        assert first == "no receipt (the server is shutting down): pending when the server " \
-                        "goes\n", first  # sent, never confirmed: reported, never resent
+        assert re.fullmatch(r"no receipt \((the server closed the connection|connection to "
+                            r"the server was lost)\): pending when the server goes\n", first), \
+            first  # sent, never confirmed: reported, never resent
         again = daemon_factory("--listen", f"127.0.0.1:{port}")
         confirmer(port, "ben")
         proc.stdin.write("after\n")

@@ -221,8 +221,10 @@ def test_positional_reason_admin_socket_flag_timeout_and_wide_names(running):
 
 
 def _columns_before(line: str, marker: str) -> int:
-    from tcpchatd.ctl import display_width
-    return display_width(line[:line.index(marker)])
+    """Screen columns before `marker`: East Asian wide characters take two."""
+    import unicodedata
+    return sum(2 if unicodedata.east_asian_width(c) in "WF" else 1
+               for c in line[:line.index(marker)])
 
 
 def test_help_shows_modes_in_octal_and_none_for_unset(short_tmp):

@@ -158,9 +158,12 @@ class Pty:
                 raise AssertionError(f"{pattern!r} not seen in:\n{self.plain()}")
             if select.select([self.master], [], [], remaining)[0]:
                 try:
-                    self.screen += os.read(self.master, 65536).decode("utf-8", "replace")
+                    data = os.read(self.master, 65536).decode("utf-8", "replace")
                 except OSError:
-                    pass
+                    data = ""
+                self.screen += data
+                for _ in range(data.count("\x1b[6n")):  # answer as a terminal does (CPR)
+                    os.write(self.master, b"\x1b[1;1R")
         return re.search(pattern, self.plain())
 
     def plain(self):
@@ -220,7 +223,10 @@ def test_interactive_client_reconnects_after_a_restart(daemon_factory):
         assert "ann" in watcher.names["nicknames"]
         term.expect(r"reconnected as ann[\s\S]*ann>")  # the prompt is back: the key goes to it
         term.type("\x04")
-        assert term.proc.wait(10) == 0
+        try:
+            assert term.proc.wait(10) == 0
+        except subprocess.TimeoutExpired:
+            raise AssertionError(repr(term.screen[-1500:])) from None
         assert again.stop() == 0
     finally:
         term.close()

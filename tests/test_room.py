@@ -5,8 +5,8 @@ import json
 import pytest
 
 from tcpchatd.config import Config
-from tcpchatd.errors import AdminError, ProtocolError
-from tcpchatd.room import Room
+from tcpchatd.errors import ProtocolError
+from tcpchatd.room import NoSuchMember, Room
 
 from conftest import RecordingLog, lock_held_by_another_thread
 
@@ -223,9 +223,9 @@ def test_kick_tells_the_member_and_the_others():
                             "message": "You were kicked: spam"}
     assert b.frames[-1] == {"type": "system", "event": "leave", "nickname": "a",
                             "reason": "kicked", "message": "a was kicked (spam)"}
-    with pytest.raises(AdminError) as info:
+    with pytest.raises(NoSuchMember) as info:
         room.kick("nobody", "x")
-    assert info.value.code == "no_such_nickname"
+    assert info.value.nickname == "nobody"
 
 
 def test_probe_fails_while_the_lock_is_held():

@@ -1,0 +1,115 @@
+"""The admin commands, once: name, arguments, help and how a result is printed.
+
+tcpchatctl builds its command line and its requests from this table, the daemon checks
+that its handlers (commands.py) are exactly these commands, and the man page and bash
+completion come from tcpchatctl's parser. Adding a command is one entry here and one
+handler there. Imports nothing of the daemon.
+"""
+
+from __future__ import annotations
+
+import unicodedata
+from dataclasses import dataclass
+from typing import Callable
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One argument: `key` in the request's args; on the command line a positional, or
+    `flag`, or (words) the rest of the command line joined by spaces."""
+    key: str
+    help: str
+    flag: str | None = None
+    words: bool = False
+    required: bool = True
+    boolean: bool = False
+    metavar: str | None = None
+
+
+@dataclass(frozen=True)
+class Spec:
+    name: str
+    help: str
+    description: str
+    args: tuple[Arg, ...]
+    show: Callable[[dict], str]
+
+
+# --- how results print (apart from the transport)
+
+def display_width(text: str) -> int:
+    """Columns a terminal gives `text`: wide East Asian characters take two, marks none."""
+    width = 0
+    for char in text:
+        if unicodedata.combining(char) or unicodedata.category(char) in ("Mn", "Me", "Cf"):
+            continue
+        width += 2 if unicodedata.east_asian_width(char) in ("W", "F") else 1
+    return width
+
+
+def table(rows: list[tuple[str, ...]]) -> str:
+    """Columns aligned by what a terminal shows, wide characters included."""
+    widths = [max(display_width(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell + " " * (w - display_width(cell))
+                               for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def show_who(result: dict) -> str:
+    clients = result["clients"]
+    if not clients:
+        return "no clients connected"
+    return table([("NICKNAME", "ADDRESS", "CONNECTED", "IDLE", "SENT", "RECEIVED")] + [
+        (c["nickname"], c["address"], c["connected"], f"{c['idle_s']:.0f}s", str(c["sent"]),
+         str(c["received"])) for c in clients])
+
+
+def show_stats(result: dict) -> str:
+    width = max(len(key) for key in result)
+    return "\n".join(f"{key.ljust(width)}  {value}" for key, value in result.items())
+
+
+def show_ban(result: dict) -> str:
+    until = f"until {result['until']}" if result["until"] else "until unbanned"
+    kicked = f"; kicked {', '.join(result['kicked'])}" if result["kicked"] else ""
+    return f"banned {result['banned']} {until}{kicked}"
+
+
+def show_bans(result: dict) -> str:
+    if not result["bans"]:
+        return "no bans"
+    return table([("TARGET", "UNTIL", "SINCE", "BY UID", "REASON")] + [
+        (b["target"], b["until"] or "unbanned", b["since"], str(b["by_uid"]), b["reason"])
+        for b in result["bans"]])
+
+
+def show_say(result: dict) -> str:
+    return f"announced to {result['clients']} client{'' if result['clients'] == 1 else 's'}"
+
+
+REASON = Arg("reason", "shown to the client and the room; also as words after the "
+             "nickname (the IRC habit)", flag="--reason", words=True, required=False)
+
+SPECS = {spec.name: spec for spec in (
+    Spec("who", "list connected clients", "List connected clients, sorted by nickname.",
+         (), show_who),
+    Spec("kick", "disconnect a client", "Disconnect a client; it and the room see the reason.",
+         (Arg("nickname", "the client's nickname (case-insensitive)"), REASON),
+         lambda result: f"kicked {result['kicked']}"),
+    Spec("stats", "show counters", "Show the daemon's counters.", (), show_stats),
+    Spec("say", "announce to every client", "Send a server announcement to every client.",
+         (Arg("text", "the announcement", words=True),), show_say),
+    Spec("ban", "ban an address, a network or a nickname",
+         "Ban TARGET (an address or network such as 203.0.113.7 or 2001:db8::/32, else a "
+         "nickname); every matching client is kicked at once. Kept on disk: bans survive "
+         "restarts.",
+         (Arg("target", "address, network or nickname"),
+          Arg("for", "how long: 90s, 15m, 2h, 7d (default: until unbanned)", flag="--for",
+              required=False, metavar="DURATION"),
+          Arg("reason", "shown to the banned client", flag="--reason", required=False),
+          Arg("force", "needed for a ban that matches every address (0.0.0.0/0, ::/0)",
+              flag="--force", required=False, boolean=True)),
+         show_ban),
+    Spec("unban", "lift a ban", "Lift the ban on TARGET.",
+         (Arg("target", "as it was banned"),), lambda result: f"unbanned {result['unbanned']}"),
+    Spec("bans", "list the bans", "List the bans in force.", (), show_bans),
+)}
