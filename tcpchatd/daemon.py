@@ -241,17 +241,23 @@ class Daemon:
                  if getattr(new, name) != getattr(self.config, name)]
         new = dataclasses.replace(new, **{name: getattr(self.config, name)
                                           for name in FIXED_ON_RELOAD})
-        self.config = new
-        self.server.config = new
-        self.admin_server.config = new
-        self.log.reconfigure(new.log_target, new.syslog_address, new.syslog_facility,
-                             new.log_queue)
+        self.apply_config(new)
         if fixed:  # sockets stay as they were bound: say so, not just ok
             self.log.event("reload", ok="yes", needs_restart=",".join(fixed))
             notifier.ready(f"{self._status()}; changed {', '.join(fixed)} needs a restart")
         else:
             self.log.event("reload", ok="yes")
             notifier.ready(self._status())
+
+
+    def apply_config(self, new: Config) -> None:
+        """Every component that reads settings gets the new ones (the room through the
+        server); the sockets keep what they were bound with (FIXED_ON_RELOAD)."""
+        self.config = new
+        self.server.config = new
+        self.admin_server.config = new
+        self.log.reconfigure(new.log_target, new.syslog_address, new.syslog_facility,
+                             new.log_queue)
 
 
 def now_fresh(beat: float, max_age: float) -> bool:

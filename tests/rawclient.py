@@ -68,14 +68,21 @@ class RawClient:
         raise AssertionError("no matching frame")
 
     def closed(self, timeout: float = 5.0) -> bool:
-        """True when the server closes the connection (after draining what it sent)."""
-        self.sock.settimeout(timeout)
+        """True when the server closes the connection within `timeout` (what it still
+        sends is drained); False when it keeps the connection open, or keeps sending."""
+        deadline = time.monotonic() + timeout
         try:
-            while self.sock.recv(65536):
-                pass
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self.sock.settimeout(remaining)
+                if not self.sock.recv(65536):
+                    return True
         except (ConnectionResetError, BrokenPipeError):
-            pass
-        return True
+            return True
+        except TimeoutError:
+            return False
 
     # --- chat
 
