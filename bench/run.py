@@ -223,6 +223,14 @@ LIMITS = """## What limits tcpchatd, and what would move it
   readers, then read the message later: 1.3-5.8 s).
 - **The generator shares the two cores** with the server, so absolute rates are noisy;
   compare CPU per delivery and ratios within one run.
+- **What the chat features cost (2026-12-02 against 2026-11-28).** Every joiner now gets a
+  `names` frame listing up to `announce_joins_max` (1,000) nicknames, about 15 KB in a
+  large room, as DESIGN.md asks: at 10,000 clients that is some 150 MB of frames queued
+  while the room fills, the likely main share of the rise in peak RSS (310 to 479 MiB)
+  and of the slower joins (10.7 to 12.8 s); not measured apart yet. CPU per delivery with
+  confirms rose from 2.1 to 2.6 µs (the room now keeps history, receipt_wait deadlines
+  and recently settled uuids, and counts errors per client); without confirms it is
+  within noise. The engine issue (#12) sets new targets for all of these.
 - What would close the remaining gaps: readers in an event loop (epoll, or asyncio),
   so that a confirm costs a callback instead of a thread wake-up. DESIGN.md's threading
   card asks for a reader thread per client, so that is a decision for the design, not
