@@ -410,7 +410,9 @@ def test_the_service_is_hardened_to_an_exposure_of_at_most_2():
     match = re.search(r"Overall exposure level for tcpchatd\.service: (\d+\.\d)", result.stdout)
     assert match, result.stdout[-500:] + result.stderr
     assert float(match.group(1)) <= 2.0
-    for setting in ("SystemCallFilter=", "ProtectProc=", "ProcSubset=", "PrivateMounts=",
-                    "RemoveIPC=", "MemoryDenyWriteExecute="):
-        assert re.search(rf"✓ {setting}", result.stdout) or setting in open(
-            os.path.join(UNITS, "tcpchatd.service")).read()
+    with open(os.path.join(UNITS, "tcpchatd.service")) as fh:
+        unit = fh.read()
+    for setting in ("SystemCallFilter=@system-service", "ProtectProc=invisible",
+                    "ProcSubset=pid", "PrivateMounts=yes", "RemoveIPC=yes",
+                    "MemoryDenyWriteExecute=yes"):
+        assert re.search(rf"^{re.escape(setting)}$", unit, re.M), setting
