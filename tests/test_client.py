@@ -1,6 +1,7 @@
 """tcpchat-client as a chat user drives it: the pty screen of the interactive client, the
 pipe client's output and exit code (issue 11)."""
 
+import os
 import re
 import socket
 import subprocess
@@ -339,3 +340,19 @@ def test_pipe_mode_reports_a_line_that_was_sent_but_never_confirmed(daemon_facto
         assert again.stop() == 0
     finally:
         proc.kill()
+
+
+def test_a_kicked_client_says_why_and_does_not_come_back(daemon_factory, short_tmp):
+    from test_ctl import ctl
+    admin_path = os.path.join(short_tmp, "k.sock")
+    d = daemon_factory("--admin-socket", admin_path)
+    port = status_port(d)
+    term = interactive(port, "ann")
+    try:
+        assert ctl(admin_path, "kick", "ann", "being", "rude").returncode == 0
+        term.expect(r"You were kicked: being rude")
+        assert term.proc.wait(10) == 1
+        assert "reconnecting" not in term.plain()
+        assert "tcpchat-client: You were kicked: being rude" in term.plain()
+    finally:
+        term.close()
