@@ -115,7 +115,7 @@ def test_slash_commands_are_never_sent_to_the_room(room):
         term.type("hi\r")
         wait_for(lambda: any(f.get("message") == "annie: hi" for f in seen))
         term.type("/quit see you\r")
-        assert term.proc.wait(10) == 0
+        assert term.wait(10) == 0
         wait_for(lambda: any(f.get("message") == "annie: see you" for f in seen))
     finally:
         term.close()
@@ -351,7 +351,7 @@ def test_a_kicked_client_says_why_and_does_not_come_back(daemon_factory, short_t
     try:
         assert ctl(admin_path, "kick", "ann", "being", "rude").returncode == 0
         term.expect(r"You were kicked: being rude")
-        assert term.proc.wait(10) == 1
+        assert term.wait(10) == 1
         assert "reconnecting" not in term.plain()
         assert "tcpchat-client: You were kicked: being rude" in term.plain()
     finally:

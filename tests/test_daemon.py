@@ -156,15 +156,32 @@ class Pty:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise AssertionError(f"{pattern!r} not seen in:\n{self.plain()}")
-            if select.select([self.master], [], [], remaining)[0]:
-                try:
-                    data = os.read(self.master, 65536).decode("utf-8", "replace")
-                except OSError:
-                    data = ""
-                self.screen += data
-                for _ in range(data.count("\x1b[6n")):  # answer as a terminal does (CPR)
-                    os.write(self.master, b"\x1b[1;1R")
+            self._read(remaining)
         return re.search(pattern, self.plain())
+
+    def _read(self, timeout):
+        """What the program wrote, read as a terminal reads it: at once, answering
+        cursor position requests (a program blocks when nobody reads its terminal)."""
+        if select.select([self.master], [], [], timeout)[0]:
+            try:
+                data = os.read(self.master, 65536).decode("utf-8", "replace")
+            except OSError:
+                data = ""
+            self.screen += data
+            for _ in range(data.count("\x1b[6n")):
+                os.write(self.master, b"\x1b[1;1R")
+
+    def wait(self, timeout=10):
+        """The exit status, reading the screen meanwhile; TimeoutExpired if it runs on."""
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise subprocess.TimeoutExpired(self.proc.args, timeout,
+                                                output=self.screen[-1500:])
+            self._read(min(remaining, 0.1))
+        self._read(0)
+        return self.proc.returncode
 
     def plain(self):
         return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]|\x1b[()][A-Z0-9]|\r", "", self.screen)
@@ -200,7 +217,7 @@ def test_interactive_client_in_a_terminal(daemon_factory):
         other.confirm(msg["uuid"])
         term.expect("\u2713 1/1 hello taken")  # the receipt, against the message
         term.type("/quit\r")
-        assert term.proc.wait(10) == 0
+        assert term.wait(10) == 0
         assert other.read_until(lambda f: f.get("event") == "leave")["reason"] == "quit"
     finally:
         term.close()
@@ -222,11 +239,18 @@ def test_interactive_client_reconnects_after_a_restart(daemon_factory):
         watcher.join("watcher")
         assert "ann" in watcher.names["nicknames"]
         term.expect(r"reconnected as ann[\s\S]*ann>")  # the prompt is back: the key goes to it
-        term.type("\x04")
-        try:
-            assert term.proc.wait(10) == 0
-        except subprocess.TimeoutExpired:
-            raise AssertionError(repr(term.screen[-1500:])) from None
+        # prompt_toolkit prints above the prompt with the terminal in cooked mode for a
+        # moment, and a Ctrl-D typed just then is eaten by the terminal itself: a person
+        # presses it again, and so does this test (at most three times).
+        for _ in range(3):
+            term.type("\x04")
+            try:
+                assert term.wait(3) == 0
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        else:
+            raise AssertionError(repr(term.screen[-1500:]))
         assert again.stop() == 0
     finally:
         term.close()
@@ -243,7 +267,7 @@ def test_interactive_client_leaves_cleanly_on_ctrl_d_and_ctrl_c(daemon_factory):
             term.expect(f"{name}>")  # the prompt is up: the key goes to it
             watcher.read_until(lambda f: f.get("event") == "join" and f["nickname"] == name)
             term.type(key)
-            assert term.proc.wait(10) == 0
+            assert term.wait(10) == 0
             leave = watcher.read_until(lambda f: f.get("event") == "leave")
             assert leave["nickname"] == name and leave["reason"] == "quit"
             assert "Traceback" not in term.plain()
