@@ -84,6 +84,7 @@ class Pending:
     deadline: float
     delivered: int = 0
     reported: bool = False  # the sender has its receipt (receipt_wait passed); log pending
+    to_departed: bool = False  # settled after its sender left half-closed (see _report)
 
 
 @dataclass(eq=False)
@@ -100,6 +101,7 @@ class Account:
     settled: int = 0                # its own messages, confirms, and receipts settled
     sent: set = field(default_factory=set)  # uuids of its pending messages
     private: int = 0                # private messages it received (not in _messages_sent)
+    in_flight: int = 0              # departed: receipts settled, not yet handed to it
 
 
 @dataclass
@@ -429,10 +431,11 @@ class Room:
     def _forget(self, pending: Pending) -> None:
         del self._pending[pending.uuid]
         sender = self._accounts.get(pending.sender)
-        if sender is None:
+        if sender is None:  # a departed sender is let go in _report, once it has its receipt
             sender = self._departed.get(pending.sender)
-            if sender is not None and sender.sent == {pending.uuid}:
-                del self._departed[pending.sender]
+            if sender is not None:
+                sender.in_flight += 1
+                pending.to_departed = True
         if sender is not None:
             sender.sent.discard(pending.uuid)
         if pending.delivered < pending.recipients:  # late confirms: take them silently
@@ -445,20 +448,33 @@ class Room:
                 account.settled += 1
 
     def _report(self, finished: list[Pending]) -> None:
-        """Outside the lock: tell each sender, log the final count."""
+        """Outside the lock: tell each sender, log the final count; a departed sender that
+        has all its receipts now is let go (not before: awaiting_receipts() would end its
+        connection while its last receipts were still on their way to it)."""
         for pending in finished:
-            if pending.delivered:
-                frame = protocol.receipt_frame(pending.uuid, pending.delivered,
+            self._tell(pending)
+            if pending.to_departed:
+                with self.lock:
+                    account = self._departed.get(pending.sender)
+                    if account is not None:
+                        account.in_flight -= 1
+                        if not account.sent and not account.in_flight:
+                            del self._departed[pending.sender]
+
+    def _tell(self, pending: Pending) -> None:
+        """The sender's receipt (unless receipt_wait sent it) and the log's final line."""
+        if pending.delivered:
+            frame = protocol.receipt_frame(pending.uuid, pending.delivered,
+                                           pending.recipients)
+            self.log.event("delivery", uuid=pending.uuid, delivered=pending.delivered,
+                           recipients=pending.recipients)
+            if pending.reported:  # the sender had its receipt at receipt_wait
+                return
+        else:
+            frame = protocol.undelivered_frame(pending.uuid, protocol.NOBODY_CONFIRMED,
                                                pending.recipients)
-                self.log.event("delivery", uuid=pending.uuid, delivered=pending.delivered,
-                               recipients=pending.recipients)
-                if pending.reported:  # the sender had its receipt at receipt_wait
-                    continue
-            else:
-                frame = protocol.undelivered_frame(pending.uuid, protocol.NOBODY_CONFIRMED,
-                                                   pending.recipients)
-                self.log.event("undelivered", uuid=pending.uuid, reason="nobody_confirmed")
-            pending.sender.deliver(frame)
+            self.log.event("undelivered", uuid=pending.uuid, reason="nobody_confirmed")
+        pending.sender.deliver(frame)
 
     # --- operator actions
 

@@ -320,3 +320,27 @@ def test_the_room_stays_usable_after_every_probe(chat):
         bad.send_raw(raw)
         bad.read_until(lambda f: f.get("event") == "error")
     assert_room_still_works(h, good)
+
+
+def test_a_half_closed_sender_gets_every_receipt_of_a_bulk_confirm(chat):
+    """Confirms settled together are handed over before the sender is let go (the race
+    it guards against shows in some rounds only: five rounds)."""
+    h = chat(flood_rate=0)
+    reader = h.client("reader")
+    for round_ in range(5):
+        sock = socket.create_connection(("127.0.0.1", h.port), timeout=10)
+        assert sock.recv(10) == PROMPT
+        uuids = [str(uuid.uuid4()) for _ in range(800)]
+        sock.sendall(b"writer%d\n" % round_ + b"".join(
+            frame({"type": "message", "uuid": u, "message": f"x: {i}"})
+            for i, u in enumerate(uuids)))
+        sock.shutdown(socket.SHUT_WR)
+        for u in uuids:
+            reader.read_until(lambda f, u=u: f.get("uuid") == u)
+        reader.send_raw(b"".join(frame({"type": "confirm", "uuid": u}) for u in uuids))
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        sock.close()
+        receipts = [u for u in uuids if b'"type":"confirm","uuid":"%s"' % u.encode() in data]
+        assert len(receipts) == len(uuids), f"round {round_}"
