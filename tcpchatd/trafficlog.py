@@ -44,7 +44,7 @@ _STOP = object()
 
 
 def _escape(match: regex.Match) -> str:
-    return json.dumps(match.group())[1:-1]  # \uXXXX, a surrogate pair beyond the BMP
+    return json.dumps(match.group())[1:-1]  # \u escapes; a surrogate pair beyond the BMP
 
 
 def format_value(value: Any) -> str:
