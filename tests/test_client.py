@@ -356,3 +356,21 @@ def test_a_kicked_client_says_why_and_does_not_come_back(daemon_factory, short_t
         assert "tcpchat-client: You were kicked: being rude" in term.plain()
     finally:
         term.close()
+
+
+def test_after_a_restart_it_says_why_it_cannot_rejoin(daemon_factory):
+    d = daemon_factory()
+    port = status_port(d)
+    term = interactive(port, "ann")
+    try:
+        d.stop()
+        term.expect("reconnecting in 1 s")  # a first try failed: a second comes in 1 s
+        daemon_factory("--listen", f"127.0.0.1:{port}")
+        squatter = RawClient(port)
+        squatter.join("ANN")  # takes the name before the client is back
+        term.expect(r"nickname 'ann' rejected: nickname 'ann' is taken", timeout=15)
+        term.expect(r"reconnecting in \d+ s")  # and it tries again later
+        squatter.quit()
+        term.expect("reconnected as ann", timeout=20)
+    finally:
+        term.close()
