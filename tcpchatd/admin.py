@@ -59,9 +59,7 @@ def parse_request(line: bytes, max_depth: int = MAX_JSON_DEPTH) -> tuple[Any, st
     echo it: a request the daemon could not answer would leave the caller with nothing.
     """
     try:
-        text = line.decode("utf-8")
-        text.encode("utf-8")
-        obj = loads_bounded(text, max_depth)
+        obj = loads_bounded(line.decode("utf-8"), max_depth)
         json.dumps(obj, ensure_ascii=False).encode("utf-8")  # a lone surrogate escaped in it
     except UnicodeError:
         raise AdminError(errors.BAD_REQUEST, "request is not valid UTF-8 (or holds a lone "

@@ -53,9 +53,11 @@ class CodedError(Exception):
 class ProtocolError(CodedError):
     """The peer sent something the chat protocol does not allow."""
 
-    def __init__(self, code: str, message: str, uuid: str | None = None) -> None:
+    def __init__(self, code: str, message: str, uuid: str | None = None,
+                 request_id: int | str | None = None) -> None:
         super().__init__(code, message)
         self.uuid = uuid  # the message that caused it, echoed back to the sender
+        self.request_id = request_id  # the request that caused it, likewise
 
     @property
     def fatal(self) -> bool:

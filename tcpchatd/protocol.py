@@ -186,7 +186,7 @@ _CONFIRM = re.compile(CONFIRM_BODY + rb'\Z')
 
 
 def parse_client_frame(body: bytes, max_text: int,
-                       max_depth: int = MAX_JSON_DEPTH) -> ChatMessage | Confirm:
+                       max_depth: int = MAX_JSON_DEPTH) -> ChatMessage | Confirm | Request:
     """Decode and validate one frame a client may send."""
     match = _CONFIRM.match(body)
     if match is not None:
@@ -228,20 +228,13 @@ def _request(obj: dict) -> Request:
     if request_id is not None and type(request_id) not in (int, str):
         raise ProtocolError(errors.BAD_JSON, "a request's 'id' must be an integer or a string")
     if not isinstance(cmd, str):
-        raise RequestError(errors.UNKNOWN_COMMAND, "a request needs a 'cmd' string", request_id)
+        raise ProtocolError(errors.UNKNOWN_COMMAND, "a request needs a 'cmd' string",
+                            request_id=request_id)
     nickname = obj.get("nickname")
     if cmd == "nick" and not isinstance(nickname, str):
-        raise RequestError(errors.NICKNAME_INVALID, "'nick' needs a 'nickname' string",
-                           request_id)
+        raise ProtocolError(errors.NICKNAME_INVALID, "'nick' needs a 'nickname' string",
+                            request_id=request_id)
     return Request(request_id, cmd, nickname)
-
-
-class RequestError(ProtocolError):
-    """A request failed: the error frame carries the request's id."""
-
-    def __init__(self, code: str, message: str, request_id: int | str | None) -> None:
-        super().__init__(code, message)
-        self.request_id = request_id
 
 
 _CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"

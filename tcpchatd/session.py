@@ -20,7 +20,7 @@ from . import errors, nicknames, protocol
 from .confirms import take_confirms
 from .errors import ProtocolError
 from .outbox import Outbox
-from .protocol import ChatMessage, FrameReader, PeerClosedMidFrame, Request, RequestError
+from .protocol import ChatMessage, FrameReader, PeerClosedMidFrame, Request
 
 if TYPE_CHECKING:
     from .server import ChatServer
@@ -34,6 +34,15 @@ ERROR_WINDOW = 10.0         # error_limit counts the protocol errors of this man
 UNCOUNTED_ERRORS = frozenset({errors.UNKNOWN_UUID})
 COALESCE_WINDOW = 10.0      # identical error lines within it become one `repeated=N` line
 READER_NICENESS = 5         # relative to the writer pool and accept loops (see _run)
+
+
+def _count_recent(times: collections.deque[float], window: float) -> int:
+    """Note one event now; how many fell within the last `window` seconds."""
+    now = time.monotonic()
+    times.append(now)
+    while times[0] < now - window:
+        times.popleft()
+    return len(times)
 
 
 class Session:
@@ -226,7 +235,7 @@ class Session:
                     return "error", None
                 except ProtocolError as exc:
                     report = protocol.error_frame(exc.code, exc.message, exc.uuid,
-                                                  getattr(exc, "request_id", None))
+                                                  exc.request_id)
                     if exc.fatal:
                         self._log_error(exc.code)
                         return "error", report
@@ -269,11 +278,7 @@ class Session:
         self._log_error(code)
         if code in UNCOUNTED_ERRORS:
             return False
-        now = time.monotonic()
-        self._errors.append(now)
-        while self._errors[0] < now - ERROR_WINDOW:
-            self._errors.popleft()
-        return len(self._errors) > self.config.error_limit
+        return _count_recent(self._errors, ERROR_WINDOW) > self.config.error_limit
 
     def _too_many_errors(self, exc: ProtocolError) -> bytes:
         self._flush_error_repeats()  # the `leave reason=errors` line follows
@@ -329,19 +334,15 @@ class Session:
                                                self.config.max_nickname)
                 self.room.rename(self, new)
             except ProtocolError as exc:
-                raise RequestError(exc.code, exc.message, request.id) from None
+                raise ProtocolError(exc.code, exc.message, request_id=request.id) from None
         else:
-            raise RequestError(errors.UNKNOWN_COMMAND, f"unknown command {request.cmd!r}: "
-                               "this server knows 'who' and 'nick'", request.id)
+            raise ProtocolError(errors.UNKNOWN_COMMAND, f"unknown command {request.cmd!r}: "
+                                "this server knows 'who' and 'nick'", request_id=request.id)
 
     def _flooded(self, frame_uuid: str | None, request_id: int | str | None = None) -> None:
         """A message or request over the flood limit: dropped; three in 10 s disconnect."""
         self.log.event("flood", nick=self.nickname, uuid=frame_uuid)
-        now = time.monotonic()
-        self._flood_strikes.append(now)
-        while self._flood_strikes[0] < now - FLOOD_STRIKE_WINDOW:
-            self._flood_strikes.popleft()
-        if len(self._flood_strikes) >= FLOOD_STRIKES:  # _serve ends, receipts still go out
+        if _count_recent(self._flood_strikes, FLOOD_STRIKE_WINDOW) >= FLOOD_STRIKES:  # _serve ends, receipts still go out
             self._ending = ("flood", protocol.error_frame(
                 errors.FLOOD, "too many messages: disconnected", frame_uuid, request_id))
         else:
