@@ -18,15 +18,15 @@ from .config import Config
 from .bans import BanList
 from .errors import ConfigError, StartupError
 from .room import Room
+from .engine import LOOP_TICK, Engine
 from .server import ACCEPT_TICK, ChatServer, bind_listener
 from .trafficlog import TrafficLog
-from .writerpool import WriterPool
 
-TICK = 0.25                 # main loop period: receipts expire, late closes are reaped
+TICK = 0.25                 # main loop period: receipts and bans expire, the watchdog
 ROOM_PROBE_TIMEOUT = 1.0    # the watchdog's bound on taking the room lock
 # Settings a reload does not change: sockets stay as they were bound.
 FIXED_ON_RELOAD = ("listen", "admin_socket", "admin_socket_mode", "pid_file", "thread_stack",
-                   "state_dir")
+                   "state_dir", "io_threads")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,9 +144,9 @@ class Daemon:
                          config.log_queue)
         log.start()
         self.log = log
-        pool = WriterPool()
-        room = Room(config, log, pool, self.bans)
-        server = ChatServer(chat_sockets, room, log, config, pool, error_log=_error_log)
+        engine = Engine(config.io_threads, on_error=lambda conn: None)
+        room = Room(config, log, engine, self.bans)
+        server = ChatServer(chat_sockets, room, log, config, engine, error_log=_error_log)
         admin_server = admin.AdminServer(
             admin_socket, commands.build(room, log, self.bans), config, log,
             owned_path=owned_admin_path, error_log=_error_log)
@@ -160,7 +160,7 @@ class Daemon:
         watchdog = systemd.Watchdog(notifier, systemd.watchdog_interval(), [
             lambda: server.accepting(max_age=8 * ACCEPT_TICK),
             lambda: now_fresh(admin_server.heartbeat, 8 * ACCEPT_TICK),
-            lambda: now_fresh(server.pool.heartbeat, 8 * ACCEPT_TICK),
+            lambda: engine.ticking(max_age=8 * LOOP_TICK),
             lambda: room.probe(ROOM_PROBE_TIMEOUT),
         ])
         listening = ",".join(server.addresses())
@@ -184,7 +184,6 @@ class Daemon:
                 room.expire()
                 for ended in self.bans.expire():
                     log.event("ban_expired", target=ended.target, by_uid=ended.by_uid)
-                server.reap()
                 watchdog.tick()
                 notifier.status(self._status())
         finally:

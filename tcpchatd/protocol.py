@@ -51,9 +51,14 @@ def parse_header(header: bytes) -> int:
 
 
 class FrameReader:
-    """Exact reads of frames from a byte stream (split or coalesced segments)."""
+    """Exact reads of frames from a byte stream (split or coalesced segments).
 
-    def __init__(self, recv: Callable[[int], bytes], initial: bytes = b"") -> None:
+    Blocking readers (the client) give it `recv`; the server's event loops append to
+    `buffer` themselves and cut frames with take_body, which never reads.
+    """
+
+    def __init__(self, recv: Callable[[int], bytes] | None = None,
+                 initial: bytes = b"") -> None:
         self._recv = recv
         self.buffer = bytearray(initial)  # read and not yet taken (see confirms.py)
 
@@ -74,6 +79,25 @@ class FrameReader:
         except ProtocolError:
             return True
         return len(self.buffer) >= HEADER_LENGTH + length
+
+    def take_body(self, max_frame: int) -> bytes | None:
+        """The next frame's body if it is wholly buffered, else None; never reads.
+
+        A bad header, or one over max_frame, raises as soon as its 10 bytes are in.
+        """
+        buffer = self.buffer
+        if len(buffer) < HEADER_LENGTH:
+            return None
+        length = parse_header(bytes(buffer[:HEADER_LENGTH]))
+        if length > max_frame:
+            raise ProtocolError(errors.FRAME_TOO_LARGE,
+                                f"frame of {length} bytes is over the limit of {max_frame}")
+        end = HEADER_LENGTH + length
+        if len(buffer) < end:
+            return None
+        body = bytes(buffer[HEADER_LENGTH:end])
+        del buffer[:end]
+        return body
 
     def next_body(self, max_frame: int, allow_prompt: bool = False) -> bytes | None:
         """The next frame's body; None at a clean end of stream.

@@ -1,4 +1,4 @@
-"""Chat listeners and their accept loops; admission limits; the set of sessions."""
+"""Chat listeners and the accept thread; admission (bans, limits); the set of connections."""
 
 from __future__ import annotations
 
@@ -17,10 +17,11 @@ from . import errors, protocol
 from .config import Config
 from .errors import StartupError
 from .room import Room
-from .session import Session
-from .writerpool import WriterPool
+from .connection import Connection
+from .engine import Engine, name_os_thread
 
-ACCEPT_TICK = 0.5  # how often an idle accept loop updates its heartbeat
+ACCEPT_TICK = 0.5  # how often an idle accept thread updates its heartbeat
+ACCEPT_BATCH = 64  # connections accepted in a row before the listeners are polled again
 
 
 def bind_listener(host: str, port: int) -> socket.socket:
@@ -47,10 +48,11 @@ def describe(sock: socket.socket) -> str:
 
 
 class ChatServer:
-    """Accepts clients on every listener and keeps the set of live sessions."""
+    """Accepts clients on every listener in one thread, admits them (one hook: bans and
+    limits), and hands each to the engine, whose loops serve it for life."""
 
     def __init__(self, listeners: list[socket.socket], room: Room, log: Any,
-                 config: Config, pool: WriterPool, error_log: Any = None) -> None:
+                 config: Config, engine: Engine, error_log: Any = None) -> None:
         self.listeners = listeners
         self.room = room
         self.bans = room.bans
@@ -59,13 +61,14 @@ class ChatServer:
         self._config = config
         self._exempt = self._networks(config)
         self._lock = threading.Lock()
-        self._sessions: set[Session] = set()
+        self._connections: set[Connection] = set()
         self._per_ip: Counter[str] = Counter()
         self._stopping = threading.Event()
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC)
-        self._threads: list[threading.Thread] = []
-        self.heartbeats = [time.monotonic()] * len(listeners)
-        self.pool = pool  # the room's channel: started and stopped with the server
+        self._thread = threading.Thread(target=self._accept_loop, name="accept", daemon=True)
+        self.heartbeat = time.monotonic()
+        self.engine = engine  # the room's channel: started and stopped with the server
+        engine.handle_error = self.handle_error
 
     @property
     def config(self) -> Config:
@@ -85,34 +88,40 @@ class ChatServer:
         return [describe(sock) for sock in self.listeners]
 
     def start(self) -> None:
-        self.pool.start()
-        for index, listener in enumerate(self.listeners):
-            thread = threading.Thread(target=self._accept_loop, args=(index, listener),
-                                      name=f"accept {describe(listener)}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self.engine.start()
+        self._thread.start()
 
-    def _accept_loop(self, index: int, listener: socket.socket) -> None:
+    def _accept_loop(self) -> None:
         # Non-blocking accept after poll; the wake-up pipe ends the loop at once on stop
-        # (shutdown() on the listener would also stop systemd's copy of an inherited one).
-        listener.setblocking(False)
+        # (shutdown() on a listener would also stop systemd's copy of an inherited one).
+        name_os_thread("tcpchatd accept")
         poller = select.poll()
-        poller.register(listener, select.POLLIN)
+        by_fd = {}
+        for listener in self.listeners:
+            listener.setblocking(False)
+            poller.register(listener, select.POLLIN)
+            by_fd[listener.fileno()] = listener
         poller.register(self._wake_read, select.POLLIN)
         while not self._stopping.is_set():
-            self.heartbeats[index] = time.monotonic()
-            if not poller.poll(ACCEPT_TICK * 1000) or self._stopping.is_set():
-                continue
+            self.heartbeat = time.monotonic()
+            events = poller.poll(ACCEPT_TICK * 1000)
+            if self._stopping.is_set():
+                return
+            for fd, _ in events:
+                listener = by_fd.get(fd)
+                if listener is not None:
+                    self._accept(listener)
+
+    def _accept(self, listener: socket.socket) -> None:
+        for _ in range(ACCEPT_BATCH):  # a burst of connects is taken in one wake-up
             try:
                 sock, address = listener.accept()
             except (BlockingIOError, InterruptedError):
-                continue
+                return
             except OSError as exc:
-                if self._stopping.is_set():
-                    return
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
                     time.sleep(0.1)  # out of descriptors: let clients leave, then go on
-                continue
+                return
             try:
                 self._admit(sock, address)
             except Exception:
@@ -120,7 +129,7 @@ class ChatServer:
                 sock.close()
 
     def _admit(self, sock: socket.socket, address: tuple) -> None:
-        sock.settimeout(None)
+        """Admission, the one hook between accept and the handshake."""
         config = self.config
         ip = address[0]
         ban = self.bans.for_address(ip) if self.bans is not None else None
@@ -128,27 +137,19 @@ class ChatServer:
             if ban is not None:  # exempt addresses are not exempt from bans
                 refusal = (errors.BANNED, f"your address is {ban.describe()}")
                 self.log.event("refused", addr=ip, code=errors.BANNED)
-            elif len(self._sessions) >= config.max_clients:
+            elif len(self._connections) >= config.max_clients:
                 refusal = (errors.SERVER_FULL, "the server is full, try again later")
             elif self._per_ip[ip] >= config.max_per_address and not self._exempted(ip):
                 refusal = (errors.ADDRESS_LIMIT,
                            f"too many connections from {ip} (limit {config.max_per_address})")
             else:
                 refusal = None
-                session = Session(sock, address, self)
-                self._sessions.add(session)
+                conn = Connection(sock, address, self)
+                self._connections.add(conn)
                 self._per_ip[ip] += 1
         if refusal is None:
-            try:
-                session.start()
-                return
-            except RuntimeError as exc:  # no thread (a task limit): the slot was never used
-                self._forget(session)
-                if self.error_log is not None:
-                    self.error_log(f"cannot serve {session.address}: {exc}; "
-                                   "refused with server_full")
-                refusal = (errors.SERVER_FULL, "the server cannot take more clients now, "
-                           "try again later")
+            self.engine.adopt(conn)
+            return
         try:  # a fresh socket's send buffer has room for one small frame: never blocks
             sock.setblocking(False)
             sock.send(protocol.error_frame(*refusal))
@@ -163,36 +164,26 @@ class ChatServer:
             address = address.ipv4_mapped
         return any(address in net for net in self._exempt)
 
-    def session_ended(self, session: Session) -> None:
-        self._forget(session)
-
-    def _forget(self, session: Session) -> None:
-        """Give the session's slot back: the session count and its address's count."""
+    def connection_ended(self, conn: Connection) -> None:
+        """Give the connection's slot back: the count and its address's count."""
         with self._lock:
-            self._sessions.discard(session)
-            self._per_ip[session.ip] -= 1
-            if not self._per_ip[session.ip]:
-                del self._per_ip[session.ip]
+            if conn not in self._connections:
+                return
+            self._connections.discard(conn)
+            self._per_ip[conn.ip] -= 1
+            if not self._per_ip[conn.ip]:
+                del self._per_ip[conn.ip]
 
-    def session_count(self) -> int:
-        return len(self._sessions)
-
-    def reap(self, now: float | None = None) -> None:
-        """Disconnect sessions whose final frame did not flush within the grace time."""
-        now = time.monotonic() if now is None else now
-        with self._lock:
-            late = [s for s in self._sessions if s.close_deadline and s.close_deadline <= now]
-        for session in late:
-            session.shutdown_socket()
+    def connection_count(self) -> int:
+        return len(self._connections)
 
     def accepting(self, max_age: float) -> bool:
-        """True when every accept loop has ticked within max_age seconds."""
-        now = time.monotonic()
-        return all(now - beat <= max_age for beat in self.heartbeats)
+        """True when the accept thread has ticked within max_age seconds."""
+        return time.monotonic() - self.heartbeat <= max_age
 
-    def handle_error(self, session: Session | None) -> None:
+    def handle_error(self, conn: Connection | None) -> None:
         """A handler failed: its traceback goes to the error log, never to a peer."""
-        where = session.address if session is not None else "accept loop"
+        where = conn.address if conn is not None else "accept loop"
         text = f"internal error in {where}:\n{traceback.format_exc()}"
         if self.error_log is not None:
             self.error_log(text)
@@ -201,27 +192,24 @@ class ChatServer:
         if not self._stopping.is_set():
             self._stopping.set()
             os.write(self._wake_write, b"x")
-        for thread in self._threads:
-            thread.join(2 * ACCEPT_TICK)
+        if self._thread.is_alive():
+            self._thread.join(2 * ACCEPT_TICK)
 
     def shutdown(self, grace: float) -> None:
         """Tell every client, flush for at most `grace` seconds, then disconnect the rest."""
         self.stop_accepting()
         with self._lock:
-            sessions = list(self._sessions)
+            connections = list(self._connections)
         frame = protocol.shutdown_frame()
-        for session in sessions:
-            session.close("shutdown", frame)
-        deadline = time.monotonic() + grace
-        for session in sessions:
-            session.join_threads(max(0.0, deadline - time.monotonic()))
-        for session in sessions:
-            session.shutdown_socket()
-        for session in sessions:
-            session.join_threads(1.0)
+        for conn in connections:
+            conn.close("shutdown", frame)
+        # each loop releases its connections once flushed, or at their close deadline
+        deadline = time.monotonic() + grace + ACCEPT_TICK
+        while self._connections and time.monotonic() < deadline:
+            time.sleep(0.01)
 
     def close_listeners(self) -> None:
-        self.pool.stop()
+        self.engine.stop()
         for sock in self.listeners:
             sock.close()
         for fd in (self._wake_read, self._wake_write):

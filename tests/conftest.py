@@ -22,7 +22,7 @@ from rawclient import RawClient  # noqa: E402
 from tcpchatd.config import Config  # noqa: E402
 from tcpchatd.room import Room  # noqa: E402
 from tcpchatd.server import ChatServer, bind_listener  # noqa: E402
-from tcpchatd.writerpool import WriterPool  # noqa: E402
+from tcpchatd.engine import Engine  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -84,11 +84,11 @@ def chat():
     def make(**settings) -> ChatHandle:
         config = Config(listen=("127.0.0.1:0",), **settings)
         log = RecordingLog()
-        pool = WriterPool()
-        room = Room(config, log, pool)
+        engine = Engine(config.io_threads, on_error=lambda conn: None)
+        room = Room(config, log, engine)
         listener = bind_listener("127.0.0.1", 0)
         handle = ChatHandle(None, room, log, listener.getsockname()[1])
-        server = ChatServer([listener], room, log, config, pool,
+        server = ChatServer([listener], room, log, config, engine,
                             error_log=handle.tracebacks.append)
         handle.server = server
         server.start()
@@ -96,7 +96,6 @@ def chat():
         def tick() -> None:  # what the daemon's main loop does
             while not stop.wait(0.05):
                 room.expire()
-                server.reap()
         threading.Thread(target=tick, daemon=True).start()
         handles.append(handle)
         return handle

@@ -14,8 +14,7 @@ import pytest
 from tcpchatd import systemd
 from tcpchatd.config import Config
 from tcpchatd.room import Room
-from tcpchatd.server import ChatServer, bind_listener
-from tcpchatd.writerpool import WriterPool
+from tcpchatd.server import bind_listener
 
 from conftest import RecordingLog, lock_held_by_another_thread, status_port
 from rawclient import RawClient, wait_for
@@ -203,35 +202,79 @@ def received(sock):
             return out
 
 
-def test_watchdog_pings_only_while_room_and_accept_loops_answer(notify_socket):
-    config = Config()
-    log = RecordingLog()
-    pool = WriterPool()
-    room = Room(config, log, pool)
-    server = ChatServer([bind_listener("127.0.0.1", 0)], room, log, config, pool)
-    server.start()
+class Ptrace:
+    """Stops ONE thread of another process, as a wedged thread would be stopped:
+    PTRACE_SEIZE then PTRACE_INTERRUPT halt that thread alone (SIGSTOP would halt all)."""
+
+    SEIZE, INTERRUPT, DETACH = 0x4206, 0x4207, 17
+
+    def __init__(self) -> None:
+        import ctypes
+        self.libc = ctypes.CDLL(None, use_errno=True)
+        self.libc.ptrace.argtypes = [ctypes.c_long, ctypes.c_long, ctypes.c_void_p,
+                                     ctypes.c_void_p]
+
+    def _call(self, request: int, tid: int) -> None:
+        import ctypes
+        if self.libc.ptrace(request, tid, None, None) != 0:
+            errno = ctypes.get_errno()
+            raise OSError(errno, os.strerror(errno))
+
+    def stop(self, tid: int) -> None:
+        self._call(self.SEIZE, tid)
+        self._call(self.INTERRUPT, tid)
+        os.waitpid(tid, 0x40000000)  # __WALL: wait for a thread that is not our child
+
+    def resume(self, tid: int) -> None:
+        self._call(self.DETACH, tid)
+
+
+def thread_named(pid: int, name: str) -> int:
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/comm") as fh:
+            if fh.read().strip() == name:
+                return int(tid)
+    raise AssertionError(f"no thread {name!r} in {pid}")
+
+
+@pytest.mark.parametrize("wedged", ["tcpchatd io 0", "tcpchatd io 1", "tcpchatd accept"])
+def test_the_watchdog_stops_pinging_while_one_thread_of_the_real_daemon_is_wedged(
+        daemon_factory, wedged):
+    """The daemon's own checks: every loop turns, the accept thread ticks. One stopped
+    thread is enough to stop the pings; the chat goes on in the other loop meanwhile."""
+    d = daemon_factory("--io-threads", "2", env={"WATCHDOG_USEC": "400000"})
+    d.wait_notify("WATCHDOG=1")
+    tid = thread_named(d.proc.pid, wedged)
+    tracer = Ptrace()
+    tracer.stop(tid)
+    stopped = time.monotonic()
+    pings = []  # read as they come: a full notify socket would block the daemon's pings
     try:
-        watchdog = systemd.Watchdog(systemd.Notifier(), 1.0, [
-            lambda: server.accepting(max_age=2.0), lambda: room.probe(0.1)])
-        now = 1000.0
-        assert watchdog.tick(now) and received(notify_socket) == ["WATCHDOG=1"]
-        # a stuck thread holds the room lock: no ping
-        with lock_held_by_another_thread(room.lock):
-            now += 1
-            assert not watchdog.tick(now) and received(notify_socket) == []
-        now += 1
-        assert watchdog.tick(now) and received(notify_socket) == ["WATCHDOG=1"]
-        # an accept loop's heartbeat goes stale (wedged): no ping until it ticks again
-        server.stop_accepting()
-        server.heartbeats[0] -= 10
-        now += 1
-        assert not watchdog.tick(now) and received(notify_socket) == []
-        server.heartbeats[0] = time.monotonic()
-        now += 1
-        assert watchdog.tick(now) and received(notify_socket) == ["WATCHDOG=1"]
+        while time.monotonic() - stopped < 6.5:
+            d.messages.clear()
+            d.notify.settimeout(0.05)
+            try:
+                if d.notify.recv(4096) == b"WATCHDOG=1":
+                    pings.append(time.monotonic() - stopped)
+            except TimeoutError:
+                pass
     finally:
-        server.stop_accepting()
-        server.close_listeners()
+        tracer.resume(tid)
+    # pings go on while the stopped thread's last turn is recent (8 loop ticks, 4 s) ...
+    assert pings and pings[0] < 1.0
+    # ... and never after: a wedged loop or accept thread gets the service restarted
+    assert pings[-1] < 5.0, pings[-5:]
+    d.messages.clear()
+    d.wait_notify("WATCHDOG=1", timeout=5)  # it turns again: the pings come back
+
+
+def test_the_watchdog_never_pings_while_the_room_lock_cannot_be_taken(notify_socket):
+    room = Room(Config(), RecordingLog(), channel=None)
+    watchdog = systemd.Watchdog(systemd.Notifier(), 1.0, [lambda: room.probe(0.1)])
+    assert watchdog.tick(1000.0) and received(notify_socket) == ["WATCHDOG=1"]
+    with lock_held_by_another_thread(room.lock):
+        assert not watchdog.tick(1001.0) and received(notify_socket) == []
+    assert watchdog.tick(1002.0) and received(notify_socket) == ["WATCHDOG=1"]
 
 
 def test_watchdog_interval_from_the_environment():

@@ -220,7 +220,7 @@ def test_server_full(chat):
     assert err["event"] == "error" and err["code"] == "server_full"
     assert c.closed()
     b.close()
-    wait_for(lambda: h.server.session_count() == 1)
+    wait_for(lambda: h.server.connection_count() == 1)
     assert h.client("c2").nickname == "c2"  # room again after a leave
 
 
@@ -266,7 +266,7 @@ def test_disconnect_during_handshake_leaves_no_trace(chat):
     c = h.client()
     c.recv_exact(10)
     c.close()
-    wait_for(lambda: h.server.session_count() == 1)
+    wait_for(lambda: h.server.connection_count() == 1)
     assert_room_still_works(h, good)
 
 

@@ -1,0 +1,540 @@
+"""One chat client: all of its state in one object, served by the event loop that owns it.
+
+The loop (engine.py) does every read, write and timer of the connection; no other
+thread touches its socket. Other threads (another client's loop finishing a receipt,
+the admin server kicking, the main thread shutting down) only call deliver() and
+close(), which queue under the connection's own lock and wake its loop.
+
+Lock order, where two are taken: the room's, then a loop's, then a connection's
+(never the other way round): the room subscribes and unsubscribes members under its
+lock.
+"""
+
+from __future__ import annotations
+
+import collections
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from . import errors, nicknames, protocol
+from .confirms import take_confirms
+from .errors import ProtocolError
+from .protocol import ChatMessage, FrameReader, Request
+
+if TYPE_CHECKING:
+    from .engine import EventLoop
+
+NICKNAME_ATTEMPTS = 3
+FLOOD_STRIKES = 3          # dropped messages ...
+FLOOD_STRIKE_WINDOW = 10.0  # ... within this many seconds disconnect
+ERROR_WINDOW = 10.0         # error_limit counts the protocol errors of this many seconds
+# unknown_uuid is not held against a client: a laptop that wakes after confirm_timeout
+# confirms its backlog honestly.
+UNCOUNTED_ERRORS = frozenset({errors.UNKNOWN_UUID})
+COALESCE_WINDOW = 10.0      # identical error lines within it become one `repeated=N` line
+SEND_FLAGS = socket.MSG_NOSIGNAL
+
+# states; the loop moves a connection forward only
+HANDSHAKE, CHAT, DEPARTING, CLOSED = "handshake", "chat", "departing", "closed"
+
+
+def count_recent(times: collections.deque[float], window: float) -> int:
+    """Note one event now; how many fell within the last `window` seconds."""
+    now = time.monotonic()
+    times.append(now)
+    while times[0] < now - window:
+        times.popleft()
+    return len(times)
+
+
+class Connection:
+    """A connected client; a room Member once its nickname is accepted."""
+
+    def __init__(self, sock: socket.socket, address: tuple, server: Any) -> None:
+        self.sock = sock
+        self.server = server
+        self.room = server.room
+        self.log = server.log
+        self.ip = address[0]
+        self.address = (f"[{address[0]}]:{address[1]}" if ":" in address[0]
+                        else f"{address[0]}:{address[1]}")
+        self.nickname: str | None = None
+        self.connected = time.time()
+        self.last_active = time.monotonic()
+        self.sent = 0               # messages this client sent
+        self.loop: EventLoop | None = None  # set once, when a loop adopts it
+        self.state = HANDSHAKE
+        # --- only the owning loop reads or writes these
+        self.reader = FrameReader()
+        self.partial = b""          # what the kernel did not take of the last send
+        self.cursor = 0             # the next broadcast (log position) to send
+        self.want_write = False     # registered for EPOLLOUT: the kernel's buffer is full
+        self.attempts = 0           # nicknames tried
+        self.handshake_deadline = 0.0
+        self.close_deadline: float | None = None
+        self.depart_deadline: float | None = None
+        self._departure: tuple[str, bytes | None] | None = None
+        self._tokens: float | None = None  # the flood bucket starts full
+        self._tokens_at = 0.0
+        self._flood_strikes: collections.deque[float] = collections.deque()
+        self._errors: collections.deque[float] = collections.deque()  # counted, recent
+        self._logged_error: tuple[str, float] | None = None  # (code, when) of the last line
+        self._error_repeats = 0  # identical errors since that line, not logged yet
+        self._ending: tuple[str, bytes] | None = None  # flood: stop reading
+        # --- any thread, under _lock
+        self._lock = threading.Lock()
+        self._private: collections.deque[tuple[int, bytes]] = collections.deque()
+        self.private_bytes = 0
+        self.until: int | None = 0  # broadcasts stop here (None: subscribed)
+        self._drop_to: int | None = None
+        self._scheduled = False     # on its loop's ready list
+        self.joined = False
+        self.closing = False        # close() was called: nothing more is queued
+        self._abort = False         # ... and nothing more is sent
+        # --- counters for `who` (written under the room's lock)
+        self.chat_base = 0          # chat broadcasts before it subscribed
+        self.own_chats = 0          # chat broadcasts it published
+
+    @property
+    def config(self):
+        return self.server.config
+
+    @property
+    def received(self) -> int:
+        """Chat messages queued for this client (the `received` of `tcpchatctl who`)."""
+        log = self.loop.engine.log if self.loop is not None else None
+        if log is None:
+            return 0
+        return log.chats_before(self.until) - self.chat_base - self.own_chats
+
+    # --- any thread
+
+    def deliver(self, frame: bytes) -> None:
+        """Queue a frame for this client alone; past send_queue, disconnect it."""
+        with self._lock:
+            if self.closing:
+                return
+            over = self.private_bytes + len(self.partial) + len(frame) > self.config.send_queue
+            if not over:
+                self._private.append((self.loop.engine.log.end, frame))
+                self.private_bytes += len(frame)
+                schedule, self._scheduled = not self._scheduled, True
+        if over:
+            self.overflow()
+        elif schedule:
+            self.loop.schedule(self)
+
+    def overflow(self) -> None:
+        """Over send_queue bytes (found by deliver, or by the loop for broadcasts)."""
+        if self.close(errors.SEND_QUEUE_EXCEEDED, protocol.error_frame(
+                errors.SEND_QUEUE_EXCEEDED, "you are not reading: disconnected"),
+                drop_queue=True):
+            self.room.count_send_queue_disconnect()
+
+    def close(self, reason: str, final_frame: bytes | None = None,
+              detail: str | None = None, drop_queue: bool = False) -> bool:
+        """Leave the room and disconnect, once (False if it was closed before). With
+        final_frame, what is queued and then final_frame are sent first, within
+        shutdown_grace; without, at once."""
+        if not self._end(final_frame, flush=final_frame is not None, drop=drop_queue):
+            return False
+        if self.joined:  # the room logs the leave, in its order of events
+            self.room.leave(self, reason, detail)
+        return True
+
+    def _end(self, final_frame: bytes | None, flush: bool, drop: bool = False) -> bool:
+        """Stop queueing; send what is due (if flush), then shut down. False if done before."""
+        with self._lock:
+            if self.closing:
+                return False
+            self.closing = True
+            end = self.loop.engine.log.end if self.loop is not None else 0
+            if not flush:
+                self._abort = True
+            else:
+                if drop:
+                    self._private.clear()
+                    self.private_bytes = 0
+                    self._drop_to = end
+                if final_frame is not None:
+                    self._private.append((end, final_frame))
+                    self.private_bytes += len(final_frame)
+                self.until = end if self.until is None else min(self.until, end)
+            schedule, self._scheduled = not self._scheduled, True
+        self.close_deadline = time.monotonic() + self.config.shutdown_grace
+        if self.loop is not None:
+            self.loop.call_at(self.close_deadline, self)
+            if schedule:
+                self.loop.schedule(self)
+        return True
+
+    # --- the room's channel (the engine calls these under the room's lock)
+
+    def subscribe(self, position: int, chat_base: int) -> None:
+        with self._lock:
+            self.cursor, self.until, self.chat_base = position, None, chat_base
+
+    def unsubscribe(self, position: int) -> None:
+        with self._lock:
+            if self.until is None:
+                self.until = position
+
+    # --- the owning loop
+
+    def adopted(self, loop: EventLoop) -> None:
+        """First thing on its loop: ask for a nickname, within handshake_timeout."""
+        self.loop = loop
+        self.cursor = self.until = loop.engine.log.end
+        self._configure_socket()
+        self.deliver(protocol.NICKNAME_PROMPT)
+        self.handshake_deadline = time.monotonic() + self.config.handshake_timeout
+        loop.call_at(self.handshake_deadline, self)
+
+    def _configure_socket(self) -> None:
+        sock = self.sock
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.config.keepalive:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6)
+
+    def timer(self, now: float) -> float | None:
+        """A deadline of this connection may have passed; the next one, or None."""
+        if self.state == CLOSED:
+            return None
+        if self.close_deadline is not None:
+            if now >= self.close_deadline:  # the final frame did not go out in time
+                self.release()
+                return None
+            return self.close_deadline
+        if self.state == HANDSHAKE:
+            if now < self.handshake_deadline:
+                return self.handshake_deadline
+            self.log.event("protocol_error", addr=self.address, code=errors.HANDSHAKE_TIMEOUT)
+            self.close("timeout", protocol.error_frame(
+                errors.HANDSHAKE_TIMEOUT, "no nickname was sent in time"))
+            return None
+        if self.state == DEPARTING:
+            if self.room.awaiting_receipts(self) and now < self.depart_deadline:
+                return min(self.depart_deadline, now + DEPART_POLL)
+            reason, final_frame = self._departure
+            self._end(final_frame, flush=True)
+        return None
+
+    def readable(self) -> None:
+        try:
+            data = self.sock.recv(protocol.RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self.close("error")
+            return
+        if self.closing:  # reading has ended: the rest is thrown away
+            self.loop.watch(self)
+            return
+        if self.state == HANDSHAKE:
+            self._handshake(data)
+        elif not data:  # the end of its stream: a frame cut short is an error
+            self._depart("error" if self.reader.buffer else "quit", None)
+        else:
+            self.last_active = time.monotonic()
+            self.reader.buffer += data
+            self._serve()
+
+    def writable(self) -> None:
+        self.want_write = False
+        self.loop.watch(self)
+        self.flush()
+
+    def flush(self) -> None:
+        """Send what is due in one non-blocking send; shut down once a close is done."""
+        if self.state == CLOSED:
+            return
+        with self._lock:
+            self._scheduled = False
+            if self._abort:
+                data = None
+            elif self.want_write:
+                data = b""
+            else:
+                data = self._collect()
+        if data is None:
+            self.release()
+            return
+        if data:
+            try:
+                sent = self.sock.send(data, SEND_FLAGS)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except OSError:  # the peer is gone
+                self.close("error")
+                self.release()
+                return
+            if sent < len(data):
+                self.partial = data[sent:]
+                self.want_write = True
+                self.loop.watch(self)
+                return
+            self.partial = b""
+        if self.closing and not self.want_write and self.caught_up():
+            self.release()
+
+    def caught_up(self) -> bool:
+        """Nothing is left to send that this client is due."""
+        with self._lock:
+            stop = self.loop.engine.log.end if self.until is None else self.until
+            return not self._private and not self.partial and self.cursor >= stop
+
+    def backlog(self) -> int:
+        """Bytes due to this client and not yet taken by the kernel."""
+        log = self.loop.engine.log
+        stop = log.end if self.until is None else self.until
+        return log.bytes_between(self.cursor, stop) + self.private_bytes + len(self.partial)
+
+    def _collect(self) -> bytes:
+        """Under the lock: the bytes due now, in order; moves the cursor past them."""
+        log = self.loop.engine.log
+        stop = log.end if self.until is None else self.until
+        if self._drop_to is not None:  # disconnected for not reading: skip the backlog
+            self.cursor, self._drop_to = max(self.cursor, self._drop_to), None
+            self.partial = b""
+        parts = [self.partial] if self.partial else []
+        for position, frame in self._private:
+            upto = min(position, stop)
+            if upto > self.cursor:  # broadcasts published before this frame go first
+                parts.append(log.chunk(self.cursor, upto, self))
+                self.cursor = upto
+            parts.append(frame)
+        self._private.clear()
+        self.private_bytes = 0
+        if stop > self.cursor:
+            parts.append(log.chunk(self.cursor, stop, self))
+            self.cursor = stop
+        return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def release(self) -> None:
+        """The end: the socket closed, the slot given back. Only the owning loop calls it."""
+        if self.state == CLOSED:
+            return
+        if not self.closing:
+            self.close("error")
+        self.state = CLOSED
+        self._flush_error_repeats()
+        with self._lock:
+            self._private.clear()
+            self.private_bytes = 0
+            self.partial = b""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.loop.forget(self)
+        self.sock.close()
+        self.server.connection_ended(self)
+
+    # --- the handshake
+
+    def _handshake(self, data: bytes) -> None:
+        if not data:
+            self.close("error")
+            return
+        raw, rest = protocol.take_nickname(data)
+        try:
+            self.room.join(self, nicknames.check_nickname(raw, self.config.max_nickname))
+        except ProtocolError as exc:
+            self.nickname = None
+            self.attempts += 1
+            self.log.event("nick_rejected", addr=self.address,
+                           nick=raw.decode("utf-8", "replace"), code=exc.code)
+            if self.attempts >= NICKNAME_ATTEMPTS:
+                self.close("error", protocol.error_frame(
+                    exc.code, f"{exc.message}; too many attempts, closing"))
+                return
+            self.deliver(protocol.error_frame(exc.code, exc.message))
+            self.deliver(protocol.NICKNAME_PROMPT)
+            return
+        with self._lock:
+            self.joined = True
+            closed_meanwhile = self.closing
+        if closed_meanwhile:  # close() saw joined=False: leave here (idempotent)
+            self.room.leave(self, "error")
+            return
+        self.state = CHAT
+        if rest:
+            self.reader.buffer += rest
+            self._serve()
+
+    # --- frames
+
+    def _serve(self) -> None:
+        """Take every whole frame buffered; whatever was valid before an end takes
+        effect (the confirms read with a fatal frame are settled first)."""
+        config = self.config  # the settings now: a reload may change them
+        reader = self.reader
+        confirms: list[str] = []  # confirms read together are settled together
+        ending: tuple[str, bytes | None] | None = None
+        try:
+            while ending is None and not self.closing:
+                confirms += take_confirms(reader)  # the common case under load, in bulk
+                try:
+                    body = reader.take_body(config.max_frame)
+                    if body is None:
+                        break
+                    frame = protocol.parse_client_frame(body, config.max_text,
+                                                        config.max_json_depth)
+                    if isinstance(frame, protocol.Confirm):
+                        confirms.append(frame.uuid)
+                        continue
+                    if confirms:  # what was confirmed before takes effect first
+                        self._confirm(confirms)
+                        confirms = []
+                    if isinstance(frame, ChatMessage):
+                        self._on_message(frame)
+                    else:
+                        self._on_request(frame)
+                except ProtocolError as exc:
+                    report = protocol.error_frame(exc.code, exc.message, exc.uuid,
+                                                  exc.request_id)
+                    if exc.fatal:
+                        self._log_error(exc.code)
+                        ending = ("error", report)
+                    elif self._count_error(exc.code):
+                        ending = ("errors", self._too_many_errors(exc))
+                    else:
+                        self.deliver(report)
+                if self._ending is not None:
+                    ending = self._ending
+        finally:
+            if confirms:
+                self._confirm(confirms)
+        if ending is not None:
+            reason, final_frame = ending
+            if reason == "flood":  # it may still read the receipts of what it sent
+                self._depart(reason, final_frame)
+            else:
+                self.close(reason, final_frame)
+
+    def _depart(self, reason: str, final_frame: bytes | None) -> None:
+        """The client leaves the room, but it may still read: it ended its side (EOF),
+        or it was disconnected for flooding after its first messages went out.
+
+        Its connection stays open for writing until the receipts of its own messages
+        are sent, or shutdown_grace passes; then what was queued for it and
+        final_frame go out before the socket is shut down.
+        """
+        if reason == "error":  # a frame cut short: nothing more to wait for
+            self.close(reason, final_frame)
+            return
+        with self._lock:
+            if self.closing:
+                return
+        self.state = DEPARTING
+        self.loop.watch(self)  # no more reading
+        self._departure = (reason, final_frame)
+        if self.joined:
+            self.room.leave(self, reason, keep_receipts=True)
+        self.depart_deadline = time.monotonic() + self.config.shutdown_grace
+        self.loop.call_at(time.monotonic(), self)
+
+    # --- protocol errors: logged (identical ones coalesced) and counted
+
+    def _count_error(self, code: str) -> bool:
+        """Log and count one recoverable error; True when the client is over error_limit."""
+        self._log_error(code)
+        if code in UNCOUNTED_ERRORS:
+            return False
+        return count_recent(self._errors, ERROR_WINDOW) > self.config.error_limit
+
+    def _too_many_errors(self, exc: ProtocolError) -> bytes:
+        self._flush_error_repeats()  # the `leave reason=errors` line follows
+        return protocol.error_frame(
+            exc.code, f"{exc.message}; too many errors ({len(self._errors)} in "
+            f"{ERROR_WINDOW:.0f} s): disconnected", exc.uuid)
+
+    def _log_error(self, code: str) -> None:
+        """One `protocol_error` line, or a count towards the next `repeated=N` line.
+
+        A client that repeats one mistake (300,000 confirms for unknown uuids, say)
+        must not fill the traffic log's queue and push other clients' events out.
+        """
+        now = time.monotonic()
+        last = self._logged_error
+        if last is not None and last[0] == code and now - last[1] < COALESCE_WINDOW:
+            self._error_repeats += 1
+            return
+        self._flush_error_repeats()
+        self.log.event("protocol_error", nick=self.nickname, addr=self.address, code=code)
+        self._logged_error = (code, now)
+
+    def _flush_error_repeats(self) -> None:
+        if self._error_repeats:
+            self.log.event("protocol_error", nick=self.nickname, addr=self.address,
+                           code=self._logged_error[0], repeated=self._error_repeats)
+            self._error_repeats = 0
+
+    def _confirm(self, uuids: list[str]) -> None:
+        for frame_uuid in self.room.confirm_many(self, uuids):
+            self._count_error(errors.UNKNOWN_UUID)
+            self.deliver(protocol.error_frame(
+                errors.UNKNOWN_UUID, f"no pending message {frame_uuid} for you to confirm",
+                frame_uuid))
+
+    def _on_message(self, message: ChatMessage) -> None:
+        if not self._take_token():
+            self._flooded(message.uuid)
+            return
+        self.room.message(self, message.uuid, message.text, message.to, message.action)
+        self.sent += 1
+
+    def _on_request(self, request: Request) -> None:
+        """`who` and `nick`; they count against the flood limit like messages."""
+        if not self._take_token():
+            self._flooded(None, request.id)
+            return
+        if request.cmd == "who":
+            self.deliver(self.room.names(request.id))
+        elif request.cmd == "nick":
+            try:
+                new = nicknames.check_nickname(request.nickname.encode("utf-8", "replace"),
+                                               self.config.max_nickname)
+                self.room.rename(self, new)
+            except ProtocolError as exc:
+                raise ProtocolError(exc.code, exc.message, request_id=request.id) from None
+        else:
+            raise ProtocolError(errors.UNKNOWN_COMMAND, f"unknown command {request.cmd!r}: "
+                                "this server knows 'who' and 'nick'", request_id=request.id)
+
+    def _flooded(self, frame_uuid: str | None, request_id: int | str | None = None) -> None:
+        """A message or request over the flood limit: dropped; three in 10 s disconnect."""
+        self.log.event("flood", nick=self.nickname, uuid=frame_uuid)
+        if count_recent(self._flood_strikes, FLOOD_STRIKE_WINDOW) >= FLOOD_STRIKES:
+            self._ending = ("flood", protocol.error_frame(
+                errors.FLOOD, "too many messages: disconnected", frame_uuid, request_id))
+        else:
+            self.deliver(protocol.error_frame(
+                errors.FLOOD, "too many messages: this one was dropped", frame_uuid,
+                request_id))
+
+    def _take_token(self) -> bool:
+        """Token bucket: flood_rate per second, up to flood_burst at once."""
+        rate = self.config.flood_rate
+        if rate == 0:
+            return True
+        now = time.monotonic()
+        burst = self.config.flood_burst
+        if self._tokens is None:
+            self._tokens = float(burst)
+        else:
+            self._tokens = min(burst, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+
+DEPART_POLL = 0.02  # how often a departing client's outstanding receipts are checked

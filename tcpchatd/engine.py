@@ -1,0 +1,351 @@
+"""The engine: `io_threads` event loops that own every client connection for life.
+
+Each connection is given to the least-loaded loop when accepted. Its loop does every
+read, write and timer for it (connection.py); no other thread touches a client
+socket. Other threads only append: a broadcast to the broadcast log (under the room's
+lock: an O(1) append, no system call), a frame to one connection's own queue; then
+they wake the loops that sleep, one wake-up per loop however many frames came.
+
+In a turn a loop takes what other threads handed it (new connections, connections
+with frames of their own, close requests), sends each of its subscribed connections
+what is new in the log in one non-blocking send (caught-up connections share one
+joined chunk), reads the sockets that have data (one read per connection per turn:
+a busy client cannot starve the others), and fires its timers (handshake timeouts,
+final frames that do not go out in time, departing clients' receipts).
+
+Lock order, where two are taken: the room's lock, then a connection's or a loop's;
+the broadcast log's lock last. A loop's lock and a connection's are never held
+together, and no socket I/O happens under any of them.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import heapq
+import itertools
+import os
+import selectors
+import threading
+import time
+from typing import Any, Callable
+
+from .broadcastlog import BroadcastLog
+from .connection import CHAT, CLOSED, HANDSHAKE, Connection
+
+LOOP_TICK = 0.5  # the longest a loop sleeps: its heartbeat for the watchdog
+READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
+_PR_SET_NAME = 15
+
+
+def name_os_thread(name: str) -> None:
+    """Give the calling thread a name the OS shows (top -H, ps -L, /proc/PID/task/TID/comm).
+
+    Python 3.11 names its threads for itself only; an operator (and a test) looking
+    at a busy or stuck thread of the daemon should see which one it is.
+    """
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_NAME, name.encode()[:15], 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+class EventLoop:
+    """One thread, one epoll set, the connections it owns."""
+
+    def __init__(self, engine: Engine, index: int) -> None:
+        self.engine = engine
+        self.index = index
+        self.selector = selectors.EpollSelector()
+        self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.selector.register(self._wake_read, READ, None)
+        self._lock = threading.Lock()  # guards the lists other threads hand over
+        self._incoming: list[Connection] = []
+        self._ready: list[Connection] = []
+        self._calls: list[Callable[[], None]] = []
+        self._new_timers: list[tuple[float, Connection]] = []
+        self._subscribers: dict[Connection, None] = {}
+        self._sleeping = False  # (about to be) blocked in epoll: a producer must wake it
+        self._stopping = False
+        # --- the loop thread's own
+        self.connections: set[Connection] = set()
+        self._masks: dict[Connection, int] = {}
+        self._lagging: set[Connection] = set()  # waiting for room in the kernel's buffer
+        self._timers: list[tuple[float, int, Connection]] = []
+        self._timer_order = itertools.count()
+        self.round_end = 0     # the log's end at the last broadcast round
+        self.low_water = 0     # no connection of this loop needs a frame before it
+        self.heartbeat = time.monotonic()
+        self.thread = threading.Thread(target=self._run, name=f"io loop {index}", daemon=True)
+
+    def load(self) -> int:
+        return len(self.connections) + len(self._incoming)
+
+    # --- any thread
+
+    def adopt(self, conn: Connection) -> None:
+        with self._lock:
+            self._incoming.append(conn)
+            wake, self._sleeping = self._sleeping, False
+        if wake:
+            self._wake()
+
+    def schedule(self, conn: Connection) -> None:
+        """Flush this connection soon (it has frames of its own, or it is closing)."""
+        with self._lock:
+            self._ready.append(conn)
+            wake, self._sleeping = self._sleeping, False
+        if wake:
+            self._wake()
+
+    def call_at(self, deadline: float, conn: Connection) -> None:
+        """Call conn.timer() at the deadline (or soon after)."""
+        with self._lock:
+            self._new_timers.append((deadline, conn))
+            wake, self._sleeping = self._sleeping, False
+        if wake:
+            self._wake()
+
+    def call_soon(self, function: Callable[[], None]) -> None:
+        """Run a function on the loop's thread (shutdown, tests)."""
+        with self._lock:
+            self._calls.append(function)
+            wake, self._sleeping = self._sleeping, False
+        if wake:
+            self._wake()
+
+    def add_subscriber(self, conn: Connection) -> None:
+        with self._lock:
+            self._subscribers[conn] = None
+
+    def remove_subscriber(self, conn: Connection) -> None:
+        """No more broadcasts; what was published before still goes out (flushed soon)."""
+        with self._lock:
+            self._subscribers.pop(conn, None)
+            self._ready.append(conn)
+            wake, self._sleeping = self._sleeping, False
+        if wake:
+            self._wake()
+
+    def wake_for_broadcast(self) -> None:
+        if self._sleeping:
+            with self._lock:
+                wake, self._sleeping = self._sleeping, False
+            if wake:
+                self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_write, b"x")
+        except BlockingIOError:
+            pass  # the pipe is full: a wake-up is pending anyway
+
+    # --- the loop thread
+
+    def watch(self, conn: Connection) -> None:
+        """Register the events this connection waits for now."""
+        mask = (READ if conn.state in (HANDSHAKE, CHAT) and not conn.closing else 0) | (
+            WRITE if conn.want_write else 0)
+        if conn.want_write:
+            self._lagging.add(conn)
+        old = self._masks.get(conn, 0)
+        if mask == old or conn.state == CLOSED:
+            return
+        try:
+            if not old:
+                self.selector.register(conn.sock, mask, conn)
+            elif not mask:
+                self.selector.unregister(conn.sock)
+            else:
+                self.selector.modify(conn.sock, mask, conn)
+            self._masks[conn] = mask
+        except (OSError, ValueError, KeyError):
+            conn.close("error")
+
+    def forget(self, conn: Connection) -> None:
+        """Before its socket is closed: its fd number may soon belong to another client."""
+        if self._masks.pop(conn, 0):
+            try:
+                self.selector.unregister(conn.sock)
+            except (OSError, ValueError, KeyError):
+                pass
+        self.connections.discard(conn)
+        self._lagging.discard(conn)
+        with self._lock:
+            self._subscribers.pop(conn, None)
+
+    def _run(self) -> None:
+        name_os_thread(f"tcpchatd io {self.index}")
+        log = self.engine.log
+        while not self._stopping:
+            now = time.monotonic()
+            self.heartbeat = now
+            with self._lock:
+                incoming, self._incoming = self._incoming, []
+                ready, self._ready = self._ready, []
+                calls, self._calls = self._calls, []
+                timers, self._new_timers = self._new_timers, []
+                end = log.end
+                subscribers = list(self._subscribers) if end != self.round_end else None
+            for conn in incoming:
+                self.connections.add(conn)
+                self._guard(conn, conn.adopted, self)
+                self._guard(conn, self.watch, conn)
+            for function in calls:
+                function()
+            for deadline, conn in timers:
+                heapq.heappush(self._timers, (deadline, next(self._timer_order), conn))
+            if subscribers is not None:  # a broadcast round
+                for conn in subscribers:
+                    if not conn.want_write:
+                        self._guard(conn, conn.flush)
+                self.round_end = end
+            for conn in ready:
+                self._guard(conn, conn.flush)
+            if subscribers is not None or ready:
+                self._settle()
+            self._fire_timers(now)
+            with self._lock:
+                self._sleeping = not (self._incoming or self._ready or self._calls
+                                      or self._new_timers)
+            if self._sleeping and log.end != self.round_end:  # published meanwhile
+                self._sleeping = False
+            timeout = 0.0
+            if self._sleeping:
+                timeout = LOOP_TICK
+                if self._timers:
+                    timeout = max(0.0, min(timeout, self._timers[0][0] - time.monotonic()))
+            try:
+                events = self.selector.select(timeout)
+            except InterruptedError:
+                continue
+            except (OSError, ValueError):
+                return  # closed under us: stopping
+            self._sleeping = False
+            for key, mask in events:
+                conn = key.data
+                if conn is None:
+                    try:
+                        os.read(self._wake_read, 4096)
+                    except BlockingIOError:
+                        pass
+                    continue
+                if mask & WRITE:
+                    self._guard(conn, conn.writable)
+                if mask & READ and conn.state != CLOSED:
+                    self._guard(conn, conn.readable)
+
+    def _guard(self, conn: Connection, method: Callable, *args: Any) -> None:
+        """Run a connection's handler; a failure ends that connection only, with its
+        traceback in the error log, never shown to a peer."""
+        try:
+            method(*args)
+        except Exception:
+            self._fail(conn)
+
+    def _fail(self, conn: Connection) -> None:
+        """Inside an except block: log the traceback, end the connection whatever it takes."""
+        self.engine.handle_error(conn)
+        try:
+            conn.close("error")
+            conn.release()
+        except Exception:
+            self.forget(conn)
+
+    def _settle(self) -> None:
+        """Disconnect connections over send_queue; note how far the log may be trimmed."""
+        low = self.round_end
+        over = []
+        for conn in list(self._lagging):
+            if conn.state == CLOSED or (not conn.want_write and conn.caught_up()):
+                self._lagging.discard(conn)
+                continue
+            if not conn.closing and conn.backlog() > conn.config.send_queue:
+                over.append(conn)
+            low = min(low, conn.cursor)
+        self.low_water = low
+        for conn in over:
+            self._guard(conn, conn.overflow)
+        self.engine.trim()
+
+    def _fire_timers(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            _, _, conn = heapq.heappop(timers)
+            try:
+                following = conn.timer(now)
+            except Exception:
+                self._fail(conn)
+                continue
+            if following is not None:
+                heapq.heappush(timers, (following, next(self._timer_order), conn))
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self, timeout: float) -> None:
+        self._stopping = True
+        self._wake()
+        self.thread.join(timeout)
+        if not self.thread.is_alive():
+            for conn in list(self.connections):  # past the grace time: closed as they are
+                try:
+                    conn.sock.close()
+                except OSError:
+                    pass
+            self.selector.close()
+            os.close(self._wake_read)
+            os.close(self._wake_write)
+
+
+class Engine:
+    """The loops, the broadcast log, and the room's channel into them."""
+
+    def __init__(self, io_threads: int, on_error: Callable[[Connection], None]) -> None:
+        self.log = BroadcastLog()
+        self.handle_error = on_error
+        self.loops = [EventLoop(self, index) for index in range(io_threads)]
+
+    def start(self) -> None:
+        for loop in self.loops:
+            loop.start()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        for loop in self.loops:
+            loop.stop(timeout)
+
+    def adopt(self, conn: Connection) -> None:
+        """Hand a new connection to the least-loaded loop, for life."""
+        loop = min(self.loops, key=EventLoop.load)
+        conn.loop = loop
+        loop.adopt(conn)
+
+    def ticking(self, max_age: float) -> bool:
+        """True when every loop has turned within max_age seconds (the watchdog's check)."""
+        now = time.monotonic()
+        return all(now - loop.heartbeat <= max_age for loop in self.loops)
+
+    def trim(self) -> None:
+        self.log.trim(min(loop.low_water for loop in self.loops))
+
+    # --- the room's channel: called under the room's lock (no system call here)
+
+    def subscribe(self, member: Connection) -> None:
+        member.subscribe(self.log.end, self.log.chat_total)
+        member.loop.add_subscriber(member)
+
+    def unsubscribe(self, member: Connection) -> None:
+        member.unsubscribe(self.log.end)
+        member.loop.remove_subscriber(member)
+
+    def publish(self, frame: bytes, sender: Connection | None = None,
+                chat: bool = False) -> None:
+        """A frame for every subscriber but its sender."""
+        if sender is not None and chat:
+            sender.own_chats += 1
+        self.log.append(frame, sender, chat)
+
+    def notify(self) -> None:
+        """After the room's lock is released: wake the loops that sleep."""
+        for loop in self.loops:
+            loop.wake_for_broadcast()
