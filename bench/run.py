@@ -336,6 +336,8 @@ def main(argv=None) -> int:
     one.add_argument("--rate", type=float, default=0.0)
     one.add_argument("--no-confirms", action="store_true")
     one.add_argument("--fanout", action="store_true")
+    one.add_argument("--server-arg", action="append", default=[], metavar="ARG",
+                     help="passed to tcpchatd (repeat: --server-arg=--io-threads --server-arg=1)")
     run = commands.add_parser("run", help="the whole comparison; writes BENCHMARKS.md")
     run.add_argument("--duration", type=float, default=5.0)
     run.add_argument("--window", type=int, default=20)
@@ -350,7 +352,7 @@ def main(argv=None) -> int:
         duration=args.duration, rate=args.rate,
         confirms=not args.no_confirms and args.server == "tcpchatd",
         irc=args.server == "ngircd", fanout=args.fanout,
-        irc_mask=args.server == "ngircd" and args.fanout))
+        irc_mask=args.server == "ngircd" and args.fanout), args.server_arg)
     print(json.dumps(result))
     if not args.fanout:
         print(table([result]))

@@ -205,7 +205,7 @@ class Config:
                                       "only logged", _int(0))
     keepalive: bool = setting(True, "TCP keepalive on client sockets", _bool)
     shutdown_grace: float = setting(2.0, "seconds to flush clients at shutdown", _float(0))
-    io_threads: int = setting(2, "event-loop threads that own the client connections",
+    io_threads: int = setting(1, "event-loop threads that own the client connections",
                               _int(1, 16))
     thread_stack: int = setting(256 * 1024, "thread stack size in bytes", _int(32768))
     admin_max_line: int = setting(65536, "bytes of one admin request line", _int(256))
