@@ -19,10 +19,10 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from rawclient import RawClient  # noqa: E402
 
-from tcpchatd.config import Config  # noqa: E402
-from tcpchatd.room import Room  # noqa: E402
-from tcpchatd.server import ChatServer, bind_listener  # noqa: E402
-from tcpchatd.engine import Engine  # noqa: E402
+from tcpchatd.service.config import Config  # noqa: E402
+from tcpchatd.chat.room import Room  # noqa: E402
+from tcpchatd.net.listeners import ChatServer, bind_listener  # noqa: E402
+from tcpchatd.net.engine import Engine  # noqa: E402
 
 
 @contextlib.contextmanager

@@ -7,8 +7,8 @@ import stat
 
 import pytest
 
-from tcpchatd import admin, commands
-from tcpchatd.errors import AdminError, StartupError
+from tcpchatd.control import admin, commands
+from tcpchatd.wire.errors import AdminError, StartupError
 
 
 

@@ -13,8 +13,8 @@ import time
 
 import pytest
 
-from tcpchatd.bans import BanList, parse_duration, parse_target
-from tcpchatd.errors import AdminError, StartupError
+from tcpchatd.chat.bans import BanList, parse_duration, parse_target
+from tcpchatd.wire.errors import AdminError, StartupError
 
 from conftest import status_port
 from rawclient import PROMPT, RawClient, wait_for

@@ -305,8 +305,8 @@ def test_pipe_mode_reconnects_and_sends_the_rest(daemon_factory):
 
 def test_version_on_all_three_commands():
     from tcpchatd import __version__
-    for module, name in (("tcpchatd", "tcpchatd"), ("tcpchatd.ctl", "tcpchatctl"),
-                         ("tcpchatd.client", "tcpchat-client")):
+    for module, name in (("tcpchatd", "tcpchatd"), ("tcpchatd.cli.ctl", "tcpchatctl"),
+                         ("tcpchatd.cli.client", "tcpchat-client")):
         result = subprocess.run([sys.executable, "-m", module, "--version"],
                                 capture_output=True, text=True, timeout=30)
         assert result.returncode == 0

@@ -4,9 +4,9 @@ import argparse
 
 import pytest
 
-from tcpchatd import config
-from tcpchatd.config import Config
-from tcpchatd.errors import ConfigError
+from tcpchatd.service import config
+from tcpchatd.service.config import Config
+from tcpchatd.wire.errors import ConfigError
 
 
 def parse(argv, environ=None, file_values=None):

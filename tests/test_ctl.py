@@ -15,7 +15,7 @@ import pytest
 from conftest import status_port
 from rawclient import RawClient, wait_for
 
-CTL = [sys.executable, "-m", "tcpchatd.ctl"]
+CTL = [sys.executable, "-m", "tcpchatd.cli.ctl"]
 NOBODY = 65534
 
 

@@ -16,7 +16,7 @@ import pytest
 from conftest import status_port
 from rawclient import RawClient, wait_for
 
-CLIENT = [sys.executable, "-m", "tcpchatd.client"]
+CLIENT = [sys.executable, "-m", "tcpchatd.cli.client"]
 
 
 def test_starts_says_where_it_listens_and_stops_cleanly_on_sigterm(daemon_factory):

@@ -84,7 +84,7 @@ def test_admin_requests_that_cannot_be_answered_as_sent_get_bad_request(running,
 
 def test_ctl_with_an_argument_that_is_not_utf8(running):
     d, path, _ = running()
-    result = subprocess.run([sys.executable, "-m", "tcpchatd.ctl", "--socket", path, "kick",
+    result = subprocess.run([sys.executable, "-m", "tcpchatd.cli.ctl", "--socket", path, "kick",
                              b"\xff"], capture_output=True, timeout=30)
     assert result.returncode == 2
     assert result.stderr.decode().splitlines() == [

@@ -2,8 +2,8 @@
 
 import pytest
 
-from tcpchatd.errors import ProtocolError
-from tcpchatd.nicknames import check_nickname, nickname_key
+from tcpchatd.wire.errors import ProtocolError
+from tcpchatd.wire.nicknames import check_nickname, nickname_key
 
 
 def refused(name: str) -> str:

@@ -78,7 +78,7 @@ def test_user_group_units_rule_logrotate_and_conffiles(installed):
 
 
 def test_the_config_file_lists_every_setting_commented_and_loads(installed):
-    from tcpchatd import config, docs
+    from tcpchatd.service import config, docs
     with open("/etc/tcpchatd/tcpchatd.toml") as fh:
         text = fh.read()
     assert text == docs.config_file()  # generated from the config module: cannot drift
@@ -87,7 +87,7 @@ def test_the_config_file_lists_every_setting_commented_and_loads(installed):
     uncommented = "\n".join(line[1:] if re.match(r"#[a-z_]+ = ", line) and '"..."' not in line
                             else line for line in text.splitlines())
     probe = subprocess.run(
-        [DEBIAN_PYTHON, "-c", "import sys, tomllib; from tcpchatd import config; "
+        [DEBIAN_PYTHON, "-c", "import sys, tomllib; from tcpchatd.service import config; "
          "c = config.build(tomllib.loads(sys.stdin.read())); print(c == config.Config())"],
         input=uncommented, capture_output=True, text=True, timeout=30, cwd="/")
     assert probe.stdout.strip() == "True", probe.stderr  # every default, as the code has it

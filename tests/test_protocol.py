@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from tcpchatd import protocol
-from tcpchatd.confirms import take_confirms
-from tcpchatd.errors import ProtocolError
+from tcpchatd.wire import protocol
+from tcpchatd.wire.confirms import take_confirms
+from tcpchatd.wire.errors import ProtocolError
 
 
 def test_encode_header_is_ten_bytes_left_aligned():

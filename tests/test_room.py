@@ -4,9 +4,9 @@ import json
 
 import pytest
 
-from tcpchatd.config import Config
-from tcpchatd.errors import ProtocolError
-from tcpchatd.room import NoSuchMember, Room
+from tcpchatd.service.config import Config
+from tcpchatd.wire.errors import ProtocolError
+from tcpchatd.chat.room import NoSuchMember, Room
 
 from conftest import RecordingLog, lock_held_by_another_thread
 

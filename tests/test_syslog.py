@@ -13,9 +13,9 @@ import uuid
 
 import pytest
 
-from tcpchatd import admin
-from tcpchatd.config import Config
-from tcpchatd.trafficlog import TrafficLog, format_line
+from tcpchatd.control import admin
+from tcpchatd.service.config import Config
+from tcpchatd.service.trafficlog import TrafficLog, format_line
 
 from conftest import status_port
 from rawclient import RawClient, frame, wait_for

@@ -11,17 +11,17 @@ import time
 
 import pytest
 
-from tcpchatd import systemd
-from tcpchatd.config import Config
-from tcpchatd.room import Room
-from tcpchatd.server import bind_listener
+from tcpchatd.service import systemd
+from tcpchatd.service.config import Config
+from tcpchatd.chat.room import Room
+from tcpchatd.net.listeners import bind_listener
 
 from conftest import RecordingLog, lock_held_by_another_thread, status_port
 from rawclient import RawClient, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNITS = os.path.join(ROOT, "contrib", "systemd")
-PROBE = "from tcpchatd import systemd; import json, sys\n" \
+PROBE = "from tcpchatd.service import systemd; import json, sys\n" \
         "try:\n print(json.dumps([[n, s.family.name, s.getsockname() if s.family.name != " \
         "'AF_UNIX' else s.getsockname()] for n, s in systemd.listen_fds()]))\n" \
         "except systemd.InheritedSocketError as e:\n print('ERROR', e)"
@@ -120,7 +120,7 @@ def test_socket_activation_end_to_end_without_a_manager(short_tmp):
         u = a.say("through an inherited socket")
         b.confirm(b.read_until(lambda f: f.get("uuid") == u)["uuid"])
         assert a.read_until(lambda f: f.get("type") == "confirm")["delivered"] == 1
-        who = subprocess.run([sys.executable, "-m", "tcpchatd.ctl", "--socket", admin_path,
+        who = subprocess.run([sys.executable, "-m", "tcpchatd.cli.ctl", "--socket", admin_path,
                               "who"], capture_output=True, text=True, timeout=30, cwd="/")
         assert who.returncode == 0 and "a " in who.stdout and "b " in who.stdout
         proc.send_signal(signal.SIGTERM)

@@ -78,7 +78,7 @@ def active(lab, unit):
 
 
 def ctl(lab, *args):
-    return subprocess.run([sys.executable, "-m", "tcpchatd.ctl", "--socket", lab.admin_path,
+    return subprocess.run([sys.executable, "-m", "tcpchatd.cli.ctl", "--socket", lab.admin_path,
                            *args], capture_output=True, text=True, timeout=30, cwd="/")
 
 

@@ -271,7 +271,7 @@ def test_disconnect_during_handshake_leaves_no_trace(chat):
 
 
 def test_ipv6_listener(chat):
-    from tcpchatd.server import bind_listener, describe
+    from tcpchatd.net.listeners import bind_listener, describe
     sock = bind_listener("::1", 0)
     try:
         assert describe(sock).startswith("[::1]:")

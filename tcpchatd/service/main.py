@@ -13,13 +13,15 @@ import threading
 import time
 from collections import deque
 
-from . import __version__, admin, commands, config as config_module, console, pidfile, systemd
+from .. import __version__
+from ..control import admin, commands
+from . import config as config_module, console, pidfile, systemd
 from .config import Config
-from .bans import BanList
-from .errors import ConfigError, StartupError
-from .room import Room
-from .engine import LOOP_TICK, Engine
-from .server import ACCEPT_TICK, ChatServer, bind_listener
+from ..chat.bans import BanList
+from ..wire.errors import ConfigError, StartupError
+from ..chat.room import Room
+from ..net.engine import LOOP_TICK, Engine
+from ..net.listeners import ACCEPT_TICK, ChatServer, bind_listener
 from .trafficlog import TrafficLog
 
 TICK = 0.25                 # main loop period: receipts and bans expire, the watchdog

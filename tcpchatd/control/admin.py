@@ -26,9 +26,9 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import errors
-from .errors import AdminError, StartupError
-from .protocol import MAX_JSON_DEPTH, loads_bounded
+from ..wire import errors
+from ..wire.errors import AdminError, StartupError
+from ..wire.protocol import MAX_JSON_DEPTH, loads_bounded
 
 VERSION = 1
 

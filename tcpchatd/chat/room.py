@@ -17,10 +17,10 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import errors, protocol
-from .errors import ProtocolError
+from ..wire import errors, protocol
+from ..wire.errors import ProtocolError
 from .bans import BanList
-from .nicknames import nickname_key
+from ..wire.nicknames import nickname_key
 
 # How many settled messages the room remembers, per pending_confirms, so that a confirm
 # that comes after its message was settled (the sender left, or confirm_timeout passed

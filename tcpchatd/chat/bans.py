@@ -19,9 +19,9 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
-from . import errors
-from .errors import AdminError, StartupError
-from .nicknames import nickname_key
+from ..wire import errors
+from ..wire.errors import AdminError, StartupError
+from ..wire.nicknames import nickname_key
 
 FILE_NAME = "bans.json"
 FORMAT = 1

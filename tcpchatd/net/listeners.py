@@ -11,14 +11,16 @@ import threading
 import time
 import traceback
 from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import errors, protocol
-from .config import Config
-from .errors import StartupError
-from .room import Room
+from ..chat.room import Room
+from ..wire import errors, protocol
+from ..wire.errors import StartupError
 from .connection import Connection
 from .engine import Engine, name_os_thread
+
+if TYPE_CHECKING:  # the settings object is handed in; net never imports the service
+    from ..service.config import Config
 
 ACCEPT_TICK = 0.5  # how often an idle accept thread updates its heartbeat
 ACCEPT_BATCH = 64  # connections accepted in a row before the listeners are polled again

@@ -18,10 +18,10 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from . import errors, nicknames, protocol
-from .confirms import take_confirms
-from .errors import ProtocolError
-from .protocol import ChatMessage, FrameReader, Request
+from ..wire import errors, nicknames, protocol
+from ..wire.confirms import take_confirms
+from ..wire.errors import ProtocolError
+from ..wire.protocol import ChatMessage, FrameReader, Request
 
 if TYPE_CHECKING:
     from .engine import EventLoop

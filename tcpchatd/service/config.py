@@ -15,7 +15,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from .errors import ConfigError
+from ..wire.errors import ConfigError
 from .trafficlog import FACILITIES as SYSLOG_FACILITIES
 
 DEFAULT_CONFIG_FILE = "/etc/tcpchatd/tcpchatd.toml"

@@ -17,7 +17,8 @@ import sys
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from . import client, config as config_module, ctl, daemon
+from ..cli import client, ctl
+from . import config as config_module, main
 
 CONFIG_FILE = ("/etc/tcpchatd/tcpchatd.toml",
                "the config file: every setting, commented out with its default")
@@ -36,7 +37,7 @@ class Command:
 
 
 COMMANDS = (
-    Command("tcpchatd", 8, daemon.build_parser, "chat-room daemon (Minigamy/TCPchat protocol)",
+    Command("tcpchatd", 8, main.build_parser, "chat-room daemon (Minigamy/TCPchat protocol)",
             (("0", "stopped cleanly (SIGTERM, SIGINT)"),
              ("1", "could not start: a port in use, a bad inherited socket, a live pid file, "
                    "a ban list that does not parse"),

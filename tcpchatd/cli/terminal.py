@@ -22,8 +22,8 @@ from prompt_toolkit.formatted_text import FormattedText
 from prompt_toolkit.patch_stdout import patch_stdout
 
 from . import render
-from .client import (EXIT_FAILED, EXIT_OK, Connection, Refused, ServerGone, connect_and_join,
-                     reconnect, refusal)
+from .chatlink import (EXIT_FAILED, EXIT_OK, Connection, Refused, ServerGone, connect_and_join,
+                       reconnect, refusal)
 
 HELP = """commands:
   /who              who is here

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import StartupError
+from ..wire.errors import StartupError
 
 
 def check(path: str) -> None:

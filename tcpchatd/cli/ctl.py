@@ -14,9 +14,12 @@ import os
 import sys
 from typing import Any
 
-from . import __version__, admin, config as config_module, errors
-from .errors import AdminError, ConfigError
-from .specs import SPECS
+from .. import __version__
+from ..control import admin
+from ..service import config as config_module
+from ..wire import errors
+from ..wire.errors import AdminError, ConfigError
+from ..control.specs import SPECS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PERMISSION, EXIT_NOT_RUNNING = 0, 1, 2, 4, 7
 EXIT_BY_CODE = {errors.PERMISSION_DENIED: EXIT_PERMISSION, errors.UNKNOWN_COMMAND: EXIT_USAGE,

@@ -7,11 +7,12 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from . import __version__, errors, protocol
+from .. import __version__
+from ..wire import errors, protocol
 from .admin import Caller, Command
-from .bans import BanList, iso, parse_duration
-from .errors import AdminError
-from .room import NoSuchMember, Room
+from ..chat.bans import BanList, iso, parse_duration
+from ..wire.errors import AdminError
+from ..chat.room import NoSuchMember, Room
 from .specs import SPECS
 
 DEFAULT_KICK_REASON = "kicked by an operator"

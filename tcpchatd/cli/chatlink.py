@@ -1,0 +1,198 @@
+"""The client's side of one chat connection: connect, join, frames in and out, reconnect.
+
+Shared by the pipe mode (client.py) and the terminal (terminal.py); it speaks like the
+original client (raw nickname in one write, `NICK: text` inside every message).
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import threading
+import uuid as uuidlib
+from typing import Callable
+
+from ..wire import errors, protocol
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+MAX_FRAME = 1 << 24  # what the client accepts from a server
+CHAT_PORT = 55555    # the original project's port (the daemon's default too)
+RECONNECT_FIRST, RECONNECT_MAX = 0.5, 30.0
+DEFAULT_RATE = 15.0  # messages a second: under the server's default flood limit (20/s)
+
+
+class ServerGone(Exception):
+    """The server closed the connection or sent something unreadable."""
+
+
+class Refused(ServerGone):
+    """The server will not have us back: a kick, a flood disconnect, a rejected nickname."""
+
+
+class Connection:
+    """A chat connection: handshake, then frames both ways."""
+
+    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
+        try:
+            self.sock = socket.create_connection((host, port), timeout=timeout)
+        except OSError as exc:
+            raise ServerGone(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+        self.sock.settimeout(None)
+        self.reader = protocol.FrameReader(self.sock.recv)
+        self._send_lock = threading.Lock()
+        self.nickname: str | None = None
+        self.features: frozenset[str] = frozenset()  # what the server's names frame offered
+        self.nicknames: set[str] = set()             # who is here, as far as we know
+
+    def next(self) -> dict | bytes:
+        """The next frame as a dict, or NICKNAME_PROMPT."""
+        try:
+            body = self.reader.next_body(MAX_FRAME, allow_prompt=True)
+        except (OSError, protocol.PeerClosedMidFrame, errors.ProtocolError):
+            raise ServerGone("connection to the server was lost") from None
+        if body is None:
+            raise ServerGone("the server closed the connection")
+        if body is protocol.NICKNAME_PROMPT:
+            return body
+        try:
+            return protocol.decode(body)
+        except errors.ProtocolError as exc:
+            raise ServerGone(f"the server sent a bad frame: {exc.message}") from None
+
+    def incoming(self):
+        """Frames from the server; each message is confirmed as it arrives (as the original)."""
+        while True:
+            frame = self.next()
+            if frame is protocol.NICKNAME_PROMPT:
+                continue
+            if frame.get("type") == "message" and isinstance(frame.get("uuid"), str):
+                self.confirm(frame["uuid"])
+            self._track(frame)
+            yield frame
+
+    def _track(self, frame: dict) -> None:
+        """Keep the features and who is here (for completion) up to date."""
+        event, nickname = frame.get("event"), frame.get("nickname")
+        if event == "names" and isinstance(frame.get("nicknames"), list):
+            self.nicknames = {n for n in frame["nicknames"] if isinstance(n, str)}
+            if isinstance(frame.get("features"), list):
+                self.features = frozenset(f for f in frame["features"] if isinstance(f, str))
+        elif event == "join" and isinstance(nickname, str):
+            self.nicknames.add(nickname)
+        elif event == "leave" and isinstance(nickname, str):
+            self.nicknames.discard(nickname)
+        elif event == "nick" and isinstance(nickname, str):
+            self.nicknames.discard(frame.get("old"))
+            self.nicknames.add(nickname)
+            if frame.get("old") == self.nickname:
+                self.nickname = nickname
+
+    def join(self, ask_nickname: Callable[[], str], tell: Callable[[str], None]) -> None:
+        """Answer `_nickname_` prompts until this client's join arrives."""
+        while True:
+            item = self.next()
+            if item is protocol.NICKNAME_PROMPT:
+                self.nickname = ask_nickname()
+                self._send(self.nickname.encode("utf-8"))  # raw, one write, as the original
+                continue
+            if item.get("type") != "system":
+                continue
+            if item.get("event") == "error":
+                tell(f"{item.get('message')}")
+                continue
+            joined = item.get("nickname") == self.nickname if "event" in item \
+                else item.get("message") == f"{self.nickname} joined!"
+            if joined:
+                self.nicknames.add(self.nickname)
+                return
+
+    def send_message(self, text: str, to: str | None = None, action: bool = False,
+                     frame_uuid: str | None = None) -> str:
+        frame_uuid = frame_uuid or str(uuidlib.uuid4())
+        frame = {"type": "message", "uuid": frame_uuid, "message": f"{self.nickname}: {text}"}
+        if to is not None:
+            frame["to"] = to
+        if action:
+            frame["action"] = True
+        self._send(protocol.encode(frame))
+        return frame_uuid
+
+    def request(self, cmd: str, **fields: object) -> None:
+        self._send(protocol.encode({"type": "request", "id": cmd, "cmd": cmd, **fields}))
+
+    def confirm(self, frame_uuid: str) -> None:
+        self._send(protocol.encode({"type": "confirm", "uuid": frame_uuid}))
+
+    def _send(self, data: bytes) -> None:
+        with self._send_lock:
+            try:
+                self.sock.sendall(data)
+            except OSError:
+                raise ServerGone("connection to the server was lost") from None
+
+    def close(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+
+
+def refusal(frame: dict) -> str | None:
+    """Why the server will not have us back, when a frame says it; else None."""
+    if frame.get("event") == "kick":
+        return str(frame.get("message", "kicked"))
+    if frame.get("event") == "error" and "disconnected" in str(frame.get("message", "")):
+        if frame.get("code") == errors.FLOOD:
+            return "disconnected for flooding (too many messages at once)"
+        return f"disconnected: {frame.get('message')}"
+    return None
+
+
+def connect_and_join(args: argparse.Namespace, nickname: str,
+                     tell: Callable[[str], None] = lambda _: None) -> Connection:
+    """A joined connection under `nickname`; Refused when the server rejects it."""
+    conn = Connection(args.host, args.port, args.timeout)
+    rejected: list[str] = []
+
+    def ask() -> str:
+        if rejected:
+            raise Refused(f"nickname {nickname!r} rejected: {rejected[-1]}")
+        return nickname
+    try:
+        conn.join(ask, lambda reason: (rejected.append(reason), tell(reason)))
+    except ServerGone:
+        conn.close()
+        raise
+    return conn
+
+
+def reconnect(args: argparse.Namespace, nickname: str, say: Callable[[str], None],
+              stop: threading.Event) -> Connection | None:
+    """Reconnect with backoff (0.5 s doubling to 30 s) until joined or `stop` is set."""
+    delay = RECONNECT_FIRST
+    while not stop.is_set():
+        say(f"reconnecting in {delay:g} s")
+        if stop.wait(delay):
+            return None
+        try:
+            conn = connect_and_join(args, nickname)
+        except ServerGone as exc:
+            say(str(exc))
+            delay = min(delay * 2, RECONNECT_MAX)
+            continue
+        say(f"reconnected as {conn.nickname}")
+        return conn
+    return None
+
+
+def describe_receipt(frame: dict) -> tuple[bool, str]:
+    """(reached someone, text) for a receipt or undelivered notice."""
+    if frame.get("type") == "confirm":
+        if "delivered" in frame and "recipients" in frame:
+            return True, f"delivered to {frame['delivered']} of {frame['recipients']}"
+        return True, "delivered"
+    message = str(frame.get("message", "not delivered"))
+    return False, message.replace("Message not delivered", "not delivered")
+
+
