@@ -84,13 +84,14 @@ def chat():
     def make(**settings) -> ChatHandle:
         config = Config(listen=("127.0.0.1:0",), **settings)
         log = RecordingLog()
-        engine = Engine(config.io_threads, on_error=lambda conn: None)
-        room = Room(config, log, engine)
         listener = bind_listener("127.0.0.1", 0)
-        handle = ChatHandle(None, room, log, listener.getsockname()[1])
+        handle = ChatHandle(None, None, log, listener.getsockname()[1])
+        engine = Engine(config.io_threads, error_log=handle.tracebacks.append)
+        room = handle.room = Room(config, log, engine)
         server = ChatServer([listener], room, log, config, engine,
                             error_log=handle.tracebacks.append)
         handle.server = server
+        engine.start()
         server.start()
 
         def tick() -> None:  # what the daemon's main loop does
@@ -106,6 +107,7 @@ def chat():
         for client in handle.clients:
             client.close()
         handle.server.shutdown(0.5)
+        handle.server.engine.stop()
         handle.server.close_listeners()
         assert handle.tracebacks == [], "a handler thread died with a traceback"
 

@@ -16,7 +16,9 @@ U3 = "33333333-3333-4333-8333-333333333333"
 
 
 class ListChannel:
-    """The room's channel without a writer pool: a broadcast is delivered at once."""
+    """A stand-in for the engine: a broadcast is delivered at once. (Leaving out the
+    sender is the broadcast log's job in the product: tests/test_broadcastlog.py, and
+    the wire tests against a real server.)"""
 
     def __init__(self):
         self.subscribers = []

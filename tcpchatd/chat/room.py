@@ -1,9 +1,9 @@
 """The room: members, broadcast, delivery receipts, kick, counters.
 
-One lock guards membership and pending receipts and nothing else. Frames are
+One lock guards membership, pending receipts and the broadcast append. Frames are
 encoded before it is taken; a broadcast is published under it to the Channel (the
-writer pool's log: an O(1) append, so the order in which clients see events and who
-sees them are the room's), and frames for one member are handed over after it is
+engine's broadcast log: an O(1) append, so the order in which clients see events and
+who sees them are the room's), and frames for one member are handed over after it is
 released. No socket I/O (nor a slow member) ever happens under it. The room knows a
 member only by the Member protocol, so it can be tested without sockets.
 """
@@ -56,7 +56,7 @@ class NoSuchMember(LookupError):
 
 
 class Channel(Protocol):
-    """Where broadcasts go (the writer pool's log); called under the room's lock."""
+    """Where broadcasts go (the engine's broadcast log); called under the room's lock."""
 
     def subscribe(self, member: Member) -> None: ...
 
@@ -366,8 +366,8 @@ class Room:
     def confirm_many(self, member: Member, uuids: list[str]) -> list[str]:
         """Confirms that arrived together, under one lock; returns the unknown uuids.
 
-        Under load a reader finds many confirms in one read: taking the room lock once
-        for all of them keeps 200 reader threads from queueing on it 200 times.
+        Under load a loop finds many confirms in one read: taking the room lock once
+        for all of them, not once each, keeps the lock short and rarely contended.
         """
         unknown, finished, late = [], [], 0
         with self.lock:

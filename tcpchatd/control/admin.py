@@ -201,6 +201,9 @@ def caller_allowed(caller: Caller, admin_gid: int | None) -> bool:
 Command = Callable[[dict, Caller], Any]
 
 
+ACCEPT_TIMEOUT = 0.5  # the admin accept loop turns at least this often (its heartbeat)
+
+
 class AdminServer:
     """Accepts admin connections; each is served by a short-lived thread."""
 
@@ -217,12 +220,17 @@ class AdminServer:
         self._thread: threading.Thread | None = None
         self.heartbeat = time.monotonic()
 
+    def answering(self, max_age: float = 8 * ACCEPT_TIMEOUT) -> bool:
+        """True when the accept loop has turned within max_age seconds (the watchdog's
+        check; it turns at least every ACCEPT_TIMEOUT)."""
+        return time.monotonic() - self.heartbeat <= max_age
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._accept_loop, name="admin", daemon=True)
         self._thread.start()
 
     def _accept_loop(self) -> None:
-        self.sock.settimeout(0.5)
+        self.sock.settimeout(ACCEPT_TIMEOUT)
         while not self._stopping.is_set():
             self.heartbeat = time.monotonic()
             try:

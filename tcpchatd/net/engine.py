@@ -27,6 +27,7 @@ import os
 import selectors
 import threading
 import time
+import traceback
 from typing import Any, Callable
 
 from .broadcastlog import BroadcastLog
@@ -245,7 +246,7 @@ class EventLoop:
 
     def _fail(self, conn: Connection) -> None:
         """Inside an except block: log the traceback, end the connection whatever it takes."""
-        self.engine.handle_error(conn)
+        self.engine.report_error(conn)
         try:
             conn.close("error")
             conn.release()
@@ -301,9 +302,10 @@ class EventLoop:
 class Engine:
     """The loops, the broadcast log, and the room's channel into them."""
 
-    def __init__(self, io_threads: int, on_error: Callable[[Connection], None]) -> None:
+    def __init__(self, io_threads: int,
+                 error_log: Callable[[str], None] | None = None) -> None:
         self.log = BroadcastLog()
-        self.handle_error = on_error
+        self.error_log = error_log
         self.loops = [EventLoop(self, index) for index in range(io_threads)]
 
     def start(self) -> None:
@@ -320,8 +322,15 @@ class Engine:
         conn.loop = loop
         loop.adopt(conn)
 
-    def ticking(self, max_age: float) -> bool:
-        """True when every loop has turned within max_age seconds (the watchdog's check)."""
+    def report_error(self, conn: Connection) -> None:
+        """Inside an except block: a handler failed; its traceback goes to the error log,
+        never to a peer."""
+        if self.error_log is not None:
+            self.error_log(f"internal error in {conn.address}:\n{traceback.format_exc()}")
+
+    def ticking(self, max_age: float = 8 * LOOP_TICK) -> bool:
+        """True when every loop has turned within max_age seconds (the watchdog's check;
+        an idle loop turns every LOOP_TICK)."""
         now = time.monotonic()
         return all(now - loop.heartbeat <= max_age for loop in self.loops)
 

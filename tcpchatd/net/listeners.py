@@ -69,8 +69,7 @@ class ChatServer:
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC)
         self._thread = threading.Thread(target=self._accept_loop, name="accept", daemon=True)
         self.heartbeat = time.monotonic()
-        self.engine = engine  # the room's channel: started and stopped with the server
-        engine.handle_error = self.handle_error
+        self.engine = engine  # the loops that serve what this server accepts
 
     @property
     def config(self) -> Config:
@@ -80,7 +79,6 @@ class ChatServer:
     def config(self, config: Config) -> None:
         self._exempt = self._networks(config)
         self._config = config
-        self.room.config = config
 
     @staticmethod
     def _networks(config: Config) -> list:
@@ -90,7 +88,6 @@ class ChatServer:
         return [describe(sock) for sock in self.listeners]
 
     def start(self) -> None:
-        self.engine.start()
         self._thread.start()
 
     def _accept_loop(self) -> None:
@@ -179,16 +176,14 @@ class ChatServer:
     def connection_count(self) -> int:
         return len(self._connections)
 
-    def accepting(self, max_age: float) -> bool:
+    def accepting(self, max_age: float = 8 * ACCEPT_TICK) -> bool:
         """True when the accept thread has ticked within max_age seconds."""
         return time.monotonic() - self.heartbeat <= max_age
 
     def handle_error(self, conn: Connection | None) -> None:
-        """A handler failed: its traceback goes to the error log, never to a peer."""
-        where = conn.address if conn is not None else "accept loop"
-        text = f"internal error in {where}:\n{traceback.format_exc()}"
+        """Admission failed: its traceback goes to the error log, never to a peer."""
         if self.error_log is not None:
-            self.error_log(text)
+            self.error_log(f"internal error in the accept thread:\n{traceback.format_exc()}")
 
     def stop_accepting(self) -> None:
         if not self._stopping.is_set():
@@ -211,7 +206,6 @@ class ChatServer:
             time.sleep(0.01)
 
     def close_listeners(self) -> None:
-        self.engine.stop()
         for sock in self.listeners:
             sock.close()
         for fd in (self._wake_read, self._wake_write):

@@ -10,7 +10,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 from collections import deque
 
 from .. import __version__
@@ -20,8 +19,8 @@ from .config import Config
 from ..chat.bans import BanList
 from ..wire.errors import ConfigError, StartupError
 from ..chat.room import Room
-from ..net.engine import LOOP_TICK, Engine
-from ..net.listeners import ACCEPT_TICK, ChatServer, bind_listener
+from ..net.engine import Engine
+from ..net.listeners import ChatServer, bind_listener
 from .trafficlog import TrafficLog
 
 TICK = 0.25                 # main loop period: receipts and bans expire, the watchdog
@@ -146,7 +145,7 @@ class Daemon:
                          config.log_queue)
         log.start()
         self.log = log
-        engine = Engine(config.io_threads, on_error=lambda conn: None)
+        engine = Engine(config.io_threads, error_log=_error_log)
         room = Room(config, log, engine, self.bans)
         server = ChatServer(chat_sockets, room, log, config, engine, error_log=_error_log)
         admin_server = admin.AdminServer(
@@ -156,13 +155,13 @@ class Daemon:
         wakeup_read = self._install_signals()
         if pid_path:  # a SIGTERM from here on is handled, so the file is always removed
             pidfile.write(pid_path)
+        engine.start()  # the loops first: the accept thread hands them connections
         server.start()
         admin_server.start()
         notifier = systemd.Notifier()
+        # each part says whether it turns, by its own tick; the room whether its lock frees
         watchdog = systemd.Watchdog(notifier, systemd.watchdog_interval(), [
-            lambda: server.accepting(max_age=8 * ACCEPT_TICK),
-            lambda: now_fresh(admin_server.heartbeat, 8 * ACCEPT_TICK),
-            lambda: engine.ticking(max_age=8 * LOOP_TICK),
+            server.accepting, admin_server.answering, engine.ticking,
             lambda: room.probe(ROOM_PROBE_TIMEOUT),
         ])
         listening = ",".join(server.addresses())
@@ -191,7 +190,8 @@ class Daemon:
         finally:
             notifier.stopping()
             log.event("stop")
-            server.shutdown(self.config.shutdown_grace)
+            server.shutdown(self.config.shutdown_grace)  # the loops flush the goodbyes
+            engine.stop()
             server.close_listeners()
             admin_server.close()
             log.close()
@@ -252,17 +252,14 @@ class Daemon:
 
 
     def apply_config(self, new: Config) -> None:
-        """Every component that reads settings gets the new ones (the room through the
-        server); the sockets keep what they were bound with (FIXED_ON_RELOAD)."""
+        """Every component that reads settings gets the new ones (connections read
+        the server's); the sockets keep what they were bound with (FIXED_ON_RELOAD)."""
         self.config = new
+        self.room.config = new
         self.server.config = new
         self.admin_server.config = new
         self.log.reconfigure(new.log_target, new.syslog_address, new.syslog_facility,
                              new.log_queue)
-
-
-def now_fresh(beat: float, max_age: float) -> bool:
-    return time.monotonic() - beat <= max_age
 
 
 def main_exit() -> None:

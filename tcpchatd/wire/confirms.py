@@ -1,10 +1,10 @@
 """Confirm frames recognised in bulk: the hot path of a busy room; pure, no sockets.
 
-Every delivery comes back as one confirm frame, so a reader thread of a busy room
+Every delivery comes back as one confirm frame, so the event loop of a busy room
 reads little else, and dozens at a time. Recognising them without a JSON parse, a dict
 or a UUID object, a whole buffer at once where it can, is what keeps a delivery within
 a few µs of CPU (BENCHMARKS.md). Anything that is not a well-formed confirm frame, or
-that is written in another way, is left in the buffer for FrameReader.next_body and
+that is written in another way, is left in the buffer for FrameReader.take_body and
 protocol.parse_client_frame, which give it exactly what they always did.
 """
 

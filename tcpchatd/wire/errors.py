@@ -2,7 +2,7 @@
 
 Errors carry a code (a short stable word) and a human message; they are turned
 into wire frames, admin replies or CLI lines only at the boundary that meets
-the peer (session.py, admin.py, ctl.py, daemon.py).
+the peer (net/connection.py, control/admin.py, cli/ctl.py, service/main.py).
 """
 
 from __future__ import annotations
