@@ -251,3 +251,30 @@ def status_port(daemon: DaemonProcess) -> int:
     message = daemon.wait_notify("READY=1")
     status = [line for line in message.splitlines() if line.startswith("STATUS=")][0]
     return int(status.rsplit(":", 1)[1].split(",")[0])
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+@pytest.fixture(scope="session")
+def certs(tmp_path_factory):
+    """A CA; two server certificates it signed, for localhost and 127.0.0.1 (10 days) and
+    for localhost alone (20 days); one from a CA nobody trusts."""
+    folder = str(tmp_path_factory.mktemp("certs"))
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    for ca in ("ca", "rogue"):
+        openssl("req", "-x509", *ec, "-keyout", f"{ca}.key", "-out", f"{ca}.crt",
+                "-days", "30", "-subj", f"/CN=tcpchatd test {ca}", cwd=folder)
+    for ext, names in (("ip", "DNS:localhost,IP:127.0.0.1"), ("dns", "DNS:localhost")):
+        with open(os.path.join(folder, f"{ext}.ext"), "w") as fh:
+            fh.write(f"subjectAltName={names}\n")
+    for name, ca, days, ext in (("one", "ca", 10, "ip"), ("two", "ca", 20, "dns"),
+                                ("bad", "rogue", 10, "ip")):
+        openssl("req", "-new", *ec, "-keyout", f"{name}.key", "-out", f"{name}.csr",
+                "-subj", f"/CN=localhost {name}", cwd=folder)
+        openssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.crt", "-CAkey",
+                f"{ca}.key", "-CAcreateserial", "-days", str(days), "-extfile", f"{ext}.ext",
+                "-out", f"{name}.crt", cwd=folder)
+    os.chmod(folder, 0o755)
+    return lambda name: os.path.join(folder, name)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 import threading
 import time
 import uuid
@@ -120,6 +121,16 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class TlsRawClient(RawClient):
+    """The test's own protocol client, inside a verified TLS connection."""
+
+    def __init__(self, port: int, context: ssl.SSLContext, timeout: float = 5.0) -> None:
+        raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+        self.sock = context.wrap_socket(raw, server_hostname="localhost")
+        self.nickname = None
+        self._send_lock = threading.Lock()
 
 
 def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01):

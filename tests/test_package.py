@@ -18,7 +18,7 @@ from test_systemd_real import LAB_RESETS
 
 SBIN = "/usr/sbin/tcpchatd"
 UNIT_DIR = "/lib/systemd/system"
-UNITS = ("tcpchatd.service", "tcpchatd.socket", "tcpchatd-admin.socket")
+UNITS = ("tcpchatd.service", "tcpchatd.socket", "tcpchatd-admin.socket", "tcpchatd-tls.socket")
 DEBIAN_PYTHON = "/usr/bin/python3"
 
 
@@ -75,6 +75,7 @@ def test_user_group_units_rule_logrotate_and_conffiles(installed):
         assert "tcpchatd-admin" in fh.read()
     enabled = os.listdir("/etc/systemd/system/sockets.target.wants")
     assert {"tcpchatd.socket", "tcpchatd-admin.socket"} <= set(enabled)
+    assert "tcpchatd-tls.socket" not in enabled  # TLS waits for the operator's certificate
 
 
 def test_the_config_file_lists_every_setting_commented_and_loads(installed):

@@ -44,6 +44,8 @@ class FakeMember:
     def __init__(self, room):
         self.room = room
         self.nickname = None
+        self.address = "127.0.0.1:1"
+        self.tls = False
         self.frames = []
         self.closed = None
 

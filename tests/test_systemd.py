@@ -392,7 +392,8 @@ def test_daemon_mode_replaces_a_stale_pid_file(short_tmp):
             os.kill(pid, signal.SIGKILL)
 
 
-UNIT_FILES = ["tcpchatd.service", "tcpchatd.socket", "tcpchatd-admin.socket"]
+UNIT_FILES = ["tcpchatd.service", "tcpchatd.socket", "tcpchatd-admin.socket",
+              "tcpchatd-tls.socket"]
 
 
 def test_systemd_analyze_verify_is_clean():
@@ -445,6 +446,11 @@ def test_units_say_what_the_design_asks():
     assert admin["ListenStream"] == ["/run/tcpchatd/admin.sock"]
     assert admin["SocketMode"] == ["0660"] and admin["SocketGroup"] == ["tcpchatd-admin"]
     assert admin["FileDescriptorName"] == ["admin"]
+    tls = unit_settings("tcpchatd-tls.socket")
+    assert tls["ListenStream"] == ["55556"] and tls["FileDescriptorName"] == ["chat-tls"]
+    assert tls["Service"] == ["tcpchatd.service"]
+    assert "tcpchatd-tls.socket" not in " ".join(service.get("Requires", []) +
+                                                  service.get("Wants", []))  # optional
 
 
 def test_the_service_is_hardened_to_an_exposure_of_at_most_2():

@@ -10,17 +10,20 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 
 import pytest
 
-from rawclient import RawClient, wait_for
+from rawclient import RawClient, TlsRawClient, wait_for
 from systemd_lab import UserManager
+
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNITS = os.path.join(ROOT, "contrib", "systemd")
 SERVICE, CHAT, ADMIN = "tcpchatd.service", "tcpchatd.socket", "tcpchatd-admin.socket"
+TLS = "tcpchatd-tls.socket"
 # ProtectProc= and ProcSubset= work for a system manager only: under this per-user manager
 # the service is never taken as ready with them, so the lab resets those two.
 ALLOWED_DROP_IN = {"Service": {"ExecStart", "WatchdogSec", "User", "Group", "DynamicUser",
@@ -43,22 +46,24 @@ def lab():
     manager = UserManager().start()
     try:
         admin_path = os.path.join(manager.base, "admin", "admin.sock")
-        port = free_port()
+        port, tls_port = free_port(), free_port()
         drop_ins = {
             SERVICE: "[Service]\nExecStart=\n"
                      f"ExecStart={sys.executable} -m tcpchatd\nWatchdogSec=2\n" + LAB_RESETS,
             CHAT: f"[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n",
             ADMIN: f"[Socket]\nListenStream=\nListenStream={admin_path}\n",
+            TLS: f"[Socket]\nListenStream=\nListenStream=127.0.0.1:{tls_port}\n",
         }
         for unit, text in drop_ins.items():
             directory = os.path.join(manager.unit_dir, f"{unit}.d")
             os.makedirs(directory)
             with open(os.path.join(directory, "test.conf"), "w") as fh:
                 fh.write(text)
-        for unit in (SERVICE, CHAT, ADMIN):
+        for unit in (SERVICE, CHAT, ADMIN, TLS):
             manager.systemctl("link", os.path.join(UNITS, unit))
         manager.systemctl("daemon-reload")
         manager.port, manager.admin_path, manager.drop_ins = port, admin_path, drop_ins
+        manager.tls_port = tls_port
         yield manager
     finally:
         manager.stop()
@@ -67,10 +72,10 @@ def lab():
 @pytest.fixture
 def units(lab):
     """Every test starts with the three units stopped and no failure recorded."""
-    lab.systemctl("stop", SERVICE, CHAT, ADMIN, check=False)
+    lab.systemctl("stop", SERVICE, CHAT, ADMIN, TLS, check=False)
     lab.systemctl("reset-failed", check=False)
     yield lab
-    lab.systemctl("stop", SERVICE, CHAT, ADMIN, check=False)
+    lab.systemctl("stop", SERVICE, CHAT, ADMIN, TLS, check=False)
 
 
 def active(lab, unit):
@@ -193,3 +198,62 @@ def test_a_ban_survives_a_restart_of_the_service(units):
     c.send_raw(b"SPAMMER")
     assert c.read()["code"] == "banned"
     assert ctl(units, "unban", "spammer").returncode == 0
+
+
+# --- TLS through the shipped tcpchatd-tls.socket
+
+def test_a_tls_socket_without_a_certificate_leaves_tls_unserved_and_chat_on(units):
+    units.systemctl("start", TLS, SERVICE)
+    assert active(units, SERVICE) == "active"
+    assert "TLS not served" in units.show(SERVICE, "StatusText")
+    c = RawClient(units.port)
+    assert c.join("plain")["nickname"] == "plain"
+    assert int(units.show(SERVICE, "NRestarts")) == 0
+
+
+@pytest.fixture
+def group_readable_pair(units, certs):
+    """The README's second way: a pair the service's group can read, named by flags (the
+    lab changes ExecStart anyway; an operator writes tls_cert and tls_key in the config)."""
+    import grp
+    folder = os.path.join(units.base, "tls")
+    os.mkdir(folder, 0o750)
+    gid = grp.getgrnam("tcpchatd").gr_gid
+    os.chown(folder, 0, gid)
+    for name in ("one.crt", "one.key"):
+        target = os.path.join(folder, name)
+        subprocess.run(["cp", certs(name), target], check=True)
+        os.chown(target, 0, gid)
+        os.chmod(target, 0o640)
+    text = (units.drop_ins[SERVICE].replace(
+        "-m tcpchatd\n", f"-m tcpchatd --tls-cert {folder}/one.crt "
+                         f"--tls-key {folder}/one.key\n"))
+    path = os.path.join(units.unit_dir, f"{SERVICE}.d", "test.conf")
+    with open(path, "w") as fh:
+        fh.write(text)
+    units.systemctl("daemon-reload")
+    yield text
+    with open(path, "w") as fh:
+        fh.write(units.drop_ins[SERVICE])
+    units.systemctl("stop", SERVICE, TLS, check=False)
+    units.systemctl("daemon-reload")
+
+
+def test_tls_through_the_shipped_socket_with_a_real_certificate(units, group_readable_pair,
+                                                                certs):
+    units.systemctl("start", TLS, SERVICE)
+    assert "TLS not served" not in units.show(SERVICE, "StatusText")
+    secure = TlsRawClient(units.tls_port, ssl.create_default_context(cafile=certs("ca.crt")))
+    assert secure.join("secure")["nickname"] == "secure"
+    plain = RawClient(units.port)
+    plain.join("plain")
+    u = plain.say("to both kinds")
+    assert secure.read_until(lambda f: f.get("uuid") == u)["message"] == "plain: to both kinds"
+    result = ctl(units, "who", "--json")
+    assert {c["nickname"]: c["tls"] for c in json.loads(result.stdout)["clients"]} == {
+        "secure": True, "plain": False}
+    assert "tls_cert_expires" in json.loads(ctl(units, "stats", "--json").stdout)
+    units.systemctl("reload", SERVICE)  # a renewal hook's reload: the client stays
+    v = plain.say("after the reload")
+    assert secure.read_until(lambda f: f.get("uuid") == v)["message"] == "plain: after the reload"
+    assert int(units.show(SERVICE, "NRestarts")) == 0

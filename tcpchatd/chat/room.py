@@ -34,6 +34,7 @@ class Member(Protocol):
     nickname: str | None
     address: str      # `ip:port` or `[v6]:port`, for `who` and the log
     ip: str           # the peer's address, for bans
+    tls: bool         # it came in on a TLS port
     connected: float  # time.time() when it connected
     last_active: float  # time.monotonic() of its last frame
     sent: int         # messages it sent
@@ -154,7 +155,8 @@ class Room:
             self._accounts[member] = Account(self._messages_sent)
             self.channel.subscribe(member)
             # logged under the lock, so the log keeps the room's order of events
-            self.log.event("join", nick=nickname, addr=getattr(member, "address", None))
+            self.log.event("join", nick=nickname, addr=member.address,
+                           tls="yes" if member.tls else None)
             alone = len(self._members) > self.config.announce_joins_max
             if not alone:  # everyone hears of it, the newcomer too
                 self.channel.publish(frame)

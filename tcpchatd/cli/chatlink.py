@@ -7,7 +7,9 @@ original client (raw nickname in one write, `NICK: text` inside every message).
 from __future__ import annotations
 
 import argparse
+import select
 import socket
+import ssl
 import threading
 import uuid as uuidlib
 from typing import Callable
@@ -17,6 +19,7 @@ from ..wire import errors, protocol
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 MAX_FRAME = 1 << 24  # what the client accepts from a server
 CHAT_PORT = 55555    # the original project's port (the daemon's default too)
+TLS_PORT = 55556     # tcpchatd-tls.socket's
 RECONNECT_FIRST, RECONNECT_MAX = 0.5, 30.0
 DEFAULT_RATE = 15.0  # messages a second: under the server's default flood limit (20/s)
 
@@ -29,16 +32,66 @@ class Refused(ServerGone):
     """The server will not have us back: a kick, a flood disconnect, a rejected nickname."""
 
 
-class Connection:
-    """A chat connection: handshake, then frames both ways."""
+def tls_context(cafile: str | None = None) -> ssl.SSLContext:
+    """What `--tls` verifies with: the system's CAs (or cafile), the host name, TLS 1.2+."""
+    context = ssl.create_default_context(cafile=cafile)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
 
-    def __init__(self, host: str, port: int, timeout: float = 10.0) -> None:
+
+class TlsStream:
+    """One TLS connection shared by a reading and a writing thread.
+
+    OpenSSL does not allow one thread to read a connection while another writes it, so
+    every TLS call is made under one lock, on a non-blocking socket; a thread waits for
+    its readiness outside the lock.
+    """
+
+    def __init__(self, sock: ssl.SSLSocket) -> None:
+        self.sock = sock
+        self._lock = threading.Lock()
+        sock.setblocking(False)
+
+    def recv(self, size: int) -> bytes:
+        while True:
+            if not self.sock.pending():
+                select.select([self.sock], [], [])
+            with self._lock:
+                try:
+                    return self.sock.recv(size)
+                except ssl.SSLWantReadError:
+                    continue
+                except ssl.SSLZeroReturnError:
+                    return b""
+
+    def sendall(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            with self._lock:
+                try:
+                    view = view[self.sock.send(view):]
+                    continue
+                except (ssl.SSLWantWriteError, ssl.SSLWantReadError):
+                    pass
+            select.select([], [self.sock], [], 1.0)
+
+
+class Connection:
+    """A chat connection: handshake, then frames both ways; inside TLS with `tls`."""
+
+    def __init__(self, host: str, port: int, timeout: float = 10.0,
+                 tls: ssl.SSLContext | None = None) -> None:
         try:
             self.sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
             raise ServerGone(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
-        self.sock.settimeout(None)
-        self.reader = protocol.FrameReader(self.sock.recv)
+        self.stream: socket.socket | TlsStream = self.sock
+        if tls is not None:
+            self.sock = self._tls_handshake(tls, host, port)
+            self.stream = TlsStream(self.sock)
+        else:
+            self.sock.settimeout(None)
+        self.reader = protocol.FrameReader(self.stream.recv)
         self._send_lock = threading.Lock()
         self.nickname: str | None = None
         self.features: frozenset[str] = frozenset()  # what the server's names frame offered
@@ -126,9 +179,23 @@ class Connection:
     def _send(self, data: bytes) -> None:
         with self._send_lock:
             try:
-                self.sock.sendall(data)
+                self.stream.sendall(data)
             except OSError:
                 raise ServerGone("connection to the server was lost") from None
+
+    def _tls_handshake(self, context: ssl.SSLContext, host: str,
+                       port: int) -> ssl.SSLSocket:
+        """The verified TLS connection; Refused (no retry helps) when verification fails."""
+        try:
+            return context.wrap_socket(self.sock, server_hostname=host)
+        except ssl.SSLCertVerificationError as exc:
+            self.sock.close()
+            raise Refused(f"TLS to {host}:{port}: the server's certificate is not "
+                          f"trusted: {exc.verify_message}") from None
+        except (ssl.SSLError, OSError) as exc:
+            self.sock.close()
+            raise ServerGone(f"TLS to {host}:{port} failed: "
+                             f"{getattr(exc, 'reason', None) or exc.strerror or exc}") from None
 
     def close(self) -> None:
         try:
@@ -152,7 +219,7 @@ def refusal(frame: dict) -> str | None:
 def connect_and_join(args: argparse.Namespace, nickname: str,
                      tell: Callable[[str], None] = lambda _: None) -> Connection:
     """A joined connection under `nickname`; Refused when the server rejects it."""
-    conn = Connection(args.host, args.port, args.timeout)
+    conn = Connection(args.host, args.port, args.timeout, getattr(args, "tls_context", None))
     rejected: list[str] = []
 
     def ask() -> str:

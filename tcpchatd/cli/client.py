@@ -13,6 +13,7 @@ rejoins under its nickname; never after a kick or a disconnect for flooding.
 from __future__ import annotations
 
 import argparse
+import ssl
 import sys
 import threading
 import time
@@ -22,8 +23,9 @@ from typing import Iterable, TextIO
 
 from .. import __version__
 from ..wire import errors
-from .chatlink import (CHAT_PORT, DEFAULT_RATE, EXIT_FAILED, EXIT_OK, EXIT_USAGE, Connection,
-                       ServerGone, connect_and_join, describe_receipt, reconnect, refusal)
+from .chatlink import (CHAT_PORT, DEFAULT_RATE, EXIT_FAILED, EXIT_OK, EXIT_USAGE, TLS_PORT,
+                       Connection, ServerGone, connect_and_join, describe_receipt, reconnect,
+                       refusal, tls_context)
 
 
 # --- pipe mode
@@ -183,7 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
         "2 usage. Colours are off when NO_COLOR is set or the output is not a terminal.")
     parser.add_argument("--version", action="version", version=f"tcpchat-client {__version__}")
     parser.add_argument("--host", default="127.0.0.1", help="server host (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=CHAT_PORT, help=f"default {CHAT_PORT}")
+    parser.add_argument("--port", type=int, default=None,
+                        help=f"default {CHAT_PORT}, with --tls {TLS_PORT}")
+    parser.add_argument("--tls", action="store_true",
+                        help="connect with TLS, verifying the server's certificate and "
+                        "host name")
+    parser.add_argument("--cafile", metavar="FILE",
+                        help="trust the CA certificates in FILE instead of the system's "
+                        "(implies --tls)")
     parser.add_argument("--nick", help="nickname (asked for when not given)")
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds to connect, and in pipe mode to wait for the last "
@@ -205,6 +214,17 @@ def main(argv: list[str] | None = None) -> int:
         print("tcpchat-client: --timeout must be positive and --rate not negative",
               file=sys.stderr)
         return EXIT_USAGE
+    args.tls = args.tls or args.cafile is not None
+    if args.port is None:
+        args.port = TLS_PORT if args.tls else CHAT_PORT
+    args.tls_context = None
+    if args.tls:
+        try:
+            args.tls_context = tls_context(args.cafile)
+        except (OSError, ssl.SSLError) as exc:
+            print(f"tcpchat-client: cannot use --cafile {args.cafile}: "
+                  f"{getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+            return EXIT_USAGE
     if not sys.stdin.isatty():
         return run_pipe(args)
     from .terminal import run_interactive  # prompt_toolkit is only needed here

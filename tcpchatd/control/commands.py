@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Callable
 
 from .. import __version__
 from ..wire import errors, protocol
@@ -30,8 +30,10 @@ def _string_arg(args: dict, name: str, required: bool = True) -> str | None:
 DEFAULT_BAN_REASON = "banned by an operator"
 
 
-def build(room: Room, log: Any, bans: BanList | None = None) -> dict[str, Command]:
-    """{name: command(args, caller) -> result}; each command reads live state."""
+def build(room: Room, log: Any, bans: BanList | None = None,
+          tls_expiry: Callable[[], datetime | None] = lambda: None) -> dict[str, Command]:
+    """{name: command(args, caller) -> result}; each command reads live state
+    (tls_expiry: when the TLS certificate in use expires, None without TLS)."""
     started = time.monotonic()
 
     def who(args: dict, caller: Caller) -> dict:
@@ -44,6 +46,7 @@ def build(room: Room, log: Any, bans: BanList | None = None) -> dict[str, Comman
             "idle_s": round(now - member.last_active, 3),
             "sent": member.sent,
             "received": member.received,
+            "tls": member.tls,
         } for member in room.members()]
         clients.sort(key=lambda c: c["nickname"].casefold())
         return {"clients": clients}
@@ -60,7 +63,7 @@ def build(room: Room, log: Any, bans: BanList | None = None) -> dict[str, Comman
 
     def stats(args: dict, caller: Caller) -> dict:
         counters = room.counters
-        return {
+        result = {
             "version": __version__,
             "uptime_s": round(time.monotonic() - started, 3),
             "clients": len(room),
@@ -71,6 +74,10 @@ def build(room: Room, log: Any, bans: BanList | None = None) -> dict[str, Comman
             "send_queue_disconnects": counters.send_queue_disconnects,
             "log_dropped": log.dropped,
         }
+        expires = tls_expiry()
+        if expires is not None:
+            result["tls_cert_expires"] = expires.isoformat().replace("+00:00", "Z")
+        return result
 
     def say(args: dict, caller: Caller) -> dict:
         return {"clients": room.announce(_string_arg(args, "text"))}

@@ -58,9 +58,12 @@ def show_who(result: dict) -> str:
     clients = result["clients"]
     if not clients:
         return "no clients connected"
-    return table([("NICKNAME", "ADDRESS", "CONNECTED", "IDLE", "SENT", "RECEIVED")] + [
+    tls = any(c.get("tls") for c in clients)  # the column only where TLS is served
+    return table([("NICKNAME", "ADDRESS", "CONNECTED", "IDLE", "SENT", "RECEIVED")
+                  + (("TLS",) if tls else ())] + [
         (c["nickname"], c["address"], c["connected"], f"{c['idle_s']:.0f}s", str(c["sent"]),
-         str(c["received"])) for c in clients])
+         str(c["received"])) + ((("yes" if c.get("tls") else "no"),) if tls else ())
+        for c in clients])
 
 
 def show_stats(result: dict) -> str:

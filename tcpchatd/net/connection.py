@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import collections
 import socket
+import ssl
 import threading
 import time
 from typing import TYPE_CHECKING, Any
@@ -22,6 +23,7 @@ from ..wire import errors, nicknames, protocol
 from ..wire.confirms import take_confirms
 from ..wire.errors import ProtocolError
 from ..wire.protocol import ChatMessage, FrameReader, Request
+from .tls import CLIENT_HELLO_START
 
 if TYPE_CHECKING:
     from .engine import EventLoop
@@ -37,7 +39,11 @@ COALESCE_WINDOW = 10.0      # identical error lines within it become one `repeat
 SEND_FLAGS = socket.MSG_NOSIGNAL
 
 # states; the loop moves a connection forward only
-HANDSHAKE, CHAT, DEPARTING, CLOSED = "handshake", "chat", "departing", "closed"
+TLS_HANDSHAKE, HANDSHAKE, CHAT, DEPARTING, CLOSED = (
+    "tls_handshake", "handshake", "chat", "departing", "closed")
+READING = (TLS_HANDSHAKE, HANDSHAKE, CHAT)
+# SSLSocket.send takes no flags, and its non-blocking calls say "try again" with these
+TLS_AGAIN = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 def count_recent(times: collections.deque[float], window: float) -> int:
@@ -52,8 +58,12 @@ def count_recent(times: collections.deque[float], window: float) -> int:
 class Connection:
     """A connected client; a room Member once its nickname is accepted."""
 
-    def __init__(self, sock: socket.socket, address: tuple, server: Any) -> None:
+    def __init__(self, sock: socket.socket, address: tuple, server: Any,
+                 tls_context: ssl.SSLContext | None = None) -> None:
         self.sock = sock
+        self.tls = tls_context is not None
+        self._tls_context = tls_context  # wrapped with on its loop, then dropped
+        self.tls_wants_write = False     # the TLS handshake waits for room to write
         self.server = server
         self.room = server.room
         self.log = server.log
@@ -184,13 +194,20 @@ class Connection:
     # --- the owning loop
 
     def adopted(self, loop: EventLoop) -> None:
-        """First thing on its loop: ask for a nickname, within handshake_timeout."""
+        """First thing on its loop: the TLS handshake if on a TLS port, then ask for a
+        nickname; both within handshake_timeout."""
         self.loop = loop
         self.cursor = self.until = loop.engine.log.end
         self._configure_socket()
-        self.deliver(protocol.NICKNAME_PROMPT)
         self.handshake_deadline = time.monotonic() + self.config.handshake_timeout
         loop.call_at(self.handshake_deadline, self)
+        if self._tls_context is not None:
+            self.sock = self._tls_context.wrap_socket(self.sock, server_side=True,
+                                                      do_handshake_on_connect=False)
+            self._tls_context = None
+            self.state = TLS_HANDSHAKE
+        else:
+            self.deliver(protocol.NICKNAME_PROMPT)
 
     def _configure_socket(self) -> None:
         sock = self.sock
@@ -211,6 +228,11 @@ class Connection:
                 self.release()
                 return None
             return self.close_deadline
+        if self.state == TLS_HANDSHAKE:
+            if now < self.handshake_deadline:
+                return self.handshake_deadline
+            self._tls_failed("timeout")
+            return None
         if self.state == HANDSHAKE:
             if now < self.handshake_deadline:
                 return self.handshake_deadline
@@ -226,10 +248,17 @@ class Connection:
         return None
 
     def readable(self) -> None:
+        if self.state == TLS_HANDSHAKE:
+            self._tls_handshake()
+            return
         try:
             data = self.sock.recv(protocol.RECV_SIZE)
-        except (BlockingIOError, InterruptedError):
+            while self.tls and data and self.sock.pending():  # decrypted, not yet taken
+                data += self.sock.recv(protocol.RECV_SIZE)
+        except (BlockingIOError, InterruptedError, *TLS_AGAIN):
             return
+        except ssl.SSLZeroReturnError:  # the peer's TLS close_notify: its end of stream
+            data = b""
         except OSError:
             self.close("error")
             return
@@ -246,6 +275,10 @@ class Connection:
             self._serve()
 
     def writable(self) -> None:
+        if self.state == TLS_HANDSHAKE:
+            self.tls_wants_write = False
+            self._tls_handshake()
+            return
         self.want_write = False
         self.loop.watch(self)
         self.flush()
@@ -253,6 +286,10 @@ class Connection:
     def flush(self) -> None:
         """Send what is due in one non-blocking send; shut down once a close is done."""
         if self.state == CLOSED:
+            return
+        if self.state == TLS_HANDSHAKE:  # nothing is sent before the handshake is done
+            if self.closing:
+                self.release()
             return
         with self._lock:
             self._scheduled = False
@@ -267,8 +304,8 @@ class Connection:
             return
         if data:
             try:
-                sent = self.sock.send(data, SEND_FLAGS)
-            except (BlockingIOError, InterruptedError):
+                sent = self.sock.send(data) if self.tls else self.sock.send(data, SEND_FLAGS)
+            except (BlockingIOError, InterruptedError, *TLS_AGAIN):
                 sent = 0
             except OSError:  # the peer is gone
                 self.close("error")
@@ -336,10 +373,36 @@ class Connection:
         self.sock.close()
         self.server.connection_ended(self)
 
-    # --- the handshake
+    # --- the handshakes
+
+    def _tls_handshake(self) -> None:
+        """One non-blocking step of the TLS handshake; never waits."""
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self.tls_wants_write = False
+        except ssl.SSLWantWriteError:
+            self.tls_wants_write = True
+        except (ssl.SSLError, OSError) as exc:  # plaintext, garbage, a peer that vanished
+            self._tls_failed(getattr(exc, "reason", None) or exc.strerror or "closed")
+            return
+        else:
+            self.tls_wants_write = False
+            self.state = HANDSHAKE
+            self.deliver(protocol.NICKNAME_PROMPT)
+        self.loop.watch(self)
+
+    def _tls_failed(self, why: str) -> None:
+        self.log.event("protocol_error", addr=self.address, code=errors.TLS_HANDSHAKE,
+                       error=str(why).lower())
+        self.close("error")
 
     def _handshake(self, data: bytes) -> None:
         if not data:
+            self.close("error")
+            return
+        if not self.tls and data.startswith(CLIENT_HELLO_START):  # never a nickname
+            self.log.event("protocol_error", addr=self.address, code=errors.TLS_ON_PLAIN)
             self.close("error")
             return
         raw, rest = protocol.take_nickname(data)

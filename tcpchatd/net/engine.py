@@ -31,7 +31,7 @@ import traceback
 from typing import Any, Callable
 
 from .broadcastlog import BroadcastLog
-from .connection import CHAT, CLOSED, HANDSHAKE, Connection
+from .connection import CLOSED, READING, Connection
 
 LOOP_TICK = 0.5  # the longest a loop sleeps: its heartbeat for the watchdog
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
@@ -145,8 +145,8 @@ class EventLoop:
 
     def watch(self, conn: Connection) -> None:
         """Register the events this connection waits for now."""
-        mask = (READ if conn.state in (HANDSHAKE, CHAT) and not conn.closing else 0) | (
-            WRITE if conn.want_write else 0)
+        mask = (READ if conn.state in READING and not conn.closing else 0) | (
+            WRITE if conn.want_write or conn.tls_wants_write else 0)
         if conn.want_write:
             self._lagging.add(conn)
         old = self._masks.get(conn, 0)

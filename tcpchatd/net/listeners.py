@@ -18,6 +18,7 @@ from ..wire import errors, protocol
 from ..wire.errors import StartupError
 from .connection import Connection
 from .engine import Engine, name_os_thread
+from .tls import TlsCredentials
 
 if TYPE_CHECKING:  # the settings object is handed in; net never imports the service
     from ..service.config import Config
@@ -54,8 +55,14 @@ class ChatServer:
     limits), and hands each to the engine, whose loops serve it for life."""
 
     def __init__(self, listeners: list[socket.socket], room: Room, log: Any,
-                 config: Config, engine: Engine, error_log: Any = None) -> None:
+                 config: Config, engine: Engine, error_log: Any = None,
+                 tls_listeners: list[socket.socket] = (),
+                 tls: TlsCredentials | None = None) -> None:
         self.listeners = listeners
+        # TLS listeners are served only with credentials (else left unserved: main.py)
+        self.tls_listeners = list(tls_listeners) if tls is not None else []
+        self._unserved = [] if tls is not None else list(tls_listeners)
+        self.tls = tls
         self.room = room
         self.bans = room.bans
         self.log = log
@@ -85,7 +92,8 @@ class ChatServer:
         return [ipaddress.ip_network(n, strict=False) for n in config.exempt_addresses]
 
     def addresses(self) -> list[str]:
-        return [describe(sock) for sock in self.listeners]
+        return [describe(sock) for sock in self.listeners] + [
+            f"{describe(sock)} (tls)" for sock in self.tls_listeners]
 
     def start(self) -> None:
         self._thread.start()
@@ -96,7 +104,7 @@ class ChatServer:
         name_os_thread("tcpchatd accept")
         poller = select.poll()
         by_fd = {}
-        for listener in self.listeners:
+        for listener in self.listeners + self.tls_listeners:
             listener.setblocking(False)
             poller.register(listener, select.POLLIN)
             by_fd[listener.fileno()] = listener
@@ -112,6 +120,7 @@ class ChatServer:
                     self._accept(listener)
 
     def _accept(self, listener: socket.socket) -> None:
+        tls = listener in self.tls_listeners
         for _ in range(ACCEPT_BATCH):  # a burst of connects is taken in one wake-up
             try:
                 sock, address = listener.accept()
@@ -122,13 +131,14 @@ class ChatServer:
                     time.sleep(0.1)  # out of descriptors: let clients leave, then go on
                 return
             try:
-                self._admit(sock, address)
+                self._admit(sock, address, tls)
             except Exception:
                 self.handle_error(None)
                 sock.close()
 
-    def _admit(self, sock: socket.socket, address: tuple) -> None:
-        """Admission, the one hook between accept and the handshake."""
+    def _admit(self, sock: socket.socket, address: tuple, tls: bool = False) -> None:
+        """Admission, the one hook between accept and the handshake (a TLS connection
+        is wrapped by its loop with the context current now)."""
         config = self.config
         ip = address[0]
         ban = self.bans.for_address(ip) if self.bans is not None else None
@@ -143,11 +153,15 @@ class ChatServer:
                            f"too many connections from {ip} (limit {config.max_per_address})")
             else:
                 refusal = None
-                conn = Connection(sock, address, self)
+                conn = Connection(sock, address, self,
+                                  self.tls.context if tls else None)
                 self._connections.add(conn)
                 self._per_ip[ip] += 1
         if refusal is None:
             self.engine.adopt(conn)
+            return
+        if tls:  # the client expects a TLS handshake, not a frame: it only sees the close
+            sock.close()
             return
         try:  # a fresh socket's send buffer has room for one small frame: never blocks
             sock.setblocking(False)
@@ -206,7 +220,7 @@ class ChatServer:
             time.sleep(0.01)
 
     def close_listeners(self) -> None:
-        for sock in self.listeners:
+        for sock in self.listeners + self.tls_listeners + self._unserved:
             sock.close()
         for fd in (self._wake_read, self._wake_write):
             os.close(fd)

@@ -124,6 +124,13 @@ def _addresses(value: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _optional_addresses(value: Any) -> tuple[str, ...]:
+    items = _items(value)
+    for item in items:
+        parse_address(item)
+    return tuple(items)
+
+
 def _networks(value: Any) -> tuple[str, ...]:
     items = _items(value)
     for item in items:
@@ -152,6 +159,17 @@ class Config:
     listen: tuple[str, ...] = setting(
         (f"127.0.0.1:{CHAT_PORT}",), "chat address HOST:PORT or [V6]:PORT (repeatable); "
         "unused when systemd passes sockets", _addresses, repeat=True, metavar="ADDR")
+    listen_tls: tuple[str, ...] = setting(
+        (), "TLS chat address HOST:PORT or [V6]:PORT (repeatable; '' for none); unused "
+        "when systemd passes sockets", _optional_addresses, repeat=True, metavar="ADDR",
+        shown="none")
+    tls_cert: str | None = setting(
+        None, "PEM certificate (with its chain) for the TLS port", _optional_str,
+        metavar="PATH", shown="$CREDENTIALS_DIRECTORY/tls.crt under systemd, else none")
+    tls_key: str | None = setting(
+        None, "PEM private key for the TLS port", _optional_str, metavar="PATH",
+        shown="$CREDENTIALS_DIRECTORY/tls.key under systemd, else none")
+    tls_min_version: str = setting("1.2", "oldest TLS version accepted", _choice("1.2", "1.3"))
     admin_socket: str | None = setting(
         None, "admin socket path (default /run/tcpchatd/admin.sock as root, else "
         "$XDG_RUNTIME_DIR/tcpchatd/admin.sock, else /tmp/tcpchatd-$UID/admin.sock)",
@@ -215,6 +233,15 @@ class Config:
     def listen_addresses(self) -> list[tuple[str, int]]:
         return [parse_address(text) for text in self.listen]
 
+    def tls_listen_addresses(self) -> list[tuple[str, int]]:
+        return [parse_address(text) for text in self.listen_tls]
+
+    def tls_cert_path(self, environ: Mapping[str, str] | None = None) -> str | None:
+        return self.tls_cert or credential("tls.crt", environ)
+
+    def tls_key_path(self, environ: Mapping[str, str] | None = None) -> str | None:
+        return self.tls_key or credential("tls.key", environ)
+
     def admin_socket_path(self) -> str:
         return self.admin_socket or default_admin_socket()
 
@@ -230,6 +257,13 @@ class Config:
 
 
 SETTINGS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+def credential(name: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """A credential systemd passed (LoadCredential=), if it did."""
+    environ = os.environ if environ is None else environ
+    folder = environ.get("CREDENTIALS_DIRECTORY")
+    return os.path.join(folder, name) if folder else None
 
 
 def default_admin_socket(environ: Mapping[str, str] | None = None) -> str:

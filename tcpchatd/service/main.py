@@ -21,13 +21,15 @@ from ..wire.errors import ConfigError, StartupError
 from ..chat.room import Room
 from ..net.engine import Engine
 from ..net.listeners import ChatServer, bind_listener
+from ..net.tls import TlsCredentials, TlsSetupError
 from .trafficlog import TrafficLog
 
 TICK = 0.25                 # main loop period: receipts and bans expire, the watchdog
 ROOM_PROBE_TIMEOUT = 1.0    # the watchdog's bound on taking the room lock
 # Settings a reload does not change: sockets stay as they were bound.
-FIXED_ON_RELOAD = ("listen", "admin_socket", "admin_socket_mode", "pid_file", "thread_stack",
-                   "state_dir", "io_threads")
+FIXED_ON_RELOAD = ("listen", "listen_tls", "admin_socket", "admin_socket_mode", "pid_file",
+                   "thread_stack", "state_dir", "io_threads")
+TLS_SOCKET_NAME = "chat-tls"  # FileDescriptorName= of tcpchatd-tls.socket
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return Daemon(config, args).run()
+    except ConfigError as exc:  # found once the settings are used (a TLS pair, say)
+        console.say(f"tcpchatd: {exc.message}")
+        return 2
     except StartupError as exc:
         console.say(f"tcpchatd: {exc.message}")
         return 1
@@ -78,12 +83,25 @@ class Daemon:
             inherited = systemd.listen_fds()
         except systemd.InheritedSocketError as exc:
             raise StartupError(str(exc)) from None
-        chat_sockets = [sock for name, sock in inherited if name != "admin"]
+        chat_sockets = [sock for name, sock in inherited
+                        if name not in ("admin", TLS_SOCKET_NAME)]
         admin_sockets = [sock for name, sock in inherited if name == "admin"]
+        tls_sockets = [sock for name, sock in inherited if name == TLS_SOCKET_NAME]
         if self.args.daemon and not systemd.under_service_manager():
             pidfile.check(self.config.pid_file_path())
         self.bans = BanList(os.path.abspath(self.config.state_dir_path()))
         self.bans.load()  # a list that does not parse stops the start (exit 1)
+        self.tls, self.tls_unserved = None, None
+        if tls_sockets:  # systemd's: without a usable pair they stay unserved, chat runs on
+            try:
+                self.tls = self._tls_credentials(self.config)
+            except ConfigError as exc:
+                self.tls_unserved = exc.message
+                console.say(f"tcpchatd: TLS not served: {exc.message}")
+        elif self.config.listen_tls and not chat_sockets:  # ours: a bad pair stops the start
+            self.tls = self._tls_credentials(self.config)
+            tls_sockets = [bind_listener(host, port)
+                           for host, port in self.config.tls_listen_addresses()]
         if not chat_sockets:
             chat_sockets = [bind_listener(host, port)
                             for host, port in self.config.listen_addresses()]
@@ -94,9 +112,11 @@ class Daemon:
             owned_admin_path = self.config.admin_socket_path()
             admin_socket = admin.bind_socket(owned_admin_path, self.config.admin_socket_mode,
                                              self.config.admin_group)
-        pid_path = self._detach([*chat_sockets, admin_socket]) if self.args.daemon else None
+        pid_path = self._detach([*chat_sockets, *tls_sockets, admin_socket]) \
+            if self.args.daemon else None
         try:
-            return self._serve(chat_sockets, admin_socket, owned_admin_path, pid_path)
+            return self._serve(chat_sockets, tls_sockets, admin_socket, owned_admin_path,
+                               pid_path)
         finally:
             if pid_path:
                 pidfile.remove(pid_path)
@@ -138,8 +158,22 @@ class Daemon:
         console.say(f"tcpchatd: the detached daemon did not start{': ' + text if text else ''}")
         return 1
 
-    def _serve(self, chat_sockets: list[socket.socket], admin_socket: socket.socket,
-               owned_admin_path: str | None, pid_path: str | None = None) -> int:
+    @staticmethod
+    def _tls_credentials(config: Config) -> TlsCredentials:
+        """The TLS pair the settings name (or systemd's credentials); ConfigError if it
+        is missing or does not load."""
+        cert, key = config.tls_cert_path(), config.tls_key_path()
+        if not cert or not key:
+            raise ConfigError("TLS needs tls_cert and tls_key (or the systemd credentials "
+                              "tls.crt and tls.key)")
+        try:
+            return TlsCredentials(cert, key, config.tls_min_version)
+        except TlsSetupError as exc:
+            raise ConfigError(f"TLS: {exc}") from None
+
+    def _serve(self, chat_sockets: list[socket.socket], tls_sockets: list[socket.socket],
+               admin_socket: socket.socket, owned_admin_path: str | None,
+               pid_path: str | None = None) -> int:
         config = self.config
         log = TrafficLog(config.log_target, config.syslog_address, config.syslog_facility,
                          config.log_queue)
@@ -147,10 +181,12 @@ class Daemon:
         self.log = log
         engine = Engine(config.io_threads, error_log=_error_log)
         room = Room(config, log, engine, self.bans)
-        server = ChatServer(chat_sockets, room, log, config, engine, error_log=_error_log)
+        server = ChatServer(chat_sockets, room, log, config, engine, error_log=_error_log,
+                            tls_listeners=tls_sockets, tls=self.tls)
         admin_server = admin.AdminServer(
-            admin_socket, commands.build(room, log, self.bans), config, log,
-            owned_path=owned_admin_path, error_log=_error_log)
+            admin_socket, commands.build(room, log, self.bans, tls_expiry=lambda: (
+                self.tls.expires if self.tls is not None else None)),
+            config, log, owned_path=owned_admin_path, error_log=_error_log)
         self.room, self.server, self.admin_server = room, server, admin_server
         wakeup_read = self._install_signals()
         if pid_path:  # a SIGTERM from here on is handled, so the file is always removed
@@ -166,6 +202,8 @@ class Daemon:
         ])
         listening = ",".join(server.addresses())
         log.event("start", version=__version__, listen=listening)
+        if self.tls_unserved:
+            log.event("tls", ok="no", error=self.tls_unserved)
         console.say(f"tcpchatd {__version__}: listening on {listening}; admin socket "
                     f"{owned_admin_path or 'from systemd'}")
         notifier.ready(self._status())
@@ -200,7 +238,10 @@ class Daemon:
     def _status(self) -> str:
         count = len(self.room)
         noun = "client" if count == 1 else "clients"
-        return f"{count} {noun}; listening on {', '.join(self.server.addresses())}"
+        status = f"{count} {noun}; listening on {', '.join(self.server.addresses())}"
+        if self.tls_unserved:
+            status += f"; TLS not served: {self.tls_unserved}"
+        return status
 
     # --- signals: the handlers only enqueue; this thread acts
 
@@ -234,6 +275,14 @@ class Daemon:
                     admin.resolve_group(new.admin_group)
                 except StartupError as exc:
                     raise ConfigError(exc.message) from None
+            if self.tls is not None:  # a new pair for new handshakes, or the old one kept
+                cert, key = new.tls_cert_path(), new.tls_key_path()
+                if not cert or not key:
+                    raise ConfigError("TLS needs tls_cert and tls_key")
+                try:
+                    self.tls.reload(cert, key, new.tls_min_version)
+                except TlsSetupError as exc:
+                    raise ConfigError(f"TLS: {exc}") from None
         except ConfigError as exc:
             self.log.event("reload", ok="no", error=exc.message)
             notifier.ready(f"reload failed, running settings kept: {exc.message}")
