@@ -11,6 +11,7 @@ import json
 import re
 import selectors
 import socket
+import ssl
 import time
 import uuid as uuidlib
 from array import array
@@ -48,6 +49,8 @@ class Settings:
     text_size: int = 32
     fanout: bool = False       # after joining: one message to everyone, timed
     irc_mask: bool = False     # IRC: no channel; registered = joined; send to the server mask
+    tls: bool = False          # tcpchatd's TLS port; every client verifies against cafile
+    cafile: str | None = None
 
 
 class Client:
@@ -95,11 +98,14 @@ class LoadGenerator:
         self.padding = "x" * max(0, settings.text_size - 24)
         self.fanout_seen = 0
         self.fanout_target = 0
+        self.tls = ssl.create_default_context(cafile=settings.cafile) if settings.tls else None
 
     # --- connection plumbing
 
     def _connect(self, index: int) -> Client:
         sock = socket.create_connection(("127.0.0.1", self.s.port), timeout=30)
+        if self.tls is not None:  # the handshake blocks here: the join time includes it
+            sock = self.tls.wrap_socket(sock, server_hostname="localhost")
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client = Client(index, sock, f"b{index}")
@@ -124,7 +130,7 @@ class LoadGenerator:
             try:
                 sent = client.sock.send(client.wbuf)
                 del client.wbuf[:sent]
-            except BlockingIOError:
+            except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 pass
             except OSError:
                 self._lost(client)
@@ -148,7 +154,10 @@ class LoadGenerator:
             if mask & selectors.EVENT_READ:
                 try:
                     size = client.sock.recv_into(self._recv_buffer)
-                except BlockingIOError:
+                    if size and self.tls is not None:  # whole TLS records already decrypted
+                        while client.sock.pending() and size < RECV_SIZE - 16384:
+                            size += client.sock.recv_into(self._recv_view[size:])
+                except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
                     size = None
                 except OSError:
                     size = 0

@@ -27,9 +27,10 @@ def percentile(values, q: float) -> float | None:
 
 def measure(server_kind: str, settings: Settings, server_args=()) -> dict:
     """Start a server, run the generator against it, stop it; one result dict."""
-    server = Ngircd() if server_kind == "ngircd" else Tcpchatd(*server_args)
+    server = Ngircd() if server_kind == "ngircd" else Tcpchatd(*server_args, tls=settings.tls)
     with server:
-        settings.port = server.port
+        settings.port = server.tls_port if settings.tls else server.port
+        settings.cafile = getattr(server, "cafile", None)
         stats = server.stats()
         generator = LoadGenerator(settings, on_tick=lambda what: (
             stats.reset_cpu() if what == "start" else stats.sample()))
@@ -113,6 +114,66 @@ def compare(settings_for, kinds, repeats: int, log) -> dict[str, dict]:
     return {kind: median_of(r) for kind, r in runs.items()}
 
 
+def tls_comparison(args, log) -> dict:
+    """Plaintext and TLS side by side, each measured in this one run: CPU per delivery at
+    saturation (N=200, S=20, receipts), p99 at 20 × 20 msg/s, and at N = scale clients the
+    joins (handshakes per second) and RSS."""
+    def closed(kind):
+        return Settings(port=0, clients=200, senders=20, window=args.window,
+                        duration=args.duration, tls="tls" in kind)
+    kinds = [("tcpchatd", ()), ("tcpchatd/tls", ()), ("tcpchatd/tls-io2", IO2)]
+    rows = list(compare(closed, kinds, args.repeats, log).values())
+    fixed = compare(lambda kind: Settings(port=0, clients=200, senders=20, rate=20,
+                                          duration=args.duration, tls="tls" in kind),
+                    kinds[:2], args.repeats, log)
+    rows += list(fixed.values())
+    scale = {}
+    try:
+        scale = compare(lambda kind: Settings(
+            port=0, clients=args.scale_clients, senders=1, fanout=True, duration=0,
+            tls="tls" in kind), [("tcpchatd", ()), ("tcpchatd/tls", ())], 1, log)
+    except RuntimeError as exc:
+        scale = {"failed": f"{args.scale_clients} TLS clients: {exc}"}
+    return {"rows": rows, "scale": scale}
+
+
+def tls_text(tls: dict) -> str:
+    lines = ["## TLS", "",
+             "Plaintext beside TLS (TLS 1.3, a P-256 certificate, every client verifying it),",
+             "each pair measured in one run; `tls-io2`: TLS with `io_threads = 2`.", "",
+             table(tls["rows"]), ""]
+    scale = tls["scale"]
+    if "failed" in scale:
+        lines.append(f"Scale: FAILED in this run: {scale['failed']}.")
+    else:
+        lines += ["| server | N | connect + TLS handshake + join s | handshakes (joins) per s "
+                  "| one message to all s | peak RSS MiB |", "|---|---|---|---|---|---|"]
+        for kind, row in scale.items():
+            lines.append(f"| {kind} | {row['clients']} | {row['connect_join_s']} | "
+                         f"{row['clients'] / row['connect_join_s']:.0f} | {row['fanout_s']} | "
+                         f"{row['server_peak_rss_mib']} |")
+        lines += ["", "The generator connects one client at a time and its own handshake "
+                  "(verifying the certificate) is in the join time; the server's share is "
+                  "its CPU, not measured apart here."]
+    return "\n".join(lines) + "\n"
+
+
+def replace_tls_section(text: str) -> None:
+    """Put the TLS section into BENCHMARKS.md, replacing an older one."""
+    path = os.path.join(ROOT, "BENCHMARKS.md")
+    with open(path) as fh:
+        current = fh.read()
+    if "\n## TLS\n" in current:
+        head, rest = current.split("\n## TLS\n", 1)
+        tail = rest.split("\n## ", 1)
+        current = head + "\n" + (("## " + tail[1]) if len(tail) > 1 else "")
+    marker = "\n## Targets"
+    head, sep, rest = current.partition(marker)
+    with open(path, "w") as fh:
+        fh.write(head.rstrip("\n") + "\n\n" + text + "\n" + sep.lstrip("\n") + rest
+                 if sep else current.rstrip("\n") + "\n\n" + text)
+
+
 def full_run(args) -> int:
     raise_fd_limit()
     log_path = os.path.join(HERE, "results.jsonl")
@@ -159,7 +220,9 @@ def full_run(args) -> int:
             scale[f"tcpchatd ({args.larger_clients})"] = larger["tcpchatd"]
     except RuntimeError as exc:
         scale.setdefault("failed", f"{args.larger_clients} clients: {exc}")
+    tls = tls_comparison(args, log)
     write_report(rows, scale, args)
+    replace_tls_section(tls_text(tls))
     return 0
 
 
@@ -352,6 +415,7 @@ def main(argv=None) -> int:
     one.add_argument("--rate", type=float, default=0.0)
     one.add_argument("--no-confirms", action="store_true")
     one.add_argument("--fanout", action="store_true")
+    one.add_argument("--tls", action="store_true", help="tcpchatd's TLS port")
     one.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                      help="passed to tcpchatd (repeat: --server-arg=--io-threads --server-arg=1)")
     run = commands.add_parser("run", help="the whole comparison; writes BENCHMARKS.md")
@@ -360,16 +424,26 @@ def main(argv=None) -> int:
     run.add_argument("--repeats", type=int, default=3)
     run.add_argument("--scale-clients", type=int, default=10_000)
     run.add_argument("--larger-clients", type=int, default=15_000)
+    tls = commands.add_parser("tls", help="plaintext beside TLS; rewrites BENCHMARKS.md's "
+                              "TLS section")
+    tls.add_argument("--duration", type=float, default=5.0)
+    tls.add_argument("--window", type=int, default=20)
+    tls.add_argument("--repeats", type=int, default=3)
+    tls.add_argument("--scale-clients", type=int, default=10_000)
     args = parser.parse_args(argv)
     if args.cmd == "run":
         return full_run(args)
+    if args.cmd == "tls":
+        raise_fd_limit()
+        replace_tls_section(tls_text(tls_comparison(args, print)))
+        return 0
     raise_fd_limit()
     result = measure(args.server, Settings(
         port=0, clients=args.clients, senders=args.senders, window=args.window,
         duration=args.duration, rate=args.rate,
         confirms=not args.no_confirms and args.server == "tcpchatd",
         irc=args.server == "ngircd", fanout=args.fanout,
-        irc_mask=args.server == "ngircd" and args.fanout), args.server_arg)
+        irc_mask=args.server == "ngircd" and args.fanout, tls=args.tls), args.server_arg)
     print(json.dumps(result))
     if not args.fanout:
         print(table([result]))

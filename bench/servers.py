@@ -110,9 +110,30 @@ class Server:
 class Tcpchatd(Server):
     kind = "tcpchatd"
 
-    def __init__(self, *extra: str) -> None:
+    def __init__(self, *extra: str, tls: bool = False) -> None:
         super().__init__()
         self.extra = extra
+        self.tls_port = free_port() if tls else None
+        self.cafile = None
+        if tls:
+            self.extra += self._certificates()
+
+    def _certificates(self) -> tuple[str, ...]:
+        """A CA and a P-256 server certificate for localhost, made with openssl."""
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        run = lambda *args: subprocess.run(["openssl", *args], cwd=self.dir, check=True,  # noqa
+                                           capture_output=True)
+        run("req", "-x509", *ec, "-keyout", "ca.key", "-out", "ca.crt", "-days", "2",
+            "-subj", "/CN=bench CA")
+        run("req", "-new", *ec, "-keyout", "srv.key", "-out", "srv.csr", "-subj",
+            "/CN=localhost")
+        with open(os.path.join(self.dir, "san.ext"), "w") as fh:
+            fh.write("subjectAltName=DNS:localhost\n")
+        run("x509", "-req", "-in", "srv.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "srv.crt")
+        self.cafile = os.path.join(self.dir, "ca.crt")
+        return ("--listen-tls", f"127.0.0.1:{self.tls_port}", "--tls-cert",
+                os.path.join(self.dir, "srv.crt"), "--tls-key", os.path.join(self.dir, "srv.key"))
 
     def start(self) -> "Tcpchatd":
         # flood limit off (a benchmark floods on purpose); traffic log formatted and written
