@@ -287,8 +287,15 @@ LIMITS = """## What limits tcpchatd, and what moved it
   system call, caught-up connections sharing one joined chunk (net/broadcastlog.py).
 - **One loop or two.** Under the GIL two loops on two cores run one at a time and hand the
   GIL back and forth (a convoy): the `io2` rows pay for it in latency and CPU, and one
-  loop is the default. A second loop would pay off only with work done outside the GIL
-  (TLS's crypto), which the TLS rows will show.
+  loop is the default. TLS does not change that (the `tls-io2` row): the crypto of a
+  small record is short next to the GIL hand-offs around it.
+- **TLS.** About 2 µs more per delivery at saturation (encrypting every send, decrypting
+  every confirm). At 20 senders × 20 msg/s with receipts the TLS run falls behind the
+  offered load (its deliveries/s under the 79,600 offered, p99 above a second): the server
+  and the one-process generator, itself decrypting 80,000 deliveries a second, share two
+  cores. A TLS connection holds an OpenSSL object and its buffers, about 14 KiB more per
+  client at 10,000. Joins over TLS are paced by the generator, which opens and verifies one
+  handshake at a time.
 - **Latency at a fixed load is partly the generator's.** At 20 senders × 20 messages/s the
   one-process generator reads about 80,000 deliveries/s from 200 sockets, close to a full
   core, so a message waits in the kernel until the generator's loop comes round to its
