@@ -125,7 +125,7 @@ class DaemonProcess:
     """A real `python -m tcpchatd` subprocess whose readiness comes from our NOTIFY_SOCKET."""
 
     def __init__(self, workdir: str, args: list[str], env: dict | None = None,
-                 pass_fds: tuple = (), preexec=None) -> None:
+                 pass_fds: tuple = (), preexec=None, cwd: str | None = None) -> None:
         self.notify_path = os.path.join(workdir, f"notify-{time.monotonic_ns()}")
         self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.notify.bind(self.notify_path)
@@ -139,7 +139,7 @@ class DaemonProcess:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tcpchatd", *args], env=full_env, stderr=self._stderr,
             stdout=subprocess.DEVNULL, stdin=subprocess.DEVNULL, pass_fds=pass_fds,
-            start_new_session=True, preexec_fn=preexec)
+            start_new_session=True, preexec_fn=preexec, cwd=cwd)
 
     def wait_notify(self, prefix: str, timeout: float = 10.0) -> str:
         deadline = time.monotonic() + timeout

@@ -49,6 +49,7 @@ def test_trim_forgets_what_everyone_was_sent_and_positions_stay():
     assert log.chunk(6, 10) == b"6789"
     assert log.bytes_between(7, 10) == 3
     assert log.chats_before(8) == 0
+    assert log.chats_before(2) == 0  # trimmed: those before the oldest held frame
     with pytest.raises(IndexError):
         log.chunk(5, 10)  # trimmed: asking for it is a bug, never silently wrong bytes
     log.trim(3)  # behind the base: nothing happens
@@ -75,3 +76,14 @@ def test_appends_from_many_threads_keep_every_frame_once():
         mine = [f for f in frames if f.startswith(tag)]
         assert mine == sorted(mine)
     assert log.bytes_between(0, log.end) == 6000 * 7
+
+
+def test_chats_before_a_trimmed_position_are_those_before_the_base():
+    log = BroadcastLog()
+    for number in range(6):
+        log.append(b"m", ALICE, chat=number % 2 == 0)  # chats at 0, 2, 4
+    log.trim(3)
+    assert log.chats_before(3) == 2 and log.chats_before(1) == 2
+    assert log.chats_before(5) == 3 and log.chats_before(None) == 3
+    log.trim(6)  # everything trimmed: the list is empty, the count is not
+    assert log.chats_before(2) == 3 and log.chats_before(6) == 3

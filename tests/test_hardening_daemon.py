@@ -266,7 +266,7 @@ def test_every_stats_counter_after_a_scripted_session(running):
     del stats["uptime_s"], stats["version"]
     assert stats == {"clients": 1, "messages": 2004, "deliveries": 3 + 3 + 3 + reached_stuck,
                      "confirms": 4, "undelivered": 2002, "send_queue_disconnects": 1,
-                     "log_dropped": 0}
+                     "log_dropped": 0, "upgrades": 0}
 
 
 def test_a_reload_that_changes_the_listen_address_says_it_needs_a_restart(daemon_factory,

@@ -10,6 +10,7 @@ member only by the Member protocol, so it can be tested without sockets.
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import threading
 import time
@@ -506,3 +507,64 @@ class Room:
 
     def pending_count(self) -> int:
         return len(self._pending)
+
+    # --- hitless upgrade: the room as a plain record, and back
+
+    def export_state(self, ident: Any) -> dict:
+        """Members, receipts, history and counters, members named by ident(member);
+        times as what is left of them."""
+        now = time.monotonic()
+
+        def account(member: Member, a: Account) -> list:
+            return [ident(member), a.joined_at, a.settled, sorted(a.sent), a.private,
+                    a.in_flight]
+        with self.lock:
+            return {
+                "members": [ident(m) for m in self._members.values()],
+                "accounts": [account(m, a) for m, a in self._accounts.items()],
+                "departed": [account(m, a) for m, a in self._departed.items()],
+                "pending": [[p.uuid, ident(p.sender), [ident(m) for m in p.waiting],
+                             p.recipients, p.deadline - now, p.delivered, p.reported,
+                             p.to_departed] for p in self._pending.values()],
+                "messages_sent": self._messages_sent,
+                "receipt_times": [[at - now, frame_uuid]
+                                  for at, frame_uuid in self._receipt_times],
+                "settled": list(self._settled),
+                "history": [list(entry) for entry in self._history],
+                "counters": dataclasses.asdict(self.counters),
+            }
+
+    def import_state(self, state: dict, member_of: Any) -> None:
+        """The room as export_state left it; member_of(ident) is the member (or None if
+        it is gone). Members are subscribed to the channel again."""
+        now = time.monotonic()
+        with self.lock:
+            for ident in state["members"]:
+                member = member_of(ident)
+                if member is not None:
+                    self._members[nickname_key(member.nickname)] = member
+                    self.channel.subscribe(member)
+            for table, rows in ((self._accounts, state["accounts"]),
+                                (self._departed, state["departed"])):
+                for ident, joined_at, settled, sent, private, in_flight in rows:
+                    member = member_of(ident)
+                    if member is not None:
+                        table[member] = Account(joined_at, settled, set(sent), private,
+                                                in_flight)
+            for (frame_uuid, sender, waiting, recipients, left, delivered, reported,
+                 to_departed) in state["pending"]:
+                sender = member_of(sender)
+                if sender is None:
+                    continue
+                self._pending[frame_uuid] = Pending(
+                    frame_uuid, sender, {m for m in map(member_of, waiting) if m is not None},
+                    recipients, now + left, delivered, reported, to_departed)
+            self._deadlines = deque(sorted((p.deadline, p.uuid) for p in self._pending.values()))
+            self._messages_sent = state["messages_sent"]
+            self._receipt_times = [(now + left, frame_uuid)
+                                   for left, frame_uuid in state["receipt_times"]]
+            heapq.heapify(self._receipt_times)
+            self._settled = OrderedDict.fromkeys(state["settled"])
+            self._history = deque(tuple(entry) for entry in state["history"])
+            self._history_frame = None
+            self.counters = Counters(**state["counters"])

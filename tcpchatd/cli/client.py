@@ -102,7 +102,7 @@ class PipeRun:
                             self._finish(item, *describe_receipt(frame))
                         elif frame.get("event") == "error":
                             self._finish(item, False, f"error: {frame.get('message')}")
-                if frame.get("event") == "shutdown":
+                if frame.get("event") in ("shutdown", "restart"):
                     raise ServerGone("the server is shutting down")
         except ServerGone as exc:
             return str(exc)

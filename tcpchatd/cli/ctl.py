@@ -26,6 +26,9 @@ EXIT_BY_CODE = {errors.PERMISSION_DENIED: EXIT_PERMISSION, errors.UNKNOWN_COMMAN
                 errors.BAD_REQUEST: EXIT_FAILED}
 
 
+DEFAULT_TIMEOUT = 10.0
+UPGRADE_TIMEOUT = 120.0  # a pre-flight and a new image's start, at 10,000 clients too
+
 def socket_candidates(args: argparse.Namespace) -> list[str]:
     """Where to look for the daemon: explicit setting, system path, per-user path."""
     explicit = args.admin_socket or os.environ.get(config_module.ADMIN_SOCKET_ENV)
@@ -55,8 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "per-user path)")
     parser.add_argument("--config", metavar="PATH", help="config file to read admin_socket from")
     parser.add_argument("--json", action="store_true", help="print the raw JSON result")
-    parser.add_argument("--timeout", type=positive_seconds, default=10.0,
-                        help="seconds to wait for a reply (default 10)")
+    parser.add_argument("--timeout", type=positive_seconds, default=None,
+                        help=f"seconds to wait for a reply (default {DEFAULT_TIMEOUT:g}; "
+                        f"{UPGRADE_TIMEOUT:g} for upgrade)")
     # --json is accepted after the command too (`tcpchatctl who --json`)
     json_flag = argparse.ArgumentParser(add_help=False)
     json_flag.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
@@ -117,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
             shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
             return fail(f"argument is not valid UTF-8: {shown}", EXIT_USAGE)
     try:
-        result = call_first(candidates, args.cmd, cmd_args, args.timeout)
+        timeout = args.timeout or (UPGRADE_TIMEOUT if args.cmd == "upgrade" else DEFAULT_TIMEOUT)
+        result = call_first(candidates, args.cmd, cmd_args, timeout)
     except AdminError as exc:
         return fail(exc.message, EXIT_BY_CODE.get(exc.code, EXIT_FAILED))
     except NotRunning as exc:

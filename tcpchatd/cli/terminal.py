@@ -123,7 +123,7 @@ class Terminal:
                 refused = refusal(frame)
                 if refused is not None:
                     raise Refused(refused)
-                if frame.get("event") == "shutdown":
+                if frame.get("event") in ("shutdown", "restart"):
                     gone = ServerGone(str(frame.get("message", "the server is shutting down")))
                     gone.shown = True  # the notice is on the screen already
                     raise gone

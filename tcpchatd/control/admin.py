@@ -201,6 +201,14 @@ def caller_allowed(caller: Caller, admin_gid: int | None) -> bool:
 Command = Callable[[dict, Caller], Any]
 
 
+class Deferred:
+    """A command's result that comes later: run(conn, request_id) waits for it (and may
+    never return: an upgrade's new image answers on the same connection)."""
+
+    def __init__(self, run: Callable[[socket.socket, Any], Any]) -> None:
+        self.run = run
+
+
 ACCEPT_TIMEOUT = 0.5  # the admin accept loop turns at least this often (its heartbeat)
 
 
@@ -208,14 +216,17 @@ class AdminServer:
     """Accepts admin connections; each is served by a short-lived thread."""
 
     def __init__(self, sock: socket.socket, commands: dict[str, Command], config: Any,
-                 log: Any, owned_path: str | None = None, error_log: Any = None) -> None:
+                 log: Any, owned_path: str | None = None, error_log: Any = None,
+                 inode: int | None = None) -> None:
         self.sock = sock
         self.commands = commands
         self.config = config
         self.log = log
         self.owned_path = owned_path  # None when systemd passed the socket in
         self.error_log = error_log
-        self._inode = os.stat(owned_path).st_ino if owned_path else None
+        # the file this daemon bound (handed over by an upgrade: the first image's)
+        self._inode = inode if inode is not None else (
+            os.stat(owned_path).st_ino if owned_path else None)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.heartbeat = time.monotonic()
@@ -286,10 +297,10 @@ class AdminServer:
                 return
             if line is None:
                 return
-            if not self._send(conn, self._dispatch(line, caller)):
+            if not self._send(conn, self._dispatch(line, caller, conn)):
                 return
 
-    def _dispatch(self, line: bytes, caller: Caller) -> bytes:
+    def _dispatch(self, line: bytes, caller: Caller, conn: socket.socket) -> bytes:
         request_id = None
         try:
             request_id, cmd, args = parse_request(line, self.config.max_json_depth)
@@ -297,7 +308,10 @@ class AdminServer:
             if command is None:
                 raise AdminError(errors.UNKNOWN_COMMAND, f"unknown command: {cmd}")
             self.log.event("admin", cmd=cmd, uid=caller.uid, pid=caller.pid)
-            return reply_ok(request_id, command(args, caller))
+            result = command(args, caller)
+            if isinstance(result, Deferred):
+                result = result.run(conn, request_id)
+            return reply_ok(request_id, result)
         except AdminError as exc:
             return reply_error(request_id, exc.code, exc.message)
         except Exception:
@@ -311,6 +325,16 @@ class AdminServer:
             return True
         except OSError:
             return False
+
+    def pause(self) -> None:
+        """Stop accepting, the socket left as it is (an upgrade hands it over)."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(2 * ACCEPT_TIMEOUT)
+
+    @property
+    def inode(self) -> int | None:
+        return self._inode
 
     def close(self) -> None:
         """Stop accepting; remove the socket file only if this daemon created it."""

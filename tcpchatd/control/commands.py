@@ -9,7 +9,7 @@ from typing import Any, Callable
 
 from .. import __version__
 from ..wire import errors, protocol
-from .admin import Caller, Command
+from .admin import Caller, Command, Deferred
 from ..chat.bans import BanList, iso, parse_duration
 from ..wire.errors import AdminError
 from ..chat.room import NoSuchMember, Room
@@ -31,9 +31,12 @@ DEFAULT_BAN_REASON = "banned by an operator"
 
 
 def build(room: Room, log: Any, bans: BanList | None = None,
-          tls_expiry: Callable[[], datetime | None] = lambda: None) -> dict[str, Command]:
+          tls_expiry: Callable[[], datetime | None] = lambda: None,
+          upgrade: Callable[[Any, Any, bool], dict] | None = None,
+          upgrades: Callable[[], int] = lambda: 0) -> dict[str, Command]:
     """{name: command(args, caller) -> result}; each command reads live state
-    (tls_expiry: when the TLS certificate in use expires, None without TLS)."""
+    (tls_expiry: when the TLS certificate in use expires, None without TLS; upgrade:
+    the daemon's hitless upgrade, upgrade(conn, request_id, check) -> result)."""
     started = time.monotonic()
 
     def who(args: dict, caller: Caller) -> dict:
@@ -73,6 +76,7 @@ def build(room: Room, log: Any, bans: BanList | None = None,
             "undelivered": counters.undelivered,
             "send_queue_disconnects": counters.send_queue_disconnects,
             "log_dropped": log.dropped,
+            "upgrades": upgrades(),
         }
         expires = tls_expiry()
         if expires is not None:
@@ -108,6 +112,14 @@ def build(room: Room, log: Any, bans: BanList | None = None,
         log.event("unban", target=removed.target, uid=caller.uid, pid=caller.pid)
         return {"unbanned": removed.target}
 
+    def upgrade_daemon(args: dict, caller: Caller) -> Deferred:
+        check = args.get("check", False)
+        if not isinstance(check, bool):
+            raise AdminError(errors.BAD_REQUEST, "argument 'check' must be true or false")
+        if upgrade is None:
+            raise AdminError(errors.INTERNAL, "this daemon cannot upgrade itself")
+        return Deferred(lambda conn, request_id: upgrade(conn, request_id, check))
+
     def list_bans(args: dict, caller: Caller) -> dict:
         return {"bans": [b.record() for b in banlist().all()]}
 
@@ -117,6 +129,6 @@ def build(room: Room, log: Any, bans: BanList | None = None,
         return bans
 
     handlers = {"who": who, "kick": kick, "stats": stats, "say": say, "ban": ban,
-                "unban": unban, "bans": list_bans}
+                "unban": unban, "bans": list_bans, "upgrade": upgrade_daemon}
     assert handlers.keys() == SPECS.keys(), "specs.py and the handlers name the same commands"
     return handlers

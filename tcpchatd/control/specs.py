@@ -85,6 +85,13 @@ def show_bans(result: dict) -> str:
         for b in result["bans"]])
 
 
+def show_upgrade(result: dict) -> str:
+    if result.get("checked"):
+        return f"pre-flight passed: tcpchatd {result['version']} would start"
+    return (f"upgraded to tcpchatd {result['version']} (pid {result['pid']}); "
+            f"{result['clients']} clients carried, pause {result['pause_ms']} ms")
+
+
 def show_say(result: dict) -> str:
     return f"announced to {result['clients']} client{'' if result['clients'] == 1 else 's'}"
 
@@ -115,4 +122,12 @@ SPECS = {spec.name: spec for spec in (
     Spec("unban", "lift a ban", "Lift the ban on TARGET.",
          (Arg("target", "as it was banned"),), lambda result: f"unbanned {result['unbanned']}"),
     Spec("bans", "list the bans", "List the bans in force.", (), show_bans),
+    Spec("upgrade", "load new code without dropping a client",
+         "Re-execute the daemon in place (same PID) with the code and settings now "
+         "installed, carrying every plaintext client through; TLS clients are asked to "
+         "reconnect. Waits: exit 0 once the new image serves, 1 with the reason when the "
+         "pre-flight refuses it (the daemon then runs on as it was).",
+         (Arg("check", "run the pre-flight alone (new code imports, config loads)",
+              flag="--check", required=False, boolean=True),),
+         show_upgrade),
 )}

@@ -36,6 +36,7 @@ class BroadcastLog:
         self._chats: list[int] = []     # chat frames published before each frame
         self.total_bytes = 0
         self.chat_total = 0
+        self.base_chats = 0        # chat frames before base (trimmed)
         self._chunks: dict[tuple[int, int], tuple[bytes, set]] = {}
 
     def append(self, frame: bytes, sender: Any = None, chat: bool = False) -> int:
@@ -81,17 +82,22 @@ class BroadcastLog:
             return stop_bytes - self._offsets[start - self.base]
 
     def chats_before(self, position: int | None) -> int:
-        """Chat frames published before `position` (None: all of them)."""
+        """Chat frames published before `position` (None: all of them); for a position
+        already trimmed, those before the oldest frame still held."""
         with self._lock:
             if position is None or position >= self.end:
                 return self.chat_total
-            return self._chats[max(0, position - self.base)]
+            if position <= self.base:
+                return self.base_chats
+            return self._chats[position - self.base]
 
     def trim(self, keep_from: int) -> None:
         """Forget the frames before `keep_from` (every connection has been sent them)."""
         with self._lock:
             cut = min(keep_from, self.end) - self.base
             if cut > 0:
+                self.base_chats = self._chats[cut] if cut < len(self._chats) \
+                    else self.chat_total
                 del self._frames[:cut], self._senders[:cut], self._offsets[:cut], \
                     self._chats[:cut]
                 self.base += cut

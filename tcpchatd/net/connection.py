@@ -23,12 +23,14 @@ from ..wire import errors, nicknames, protocol
 from ..wire.confirms import take_confirms
 from ..wire.errors import ProtocolError
 from ..wire.protocol import ChatMessage, FrameReader, Request
+from .handover import b64, unb64
 from .tls import CLIENT_HELLO_START
 
 if TYPE_CHECKING:
     from .engine import EventLoop
 
 NICKNAME_ATTEMPTS = 3
+DEPART_POLL = 0.02  # how often a departing client's outstanding receipts are checked
 FLOOD_STRIKES = 3          # dropped messages ...
 FLOOD_STRIKE_WINDOW = 10.0  # ... within this many seconds disconnect
 ERROR_WINDOW = 10.0         # error_limit counts the protocol errors of this many seconds
@@ -67,7 +69,7 @@ class Connection:
         self.server = server
         self.room = server.room
         self.log = server.log
-        self.ip = address[0]
+        self.ip, self.port = address[0], address[1]
         self.address = (f"[{address[0]}]:{address[1]}" if ":" in address[0]
                         else f"{address[0]}:{address[1]}")
         self.nickname: str | None = None
@@ -106,6 +108,7 @@ class Connection:
         # --- counters for `who` (written under the room's lock)
         self.chat_base = 0          # chat broadcasts before it subscribed
         self.own_chats = 0          # chat broadcasts it published
+        self._resumed: dict | None = None  # its record, from the image before an upgrade
 
     @property
     def config(self):
@@ -195,7 +198,11 @@ class Connection:
 
     def adopted(self, loop: EventLoop) -> None:
         """First thing on its loop: the TLS handshake if on a TLS port, then ask for a
-        nickname; both within handshake_timeout."""
+        nickname; both within handshake_timeout. A connection carried through an upgrade
+        goes on where it was."""
+        if self._resumed is not None:
+            self._resume_on(loop)
+            return
         self.loop = loop
         self.cursor = self.until = loop.engine.log.end
         self._configure_socket()
@@ -600,4 +607,82 @@ class Connection:
         return False
 
 
-DEPART_POLL = 0.02  # how often a departing client's outstanding receipts are checked
+    # --- hitless upgrade: the connection as a plain record, and back
+
+    def record(self) -> dict:
+        """Everything needed to go on in a new image; only while no loop runs. The bytes
+        due to the client (its own frames and the broadcasts it was not sent yet) are
+        flattened into `unsent`: the new image starts a new broadcast log."""
+        now = time.monotonic()
+        received = self.received if self.joined else 0
+        fresh = self.state == HANDSHAKE and self.loop is not None and not self.attempts \
+            and not self._private and self.cursor == 0 and self.until == 0
+        with self._lock:
+            unsent = b"" if self._abort or self.loop is None else self._collect()
+        departure = None
+        if self.state == DEPARTING:
+            reason, final_frame = self._departure
+            departure = [reason, b64(final_frame) if final_frame else None,
+                         max(0.0, self.depart_deadline - now)]
+        return {
+            "fd": self.sock.fileno(), "ip": self.ip, "port": self.port, "state": self.state,
+            "fresh": fresh and not unsent, "nickname": self.nickname, "joined": self.joined,
+            "closing": self.closing, "connected": self.connected,
+            "idle": now - self.last_active, "sent": self.sent, "received": received,
+            "rbuf": b64(bytes(self.reader.buffer)), "unsent": b64(unsent),
+            "attempts": self.attempts,
+            "handshake_left": max(0.0, self.handshake_deadline - now),
+            "tokens": self._tokens, "tokens_age": now - self._tokens_at,
+            "departure": departure,
+        }
+
+    @classmethod
+    def resumed(cls, record: dict, server: Any) -> Connection:
+        """The connection a record describes, on the same socket (fd kept across exec)."""
+        conn = cls(socket.socket(fileno=record["fd"]), (record["ip"], record["port"]), server)
+        conn.restore(record)
+        return conn
+
+    def restore(self, record: dict) -> None:
+        """Take the state of a record (before any loop adopts this connection)."""
+        now = time.monotonic()
+        self.nickname = record["nickname"]
+        self.joined = record["joined"]
+        self.connected = record["connected"]
+        self.last_active = now - record["idle"]
+        self.sent = record["sent"]
+        self.chat_base = -record["received"]  # `received` goes on counting from there
+        self.reader.buffer += unb64(record["rbuf"])
+        unsent = unb64(record["unsent"])
+        if unsent:  # before anything the new image sends: position 0 of the new log
+            self._private.append((0, unsent))
+            self.private_bytes = len(unsent)
+        self.attempts = record["attempts"]
+        self._tokens = record["tokens"]
+        self._tokens_at = now - record["tokens_age"]
+        if not record["fresh"]:
+            self._resumed = record
+
+    def _resume_on(self, loop: EventLoop) -> None:
+        record, self._resumed = self._resumed, None
+        self.loop = loop
+        if not self.joined:
+            self.cursor = self.until = loop.engine.log.end
+        self._configure_socket()
+        now = time.monotonic()
+        self.state = record["state"]
+        if self.state == HANDSHAKE:
+            self.handshake_deadline = now + record["handshake_left"]
+            loop.call_at(self.handshake_deadline, self)
+        elif self.state == DEPARTING:
+            reason, final_frame, left = record["departure"]
+            self._departure = (reason, unb64(final_frame) if final_frame else None)
+            self.depart_deadline = now + left
+            loop.call_at(now, self)
+        if record["closing"]:
+            self._end(None, flush=True)
+        loop.watch(self)
+        loop.schedule(self)  # what was due goes out first
+        if self.state == CHAT and self.reader.has_frame():  # a whole frame came meanwhile
+            self._serve()
+

@@ -284,10 +284,19 @@ class EventLoop:
     def start(self) -> None:
         self.thread.start()
 
-    def stop(self, timeout: float) -> None:
+    def stop(self, timeout: float, keep_connections: bool = False) -> list[Connection]:
+        """End the loop; its connections are closed, or with keep_connections (an
+        upgrade) left as they are and returned, those not yet adopted too."""
         self._stopping = True
         self._wake()
-        self.thread.join(timeout)
+        if self.thread.is_alive():
+            self.thread.join(timeout)
+        kept = list(self.connections) + self._incoming
+        if keep_connections:
+            self.selector.close()
+            os.close(self._wake_read)
+            os.close(self._wake_write)
+            return kept
         if not self.thread.is_alive():
             for conn in list(self.connections):  # past the grace time: closed as they are
                 try:
@@ -297,6 +306,7 @@ class EventLoop:
             self.selector.close()
             os.close(self._wake_read)
             os.close(self._wake_write)
+        return []
 
 
 class Engine:
@@ -315,6 +325,17 @@ class Engine:
     def stop(self, timeout: float = 2.0) -> None:
         for loop in self.loops:
             loop.stop(timeout)
+
+    def pause(self, timeout: float = 2.0) -> list[Connection]:
+        """Stop every loop at the end of its turn (whole reads, whole sends), leaving the
+        connections open; all of them (an upgrade carries them)."""
+        kept = []
+        for loop in self.loops:
+            kept += loop.stop(timeout, keep_connections=True)
+        return kept
+
+    def connections(self) -> list[Connection]:
+        return [conn for loop in self.loops for conn in list(loop.connections)]
 
     def adopt(self, conn: Connection) -> None:
         """Hand a new connection to the least-loaded loop, for life."""

@@ -177,6 +177,17 @@ class ChatServer:
             address = address.ipv4_mapped
         return any(address in net for net in self._exempt)
 
+    def adopt(self, conn: Connection) -> None:
+        """A connection carried through an upgrade: counted as admitted, then served."""
+        with self._lock:
+            self._connections.add(conn)
+            self._per_ip[conn.ip] += 1
+        self.engine.adopt(conn)
+
+    def all_tls_listeners(self) -> list[socket.socket]:
+        """Served or not: an upgrade hands them all over."""
+        return self.tls_listeners + self._unserved
+
     def connection_ended(self, conn: Connection) -> None:
         """Give the connection's slot back: the count and its address's count."""
         with self._lock:

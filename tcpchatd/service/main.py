@@ -10,11 +10,16 @@ import signal
 import socket
 import sys
 import threading
+import time
 from collections import deque
 
 from .. import __version__
 from ..control import admin, commands
-from . import config as config_module, console, pidfile, systemd
+from ..net import handover
+from ..net.connection import CLOSED, Connection
+from ..wire import errors, protocol
+from ..wire.errors import AdminError
+from . import config as config_module, console, pidfile, systemd, upgrade
 from .config import Config
 from ..chat.bans import BanList
 from ..wire.errors import ConfigError, StartupError
@@ -25,6 +30,8 @@ from ..net.tls import TlsCredentials, TlsSetupError
 from .trafficlog import TrafficLog
 
 TICK = 0.25                 # main loop period: receipts and bans expire, the watchdog
+TLS_GOODBYE = 0.5           # an upgrade waits this long for TLS clients' restart notice
+LOG_HANDOVER = 0.5          # ... and this long for the log to write what is queued
 ROOM_PROBE_TIMEOUT = 1.0    # the watchdog's bound on taking the room lock
 # Settings a reload does not change: sockets stay as they were bound.
 FIXED_ON_RELOAD = ("listen", "listen_tls", "admin_socket", "admin_socket_mode", "pid_file",
@@ -42,7 +49,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def standard_streams() -> None:
+    """/dev/null on 0, 1 and 2 where they are closed, and stdout and stderr to match.
+
+    A detached daemon's new image after an upgrade's exec finds them closed (python-daemon
+    gave the old one copies that do not survive exec); a socket opened next would take
+    fd 0, and a warning on a stderr of None would end the start."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            null = os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
+            if null != fd:
+                os.dup2(null, fd, inheritable=False)
+                os.close(null)
+    if sys.stdout is None:
+        sys.stdout = open(1, "w", closefd=False)
+    if sys.stderr is None:
+        sys.stderr = open(2, "w", closefd=False)
+
+
 def main(argv: list[str] | None = None) -> int:
+    standard_streams()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -76,9 +104,21 @@ class Daemon:
         self.args = args
         self._signals: deque[int] = deque()
         self._started_pipe: int | None = None  # --daemon: tells the waiting parent we serve
+        self._upgrade_requests: deque[upgrade.UpgradeRequest] = deque()
+        self.upgrades = 0  # hitless upgrades this process has been through
 
     def run(self) -> int:
         threading.stack_size(self.config.thread_stack)
+        # Every thread this process starts inherits these signals blocked, so only the
+        # main thread takes them (once its handlers are in place): a signal that came to
+        # another thread during an upgrade's hand-over would be lost in the exec.
+        upgrade.hold_signals()
+        try:
+            state = handover.take()
+        except handover.HandoverError as exc:
+            raise StartupError(str(exc)) from None
+        if state is not None:  # an upgrade's new image: no detaching, no new sockets
+            return self._resume(state)
         try:
             inherited = systemd.listen_fds()
         except systemd.InheritedSocketError as exc:
@@ -173,27 +213,35 @@ class Daemon:
 
     def _serve(self, chat_sockets: list[socket.socket], tls_sockets: list[socket.socket],
                admin_socket: socket.socket, owned_admin_path: str | None,
-               pid_path: str | None = None) -> int:
+               pid_path: str | None = None, resume: dict | None = None) -> int:
         config = self.config
+        self.pid_path, self.owned_admin_path = pid_path, owned_admin_path
         log = TrafficLog(config.log_target, config.syslog_address, config.syslog_facility,
                          config.log_queue)
         log.start()
         self.log = log
+        for name, fields in (resume or {}).get("log", []):  # the old image's last lines
+            log.event(name, **fields)
         engine = Engine(config.io_threads, error_log=_error_log)
         room = Room(config, log, engine, self.bans)
         server = ChatServer(chat_sockets, room, log, config, engine, error_log=_error_log,
                             tls_listeners=tls_sockets, tls=self.tls)
         admin_server = admin.AdminServer(
-            admin_socket, commands.build(room, log, self.bans, tls_expiry=lambda: (
-                self.tls.expires if self.tls is not None else None)),
-            config, log, owned_path=owned_admin_path, error_log=_error_log)
-        self.room, self.server, self.admin_server = room, server, admin_server
-        wakeup_read = self._install_signals()
-        if pid_path:  # a SIGTERM from here on is handled, so the file is always removed
-            pidfile.write(pid_path)
+            admin_socket, commands.build(
+                room, log, self.bans,
+                tls_expiry=lambda: self.tls.expires if self.tls is not None else None,
+                upgrade=self.request_upgrade, upgrades=lambda: self.upgrades),
+            config, log, owned_path=owned_admin_path, error_log=_error_log,
+            inode=(resume or {}).get("admin_inode"))
+        self.engine, self.room, self.server, self.admin_server = engine, room, server, admin_server
+        if resume is not None:
+            self._adopt(resume)
+        if pid_path and resume is None:  # signals wait (held) until the handlers are in
+            pidfile.write(pid_path)      # place: a SIGTERM always removes the file
         engine.start()  # the loops first: the accept thread hands them connections
         server.start()
         admin_server.start()
+        wakeup_read = self._install_signals()  # after every thread: they keep them held
         notifier = systemd.Notifier()
         # each part says whether it turns, by its own tick; the room whether its lock frees
         watchdog = systemd.Watchdog(notifier, systemd.watchdog_interval(), [
@@ -201,12 +249,15 @@ class Daemon:
             lambda: room.probe(ROOM_PROBE_TIMEOUT),
         ])
         listening = ",".join(server.addresses())
-        log.event("start", version=__version__, listen=listening)
+        if resume is None:
+            log.event("start", version=__version__, listen=listening)
+            console.say(f"tcpchatd {__version__}: listening on {listening}; admin socket "
+                        f"{owned_admin_path or 'from systemd'}")
         if self.tls_unserved:
             log.event("tls", ok="no", error=self.tls_unserved)
-        console.say(f"tcpchatd {__version__}: listening on {listening}; admin socket "
-                    f"{owned_admin_path or 'from systemd'}")
         notifier.ready(self._status())
+        if resume is not None:
+            self._upgraded(resume)
         if self._started_pipe is not None:  # --daemon: the waiting parent may now return
             os.write(self._started_pipe, f"ok {os.getpid()} {listening}\n".encode())
             os.close(self._started_pipe)
@@ -220,6 +271,8 @@ class Daemon:
                     pass
                 if self._handle_signals(notifier):
                     break
+                while self._upgrade_requests:
+                    self._upgrade(self._upgrade_requests.popleft(), notifier)
                 room.expire()
                 for ended in self.bans.expire():
                     log.event("ban_expired", target=ended.target, by_uid=ended.by_uid)
@@ -235,6 +288,144 @@ class Daemon:
             log.close()
         return 0
 
+    # --- hitless upgrade (service/upgrade.py, net/handover.py)
+
+    def request_upgrade(self, conn: socket.socket, request_id: object, check: bool) -> dict:
+        """An admin connection's `upgrade`: queued for the main thread; waits for the
+        outcome. When the upgrade happens the new image answers on `conn` instead."""
+        request = upgrade.UpgradeRequest(conn, request_id, check)
+        self._upgrade_requests.append(request)
+        os.write(self._wakeup_write, b"u")
+        if not request.done.wait(upgrade.REQUEST_TIMEOUT):
+            raise AdminError(errors.INTERNAL, "no outcome from the upgrade in time")
+        if request.error is not None:
+            raise AdminError(errors.UPGRADE_REFUSED, request.error)
+        return request.result
+
+    def _upgrade(self, request: upgrade.UpgradeRequest | None,
+                 notifier: systemd.Notifier) -> None:
+        """Pre-flight, then hand everything over and exec; on refusal nothing changes."""
+        started = time.monotonic()
+        daemon_args = upgrade.daemon_arguments(self.args.config)
+        try:
+            version = upgrade.preflight(daemon_args)
+        except upgrade.UpgradeRefused as exc:
+            self.log.event("upgrade", ok="no", error=str(exc))
+            if request is not None:
+                request.error = f"upgrade refused: {exc}"
+                request.done.set()
+            return
+        if request is not None and request.check:
+            request.result = {"checked": True, "version": version}
+            request.done.set()
+            return
+        upgrade.hold_signals()  # until the new image's handlers are in place
+        if any(signum in (signal.SIGTERM, signal.SIGINT) for signum in self._signals):
+            upgrade.release_signals()  # a stop came during the pre-flight: it wins
+            self.log.event("upgrade", ok="no", error="the daemon is stopping")
+            if request is not None:
+                request.error = "upgrade refused: the daemon is stopping"
+                request.done.set()
+            return
+        notifier.reloading()
+        state_fd, keep = self._hand_over(request, started)
+        handover.keep_across_exec(keep + [state_fd])
+        try:
+            upgrade.execute(upgrade.exec_argv(daemon_args), state_fd)
+        except OSError as exc:  # the pre-flight ran this interpreter: should never happen
+            console.say(f"tcpchatd: the upgrade's exec failed after the hand-over: {exc}")
+            os._exit(1)
+
+    def _hand_over(self, request: upgrade.UpgradeRequest | None,
+                   started: float) -> tuple[int, list[int]]:
+        """Quiesce every part and write the state; (state fd, fds the new image adopts)."""
+        server, engine, room = self.server, self.engine, self.room
+        server.stop_accepting()
+        self.admin_server.pause()
+        # TLS keys cannot cross an exec: those clients are asked to come back
+        tls_clients = [conn for conn in engine.connections() if conn.tls]
+        for conn in tls_clients:
+            conn.close("restart", protocol.restart_frame())
+        deadline = time.monotonic() + TLS_GOODBYE
+        while any(conn.state != CLOSED for conn in tls_clients) and \
+                time.monotonic() < deadline:
+            time.sleep(0.01)
+        carried = [conn for conn in engine.pause() if conn.state != CLOSED and not conn.tls]
+        records = [conn.record() for conn in carried]
+        state = {
+            "version": __version__, "paused_at": time.time(),
+            "preflight_s": time.monotonic() - started, "upgrades": self.upgrades + 1,
+            "listeners": [sock.fileno() for sock in server.listeners],
+            "tls_listeners": [sock.fileno() for sock in server.all_tls_listeners()],
+            "admin": self.admin_server.sock.fileno(), "admin_path": self.owned_admin_path,
+            "admin_inode": self.admin_server.inode, "pid_path": self.pid_path,
+            "reply": None if request is None else {
+                "fd": request.sock.fileno(), "id": request.request_id},
+            "connections": records,
+            "room": room.export_state(lambda member: member.sock.fileno()),
+            "tls_closed": len(tls_clients),
+            "signals": [int(signum) for signum in self._signals],  # queued: HUP, USR2
+        }
+        state["log"] = self.log.hand_over(LOG_HANDOVER)
+        keep = state["listeners"] + state["tls_listeners"] + [state["admin"]] + [
+            record["fd"] for record in records]
+        if request is not None:
+            keep.append(request.sock.fileno())
+        return handover.write(state), keep
+
+    def _resume(self, state: dict) -> int:
+        """The new image: adopt the sockets and the state the old one handed over."""
+        chat_sockets = [socket.socket(fileno=fd) for fd in state["listeners"]]
+        tls_sockets = [socket.socket(fileno=fd) for fd in state["tls_listeners"]]
+        admin_socket = socket.socket(fileno=state["admin"])
+        for sock in (*chat_sockets, *tls_sockets, admin_socket):
+            os.set_inheritable(sock.fileno(), False)
+        self.bans = BanList(os.path.abspath(self.config.state_dir_path()))
+        self.bans.load()
+        self.tls, self.tls_unserved = None, None
+        if tls_sockets:
+            try:
+                self.tls = self._tls_credentials(self.config)
+            except ConfigError as exc:
+                self.tls_unserved = exc.message
+        self.upgrades = state["upgrades"]
+        self._signals.extend(state["signals"])
+        pid_path = state["pid_path"]
+        try:
+            return self._serve(chat_sockets, tls_sockets, admin_socket, state["admin_path"],
+                               pid_path, resume=state)
+        finally:
+            if pid_path:
+                pidfile.remove(pid_path)
+
+    def _adopt(self, state: dict) -> None:
+        """Before the loops start: every carried connection, then the room around them."""
+        by_fd = {}
+        for record in state["connections"]:
+            os.set_inheritable(record["fd"], False)
+            conn = Connection.resumed(record, self.server)
+            self.server.adopt(conn)
+            by_fd[record["fd"]] = conn
+        self.room.import_state(state["room"], by_fd.get)
+        for record in state["connections"]:  # subscribing reset them: `received` goes on
+            by_fd[record["fd"]].chat_base = -record["received"]
+
+    def _upgraded(self, state: dict) -> None:
+        """The new image serves: say so in the log and to the waiting `tcpchatctl`."""
+        pause_ms = round((time.time() - state["paused_at"]) * 1000)
+        clients = len(state["connections"])
+        self.log.event("upgrade", ok="yes", version=__version__, previous=state["version"],
+                       clients=clients, tls_closed=state["tls_closed"], pause_ms=pause_ms)
+        reply = state["reply"]
+        if reply is not None:
+            with socket.socket(fileno=reply["fd"]) as conn:
+                try:
+                    conn.sendall(admin.reply_ok(reply["id"], {
+                        "version": __version__, "pid": os.getpid(), "clients": clients,
+                        "pause_ms": pause_ms}))
+                except OSError:
+                    pass
+
     def _status(self) -> str:
         count = len(self.room)
         noun = "client" if count == 1 else "clients"
@@ -248,8 +439,10 @@ class Daemon:
     def _install_signals(self) -> int:
         read_fd, write_fd = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         signal.set_wakeup_fd(write_fd)
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        self._wakeup_write = write_fd
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR2):
             signal.signal(signum, self._enqueue_signal)
+        upgrade.release_signals()  # held across an upgrade's exec until now
         return read_fd
 
     def _enqueue_signal(self, signum: int, frame: object) -> None:
@@ -261,6 +454,8 @@ class Daemon:
             signum = self._signals.popleft()
             if signum == signal.SIGHUP:
                 self.handle_hup(notifier)
+            elif signum == signal.SIGUSR2:
+                self._upgrade(None, notifier)
             else:
                 return True
         return False

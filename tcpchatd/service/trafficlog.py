@@ -136,6 +136,19 @@ class TrafficLog:
                 self._others_queued += 1
         self._queue.put((name, fields))
 
+    def hand_over(self, timeout: float) -> list:
+        """Write what is queued for at most `timeout` seconds, stop, and return the
+        events still waiting (an upgrade's new image logs them first)."""
+        self.close(timeout)
+        left = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return left
+            if item is not _STOP:
+                left.append(list(item))
+
     def close(self, timeout: float = 1.0) -> None:
         """Flush what is queued for at most `timeout` seconds, then stop the writer."""
         self._queue.put(_STOP)

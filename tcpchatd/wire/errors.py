@@ -36,6 +36,7 @@ FATAL_PROTOCOL_CODES = frozenset({BAD_HEADER, FRAME_TOO_LARGE})
 # Admin protocol errors.
 BAD_REQUEST = "bad_request"
 NO_SUCH_BAN = "no_such_ban"
+UPGRADE_REFUSED = "upgrade_refused"
 PERMISSION_DENIED = "permission_denied"
 INTERNAL = "internal"
 

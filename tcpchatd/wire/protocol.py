@@ -404,6 +404,12 @@ def shutdown_frame() -> bytes:
     return encode({"type": "system", "event": "shutdown", "message": "Server is shutting down"})
 
 
+def restart_frame() -> bytes:
+    """To a client the daemon cannot carry through an upgrade (TLS): come back."""
+    return encode({"type": "system", "event": "restart",
+                   "message": "Server is restarting, please reconnect"})
+
+
 def announce_frame(text: str) -> bytes:
     return encode({"type": "system", "event": "announce", "message": text})
 

@@ -1,0 +1,54 @@
+"""`python -m tcpchatd.service.preflight FORMAT -- DAEMON-ARGS`: the upgrade's pre-flight.
+
+Run by the old image in a child process, with the code now installed: every module of
+the package imports, the daemon's arguments parse and its config file loads, and this
+code reads the state format the old image is about to write. Exit 0 and the version on
+stdout, or 1 and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+
+
+def main(argv: list[str]) -> int:
+    try:
+        state_format = int(argv[0])
+        daemon_args = argv[2:] if argv[1:2] == ["--"] else argv[1:]
+    except (IndexError, ValueError):
+        print("usage: python -m tcpchatd.service.preflight FORMAT -- DAEMON-ARGS",
+              file=sys.stderr)
+        return 2
+    try:
+        import tcpchatd
+        for module in pkgutil.walk_packages(tcpchatd.__path__, "tcpchatd."):
+            if module.name not in ("tcpchatd.__main__", "tcpchatd.service.preflight"):
+                importlib.import_module(module.name)
+    except Exception as exc:  # a broken module: say which, in one line
+        print(f"the new code does not import: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    from tcpchatd.net import handover
+    from tcpchatd.service import config as config_module
+    from tcpchatd.service.main import build_parser
+    from tcpchatd.wire.errors import ConfigError
+    if state_format not in handover.ACCEPTED_FORMATS:
+        print(f"the new code reads state formats {sorted(handover.ACCEPTED_FORMATS)}, "
+              f"not {state_format}", file=sys.stderr)
+        return 1
+    try:
+        args = build_parser().parse_args(daemon_args)
+        config_module.from_args(args)
+    except SystemExit:
+        print("the daemon's arguments do not parse with the new code", file=sys.stderr)
+        return 1
+    except ConfigError as exc:
+        print(f"the config does not load: {exc.message}", file=sys.stderr)
+        return 1
+    print(tcpchatd.__version__)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,303 @@
+"""Hitless upgrade: the real daemon re-executes itself in place while clients chat.
+
+Numbered messages from several senders, every client confirming what it reads, and every
+stream checked for gaps, duplicates and order; the PID and its start time unchanged."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import DaemonProcess, status_port
+from rawclient import PROMPT, RawClient, TlsRawClient, frame, wait_for
+from test_ctl import ctl
+from test_systemd import alive, read_pid
+
+PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tcpchatd")
+
+
+def start_time(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[19]  # field 22: starttime
+
+
+@pytest.fixture
+def installed_copy(short_tmp):
+    """A copy of the package on the daemon's PYTHONPATH: what an upgrade installs."""
+    site = os.path.join(short_tmp, "site")
+    shutil.copytree(PACKAGE, os.path.join(site, "tcpchatd"),
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    return site
+
+
+def start(short_tmp, *args, env=None):
+    admin_path = os.path.join(short_tmp, f"u{time.monotonic_ns() % 10**6}.sock")
+    d = DaemonProcess(short_tmp, ["--listen", "127.0.0.1:0", "--admin-socket", admin_path,
+                                  "--log-target", "stderr", "--flood-rate", "0",
+                                  "--state-dir", os.path.join(short_tmp, "st"), *args],
+                      env=env, cwd="/").ready()  # not the source tree: PYTHONPATH decides
+    return d, admin_path, status_port(d)
+
+
+class Chatter:
+    """A client that confirms everything it reads and keeps what it read, in order."""
+
+    def __init__(self, port: int, name: str) -> None:
+        self.client = RawClient(port, timeout=20)
+        self.client.join(name)
+        self.name = name
+        self.messages: list[tuple[str, int]] = []  # (sender, number)
+        self.receipts: dict[str, dict] = {}
+        self.frames: list[dict] = []
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        try:
+            while True:
+                f = self.client.read()
+                self.frames.append(f)
+                if f.get("type") == "message":
+                    number = int(f["message"].rsplit("#", 1)[1])
+                    self.messages.append((f["nickname"], number))
+                    self.client.confirm(f["uuid"])
+                elif f.get("type") == "confirm" or f.get("event") == "undelivered":
+                    self.receipts[f["uuid"]] = f
+        except (OSError, EOFError, AssertionError):
+            pass
+
+
+def chat_through(port: int, upgrade, senders=3, readers=3, count=120):
+    """Senders send `count` numbered messages each while `upgrade()` runs halfway."""
+    names = [f"s{i}" for i in range(senders)] + [f"r{i}" for i in range(readers)]
+    chatters = {name: Chatter(port, name) for name in names}
+    sent: dict[str, list[str]] = {name: [] for name in names[:senders]}
+    halfway = threading.Barrier(senders + 1)
+
+    def send(name):
+        client = chatters[name].client
+        for number in range(1, count + 1):
+            sent[name].append(client.say(f"#{number}"))
+            if number == count // 2:
+                halfway.wait()
+            time.sleep(0.004)
+    threads = [threading.Thread(target=send, args=(name,)) for name in sent]
+    for thread in threads:
+        thread.start()
+    halfway.wait()
+    upgrade()
+    for thread in threads:
+        thread.join()
+    recipients = len(names) - 1
+    for name, uuids in sent.items():  # every receipt arrives, every delivery confirmed
+        wait_for(lambda: all(u in chatters[name].receipts for u in uuids), timeout=30)
+        for u in uuids:
+            assert chatters[name].receipts[u] == {
+                "type": "confirm", "uuid": u, "delivered": recipients,
+                "recipients": recipients}, chatters[name].receipts[u]
+    for name, chatter in chatters.items():  # no gap, no duplicate, no reordering
+        for sender in sent:
+            if sender != name:
+                got = [n for s, n in chatter.messages if s == sender]
+                assert got == list(range(1, count + 1)), (name, sender, got[:5], len(got))
+    return chatters
+
+
+def test_tcpchatctl_upgrade_carries_every_client_and_loads_the_new_version(
+        short_tmp, installed_copy):
+    d, admin_path, port = start(short_tmp, env={"PYTHONPATH": installed_copy})
+    pid, started = d.proc.pid, start_time(d.proc.pid)
+    results = []
+
+    def upgrade():  # the new code installed meanwhile: a bumped version
+        init = os.path.join(installed_copy, "tcpchatd", "__init__.py")
+        with open(init) as fh:
+            text = fh.read()
+        with open(init, "w") as fh:
+            fh.write(re.sub(r'__version__ = "([^"]+)"', r'__version__ = "\1+bumped"', text))
+        results.append(ctl(admin_path, "upgrade"))
+    chat_through(port, upgrade)
+    result = results[0]
+    assert result.returncode == 0, result.stderr
+    assert re.fullmatch(r"upgraded to tcpchatd \S+\+bumped \(pid \d+\); \d+ clients carried, "
+                        r"pause \d+ ms\n", result.stdout)
+    assert d.proc.pid == pid and start_time(pid) == started and d.proc.poll() is None
+    stats = json.loads(ctl(admin_path, "stats", "--json").stdout)
+    assert stats["upgrades"] == 1 and stats["version"].endswith("+bumped")
+    assert stats["clients"] == 6
+    assert d.stop() == 0
+    log = d.stderr()
+    assert re.search(r"^upgrade ok=yes version=\S+\+bumped previous=\S+ clients=6 "
+                     r"tls_closed=0 pause_ms=\d+$", log, re.M)
+    assert "Traceback" not in log and "leave" not in log.split("upgrade ok=yes")[1].split(
+        "stop")[0].replace("leave nick", "")  # nobody left before the stop
+
+
+def test_sigusr2_upgrades_the_same(short_tmp):
+    d, admin_path, port = start(short_tmp)
+    pid, started = d.proc.pid, start_time(d.proc.pid)
+
+    def upgrade():
+        d.drain_notify()
+        d.messages.clear()
+        d.signal(signal.SIGUSR2)
+        d.wait_notify("RELOADING=1")
+        d.wait_notify("READY=1")
+    chat_through(port, upgrade)
+    assert start_time(pid) == started
+    assert json.loads(ctl(admin_path, "stats", "--json").stdout)["upgrades"] == 1
+    assert d.stop() == 0 and "Traceback" not in d.stderr()
+
+
+def test_refused_upgrades_leave_the_daemon_as_it_was(short_tmp, installed_copy):
+    conf = os.path.join(short_tmp, "tcpchatd.toml")
+    with open(conf, "w") as fh:
+        fh.write("max_clients = 50\n")
+    d, admin_path, port = start(short_tmp, "--config", conf, env={"PYTHONPATH": installed_copy})
+    a, b = RawClient(port), RawClient(port)
+    a.join("a")
+    b.join("b")
+    check = ctl(admin_path, "upgrade", "--check")
+    assert (check.returncode, check.stdout) == (0, f"pre-flight passed: tcpchatd "
+                                                   f"{json.loads(ctl(admin_path, 'stats', '--json').stdout)['version']} would start\n")
+    with open(conf, "w") as fh:  # a config that no longer loads
+        fh.write("max_clients = 'many'\n")
+    refused = ctl(admin_path, "upgrade")
+    assert refused.returncode == 1
+    assert "upgrade refused: the config does not load" in refused.stderr
+    with open(conf, "w") as fh:
+        fh.write("max_clients = 50\n")
+    room = os.path.join(installed_copy, "tcpchatd", "chat", "room.py")
+    with open(room, "a") as fh:  # a module of the installed package broken on purpose
+        fh.write("\ndef broken(:\n")
+    refused = ctl(admin_path, "upgrade")
+    assert refused.returncode == 1 and "the new code does not import" in refused.stderr
+    assert refused.stderr.count("\n") == 1
+    u = a.say("still the same daemon")
+    assert b.read_until(lambda f: f.get("uuid") == u)["message"] == "a: still the same daemon"
+    assert json.loads(ctl(admin_path, "stats", "--json").stdout)["upgrades"] == 0
+    d.signal(signal.SIGUSR2)  # by signal too: refused, logged, served on
+    wait_for(lambda: d.stderr().count("upgrade ok=no") == 3)
+    v = b.say("and still")
+    assert a.read_until(lambda f: f.get("uuid") == v)["message"] == "b: and still"
+    assert d.stop() == 0
+    log = d.stderr()
+    assert "upgrade ok=no error=\"the config does not load" in log
+    assert "Traceback" not in log
+
+
+def test_two_sigusr2_at_once_and_a_sigterm_during_the_new_start_are_never_fatal(short_tmp):
+    d, admin_path, port = start(short_tmp)
+    a, b = RawClient(port), RawClient(port)
+    a.join("a")
+    b.join("b")
+    d.signal(signal.SIGUSR2)
+    d.signal(signal.SIGUSR2)
+    wait_for(lambda: json.loads(ctl(admin_path, "stats", "--json").stdout or "{}").get(
+        "upgrades", 0) >= 1, timeout=20)
+    time.sleep(2)  # a second one, if it was queued, has run too
+    u = a.say("after two")
+    assert b.read_until(lambda f: f.get("uuid") == u)["message"] == "a: after two"
+    d.drain_notify()
+    d.messages.clear()
+    d.signal(signal.SIGUSR2)
+    d.wait_notify("RELOADING=1")  # signals are held from here until the new image runs
+    d.signal(signal.SIGTERM)  # held across the exec, handled once the new image runs
+    assert d.proc.wait(20) == 0
+    assert b.read_until(lambda f: f.get("event") == "shutdown")
+    assert "Traceback" not in d.stderr()
+
+
+def test_what_is_in_flight_survives(short_tmp):
+    d, admin_path, port = start(short_tmp, "--send-queue", "4194304")
+    sender, reader = RawClient(port), RawClient(port)
+    sender.join("sender")
+    reader.join("reader")
+    slow = RawClient(port, rcvbuf=4096)  # stops reading: bytes stay queued for it
+    slow.join("slow")
+    u = sender.say("pending receipt")  # confirmed only after the upgrade
+    assert reader.read_until(lambda f: f.get("uuid") == u)
+    big = [sender.say(f"big {i} " + "x" * 3000) for i in range(40)]
+    half = frame({"type": "message", "uuid": "11111111-1111-4111-8111-111111111111",
+                  "message": "sender: cut in two"})
+    sender.send_raw(half[:15])  # a frame half-read when the upgrade starts
+    newcomer = RawClient(port)
+    assert newcomer.read_item() == PROMPT  # in the middle of its handshake
+    result = ctl(admin_path, "upgrade")
+    assert result.returncode == 0, result.stderr + d.stderr()[-2500:]
+    sender.send_raw(half[15:])
+    newcomer.send_raw(b"newcomer")
+    assert newcomer.read()["event"] == "join"
+    assert reader.read_until(lambda f: f.get("uuid") == half_uuid(half))["message"] == \
+        "sender: cut in two"
+    reader.confirm(u)
+    slow.confirm(u)
+    assert sender.read_until(lambda f: f.get("uuid") == u) == {
+        "type": "confirm", "uuid": u, "delivered": 2, "recipients": 2}
+    got = []
+    while len(got) < len(big) + 1:
+        f = slow.read()
+        if f.get("type") == "message":
+            got.append(f["uuid"])
+    assert got == [u] + big  # every queued byte, in order, after the upgrade
+    assert d.stop() == 0 and "Traceback" not in d.stderr()
+
+
+def half_uuid(data: bytes) -> str:
+    return json.loads(data[10:])["uuid"]
+
+
+def test_tls_clients_are_asked_to_reconnect(daemon_factory, certs, short_tmp):
+    import ssl
+    admin_path = os.path.join(short_tmp, "t.sock")
+    d = daemon_factory("--listen-tls", "127.0.0.1:0", "--tls-cert", certs("one.crt"),
+                       "--tls-key", certs("one.key"), "--admin-socket", admin_path)
+    status = [line for line in d.wait_notify("READY=1").splitlines() if "STATUS" in line][0]
+    plain_port = int(re.search(r"127\.0\.0\.1:(\d+)(?!\d| \(tls\))", status).group(1))
+    tls_port = int(re.search(r"127\.0\.0\.1:(\d+) \(tls\)", status).group(1))
+    secure = TlsRawClient(tls_port, ssl.create_default_context(cafile=certs("ca.crt")))
+    secure.join("secure")
+    plain = RawClient(plain_port)
+    plain.join("plain")
+    result = ctl(admin_path, "upgrade")
+    assert result.returncode == 0, result.stderr
+    notice = secure.read_until(lambda f: f.get("event") == "restart")
+    assert notice == {"type": "system", "event": "restart",
+                      "message": "Server is restarting, please reconnect"}
+    assert secure.closed()
+    again = TlsRawClient(tls_port, ssl.create_default_context(cafile=certs("ca.crt")))
+    assert again.join("secure")["nickname"] == "secure"  # TLS is served by the new image
+    u = plain.say("still here")
+    assert again.read_until(lambda f: f.get("uuid") == u)["message"] == "plain: still here"
+    assert "tls_closed=1" in d.stderr()
+
+
+def test_under_daemon_mode_the_pid_file_stays_true(short_tmp):
+    pid_file = os.path.join(short_tmp, "u.pid")
+    with open(os.path.join(short_tmp, "rel.toml"), "w") as fh:
+        fh.write("max_clients = 5\n")
+    admin_path = os.path.join(short_tmp, "d.sock")
+    env = {k: v for k, v in os.environ.items() if k not in ("NOTIFY_SOCKET", "INVOCATION_ID")}
+    argv = [sys.executable, "-m", "tcpchatd", "--daemon", "--config", "rel.toml",
+            "--pid-file", pid_file, "--admin-socket", admin_path, "--listen", "127.0.0.1:0",
+            "--state-dir", os.path.join(short_tmp, "st")]
+    assert subprocess.run(argv, env=env, cwd=short_tmp, timeout=30,
+                          capture_output=True).returncode == 0
+    pid = read_pid(pid_file)
+    try:
+        result = ctl(admin_path, "upgrade")  # the relative config still resolves
+        assert result.returncode == 0, result.stderr
+        assert read_pid(pid_file) == pid and alive(pid)
+        assert f"(pid {pid})" in result.stdout
+        assert json.loads(ctl(admin_path, "stats", "--json").stdout)["upgrades"] == 1
+    finally:
+        os.kill(pid, signal.SIGTERM)
+        wait_for(lambda: not alive(pid), timeout=10)
+    assert not os.path.exists(pid_file)
