@@ -159,16 +159,77 @@ def tls_text(tls: dict) -> str:
 
 
 def replace_tls_section(text: str) -> None:
-    """Put the TLS section into BENCHMARKS.md, replacing an older one."""
+    replace_section("TLS", text)
+
+
+def upgrade_pause(clients: int, log) -> dict:
+    """N clients joined, one sender at 20 msg/s, everyone confirming; `tcpchatctl upgrade`
+    half a second into the sending. The longest delivery delay is the longest silence a
+    client saw; the daemon reports its own pause (hand-over to serving again)."""
+    server = Tcpchatd("--max-clients", str(clients + 100))
+    outcome = {}
+    with server:  # the same 20,000 deliveries a second offered at every N
+        settings = Settings(port=server.port, clients=clients, senders=1,
+                            rate=20_000 / clients, duration=3.0)
+
+        def tick(what):
+            if what == "tick" and "proc" not in outcome:
+                outcome["proc"] = subprocess.Popen(
+                    [sys.executable, "-m", "tcpchatd.cli.ctl", "--admin-socket",
+                     os.path.join(server.dir, "admin.sock"), "upgrade", "--json"],
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        result = LoadGenerator(settings, on_tick=tick).run()
+        out, err = outcome["proc"].communicate(timeout=120)
+        alive = server.proc.poll() is None
+    reply = json.loads(out) if outcome["proc"].returncode == 0 else {"error": err.strip()}
+    row = {"clients": clients, "messages": result.sent, "deliveries": result.deliveries,
+           "missing": result.sent * (clients - 1) - result.deliveries,
+           "disconnects": result.disconnects, "errors": result.errors,
+           "longest_silence_ms": round(max(result.latencies) if result.latencies else 0, 1),
+           "daemon_pause_ms": reply.get("pause_ms"), "carried": reply.get("clients"),
+           "server_alive": alive, "error": reply.get("error")}
+    log(json.dumps(row))
+    return row
+
+
+def upgrade_text(rows: list[dict]) -> str:
+    lines = ["## Hitless upgrade", "",
+             "`tcpchatctl upgrade` while N clients are joined and one sends 20,000 / N "
+             "messages a second (20,000 deliveries a second at every N; everyone confirming). The longest silence is the longest delay of any "
+             "delivery in the run (the generator's own share included); the daemon's pause "
+             "runs from the hand-over to serving again. Targets: ≤ 250 ms at 1,000, ≤ 1.5 s "
+             "at 10,000.", "",
+             "| N | carried | longest silence ms | daemon's pause ms | missing | disconnects "
+             "| met |", "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        target = 250 if row["clients"] <= 1000 else 1500
+        met = (row["longest_silence_ms"] <= target and not row["missing"]
+               and not row["disconnects"] and row["server_alive"] and not row["error"])
+        lines.append(f"| {row['clients']} | {row['carried']} | {row['longest_silence_ms']} | "
+                     f"{row['daemon_pause_ms']} | {row['missing']} | {row['disconnects']} | "
+                     f"{'yes' if met else '**no**'} |")
+    lines += ["", "Where the pause goes (the `upgrade` log line's `handover_ms` and `start_ms`, "
+              "measured apart at 1,000 clients): writing the state takes 12-18 ms (about "
+              "150 ms at 10,000); the new image's interpreter start and imports take "
+              "230-290 ms, of which 120-160 ms import the daemon's modules and the stdlib "
+              "ones they use; adopting 1,000 connections and the room takes 20-40 ms. The "
+              "250 ms target at 1,000 is missed by the interpreter's own start: meeting it "
+              "needs the new image to import less before it serves (the admin side after the "
+              "loops run, say), not yet done."]
+    return "\n".join(lines) + "\n"
+
+
+def replace_section(title: str, text: str) -> None:
+    """Put a section into BENCHMARKS.md before the targets, replacing an older one."""
     path = os.path.join(ROOT, "BENCHMARKS.md")
     with open(path) as fh:
         current = fh.read()
-    if "\n## TLS\n" in current:
-        head, rest = current.split("\n## TLS\n", 1)
+    heading = f"\n## {title}\n"
+    if heading in current:
+        head, rest = current.split(heading, 1)
         tail = rest.split("\n## ", 1)
         current = head + "\n" + (("## " + tail[1]) if len(tail) > 1 else "")
-    marker = "\n## Targets"
-    head, sep, rest = current.partition(marker)
+    head, sep, rest = current.partition("\n## Targets")
     with open(path, "w") as fh:
         fh.write(head.rstrip("\n") + "\n\n" + text + "\n" + sep.lstrip("\n") + rest
                  if sep else current.rstrip("\n") + "\n\n" + text)
@@ -221,8 +282,10 @@ def full_run(args) -> int:
     except RuntimeError as exc:
         scale.setdefault("failed", f"{args.larger_clients} clients: {exc}")
     tls = tls_comparison(args, log)
+    pauses = [upgrade_pause(n, log) for n in (1000, args.scale_clients)]
     write_report(rows, scale, args)
     replace_tls_section(tls_text(tls))
+    replace_section("Hitless upgrade", upgrade_text(pauses))
     return 0
 
 
@@ -437,7 +500,15 @@ def main(argv=None) -> int:
     tls.add_argument("--window", type=int, default=20)
     tls.add_argument("--repeats", type=int, default=3)
     tls.add_argument("--scale-clients", type=int, default=10_000)
+    up = commands.add_parser("upgrade", help="the pause of a hitless upgrade at 1,000 and "
+                             "10,000 clients; rewrites BENCHMARKS.md's section")
+    up.add_argument("--clients", type=int, nargs="+", default=[1000, 10_000])
     args = parser.parse_args(argv)
+    if args.cmd == "upgrade":
+        raise_fd_limit()
+        replace_section("Hitless upgrade", upgrade_text(
+            [upgrade_pause(n, print) for n in args.clients]))
+        return 0
     if args.cmd == "run":
         return full_run(args)
     if args.cmd == "tls":

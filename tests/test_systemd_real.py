@@ -257,3 +257,26 @@ def test_tls_through_the_shipped_socket_with_a_real_certificate(units, group_rea
     v = plain.say("after the reload")
     assert secure.read_until(lambda f: f.get("uuid") == v)["message"] == "plain: after the reload"
     assert int(units.show(SERVICE, "NRestarts")) == 0
+
+
+def test_a_hitless_upgrade_under_systemd(units):
+    """tcpchatctl upgrade under the shipped (hardened) unit: same MainPID, no restart
+    counted, the watchdog fed by the new image, the clients still chatting."""
+    units.systemctl("start", SERVICE)
+    pid = units.main_pid(SERVICE)
+    a, b = RawClient(units.port), RawClient(units.port)
+    a.join("a")
+    b.join("b")
+    result = ctl(units, "upgrade")
+    assert result.returncode == 0, result.stderr
+    assert f"(pid {pid}); 2 clients carried" in result.stdout
+    u = a.say("through the upgrade")
+    assert b.read_until(lambda f: f.get("uuid") == u)["message"] == "a: through the upgrade"
+    import time
+    time.sleep(3)  # past WatchdogSec=2: only pings from the new image keep it alive
+    assert units.main_pid(SERVICE) == pid and active(units, SERVICE) == "active"
+    assert int(units.show(SERVICE, "NRestarts")) == 0
+    assert units.show(SERVICE, "Result") == "success"
+    v = b.say("and after")
+    assert a.read_until(lambda f: f.get("uuid") == v)["message"] == "b: and after"
+    assert json.loads(ctl(units, "stats", "--json").stdout)["upgrades"] == 1

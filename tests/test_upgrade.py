@@ -135,7 +135,7 @@ def test_tcpchatctl_upgrade_carries_every_client_and_loads_the_new_version(
     assert d.stop() == 0
     log = d.stderr()
     assert re.search(r"^upgrade ok=yes version=\S+\+bumped previous=\S+ clients=6 "
-                     r"tls_closed=0 pause_ms=\d+$", log, re.M)
+                     r"tls_closed=0 pause_ms=\d+ handover_ms=\d+ start_ms=\d+$", log, re.M)
     assert "Traceback" not in log and "leave" not in log.split("upgrade ok=yes")[1].split(
         "stop")[0].replace("leave nick", "")  # nobody left before the stop
 

@@ -350,10 +350,11 @@ class Daemon:
         while any(conn.state != CLOSED for conn in tls_clients) and \
                 time.monotonic() < deadline:
             time.sleep(0.01)
+        paused_at = time.time()  # from here no client is served until the new image runs
         carried = [conn for conn in engine.pause() if conn.state != CLOSED and not conn.tls]
         records = [conn.record() for conn in carried]
         state = {
-            "version": __version__, "paused_at": time.time(),
+            "version": __version__, "paused_at": paused_at,
             "preflight_s": time.monotonic() - started, "upgrades": self.upgrades + 1,
             "listeners": [sock.fileno() for sock in server.listeners],
             "tls_listeners": [sock.fileno() for sock in server.all_tls_listeners()],
@@ -367,6 +368,7 @@ class Daemon:
             "signals": [int(signum) for signum in self._signals],  # queued: HUP, USR2
         }
         state["log"] = self.log.hand_over(LOG_HANDOVER)
+        state["written_at"] = time.time()
         keep = state["listeners"] + state["tls_listeners"] + [state["admin"]] + [
             record["fd"] for record in records]
         if request is not None:
@@ -412,10 +414,13 @@ class Daemon:
 
     def _upgraded(self, state: dict) -> None:
         """The new image serves: say so in the log and to the waiting `tcpchatctl`."""
-        pause_ms = round((time.time() - state["paused_at"]) * 1000)
+        now = time.time()
+        pause_ms = round((now - state["paused_at"]) * 1000)
         clients = len(state["connections"])
         self.log.event("upgrade", ok="yes", version=__version__, previous=state["version"],
-                       clients=clients, tls_closed=state["tls_closed"], pause_ms=pause_ms)
+                       clients=clients, tls_closed=state["tls_closed"], pause_ms=pause_ms,
+                       handover_ms=round((state["written_at"] - state["paused_at"]) * 1000),
+                       start_ms=round((now - state["written_at"]) * 1000))
         reply = state["reply"]
         if reply is not None:
             with socket.socket(fileno=reply["fd"]) as conn:

@@ -21,6 +21,7 @@ from tables written here; the only lists here are the standard's names of script
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import unicodedata
 
@@ -54,12 +55,16 @@ def _covered_by(scripts: tuple[str, ...]) -> regex.Pattern:
     return regex.compile(rf"[{classes}{_NEUTRAL}]+")
 
 
-_ANY_RECOMMENDED = _covered_by(RECOMMENDED_SCRIPTS)
-_ALLOWED = tuple(
-    [_covered_by((script,)) for script in RECOMMENDED_SCRIPTS]
-    + [_covered_by(scripts) for scripts in CJK_SETS]
-    + [_covered_by(("Latn", script)) for script in RECOMMENDED_SCRIPTS
-       if script not in LOOK_ALIKE_SCRIPTS + ("Latn",)])
+@functools.cache
+def _script_patterns() -> tuple[regex.Pattern, tuple[regex.Pattern, ...]]:
+    """(any recommended script, the allowed mixes), compiled when the first non-ASCII
+    nickname comes: a daemon's start (and an upgrade's pause) need not wait for them."""
+    allowed = tuple(
+        [_covered_by((script,)) for script in RECOMMENDED_SCRIPTS]
+        + [_covered_by(scripts) for scripts in CJK_SETS]
+        + [_covered_by(("Latn", script)) for script in RECOMMENDED_SCRIPTS
+           if script not in LOOK_ALIKE_SCRIPTS + ("Latn",)])
+    return _covered_by(RECOMMENDED_SCRIPTS), allowed
 
 
 def nickname_key(name: str) -> str:
@@ -90,9 +95,10 @@ def check_nickname(raw: bytes, max_length: int) -> str:
         raise _invalid("looks blank")
     if any(char in BLANK_LOOKING for char in name):
         raise _invalid("may not contain blank-looking characters")
-    if not _ANY_RECOMMENDED.fullmatch(name):
+    any_recommended, allowed = _script_patterns()
+    if not any_recommended.fullmatch(name):
         raise _invalid("uses a script that nicknames may not use")
-    if not any(pattern.fullmatch(name) for pattern in _ALLOWED):
+    if not any(pattern.fullmatch(name) for pattern in allowed):
         raise _invalid("mixes scripts that look alike (such as Latin with Cyrillic or Greek)")
     _refuse_address(name)
     return name
