@@ -301,3 +301,37 @@ def test_under_daemon_mode_the_pid_file_stays_true(short_tmp):
         os.kill(pid, signal.SIGTERM)
         wait_for(lambda: not alive(pid), timeout=10)
     assert not os.path.exists(pid_file)
+
+
+def test_log_lines_waiting_in_the_queue_survive(short_tmp):
+    """A syslog that stops reading: the lines queued when the upgrade starts (and the one
+    the writer holds) are written by the new image, each once, in order."""
+    import socket
+    syslog_path = os.path.join(short_tmp, "log.sock")
+    syslog = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    syslog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    syslog.bind(syslog_path)
+    admin_path = os.path.join(short_tmp, "lq.sock")
+    d = DaemonProcess(short_tmp, ["--listen", "127.0.0.1:0", "--admin-socket", admin_path,
+                                  "--syslog-address", syslog_path,
+                                  "--state-dir", os.path.join(short_tmp, "st")],
+                      cwd="/").ready()
+    port = status_port(d)
+    clients = []
+    for number in range(40):  # far more join lines than the socket holds unread
+        client = RawClient(port)
+        client.join(f"user{number:02d}")
+        clients.append(client)
+    result = ctl(admin_path, "upgrade")
+    assert result.returncode == 0, result.stderr
+    lines = []
+    syslog.settimeout(5)
+    try:
+        while not any("upgrade ok=yes" in line for line in lines):
+            lines.append(syslog.recv(65536).decode())
+    except TimeoutError:
+        pass
+    joins = [re.search(r"join nick=(user\d+)", line).group(1) for line in lines
+             if "join nick=" in line]
+    assert joins == [f"user{number:02d}" for number in range(40)]
+    assert d.stop() == 0

@@ -103,6 +103,7 @@ class TrafficLog:
         self._others_to_drop = 0    # of those, how many the writer drops (see event)
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._current: tuple | None = None  # the event the writer holds until it is sent
         self._tag = f"{ident}[{os.getpid()}]: "
 
     def reconfigure(self, target: str, address: str, facility: str, queue_size: int) -> None:
@@ -138,9 +139,10 @@ class TrafficLog:
 
     def hand_over(self, timeout: float) -> list:
         """Write what is queued for at most `timeout` seconds, stop, and return the
-        events still waiting (an upgrade's new image logs them first)."""
+        events still waiting, the one the writer held first (an upgrade's new image
+        logs them first)."""
         self.close(timeout)
-        left = []
+        left = [list(self._current)] if self._current is not None else []
         while True:
             try:
                 item = self._queue.get_nowait()
@@ -176,8 +178,10 @@ class TrafficLog:
                         self.dropped += 1
                         self._unreported += 1
                         continue
+            self._current = item
             if not self._deliver(format_line(name, fields)):
-                return
+                return  # stopped while syslog was away: _current was not written
+            self._current = None
             if self._unreported:
                 with self._drop_lock:
                     count, self._unreported = self._unreported, 0
