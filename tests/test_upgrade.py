@@ -335,3 +335,34 @@ def test_log_lines_waiting_in_the_queue_survive(short_tmp):
              if "join nick=" in line]
     assert joins == [f"user{number:02d}" for number in range(40)]
     assert d.stop() == 0
+
+
+def test_a_tls_tcpchat_client_reconnects_by_itself_after_an_upgrade(daemon_factory, certs,
+                                                                     short_tmp):
+    from test_client import CLIENT as CLIENT_COMMAND, confirmer
+    admin_path = os.path.join(short_tmp, "rc.sock")
+    d = daemon_factory("--listen-tls", "127.0.0.1:0", "--tls-cert", certs("two.crt"),
+                       "--tls-key", certs("two.key"), "--admin-socket", admin_path)
+    status = [line for line in d.wait_notify("READY=1").splitlines() if "STATUS" in line][0]
+    plain_port = int(re.search(r"127\.0\.0\.1:(\d+)(?!\d| \(tls\))", status).group(1))
+    tls_port = int(re.search(r"127\.0\.0\.1:(\d+) \(tls\)", status).group(1))
+    confirmer(plain_port, "ben")
+    proc = subprocess.Popen([*CLIENT_COMMAND, "--host", "localhost", "--port", str(tls_port),
+                             "--cafile", certs("ca.crt"), "--nick", "bot"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, cwd="/")
+    try:
+        proc.stdin.write("before\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline() == "delivered to 1 of 1: before\n"
+        result = ctl(admin_path, "upgrade")
+        assert result.returncode == 0, result.stderr
+        proc.stdin.write("after\n")
+        proc.stdin.close()
+        assert proc.stdout.readline() == "delivered to 1 of 1: after\n"
+        assert proc.wait(30) == 0
+        err = proc.stderr.read()
+        assert "the server is restarting" in err and "reconnected as bot" in err
+    finally:
+        proc.kill()
+    assert d.stop() == 0

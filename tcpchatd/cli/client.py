@@ -74,6 +74,7 @@ class PipeRun:
                     return
                 self.down = why
             say = lambda text: print(f"tcpchat-client: {text}", file=sys.stderr, flush=True)
+            say(why)  # then "reconnecting in ...": the reason first
             conn = reconnect(self.args, self.conn.nickname, say, self.done)
             with self.cond:
                 if conn is None:
@@ -103,7 +104,8 @@ class PipeRun:
                         elif frame.get("event") == "error":
                             self._finish(item, False, f"error: {frame.get('message')}")
                 if frame.get("event") in ("shutdown", "restart"):
-                    raise ServerGone("the server is shutting down")
+                    raise ServerGone("the server is restarting" if frame["event"] == "restart"
+                                     else "the server is shutting down")
         except ServerGone as exc:
             return str(exc)
         return "the server closed the connection"
