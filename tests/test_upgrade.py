@@ -366,3 +366,17 @@ def test_a_tls_tcpchat_client_reconnects_by_itself_after_an_upgrade(daemon_facto
     finally:
         proc.kill()
     assert d.stop() == 0
+
+
+def test_a_client_asked_for_its_nickname_is_not_asked_twice(short_tmp):
+    """The only client is in its handshake (nothing broadcast yet): after the upgrade
+    the daemon goes on waiting for its nickname, and sends no second prompt."""
+    d, admin_path, port = start(short_tmp)
+    waiting = RawClient(port)
+    assert waiting.read_item() == PROMPT
+    result = ctl(admin_path, "upgrade")
+    assert result.returncode == 0, result.stderr
+    waiting.send_raw(b"patient")
+    assert waiting.read() == {"type": "system", "event": "join", "nickname": "patient",
+                              "message": "patient joined!"}
+    assert d.stop() == 0

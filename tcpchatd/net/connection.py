@@ -76,7 +76,8 @@ class Connection:
         self.connected = time.time()
         self.last_active = time.monotonic()
         self.sent = 0               # messages this client sent
-        self.loop: EventLoop | None = None  # set once, when a loop adopts it
+        self.loop: EventLoop | None = None  # set once, when the engine gives it a loop
+        self.started = False        # its loop has run adopted(): the prompt went out
         self.state = HANDSHAKE
         # --- only the owning loop reads or writes these
         self.reader = FrameReader()
@@ -200,6 +201,7 @@ class Connection:
         """First thing on its loop: the TLS handshake if on a TLS port, then ask for a
         nickname; both within handshake_timeout. A connection carried through an upgrade
         goes on where it was."""
+        self.started = True
         if self._resumed is not None:
             self._resume_on(loop)
             return
@@ -615,8 +617,7 @@ class Connection:
         flattened into `unsent`: the new image starts a new broadcast log."""
         now = time.monotonic()
         received = self.received if self.joined else 0
-        fresh = self.state == HANDSHAKE and self.loop is not None and not self.attempts \
-            and not self._private and self.cursor == 0 and self.until == 0
+        fresh = not self.started  # accepted, never run by a loop: the new image starts it
         with self._lock:
             unsent = b"" if self._abort or self.loop is None else self._collect()
         departure = None
@@ -627,7 +628,7 @@ class Connection:
         return {
             "fd": self.sock.fileno(), "family": int(self.sock.family), "ip": self.ip,
             "port": self.port, "state": self.state,
-            "fresh": fresh and not unsent, "nickname": self.nickname, "joined": self.joined,
+            "fresh": fresh, "nickname": self.nickname, "joined": self.joined,
             "closing": self.closing, "connected": self.connected,
             "idle": now - self.last_active, "sent": self.sent, "received": received,
             "rbuf": b64(bytes(self.reader.buffer)), "unsent": b64(unsent),
