@@ -68,6 +68,7 @@ class EventLoop:
         self._subscribers: dict[Connection, None] = {}
         self._sleeping = False  # (about to be) blocked in epoll: a producer must wake it
         self._stopping = False
+        self._closed = False    # its epoll set and wake-up pipe are closed
         # --- the loop thread's own
         self.connections: set[Connection] = set()
         self._masks: dict[Connection, int] = {}
@@ -140,6 +141,9 @@ class EventLoop:
             os.write(self._wake_write, b"x")
         except BlockingIOError:
             pass  # the pipe is full: a wake-up is pending anyway
+        except OSError:
+            if not self._closed:  # after stop() nobody waits on the pipe
+                raise
 
     # --- the loop thread
 
@@ -287,26 +291,26 @@ class EventLoop:
     def stop(self, timeout: float, keep_connections: bool = False) -> list[Connection]:
         """End the loop; its connections are closed, or with keep_connections (an
         upgrade) left as they are and returned, those not yet adopted too."""
+        if self._closed:  # stopped before (an upgrade that failed half-way, then the end)
+            return []
         self._stopping = True
         self._wake()
         if self.thread.is_alive():
             self.thread.join(timeout)
         kept = list(self.connections) + self._incoming
-        if keep_connections:
-            self.selector.close()
-            os.close(self._wake_read)
-            os.close(self._wake_write)
-            return kept
-        if not self.thread.is_alive():
-            for conn in list(self.connections):  # past the grace time: closed as they are
+        if self.thread.is_alive():  # wedged: an upgrade still carries its connections (the
+            return kept if keep_connections else []  # exec ends the thread), else leave it
+        if not keep_connections:
+            for conn in kept:  # past the grace time: closed as they are
                 try:
                     conn.sock.close()
                 except OSError:
                     pass
-            self.selector.close()
-            os.close(self._wake_read)
-            os.close(self._wake_write)
-        return []
+        self._closed = True
+        self.selector.close()
+        os.close(self._wake_read)
+        os.close(self._wake_write)
+        return kept if keep_connections else []
 
 
 class Engine:
