@@ -369,3 +369,41 @@ def test_systemd_credentials_are_the_default_pair(short_tmp, certs):
         assert proc.wait(10) == 0
     err = proc.stderr.read()
     assert "TLS not served" not in err and "Traceback" not in err
+
+
+def test_an_unserved_tls_socket_is_served_after_an_upgrade_once_a_pair_is_there(
+        short_tmp, certs):
+    """No pair at start: TLS unserved, the chat runs. The operator adds the pair and runs
+    `tcpchatctl upgrade`: TLS is served, and nobody was dropped for it."""
+    from test_ctl import ctl
+    from test_systemd import with_fds
+    conf = os.path.join(short_tmp, "tcpchatd.toml")
+    with open(conf, "w") as fh:
+        fh.write("max_clients = 100\n")
+    chat, tls = socket.socket(), socket.socket()
+    for sock in (chat, tls):
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+    fds = [chat.fileno(), tls.fileno()]
+    admin_path = os.path.join(short_tmp, "late.sock")
+    proc = subprocess.Popen(
+        with_fds([sys.executable, "-m", "tcpchatd", "--config", conf, "--admin-socket",
+                  admin_path, "--log-target", "stderr",
+                  "--state-dir", os.path.join(short_tmp, "st")], fds, names="chat:chat-tls"),
+        pass_fds=fds, stderr=subprocess.PIPE, text=True, start_new_session=True, cwd="/")
+    try:
+        plain = RawClient(chat.getsockname()[1], timeout=10)
+        plain.join("plain")
+        with open(conf, "a") as fh:
+            fh.write(f'tls_cert = "{certs("one.crt")}"\ntls_key = "{certs("one.key")}"\n')
+        result = ctl(admin_path, "upgrade")
+        assert result.returncode == 0, result.stderr
+        secure = TlsRawClient(tls.getsockname()[1], client_context(certs))
+        assert secure.join("secure")["nickname"] == "secure"
+        u = plain.say("still here")
+        assert secure.read_until(lambda f: f.get("uuid") == u)["message"] == "plain: still here"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+    err = proc.stderr.read()
+    assert err.count("TLS not served") == 1 and "Traceback" not in err
