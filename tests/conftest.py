@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -278,3 +280,26 @@ def certs(tmp_path_factory):
                 "-out", f"{name}.crt", cwd=folder)
     os.chmod(folder, 0o755)
     return lambda name: os.path.join(folder, name)
+
+
+def ports(daemon: DaemonProcess) -> tuple[int, int]:
+    """(plaintext port, TLS port) from the READY status line."""
+    status = [line for line in daemon.wait_notify("READY=1").splitlines()
+              if line.startswith("STATUS=")][0]
+    plain = re.search(r"127\.0\.0\.1:(\d+)(?!\d| \(tls\))", status)
+    tls = re.search(r"127\.0\.0\.1:(\d+) \(tls\)", status)
+    return int(plain.group(1)), int(tls.group(1))
+
+
+def client_context(certs) -> ssl.SSLContext:
+    """What a client that trusts the test CA verifies with."""
+    return ssl.create_default_context(cafile=certs("ca.crt"))
+
+
+@pytest.fixture
+def tls_daemon(daemon_factory, certs):
+    def start(*args, cert="one"):
+        d = daemon_factory("--listen-tls", "127.0.0.1:0", "--tls-cert", certs(f"{cert}.crt"),
+                           "--tls-key", certs(f"{cert}.key"), *args)
+        return d, *ports(d)
+    return start

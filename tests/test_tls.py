@@ -13,35 +13,11 @@ import sys
 import threading
 import time
 
-import pytest
-
-from conftest import DaemonProcess
+from conftest import DaemonProcess, client_context, ports
 from rawclient import PROMPT, RawClient, TlsRawClient, wait_for
 from test_ctl import ctl
 
 CLIENT = [sys.executable, "-m", "tcpchatd.cli.client"]
-
-
-def ports(daemon: DaemonProcess) -> tuple[int, int]:
-    """(plaintext port, TLS port) from the READY status line."""
-    status = [line for line in daemon.wait_notify("READY=1").splitlines()
-              if line.startswith("STATUS=")][0]
-    plain = re.search(r"127\.0\.0\.1:(\d+)(?!\d| \(tls\))", status)
-    tls = re.search(r"127\.0\.0\.1:(\d+) \(tls\)", status)
-    return int(plain.group(1)), int(tls.group(1))
-
-
-def client_context(certs) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=certs("ca.crt"))
-
-
-@pytest.fixture
-def tls_daemon(daemon_factory, certs):
-    def start(*args, cert="one"):
-        d = daemon_factory("--listen-tls", "127.0.0.1:0", "--tls-cert", certs(f"{cert}.crt"),
-                           "--tls-key", certs(f"{cert}.key"), *args)
-        return d, *ports(d)
-    return start
 
 
 def test_tls_and_plaintext_clients_chat_in_one_room(tls_daemon, certs, short_tmp):
@@ -266,25 +242,32 @@ def test_a_tls_listener_without_a_usable_pair_stops_the_start(daemon_factory, ce
     assert "do not load" in d.stderr() and "Traceback" not in d.stderr()
 
 
-def test_a_systemd_tls_socket_without_a_pair_is_left_unserved_and_chat_runs_on(short_tmp):
+def socket_activated(short_tmp, *args, env=None, cwd=None):
+    """A daemon handed a `chat` and a `chat-tls` listening socket as systemd would:
+    (process, chat socket, TLS socket); the sockets listen before the daemon runs."""
     from test_systemd import with_fds
-    chat = socket.socket()
-    chat.bind(("127.0.0.1", 0))
-    chat.listen()
-    tls = socket.socket()
-    tls.bind(("127.0.0.1", 0))
-    tls.listen()
+    chat, tls = socket.socket(), socket.socket()
+    for sock in (chat, tls):
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
     fds = [chat.fileno(), tls.fileno()]
+    proc = subprocess.Popen(
+        with_fds([sys.executable, "-m", "tcpchatd", "--log-target", "stderr",
+                  "--state-dir", os.path.join(short_tmp, "st"), *args], fds,
+                 names="chat:chat-tls"),
+        pass_fds=fds, stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=cwd,
+        env=dict(os.environ, **(env or {})))
+    return proc, chat, tls
+
+
+def test_a_systemd_tls_socket_without_a_pair_is_left_unserved_and_chat_runs_on(short_tmp):
     notify = os.path.join(short_tmp, "notify")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(notify)
     listener.settimeout(10)
-    proc = subprocess.Popen(
-        with_fds([sys.executable, "-m", "tcpchatd", "--admin-socket",
-                  os.path.join(short_tmp, "a.sock"), "--log-target", "stderr",
-                  "--state-dir", os.path.join(short_tmp, "st")], fds, names="chat:chat-tls"),
-        pass_fds=fds, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        env=dict(os.environ, NOTIFY_SOCKET=notify))
+    proc, chat, tls = socket_activated(short_tmp, "--admin-socket",
+                                       os.path.join(short_tmp, "a.sock"),
+                                       env={"NOTIFY_SOCKET": notify})
     try:
         ready = listener.recv(4096).decode()
         assert "READY=1" in ready and "TLS not served: TLS needs tls_cert" in ready
@@ -337,22 +320,13 @@ def test_the_client_verifies_the_server_and_says_so_in_one_line(tls_daemon, cert
 def test_systemd_credentials_are_the_default_pair(short_tmp, certs):
     """$CREDENTIALS_DIRECTORY/tls.crt and tls.key (LoadCredential=) serve a chat-tls socket
     when no tls_cert or tls_key is set."""
-    from test_systemd import with_fds
     creds = os.path.join(short_tmp, "creds")
     os.mkdir(creds)
     for name, target in (("one.crt", "tls.crt"), ("one.key", "tls.key")):
         subprocess.run(["cp", certs(name), os.path.join(creds, target)], check=True)
-    chat, tls = socket.socket(), socket.socket()
-    for sock in (chat, tls):
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-    fds = [chat.fileno(), tls.fileno()]
-    proc = subprocess.Popen(
-        with_fds([sys.executable, "-m", "tcpchatd", "--admin-socket",
-                  os.path.join(short_tmp, "c.sock"), "--log-target", "stderr",
-                  "--state-dir", os.path.join(short_tmp, "st")], fds, names="chat:chat-tls"),
-        pass_fds=fds, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        env=dict(os.environ, CREDENTIALS_DIRECTORY=creds))
+    proc, chat, tls = socket_activated(short_tmp, "--admin-socket",
+                                       os.path.join(short_tmp, "c.sock"),
+                                       env={"CREDENTIALS_DIRECTORY": creds})
     try:
         secure = None
         deadline = time.monotonic() + 10
@@ -375,22 +349,12 @@ def test_an_unserved_tls_socket_is_served_after_an_upgrade_once_a_pair_is_there(
         short_tmp, certs):
     """No pair at start: TLS unserved, the chat runs. The operator adds the pair and runs
     `tcpchatctl upgrade`: TLS is served, and nobody was dropped for it."""
-    from test_ctl import ctl
-    from test_systemd import with_fds
     conf = os.path.join(short_tmp, "tcpchatd.toml")
     with open(conf, "w") as fh:
         fh.write("max_clients = 100\n")
-    chat, tls = socket.socket(), socket.socket()
-    for sock in (chat, tls):
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-    fds = [chat.fileno(), tls.fileno()]
     admin_path = os.path.join(short_tmp, "late.sock")
-    proc = subprocess.Popen(
-        with_fds([sys.executable, "-m", "tcpchatd", "--config", conf, "--admin-socket",
-                  admin_path, "--log-target", "stderr",
-                  "--state-dir", os.path.join(short_tmp, "st")], fds, names="chat:chat-tls"),
-        pass_fds=fds, stderr=subprocess.PIPE, text=True, start_new_session=True, cwd="/")
+    proc, chat, tls = socket_activated(short_tmp, "--config", conf, "--admin-socket",
+                                       admin_path, cwd="/")
     try:
         plain = RawClient(chat.getsockname()[1], timeout=10)
         plain.join("plain")

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import DaemonProcess, status_port
+from conftest import DaemonProcess, client_context, status_port
 from rawclient import PROMPT, RawClient, TlsRawClient, frame, wait_for
 from test_ctl import ctl
 from test_systemd import alive, read_pid
@@ -254,15 +254,10 @@ def half_uuid(data: bytes) -> str:
     return json.loads(data[10:])["uuid"]
 
 
-def test_tls_clients_are_asked_to_reconnect(daemon_factory, certs, short_tmp):
-    import ssl
+def test_tls_clients_are_asked_to_reconnect(tls_daemon, certs, short_tmp):
     admin_path = os.path.join(short_tmp, "t.sock")
-    d = daemon_factory("--listen-tls", "127.0.0.1:0", "--tls-cert", certs("one.crt"),
-                       "--tls-key", certs("one.key"), "--admin-socket", admin_path)
-    status = [line for line in d.wait_notify("READY=1").splitlines() if "STATUS" in line][0]
-    plain_port = int(re.search(r"127\.0\.0\.1:(\d+)(?!\d| \(tls\))", status).group(1))
-    tls_port = int(re.search(r"127\.0\.0\.1:(\d+) \(tls\)", status).group(1))
-    secure = TlsRawClient(tls_port, ssl.create_default_context(cafile=certs("ca.crt")))
+    d, plain_port, tls_port = tls_daemon("--admin-socket", admin_path)
+    secure = TlsRawClient(tls_port, client_context(certs))
     secure.join("secure")
     plain = RawClient(plain_port)
     plain.join("plain")
@@ -272,7 +267,7 @@ def test_tls_clients_are_asked_to_reconnect(daemon_factory, certs, short_tmp):
     assert notice == {"type": "system", "event": "restart",
                       "message": "Server is restarting, please reconnect"}
     assert secure.closed()
-    again = TlsRawClient(tls_port, ssl.create_default_context(cafile=certs("ca.crt")))
+    again = TlsRawClient(tls_port, client_context(certs))
     assert again.join("secure")["nickname"] == "secure"  # TLS is served by the new image
     u = plain.say("still here")
     assert again.read_until(lambda f: f.get("uuid") == u)["message"] == "plain: still here"
@@ -337,15 +332,11 @@ def test_log_lines_waiting_in_the_queue_survive(short_tmp):
     assert d.stop() == 0
 
 
-def test_a_tls_tcpchat_client_reconnects_by_itself_after_an_upgrade(daemon_factory, certs,
+def test_a_tls_tcpchat_client_reconnects_by_itself_after_an_upgrade(tls_daemon, certs,
                                                                      short_tmp):
     from test_client import CLIENT as CLIENT_COMMAND, confirmer
     admin_path = os.path.join(short_tmp, "rc.sock")
-    d = daemon_factory("--listen-tls", "127.0.0.1:0", "--tls-cert", certs("two.crt"),
-                       "--tls-key", certs("two.key"), "--admin-socket", admin_path)
-    status = [line for line in d.wait_notify("READY=1").splitlines() if "STATUS" in line][0]
-    plain_port = int(re.search(r"127\.0\.0\.1:(\d+)(?!\d| \(tls\))", status).group(1))
-    tls_port = int(re.search(r"127\.0\.0\.1:(\d+) \(tls\)", status).group(1))
+    d, plain_port, tls_port = tls_daemon("--admin-socket", admin_path, cert="two")
     confirmer(plain_port, "ben")
     proc = subprocess.Popen([*CLIENT_COMMAND, "--host", "localhost", "--port", str(tls_port),
                              "--cafile", certs("ca.crt"), "--nick", "bot"],
