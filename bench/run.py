@@ -489,17 +489,14 @@ def main(argv=None) -> int:
     one.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                      help="passed to tcpchatd (repeat: --server-arg=--io-threads --server-arg=1)")
     run = commands.add_parser("run", help="the whole comparison; writes BENCHMARKS.md")
-    run.add_argument("--duration", type=float, default=5.0)
-    run.add_argument("--window", type=int, default=20)
-    run.add_argument("--repeats", type=int, default=3)
-    run.add_argument("--scale-clients", type=int, default=10_000)
-    run.add_argument("--larger-clients", type=int, default=15_000)
     tls = commands.add_parser("tls", help="plaintext beside TLS; rewrites BENCHMARKS.md's "
                               "TLS section")
-    tls.add_argument("--duration", type=float, default=5.0)
-    tls.add_argument("--window", type=int, default=20)
-    tls.add_argument("--repeats", type=int, default=3)
-    tls.add_argument("--scale-clients", type=int, default=10_000)
+    for comparison in (run, tls):
+        comparison.add_argument("--duration", type=float, default=5.0)
+        comparison.add_argument("--window", type=int, default=20)
+        comparison.add_argument("--repeats", type=int, default=3)
+        comparison.add_argument("--scale-clients", type=int, default=10_000)
+    run.add_argument("--larger-clients", type=int, default=15_000)
     up = commands.add_parser("upgrade", help="the pause of a hitless upgrade at 1,000 and "
                              "10,000 clients; rewrites BENCHMARKS.md's section")
     up.add_argument("--clients", type=int, nargs="+", default=[1000, 10_000])

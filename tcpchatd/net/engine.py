@@ -63,7 +63,6 @@ class EventLoop:
         self._lock = threading.Lock()  # guards the lists other threads hand over
         self._incoming: list[Connection] = []
         self._ready: list[Connection] = []
-        self._calls: list[Callable[[], None]] = []
         self._new_timers: list[tuple[float, Connection]] = []
         self._subscribers: dict[Connection, None] = {}
         self._sleeping = False  # (about to be) blocked in epoll: a producer must wake it
@@ -85,36 +84,27 @@ class EventLoop:
 
     # --- any thread
 
-    def adopt(self, conn: Connection) -> None:
+    def _hand(self, queue: str, item: object, unsubscribe: Connection | None = None) -> None:
+        """Hand the loop an item on one of its lists (named: the loop swaps the lists
+        themselves), and wake it if it sleeps; one wake-up however many items come."""
         with self._lock:
-            self._incoming.append(conn)
+            if unsubscribe is not None:
+                self._subscribers.pop(unsubscribe, None)
+            getattr(self, queue).append(item)
             wake, self._sleeping = self._sleeping, False
         if wake:
             self._wake()
+
+    def adopt(self, conn: Connection) -> None:
+        self._hand("_incoming", conn)
 
     def schedule(self, conn: Connection) -> None:
         """Flush this connection soon (it has frames of its own, or it is closing)."""
-        with self._lock:
-            self._ready.append(conn)
-            wake, self._sleeping = self._sleeping, False
-        if wake:
-            self._wake()
+        self._hand("_ready", conn)
 
     def call_at(self, deadline: float, conn: Connection) -> None:
         """Call conn.timer() at the deadline (or soon after)."""
-        with self._lock:
-            self._new_timers.append((deadline, conn))
-            wake, self._sleeping = self._sleeping, False
-        if wake:
-            self._wake()
-
-    def call_soon(self, function: Callable[[], None]) -> None:
-        """Run a function on the loop's thread (shutdown, tests)."""
-        with self._lock:
-            self._calls.append(function)
-            wake, self._sleeping = self._sleeping, False
-        if wake:
-            self._wake()
+        self._hand("_new_timers", (deadline, conn))
 
     def add_subscriber(self, conn: Connection) -> None:
         with self._lock:
@@ -122,12 +112,7 @@ class EventLoop:
 
     def remove_subscriber(self, conn: Connection) -> None:
         """No more broadcasts; what was published before still goes out (flushed soon)."""
-        with self._lock:
-            self._subscribers.pop(conn, None)
-            self._ready.append(conn)
-            wake, self._sleeping = self._sleeping, False
-        if wake:
-            self._wake()
+        self._hand("_ready", conn, unsubscribe=conn)
 
     def wake_for_broadcast(self) -> None:
         if self._sleeping:
@@ -188,7 +173,6 @@ class EventLoop:
             with self._lock:
                 incoming, self._incoming = self._incoming, []
                 ready, self._ready = self._ready, []
-                calls, self._calls = self._calls, []
                 timers, self._new_timers = self._new_timers, []
                 end = log.end
                 subscribers = list(self._subscribers) if end != self.round_end else None
@@ -196,8 +180,6 @@ class EventLoop:
                 self.connections.add(conn)
                 self._guard(conn, conn.adopted, self)
                 self._guard(conn, self.watch, conn)
-            for function in calls:
-                function()
             for deadline, conn in timers:
                 heapq.heappush(self._timers, (deadline, next(self._timer_order), conn))
             if subscribers is not None:  # a broadcast round
@@ -211,8 +193,7 @@ class EventLoop:
                 self._settle()
             self._fire_timers(now)
             with self._lock:
-                self._sleeping = not (self._incoming or self._ready or self._calls
-                                      or self._new_timers)
+                self._sleeping = not (self._incoming or self._ready or self._new_timers)
             if self._sleeping and log.end != self.round_end:  # published meanwhile
                 self._sleeping = False
             timeout = 0.0

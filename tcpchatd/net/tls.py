@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime
 import ssl
-import threading
 
 # The first bytes of a TLS record carrying a handshake: content type 22, version 3.x.
 # A client that opens TLS on the plaintext port sends them where a nickname belongs.
@@ -100,10 +99,10 @@ def _asn1_time(tag: int, value: bytes) -> datetime.datetime:
 
 
 class TlsCredentials:
-    """The context new TLS connections are wrapped with; swapped whole on reload."""
+    """The context new TLS connections are wrapped with; replaced on reload (the accept
+    thread reads `context` once per connection: an attribute swap is all it needs)."""
 
     def __init__(self, cert_path: str, key_path: str, min_version: str) -> None:
-        self._lock = threading.Lock()
         self.context, self.expires = self._load(cert_path, key_path, min_version)
 
     @staticmethod
@@ -114,6 +113,4 @@ class TlsCredentials:
 
     def reload(self, cert_path: str, key_path: str, min_version: str) -> None:
         """Load a new pair for new handshakes; on TlsSetupError the old one stays."""
-        context, expires = self._load(cert_path, key_path, min_version)
-        with self._lock:
-            self.context, self.expires = context, expires
+        self.context, self.expires = self._load(cert_path, key_path, min_version)

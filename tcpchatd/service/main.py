@@ -129,15 +129,12 @@ class Daemon:
         tls_sockets = [sock for name, sock in inherited if name == TLS_SOCKET_NAME]
         if self.args.daemon and not systemd.under_service_manager():
             pidfile.check(self.config.pid_file_path())
-        self.bans = BanList(os.path.abspath(self.config.state_dir_path()))
-        self.bans.load()  # a list that does not parse stops the start (exit 1)
+        self._load_bans()
         self.tls, self.tls_unserved = None, None
         if tls_sockets:  # systemd's: without a usable pair they stay unserved, chat runs on
-            try:
-                self.tls = self._tls_credentials(self.config)
-            except ConfigError as exc:
-                self.tls_unserved = exc.message
-                console.say(f"tcpchatd: TLS not served: {exc.message}")
+            self._tls_for_passed_sockets()
+            if self.tls_unserved:
+                console.say(f"tcpchatd: TLS not served: {self.tls_unserved}")
         elif self.config.listen_tls and not chat_sockets:  # ours: a bad pair stops the start
             self.tls = self._tls_credentials(self.config)
             tls_sockets = [bind_listener(host, port)
@@ -197,6 +194,19 @@ class Daemon:
             return 0
         console.say(f"tcpchatd: the detached daemon did not start{': ' + text if text else ''}")
         return 1
+
+    def _load_bans(self) -> None:
+        """The lasting bans; a list that does not parse stops the start (exit 1)."""
+        self.bans = BanList(os.path.abspath(self.config.state_dir_path()))
+        self.bans.load()
+
+    def _tls_for_passed_sockets(self) -> None:
+        """TLS sockets handed in (by systemd, or by the image before an upgrade): served
+        with the pair the settings name, or left unserved with the reason."""
+        try:
+            self.tls, self.tls_unserved = self._tls_credentials(self.config), None
+        except ConfigError as exc:
+            self.tls, self.tls_unserved = None, exc.message
 
     @staticmethod
     def _tls_credentials(config: Config) -> TlsCredentials:
@@ -382,14 +392,10 @@ class Daemon:
         admin_socket = socket.socket(fileno=state["admin"])
         for sock in (*chat_sockets, *tls_sockets, admin_socket):
             os.set_inheritable(sock.fileno(), False)
-        self.bans = BanList(os.path.abspath(self.config.state_dir_path()))
-        self.bans.load()
+        self._load_bans()
         self.tls, self.tls_unserved = None, None
         if tls_sockets:
-            try:
-                self.tls = self._tls_credentials(self.config)
-            except ConfigError as exc:
-                self.tls_unserved = exc.message
+            self._tls_for_passed_sockets()
         self.upgrades = state["upgrades"]
         self._signals.extend(state["signals"])
         pid_path = state["pid_path"]
