@@ -133,7 +133,7 @@ class ChatServer:
             try:
                 self._admit(sock, address, tls)
             except Exception:
-                self.handle_error(None)
+                self._admission_failed()
                 sock.close()
 
     def _admit(self, sock: socket.socket, address: tuple, tls: bool = False) -> None:
@@ -205,8 +205,8 @@ class ChatServer:
         """True when the accept thread has ticked within max_age seconds."""
         return time.monotonic() - self.heartbeat <= max_age
 
-    def handle_error(self, conn: Connection | None) -> None:
-        """Admission failed: its traceback goes to the error log, never to a peer."""
+    def _admission_failed(self) -> None:
+        """Inside an except block: its traceback goes to the error log, never to a peer."""
         if self.error_log is not None:
             self.error_log(f"internal error in the accept thread:\n{traceback.format_exc()}")
 
