@@ -23,6 +23,7 @@ from rawclient import RawClient  # noqa: E402
 
 from tcpchatd.service.config import Config  # noqa: E402
 from tcpchatd.chat.room import Room  # noqa: E402
+from tcpchatd.cluster.local import LocalBroker  # noqa: E402
 from tcpchatd.net.listeners import ChatServer, bind_listener  # noqa: E402
 from tcpchatd.net.engine import Engine  # noqa: E402
 
@@ -89,7 +90,7 @@ def chat():
         listener = bind_listener("127.0.0.1", 0)
         handle = ChatHandle(None, None, log, listener.getsockname()[1])
         engine = Engine(config.io_threads, error_log=handle.tracebacks.append)
-        room = handle.room = Room(config, log, engine)
+        room = handle.room = Room(config, log, engine, broker=LocalBroker())
         server = ChatServer([listener], room, log, config, engine,
                             error_log=handle.tracebacks.append)
         handle.server = server
@@ -252,7 +253,7 @@ def status_port(daemon: DaemonProcess) -> int:
     """The chat port from the daemon's READY status line."""
     message = daemon.wait_notify("READY=1")
     status = [line for line in message.splitlines() if line.startswith("STATUS=")][0]
-    return int(status.rsplit(":", 1)[1].split(",")[0])
+    return int(re.search(r"listening on (?:\[[^\]]*\]|[^\s:,;]+):(\d+)", status).group(1))
 
 
 def openssl(*args, cwd):

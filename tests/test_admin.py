@@ -51,7 +51,7 @@ def admin_server(chat, short_tmp):
     h = chat()
     path = os.path.join(short_tmp, "admin.sock")
     sock = admin.bind_socket(path, 0o660, None)
-    server = admin.AdminServer(sock, commands.build(h.room, h.log), h.server.config,
+    server = admin.AdminServer(sock, commands.build(h.room, h.log)[0], h.server.config,
                                h.log, owned_path=path, error_log=h.tracebacks.append)
     server.start()
     yield h, path, server
@@ -148,7 +148,7 @@ def test_idle_admin_connection_is_closed(chat, short_tmp):
     h = chat(admin_timeout=0.3)
     path = os.path.join(short_tmp, "idle.sock")
     server = admin.AdminServer(admin.bind_socket(path, 0o660, None),
-                               commands.build(h.room, h.log), h.server.config, h.log,
+                               commands.build(h.room, h.log)[0], h.server.config, h.log,
                                owned_path=path)
     server.start()
     try:

@@ -7,14 +7,15 @@ import os
 import pytest
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tcpchatd")
-SUBPACKAGES = ("wire", "chat", "net", "control", "service", "cli")
+SUBPACKAGES = ("wire", "chat", "net", "control", "cluster", "service", "cli")
 # what each subpackage may import of the others (the README's Layout section)
 ALLOWED = {
     "wire": set(),
     "chat": {"wire"},
     "net": {"chat", "wire"},
     "control": {"chat", "wire"},
-    "service": {"net", "chat", "control", "wire", "cli"},  # docs.py reads the CLIs' parsers
+    "cluster": {"chat", "wire"},  # implements the broker interface chat/ defines
+    "service": {"net", "chat", "control", "cluster", "wire", "cli"},  # docs.py reads the CLIs' parsers
     "cli": {"wire", "control.admin", "control.specs", "service.config"},
 }
 

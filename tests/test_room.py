@@ -7,6 +7,7 @@ import pytest
 from tcpchatd.service.config import Config
 from tcpchatd.wire.errors import ProtocolError
 from tcpchatd.chat.room import NoSuchMember, Room
+from tcpchatd.cluster.local import LocalBroker
 
 from conftest import RecordingLog, lock_held_by_another_thread
 
@@ -46,6 +47,7 @@ class FakeMember:
         self.nickname = None
         self.address = "127.0.0.1:1"
         self.tls = False
+        self.connected = 0.0
         self.frames = []
         self.closed = None
 
@@ -61,7 +63,7 @@ class FakeMember:
 
 def make_room(**settings):
     log = RecordingLog()
-    return Room(Config(**settings), log, ListChannel()), log
+    return Room(Config(**settings), log, ListChannel(), broker=LocalBroker()), log
 
 
 def joined(room, *names):

@@ -14,6 +14,7 @@ import pytest
 from tcpchatd.service import systemd
 from tcpchatd.service.config import Config
 from tcpchatd.chat.room import Room
+from tcpchatd.cluster.local import LocalBroker
 from tcpchatd.net.listeners import bind_listener
 
 from conftest import RecordingLog, lock_held_by_another_thread, status_port
@@ -269,7 +270,7 @@ def test_the_watchdog_stops_pinging_while_one_thread_of_the_real_daemon_is_wedge
 
 
 def test_the_watchdog_never_pings_while_the_room_lock_cannot_be_taken(notify_socket):
-    room = Room(Config(), RecordingLog(), channel=None)
+    room = Room(Config(), RecordingLog(), channel=None, broker=LocalBroker())
     watchdog = systemd.Watchdog(systemd.Notifier(), 1.0, [lambda: room.probe(0.1)])
     assert watchdog.tick(1000.0) and received(notify_socket) == ["WATCHDOG=1"]
     with lock_held_by_another_thread(room.lock):

@@ -178,6 +178,11 @@ class BanList:
             self._change({**self._bans, self._key(kept, network): ban})
         return ban
 
+    def put(self, ban: Ban) -> None:
+        """A ban another node of the cluster added: kept here too, as it was made."""
+        with self._lock:
+            self._change({**self._bans, self._key(ban.target, ban.network): ban})
+
     def remove(self, target: str) -> Ban:
         kept, network = parse_target(target)
         key = self._key(kept, network)

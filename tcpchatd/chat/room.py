@@ -21,6 +21,7 @@ from typing import Any, Protocol
 from ..wire import errors, protocol
 from ..wire.errors import ProtocolError
 from .bans import BanList
+from .broker import UNCLAIMED, Broker
 from ..wire.nicknames import nickname_key
 
 # How many settled messages the room remembers, per pending_confirms, so that a confirm
@@ -87,6 +88,22 @@ class Pending:
     delivered: int = 0
     reported: bool = False  # the sender has its receipt (receipt_wait passed); log pending
     to_departed: bool = False  # settled after its sender left half-closed (see _report)
+    nodes: set = field(default_factory=set)  # other nodes whose tally is still due
+    origin: str | None = None  # relayed: the node whose member sent it (sender is None)
+
+    def done(self) -> bool:
+        return not self.waiting and not self.nodes
+
+
+@dataclass
+class RemoteMember:
+    """A member of another node, as its join event described it."""
+
+    nickname: str
+    node: str
+    address: str = ""
+    tls: bool = False
+    connected: float = 0.0  # time.time() when it connected
 
 
 @dataclass(eq=False)
@@ -104,6 +121,7 @@ class Account:
     sent: set = field(default_factory=set)  # uuids of its pending messages
     private: int = 0                # private messages it received (not in _messages_sent)
     in_flight: int = 0              # departed: receipts settled, not yet handed to it
+    claim: str = UNCLAIMED          # the broker's token for its nickname
 
 
 @dataclass
@@ -119,11 +137,13 @@ class Room:
     """One chat room; `config` is replaced as a whole on reload."""
 
     def __init__(self, config: Any, log: EventLog, channel: Channel,
-                 bans: BanList | None = None) -> None:
+                 bans: BanList | None = None, *, broker: Broker) -> None:
         self.config = config
         self.log = log
         self.channel = channel
         self.bans = bans
+        self.broker = broker
+        self._remote: dict[str, RemoteMember] = {}  # nickname_key -> another node's member
         self.lock = threading.Lock()
         self.counters = Counters()
         self._members: dict[str, Member] = {}        # nickname_key -> member
@@ -148,13 +168,22 @@ class Room:
         frame = protocol.join_frame(nickname)
         key = nickname_key(nickname)
         self._refuse_banned(nickname)
+        with self.lock:  # the cheap refusal first: no round trip to the broker
+            self._refuse_taken(key, nickname)
+        info = {"addr": member.address, "tls": member.tls, "since": member.connected}
+        claim = self.broker.claim(nickname, info)  # outside the lock: it may ask Redis
+        if claim is None:
+            raise ProtocolError(errors.NICKNAME_TAKEN, f"nickname {nickname!r} is taken")
         with self.lock:
             if key in self._members:
+                self.broker.release(nickname, claim)
                 raise ProtocolError(errors.NICKNAME_TAKEN, f"nickname {nickname!r} is taken")
+            self._remote.pop(key, None)  # the claim is the truth: that member has left
             member.nickname = nickname
             self._members[key] = member
-            self._accounts[member] = Account(self._messages_sent)
+            self._accounts[member] = Account(self._messages_sent, claim=claim)
             self.channel.subscribe(member)
+            self.broker.publish({"kind": "join", "nick": nickname, **info})
             # logged under the lock, so the log keeps the room's order of events
             self.log.event("join", nick=nickname, addr=member.address,
                            tls="yes" if member.tls else None)
@@ -170,10 +199,15 @@ class Room:
         if history is not None:
             member.deliver(history)
 
+    def _refuse_taken(self, key: str, nickname: str) -> None:
+        if key in self._members or key in self._remote:
+            raise ProtocolError(errors.NICKNAME_TAKEN, f"nickname {nickname!r} is taken")
+
     def _names_frame(self, request_id: int | str | None = None,
                      history: int | None = None) -> bytes:
-        """Under the lock: who is here, sorted; the list complete up to announce_joins_max."""
-        members = self._members.values()
+        """Under the lock: who is here (on every node), sorted; the list complete up to
+        announce_joins_max."""
+        members = [*self._members.values(), *self._remote.values()]
         limit = self.config.announce_joins_max
         names = sorted((m.nickname for m in members), key=str.casefold) \
             if len(members) <= limit else [m.nickname for _, m in zip(range(limit), members)]
@@ -201,17 +235,36 @@ class Room:
         key = nickname_key(new)
         self._refuse_banned(new)
         with self.lock:
-            old = member.nickname
-            if self._members.get(nickname_key(old or "")) is not member:
-                return  # left meanwhile
             holder = self._members.get(key)
-            if holder is not None and holder is not member:
+            if holder is member:  # another spelling of its own nickname: no claim
+                claim = self._accounts[member].claim
+            else:
+                self._refuse_taken(key, new)
+                claim = None
+        if claim is None:
+            info = {"addr": member.address, "tls": member.tls, "since": member.connected}
+            claim = self.broker.claim(new, info)
+            if claim is None:
                 raise ProtocolError(errors.NICKNAME_TAKEN, f"nickname {new!r} is taken")
+        with self.lock:
+            old = member.nickname
+            account = self._accounts.get(member)
+            holder = self._members.get(key)
+            if account is None or (holder is not None and holder is not member):
+                self.broker.release(new, claim)
+                if account is None:
+                    return  # left meanwhile
+                raise ProtocolError(errors.NICKNAME_TAKEN, f"nickname {new!r} is taken")
+            if claim != account.claim:
+                self.broker.release(old, account.claim)
+                account.claim = claim
             del self._members[nickname_key(old)]
+            self._remote.pop(key, None)
             self._members[key] = member
             member.nickname = new
             self.log.event("nick", old=old, new=new)
             self.channel.publish(protocol.nick_frame(old, new))
+            self.broker.publish({"kind": "nick", "old": old, "new": new})
         self.channel.notify()
 
     def leave(self, member: Member, reason: str, detail: str | None = None,
@@ -232,12 +285,15 @@ class Room:
             self.log.event("leave", nick=member.nickname, reason=reason)
             self.channel.unsubscribe(member)
             account = self._accounts.pop(member)
+            self.broker.publish({"kind": "leave", "nick": member.nickname, "reason": reason,
+                                 "detail": detail})
+            self.broker.release(member.nickname, account.claim)
             owed, emptied = self._owed(account), []
             # newest first: a member that confirms as it reads owes only recent ones
             for pending in reversed(self._pending.values()) if owed else ():
                 if member in pending.waiting:
                     pending.waiting.discard(member)
-                    if not pending.waiting:
+                    if pending.done():
                         emptied.append(pending)  # finished after the loop: it edits _pending
                     owed -= 1
                     if not owed:
@@ -290,35 +346,46 @@ class Room:
             account = self._accounts.get(sender)
             if account is None:
                 return 0  # left while this was read
-            target = None
+            target = remote = None
             if to is not None:
                 target = self._members.get(nickname_key(to))
-                if target is None or target is sender:
-                    raise ProtocolError(errors.NO_SUCH_NICKNAME, f"no such nickname: {to}"
-                                        if target is None else "that is you", frame_uuid)
-                to = target.nickname
+                remote = self._remote.get(nickname_key(to)) if target is None else None
+                if target is sender:
+                    raise ProtocolError(errors.NO_SUCH_NICKNAME, "that is you", frame_uuid)
+                if target is None and remote is None:
+                    raise ProtocolError(errors.NO_SUCH_NICKNAME, f"no such nickname: {to}",
+                                        frame_uuid)
+                to = (target or remote).nickname
             frame = protocol.chat_frame(frame_uuid, sender.nickname, text, stamp, to, action)
-            recipients = 1 if target is not None else len(self._members) - 1
+            recipients = 1 if target is not None else 0 if remote is not None \
+                else len(self._members) - 1
+            # other nodes acknowledge with their recipients; the receipt waits for them
+            nodes = {remote.node} if remote is not None else set() if target is not None \
+                else set(self.broker.others())
             self.counters.messages += 1
             self.counters.deliveries += recipients
             self.log.event("message", nick=sender.nickname, uuid=frame_uuid,
                            recipients=recipients, to=to, text=text)
-            if target is None:
+            if to is None:
                 self._remember(sender.nickname, stamp, protocol.chat_text(sender.nickname, text))
-            if recipients:
-                waiting = {target} if target is not None else set(self._members.values())
+            if recipients or nodes:
+                waiting = {target} if target is not None else set(self._members.values()) \
+                    if remote is None else set()
                 waiting.discard(sender)
                 pending = Pending(frame_uuid, sender, waiting, recipients,
-                                  now + self.config.confirm_timeout)
+                                  now + self.config.confirm_timeout, nodes=nodes)
                 self._pending[frame_uuid] = pending
                 account.sent.add(frame_uuid)
                 self._deadlines.append((pending.deadline, frame_uuid))
                 if target is not None:  # owed by the target alone
                     self._accounts[target].private += 1
-                else:
+                elif remote is None:
                     self._messages_sent += 1
                     account.settled += 1  # nobody owes a receipt for their own message
                     self.channel.publish(frame, sender, chat=True)
+                self.broker.publish({"kind": "message", "uuid": frame_uuid,
+                                     "nick": sender.nickname, "text": text, "stamp": stamp,
+                                     "to": to, "action": action})
                 if len(self._pending) > self.config.pending_confirms:
                     finished = self._expire_oldest_for_laggards()
             else:
@@ -326,7 +393,7 @@ class Room:
         self.channel.notify()
         if target is not None:
             target.deliver(frame)
-        if not recipients:
+        if not recipients and not nodes:
             sender.deliver(protocol.undelivered_frame(frame_uuid, protocol.NOBODY_HERE))
             self.log.event("undelivered", uuid=frame_uuid, reason="nobody_here")
         self._report(finished)
@@ -358,7 +425,7 @@ class Room:
         for member in [m for m in oldest.waiting if self._owed(self._accounts[m]) > limit]:
             oldest.waiting.discard(member)
             self._accounts[member].settled += 1
-        return [self._finish(oldest)] if not oldest.waiting else []
+        return [self._finish(oldest)] if oldest.done() else []
 
     def confirm(self, member: Member, frame_uuid: str) -> None:
         """A recipient confirms a message; only once, and only if it was sent to it."""
@@ -386,9 +453,13 @@ class Room:
                     continue
                 pending.waiting.discard(member)
                 pending.delivered += 1
-                if not pending.waiting:
+                if pending.origin is not None:  # its sender is on another node
+                    self.broker.publish({"kind": "confirm", "to": pending.origin,
+                                         "uuid": frame_uuid})
+                if pending.done():
                     finished.append(self._finish(pending))
-                elif pending.delivered == 1:  # the sender hears at most receipt_wait later
+                elif pending.delivered == 1 and pending.origin is None:
+                    # the sender hears at most receipt_wait later
                     heapq.heappush(self._receipt_times, (
                         time.monotonic() + self.config.receipt_wait, frame_uuid))
             if account is not None:
@@ -427,7 +498,7 @@ class Room:
     def _finish(self, pending: Pending) -> Pending:
         """Under the lock: drop the pending receipt; _report tells the sender later."""
         self._forget(pending)
-        if pending.delivered == 0:
+        if pending.delivered == 0 and pending.origin is None:
             self.counters.undelivered += 1
         return pending
 
@@ -465,7 +536,18 @@ class Room:
                             del self._departed[pending.sender]
 
     def _tell(self, pending: Pending) -> None:
-        """The sender's receipt (unless receipt_wait sent it) and the log's final line."""
+        """The sender's receipt (unless receipt_wait sent it) and the log's final line;
+        for another node's message, its final tally to that node (which logs it)."""
+        if pending.origin is not None:
+            self.broker.publish({"kind": "tally", "to": pending.origin, "uuid": pending.uuid,
+                                 "delivered": pending.delivered,
+                                 "recipients": pending.recipients})
+            return
+        if not pending.recipients:  # every other node acknowledged nobody
+            self.log.event("undelivered", uuid=pending.uuid, reason="nobody_here")
+            pending.sender.deliver(protocol.undelivered_frame(pending.uuid,
+                                                              protocol.NOBODY_HERE))
+            return
         if pending.delivered:
             frame = protocol.receipt_frame(pending.uuid, pending.delivered,
                                            pending.recipients)
@@ -479,7 +561,178 @@ class Room:
             self.log.event("undelivered", uuid=pending.uuid, reason="nobody_confirmed")
         pending.sender.deliver(frame)
 
+    # --- other nodes' events, in the order of the room's stream (the broker calls these)
+
+    def remote_join(self, node: str, nickname: str, address: str = "", tls: bool = False,
+                    connected: float = 0.0) -> None:
+        key = nickname_key(nickname)
+        with self.lock:
+            if key in self._members:
+                return  # ours: the claim decides (see reclaim)
+            known = self._remote.get(key)
+            self._remote[key] = RemoteMember(nickname, node, address, tls, connected)
+            if known is not None and known.node == node:
+                return  # told again (the node came back): not news
+            if len(self._members) + len(self._remote) <= self.config.announce_joins_max:
+                self.channel.publish(protocol.join_frame(nickname))
+        self.channel.notify()
+
+    def remote_leave(self, node: str, nickname: str, reason: str,
+                     detail: str | None = None) -> None:
+        with self.lock:
+            self._drop_remote(node, nickname, reason, detail)
+        self.channel.notify()
+
+    def _drop_remote(self, node: str, nickname: str, reason: str,
+                     detail: str | None = None) -> None:
+        key = nickname_key(nickname)
+        known = self._remote.get(key)
+        if known is None or known.node != node:
+            return
+        del self._remote[key]
+        if len(self._members) + len(self._remote) < self.config.announce_joins_max:
+            self.channel.publish(protocol.leave_frame(nickname, reason, detail))
+
+    def remote_nick(self, node: str, old: str, new: str) -> None:
+        with self.lock:
+            known = self._remote.pop(nickname_key(old), None)
+            if known is None or known.node != node:
+                return
+            known.nickname = new
+            self._remote[nickname_key(new)] = known
+            self.channel.publish(protocol.nick_frame(old, new))
+        self.channel.notify()
+
+    def remote_announce(self, text: str) -> None:
+        with self.lock:
+            self.channel.publish(protocol.announce_frame(text))
+        self.channel.notify()
+
+    def remote_message(self, node: str, frame_uuid: str, nickname: str, text: str,
+                       stamp: str, to: str | None = None, action: bool = False) -> None:
+        """Another node's member sent a message: our members get it, and the origin our
+        acknowledgement at once (with our recipient count), our confirms, our tally."""
+        frame = protocol.chat_frame(frame_uuid, nickname, text, stamp, to, action)
+        target = None
+        with self.lock:
+            if to is not None:
+                target = self._members.get(nickname_key(to))
+                recipients = 1 if target is not None else 0
+            else:
+                recipients = len(self._members)
+                self._remember(nickname, stamp, protocol.chat_text(nickname, text))
+                self.channel.publish(frame)
+            if frame_uuid in self._pending:  # a uuid ours already uses: delivered, untracked
+                recipients = 0
+            self.counters.deliveries += recipients
+            self.broker.publish({"kind": "ack", "to": node, "uuid": frame_uuid,
+                                 "recipients": recipients})
+            if recipients:
+                waiting = {target} if target is not None else set(self._members.values())
+                pending = Pending(frame_uuid, None, waiting, recipients,
+                                  time.monotonic() + self.config.confirm_timeout,
+                                  origin=node)
+                self._pending[frame_uuid] = pending
+                self._deadlines.append((pending.deadline, frame_uuid))
+                if target is not None:
+                    self._accounts[target].private += 1
+                else:
+                    self._messages_sent += 1
+        self.channel.notify()
+        if target is not None:
+            target.deliver(frame)
+
+    def _own_pending(self, frame_uuid: str, node: str) -> Pending | None:
+        """Under the lock: our message that waits on that node's word."""
+        pending = self._pending.get(frame_uuid)
+        if pending is None or pending.origin is not None or node not in pending.nodes:
+            return None
+        return pending
+
+    def remote_ack(self, node: str, frame_uuid: str, recipients: int) -> None:
+        finished = []
+        with self.lock:
+            pending = self._own_pending(frame_uuid, node)
+            if pending is None:
+                return
+            pending.recipients += recipients
+            if not recipients:  # nobody there: that node is done with it
+                pending.nodes.discard(node)
+                if pending.done():
+                    finished.append(self._finish(pending))
+        self._report(finished)
+
+    def remote_confirms(self, node: str, counts: dict[str, int]) -> None:
+        with self.lock:
+            for frame_uuid, count in counts.items():
+                pending = self._own_pending(frame_uuid, node)
+                if pending is None:
+                    continue
+                first = pending.delivered == 0
+                pending.delivered += count
+                if first:
+                    heapq.heappush(self._receipt_times, (
+                        time.monotonic() + self.config.receipt_wait, frame_uuid))
+
+    def remote_tally(self, node: str, frame_uuid: str) -> None:
+        """That node's recipients have all confirmed, left or timed out."""
+        finished = []
+        with self.lock:
+            pending = self._own_pending(frame_uuid, node)
+            if pending is None:
+                return
+            pending.nodes.discard(node)
+            if pending.done():
+                finished.append(self._finish(pending))
+        self._report(finished)
+
+    def nodes_lost(self, nodes: set[str] | None, reason: str = "node_lost") -> int:
+        """Those nodes (None: every other node, the broker being lost) are gone: their
+        members leave, and receipts stop waiting on them. Returns the members that left."""
+        finished = []
+        with self.lock:
+            gone = [r for r in self._remote.values() if nodes is None or r.node in nodes]
+            for remote in gone:
+                self._drop_remote(remote.node, remote.nickname, reason)
+            for pending in list(self._pending.values()):
+                if pending.nodes and pending.origin is None:
+                    pending.nodes = set() if nodes is None else pending.nodes - nodes
+                    if pending.done():
+                        finished.append(self._finish(pending))
+        self.channel.notify()
+        self._report(finished)
+        return len(gone)
+
+    def claims(self) -> list[tuple[Member, str, str]]:
+        """(member, nickname, claim token) of every member of this node."""
+        with self.lock:
+            return [(m, m.nickname, self._accounts[m].claim) for m in self._members.values()
+                    if m in self._accounts]
+
+    def set_claim(self, member: Member, token: str) -> None:
+        with self.lock:
+            account = self._accounts.get(member)
+            if account is not None:
+                account.claim = token
+
+    def seed_history(self, entries: list[tuple[str, str, str]]) -> None:
+        """The room's stream's last public messages, for a node that starts empty."""
+        with self.lock:
+            if not self._history:
+                for nickname, stamp, text in entries:
+                    self._remember(nickname, stamp, protocol.chat_text(nickname, text))
+
     # --- operator actions
+
+    def remote_members(self) -> list[RemoteMember]:
+        with self.lock:
+            return list(self._remote.values())
+
+    def node_of(self, nickname: str) -> str | None:
+        """The node of another node's member of that nickname, or None."""
+        with self.lock:
+            remote = self._remote.get(nickname_key(nickname))
+        return remote.node if remote is not None else None
 
     def kick(self, nickname: str, reason: str) -> str:
         member = self.find(nickname)
@@ -490,7 +743,8 @@ class Room:
         frame = protocol.announce_frame(text)
         with self.lock:
             self.channel.publish(frame)
-            reached = len(self._members)
+            self.broker.publish({"kind": "announce", "text": text})
+            reached = len(self._members) + len(self._remote)
         self.channel.notify()
         return reached
 
@@ -517,15 +771,17 @@ class Room:
 
         def account(member: Member, a: Account) -> list:
             return [ident(member), a.joined_at, a.settled, sorted(a.sent), a.private,
-                    a.in_flight]
+                    a.in_flight, a.claim]
         with self.lock:
             return {
                 "members": [ident(m) for m in self._members.values()],
                 "accounts": [account(m, a) for m, a in self._accounts.items()],
                 "departed": [account(m, a) for m, a in self._departed.items()],
-                "pending": [[p.uuid, ident(p.sender), [ident(m) for m in p.waiting],
-                             p.recipients, p.deadline - now, p.delivered, p.reported,
-                             p.to_departed] for p in self._pending.values()],
+                "pending": [[p.uuid, None if p.sender is None else ident(p.sender),
+                             [ident(m) for m in p.waiting], p.recipients, p.deadline - now,
+                             p.delivered, p.reported, p.to_departed, sorted(p.nodes),
+                             p.origin] for p in self._pending.values()],
+                "remote": [dataclasses.astuple(r) for r in self._remote.values()],
                 "messages_sent": self._messages_sent,
                 "receipt_times": [[at - now, frame_uuid]
                                   for at, frame_uuid in self._receipt_times],
@@ -546,19 +802,25 @@ class Room:
                     self.channel.subscribe(member)
             for table, rows in ((self._accounts, state["accounts"]),
                                 (self._departed, state["departed"])):
-                for ident, joined_at, settled, sent, private, in_flight in rows:
+                # an image before the cluster wrote no claim: rows of six
+                for ident, joined_at, settled, sent, private, in_flight, *claim in rows:
                     member = member_of(ident)
                     if member is not None:
                         table[member] = Account(joined_at, settled, set(sent), private,
-                                                in_flight)
+                                                in_flight, *claim)
             for (frame_uuid, sender, waiting, recipients, left, delivered, reported,
-                 to_departed) in state["pending"]:
-                sender = member_of(sender)
-                if sender is None:
+                 to_departed, *relayed) in state["pending"]:
+                nodes, origin = relayed if relayed else ([], None)
+                sender = None if sender is None else member_of(sender)
+                if sender is None and origin is None:
                     continue
                 self._pending[frame_uuid] = Pending(
                     frame_uuid, sender, {m for m in map(member_of, waiting) if m is not None},
-                    recipients, now + left, delivered, reported, to_departed)
+                    recipients, now + left, delivered, reported, to_departed, set(nodes),
+                    origin)
+            for row in state.get("remote", []):
+                remote = RemoteMember(*row)
+                self._remote[nickname_key(remote.nickname)] = remote
             self._deadlines = deque(sorted((p.deadline, p.uuid) for p in self._pending.values()))
             self._messages_sent = state["messages_sent"]
             self._receipt_times = [(now + left, frame_uuid)

@@ -3,6 +3,7 @@ by name)."""
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable
@@ -10,12 +11,13 @@ from typing import Any, Callable
 from .. import __version__
 from ..wire import errors, protocol
 from .admin import Caller, Command, Deferred
-from ..chat.bans import BanList, iso, parse_duration
+from ..chat.bans import Ban, BanList, iso, parse_duration
 from ..wire.errors import AdminError
 from ..chat.room import NoSuchMember, Room
 from .specs import SPECS
 
 DEFAULT_KICK_REASON = "kicked by an operator"
+STATS_GATHER = 1.0  # seconds `stats` waits for the other nodes of a cluster
 
 
 def _string_arg(args: dict, name: str, required: bool = True) -> str | None:
@@ -39,18 +41,25 @@ def build(room: Room, log: Any, bans: BanList | None = None,
     the daemon's hitless upgrade, upgrade(conn, request_id, check) -> result)."""
     started = time.monotonic()
 
+    broker = room.broker
+    node = {"node": broker.node} if broker.node else {}  # the column only in a cluster
+
     def who(args: dict, caller: Caller) -> dict:
         now = time.monotonic()
         clients = [{
             "nickname": member.nickname,
             "address": member.address,
-            "connected": datetime.fromtimestamp(member.connected, timezone.utc)
-                                 .isoformat(timespec="seconds").replace("+00:00", "Z"),
+            "connected": _iso(member.connected),
             "idle_s": round(now - member.last_active, 3),
             "sent": member.sent,
             "received": member.received,
             "tls": member.tls,
-        } for member in room.members()]
+            **node,
+        } for member in room.members()] + [{
+            "nickname": remote.nickname, "address": remote.address,
+            "connected": _iso(remote.connected), "idle_s": None, "sent": None,
+            "received": None, "tls": remote.tls, "node": remote.node,
+        } for remote in room.remote_members()]
         clients.sort(key=lambda c: c["nickname"].casefold())
         return {"clients": clients}
 
@@ -60,13 +69,31 @@ def build(room: Room, log: Any, bans: BanList | None = None,
         try:
             kicked = room.kick(nickname, reason)
         except NoSuchMember:  # the room's error, in the admin protocol's words
-            raise AdminError(errors.NO_SUCH_NICKNAME, f"no such nickname: {nickname}") from None
+            elsewhere = room.node_of(nickname)
+            if elsewhere is None:
+                raise AdminError(errors.NO_SUCH_NICKNAME,
+                                 f"no such nickname: {nickname}") from None
+            broker.publish({"kind": "kick", "nick": nickname, "reason": reason})
+            log.event("kick", nick=nickname, reason=reason, uid=caller.uid, pid=caller.pid,
+                      node=elsewhere)
+            return {"kicked": nickname, "node": elsewhere}
         log.event("kick", nick=kicked, reason=reason, uid=caller.uid, pid=caller.pid)
         return {"kicked": kicked}
 
     def stats(args: dict, caller: Caller) -> dict:
+        result = node_stats()
+        if broker.node is None:
+            return result
+        replies, silent = broker.gather(result, STATS_GATHER)
+        totals = {key: sum(r.get(key, 0) for r in replies.values())
+                  for key in ("clients", "messages", "deliveries", "confirms", "undelivered")}
+        result["cluster"] = {"nodes": sorted(replies), **totals, "silent": silent}
+        return result
+
+    def node_stats() -> dict:
         counters = room.counters
         result = {
+            **node,
             "version": __version__,
             "uptime_s": round(time.monotonic() - started, 3),
             "clients": len(room),
@@ -86,6 +113,16 @@ def build(room: Room, log: Any, bans: BanList | None = None,
     def say(args: dict, caller: Caller) -> dict:
         return {"clients": room.announce(_string_arg(args, "text"))}
 
+    def kick_matching(ban: Ban, uid: object, pid: object) -> list[str]:
+        """Every member of this node the ban matches leaves at once."""
+        kicked = []
+        for member in room.members():
+            if banlist().matches(ban, member.nickname, member.ip):
+                member.close("kicked", protocol.kick_frame(ban.reason), detail=ban.reason)
+                log.event("kick", nick=member.nickname, reason=ban.reason, uid=uid, pid=pid)
+                kicked.append(member.nickname)
+        return kicked
+
     def ban(args: dict, caller: Caller) -> dict:
         target = _string_arg(args, "target")
         duration = _string_arg(args, "for", required=False)
@@ -97,19 +134,17 @@ def build(room: Room, log: Any, bans: BanList | None = None,
                               caller.uid, force)
         log.event("ban", target=added.target, until=iso(added.until), reason=reason,
                   uid=caller.uid, pid=caller.pid)
-        kicked = []
-        for member in room.members():  # everyone it matches leaves at once
-            if banlist().matches(added, member.nickname, member.ip):
-                member.close("kicked", protocol.kick_frame(reason), detail=reason)
-                log.event("kick", nick=member.nickname, reason=reason, uid=caller.uid,
-                          pid=caller.pid)
-                kicked.append(member.nickname)
+        broker.publish({"kind": "ban", "ban": dataclasses.asdict(added)})
+        kicked = kick_matching(added, caller.uid, caller.pid) + [
+            remote.nickname for remote in room.remote_members()  # kicked by their nodes
+            if banlist().matches(added, remote.nickname, "")]
         return {"banned": added.target, "until": iso(added.until),
                 "kicked": sorted(kicked, key=str.casefold)}
 
     def unban(args: dict, caller: Caller) -> dict:
         removed = banlist().remove(_string_arg(args, "target"))
         log.event("unban", target=removed.target, uid=caller.uid, pid=caller.pid)
+        broker.publish({"kind": "unban", "target": removed.target})
         return {"unbanned": removed.target}
 
     def upgrade_daemon(args: dict, caller: Caller) -> Deferred:
@@ -128,7 +163,36 @@ def build(room: Room, log: Any, bans: BanList | None = None,
             raise AdminError(errors.INTERNAL, "this daemon keeps no bans")
         return bans
 
+    def from_other_node(event: dict) -> None:
+        """What an operator asked on another node (the broker's reader calls this)."""
+        kind, origin = event["kind"], event.get("node")
+        if kind == "kick":
+            try:
+                kicked = room.kick(event["nick"], event["reason"])
+            except NoSuchMember:
+                return
+            log.event("kick", nick=kicked, reason=event["reason"], node=origin)
+        elif kind == "ban" and bans is not None:
+            ban = Ban(**event["ban"])
+            bans.put(ban)
+            log.event("ban", target=ban.target, until=iso(ban.until), reason=ban.reason,
+                      node=origin)
+            kick_matching(ban, None, None)
+        elif kind == "unban" and bans is not None:
+            try:
+                bans.remove(event["target"])
+            except AdminError:
+                return  # not here (added while this node was cut off)
+            log.event("unban", target=event["target"], node=origin)
+        elif kind == "stats":
+            broker.reply(event["reply"], node_stats())
+
     handlers = {"who": who, "kick": kick, "stats": stats, "say": say, "ban": ban,
                 "unban": unban, "bans": list_bans, "upgrade": upgrade_daemon}
     assert handlers.keys() == SPECS.keys(), "specs.py and the handlers name the same commands"
-    return handlers
+    return handlers, from_other_node
+
+
+def _iso(moment: float) -> str:
+    return datetime.fromtimestamp(moment, timezone.utc).isoformat(timespec="seconds") \
+        .replace("+00:00", "Z")

@@ -59,16 +59,31 @@ def show_who(result: dict) -> str:
     if not clients:
         return "no clients connected"
     tls = any(c.get("tls") for c in clients)  # the column only where TLS is served
+    node = any(c.get("node") for c in clients)  # ... and this one only in a cluster
+
+    def number(value: object, unit: str = "") -> str:
+        return "-" if value is None else f"{value:.0f}{unit}" if unit else str(value)
     return table([("NICKNAME", "ADDRESS", "CONNECTED", "IDLE", "SENT", "RECEIVED")
-                  + (("TLS",) if tls else ())] + [
-        (c["nickname"], c["address"], c["connected"], f"{c['idle_s']:.0f}s", str(c["sent"]),
-         str(c["received"])) + ((("yes" if c.get("tls") else "no"),) if tls else ())
+                  + (("TLS",) if tls else ()) + (("NODE",) if node else ())] + [
+        (c["nickname"], c["address"], c["connected"], number(c["idle_s"], "s"),
+         number(c["sent"]), number(c["received"]))
+        + ((("yes" if c.get("tls") else "no"),) if tls else ())
+        + ((c.get("node") or "",) if node else ())
         for c in clients])
 
 
 def show_stats(result: dict) -> str:
-    width = max(len(key) for key in result)
-    return "\n".join(f"{key.ljust(width)}  {value}" for key, value in result.items())
+    cluster = result.get("cluster")
+    own = {key: value for key, value in result.items() if key != "cluster"}
+    width = max(len(key) for key in own)
+    lines = [f"{key.ljust(width)}  {value}" for key, value in own.items()]
+    if cluster:
+        lines.append("cluster:")
+        width = max(len(key) for key in cluster)
+        lines += [f"  {key.ljust(width)}  "
+                  f"{', '.join(value) if isinstance(value, list) else value}"
+                  for key, value in cluster.items()]
+    return "\n".join(lines)
 
 
 def show_ban(result: dict) -> str:
@@ -100,12 +115,17 @@ REASON = Arg("reason", "shown to the client and the room; also as words after th
              "nickname (the IRC habit)", flag="--reason", words=True, required=False)
 
 SPECS = {spec.name: spec for spec in (
-    Spec("who", "list connected clients", "List connected clients, sorted by nickname.",
+    Spec("who", "list connected clients", "List connected clients, sorted by nickname (in "
+         "a cluster: every node's, with a NODE column; another node's IDLE, SENT and "
+         "RECEIVED show as -).",
          (), show_who),
     Spec("kick", "disconnect a client", "Disconnect a client; it and the room see the reason.",
          (Arg("nickname", "the client's nickname (case-insensitive)"), REASON),
-         lambda result: f"kicked {result['kicked']}"),
-    Spec("stats", "show counters", "Show the daemon's counters.", (), show_stats),
+         lambda result: f"kicked {result['kicked']}"
+         + (f" (on node {result['node']})" if result.get("node") else "")),
+    Spec("stats", "show counters", "Show the daemon's counters (in a cluster, also the "
+         "totals of every node, naming any node that did not answer in time).", (),
+         show_stats),
     Spec("say", "announce to every client", "Send a server announcement to every client.",
          (Arg("text", "the announcement", words=True),), show_say),
     Spec("ban", "ban an address, a network or a nickname",

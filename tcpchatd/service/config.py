@@ -11,6 +11,8 @@ import argparse
 import dataclasses
 import ipaddress
 import os
+import re
+import socket
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
@@ -138,6 +140,36 @@ def _networks(value: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
+def _broker(value: Any) -> str | None:
+    """`redis://HOST:PORT/DB` or `rediss://...`; a password in it is refused (it would
+    show in `ps` and in the unit): broker_password_file or the credential holds it."""
+    url = _optional_str(value)
+    if url is None:
+        return None
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme not in ("redis", "rediss") or not rest:
+        raise ValueError("expected redis://HOST:PORT/DB or rediss://HOST:PORT/DB")
+    if "@" in rest.split("/")[0]:
+        raise ValueError("no password in the URL: use broker_password_file or the "
+                         "systemd credential broker.password")
+    return url
+
+
+def _name(value: Any) -> str | None:
+    """A room or node name: it becomes part of Redis keys and log lines."""
+    text = _optional_str(value)
+    if text is not None and not re.fullmatch(r"[A-Za-z0-9_.:@+-]{1,64}", text):
+        raise ValueError("use 1 to 64 letters, digits and _ . : @ + -")
+    return text
+
+
+def _room(value: Any) -> str:
+    text = _name(value)
+    if text is None:
+        raise ValueError("a room needs a name")
+    return text
+
+
 def _facility(value: Any) -> str:
     if value not in SYSLOG_FACILITIES:
         raise ValueError(f"must be one of {', '.join(SYSLOG_FACILITIES)}")
@@ -225,6 +257,22 @@ class Config:
     shutdown_grace: float = setting(2.0, "seconds to flush clients at shutdown", _float(0))
     io_threads: int = setting(1, "event-loop threads that own the client connections",
                               _int(1, 16))
+    broker: str | None = setting(
+        None, "redis://HOST:PORT/DB (rediss:// for TLS): serve one room with every node "
+        "on that Redis; none = this process alone", _broker, metavar="URL")
+    broker_password_file: str | None = setting(
+        None, "file holding the broker's password", _optional_str, metavar="PATH",
+        shown="$CREDENTIALS_DIRECTORY/broker.password under systemd, else none")
+    broker_ca: str | None = setting(None, "CA certificates (PEM) for a rediss:// broker",
+                                    _optional_str, metavar="PATH")
+    room: str = setting("tcpchat", "the shared room's name (several rooms can share one "
+                        "Redis)", _room, metavar="NAME")
+    node_name: str | None = setting(None, "this node's name in the cluster", _name,
+                                    metavar="NAME", shown="host name + PID")
+    node_ttl: float = setting(10.0, "seconds of silence after which a node is lost and its "
+                              "members leave", _float(0.5))
+    broker_stream: int = setting(10_000, "events the room's Redis stream keeps (approximate)",
+                                 _int(100))
     thread_stack: int = setting(256 * 1024, "thread stack size in bytes", _int(32768))
     admin_max_line: int = setting(65536, "bytes of one admin request line", _int(256))
     admin_timeout: float = setting(60.0, "seconds an idle admin connection stays open",
@@ -241,6 +289,14 @@ class Config:
 
     def tls_key_path(self, environ: Mapping[str, str] | None = None) -> str | None:
         return self.tls_key or credential("tls.key", environ)
+
+    def broker_password_path(self, environ: Mapping[str, str] | None = None) -> str | None:
+        return self.broker_password_file or credential("broker.password", environ)
+
+    def node(self) -> str:
+        """This node's name: the setting, else host name + PID (stable across an
+        upgrade's exec, which keeps the PID)."""
+        return self.node_name or f"{socket.gethostname()}+{os.getpid()}"
 
     def admin_socket_path(self) -> str:
         return self.admin_socket or default_admin_socket()

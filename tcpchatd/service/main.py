@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections import deque
+from typing import Any
 
 from .. import __version__
 from ..control import admin, commands
@@ -24,6 +25,7 @@ from .config import Config
 from ..chat.bans import BanList
 from ..wire.errors import ConfigError, StartupError
 from ..chat.room import Room
+from ..cluster.local import LocalBroker
 from ..net.engine import Engine
 from ..net.listeners import ChatServer, bind_listener
 from ..net.tls import TlsCredentials, TlsSetupError
@@ -35,7 +37,8 @@ LOG_HANDOVER = 0.5          # ... and this long for the log to write what is que
 ROOM_PROBE_TIMEOUT = 1.0    # the watchdog's bound on taking the room lock
 # Settings a reload does not change: sockets stay as they were bound.
 FIXED_ON_RELOAD = ("listen", "listen_tls", "admin_socket", "admin_socket_mode", "pid_file",
-                   "thread_stack", "state_dir", "io_threads")
+                   "thread_stack", "state_dir", "io_threads", "broker", "broker_password_file",
+                   "broker_ca", "room", "node_name", "node_ttl", "broker_stream")
 TLS_SOCKET_NAME = "chat-tls"  # FileDescriptorName= of tcpchatd-tls.socket
 
 
@@ -195,6 +198,22 @@ class Daemon:
         console.say(f"tcpchatd: the detached daemon did not start{': ' + text if text else ''}")
         return 1
 
+    def _broker(self, log: TrafficLog, resume: dict | None) -> Any:
+        """The embedded room's broker, or a node of the cluster on `broker`."""
+        config = self.config
+        self.clustered = bool(config.broker)
+        if not config.broker:
+            return LocalBroker()
+        from ..cluster import redis as redis_broker  # the redis package: an optional extra
+        try:
+            return redis_broker.RedisBroker(
+                config.broker, config.room, config.node(), config.node_ttl,
+                config.broker_stream, log,
+                password=redis_broker.read_password(config.broker_password_path()),
+                ca=config.broker_ca, error_log=_error_log, resume=resume)
+        except redis_broker.BrokerSetupError as exc:
+            raise ConfigError(str(exc)) from None
+
     def _load_bans(self) -> None:
         """The lasting bans; a list that does not parse stops the start (exit 1)."""
         self.bans = BanList(os.path.abspath(self.config.state_dir_path()))
@@ -233,22 +252,26 @@ class Daemon:
         for name, fields in (resume or {}).get("log", []):  # the old image's last lines
             log.event(name, **fields)
         engine = Engine(config.io_threads, error_log=_error_log)
-        room = Room(config, log, engine, self.bans)
+        broker = self.broker = self._broker(log, (resume or {}).get("broker"))
+        room = Room(config, log, engine, self.bans, broker=broker)
         server = ChatServer(chat_sockets, room, log, config, engine, error_log=_error_log,
                             tls_listeners=tls_sockets, tls=self.tls)
+        handlers, from_other_node = commands.build(
+            room, log, self.bans,
+            tls_expiry=lambda: self.tls.expires if self.tls is not None else None,
+            upgrade=self.request_upgrade, upgrades=lambda: self.upgrades)
         admin_server = admin.AdminServer(
-            admin_socket, commands.build(
-                room, log, self.bans,
-                tls_expiry=lambda: self.tls.expires if self.tls is not None else None,
-                upgrade=self.request_upgrade, upgrades=lambda: self.upgrades),
-            config, log, owned_path=owned_admin_path, error_log=_error_log,
-            inode=(resume or {}).get("admin_inode"))
+            admin_socket, handlers, config, log, owned_path=owned_admin_path,
+            error_log=_error_log, inode=(resume or {}).get("admin_inode"))
         self.engine, self.room, self.server, self.admin_server = engine, room, server, admin_server
         if resume is not None:
             self._adopt(resume)
         if pid_path and resume is None:  # signals wait (held) until the handlers are in
             pidfile.write(pid_path)      # place: a SIGTERM always removes the file
         engine.start()  # the loops first: the accept thread hands them connections
+        if self.clustered:  # other nodes' events go to the loops as our members' do
+            broker.attach(room, from_other_node)
+            broker.start()
         server.start()
         admin_server.start()
         wakeup_read = self._install_signals()  # after every thread: they keep them held
@@ -293,6 +316,8 @@ class Daemon:
             log.event("stop")
             server.shutdown(self.config.shutdown_grace)  # the loops flush the goodbyes
             engine.stop()
+            if self.clustered:  # after the last leave: the other nodes hear of it
+                broker.stop()
             server.close_listeners()
             admin_server.close()
             log.close()
@@ -363,6 +388,8 @@ class Daemon:
         paused_at = time.time()  # from here no client is served until the new image runs
         carried = [conn for conn in engine.pause() if conn.state != CLOSED and not conn.tls]
         records = [conn.record() for conn in carried]
+        # the broker's reading stops before the room is written: nothing read is lost
+        broker_state = self.broker.pause() if self.clustered else None
         state = {
             "version": __version__, "paused_at": paused_at,
             "preflight_s": time.monotonic() - started, "upgrades": self.upgrades + 1,
@@ -375,6 +402,7 @@ class Daemon:
             "connections": records,
             "room": room.export_state(lambda member: member.sock.fileno()),
             "tls_closed": len(tls_clients),
+            "broker": broker_state,
             "signals": [int(signum) for signum in self._signals],  # queued: HUP, USR2
         }
         state["log"] = self.log.hand_over(LOG_HANDOVER)
@@ -443,6 +471,9 @@ class Daemon:
         status = f"{count} {noun}; listening on {', '.join(self.server.addresses())}"
         if self.tls_unserved:
             status += f"; TLS not served: {self.tls_unserved}"
+        if self.clustered:
+            status += f"; room {self.config.room} as node {self.broker.node}, broker " + \
+                ("linked" if self.broker.linked else "lost (serving this node's members)")
         return status
 
     # --- signals: the handlers only enqueue; this thread acts

@@ -1,0 +1,45 @@
+"""The broker interface: what the room asks of the rest of a cluster.
+
+The room calls a Broker and nothing else to reach other nodes; cluster/local.py (the
+embedded room: no other node) and cluster/redis.py implement it. A broker hands the
+other nodes' events back through the room's `remote_*` methods.
+
+Events are plain dicts with a `kind`; the broker adds the origin `node`. Kinds the room
+publishes: join, leave, nick, message, announce (everyone's), ack, confirm, tally (for
+the origin node named in `to`). Kinds the admin side publishes: kick, ban, unban,
+stats.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+# claim() when no broker can be asked (it is lost): the member joins this node's room
+# and its nickname is claimed when the broker is back.
+UNCLAIMED = ""
+
+
+class Broker(Protocol):
+    node: str | None    # this node's name; None for a process alone
+
+    def claim(self, nickname: str, info: dict[str, Any]) -> str | None:
+        """Claim a nickname for a member of this node, atomically across the cluster:
+        the claim's token (UNCLAIMED if the broker is out of reach), or None if another
+        member holds it. `info`: what `who` on other nodes shows (addr, tls, since)."""
+
+    def release(self, nickname: str, token: str) -> None:
+        """Give a claim up, only if it is still the one `token` names."""
+
+    def publish(self, event: dict[str, Any]) -> None:
+        """Send an event to every node, in the order of calls; never blocks (called
+        under the room's lock)."""
+
+    def others(self) -> frozenset[str]:
+        """The other nodes alive now: each acknowledges every public message."""
+
+    def gather(self, mine: dict, timeout: float) -> tuple[dict[str, dict], list[str]]:
+        """Every live node's counters, ours being `mine`: ({node: counters}, the nodes
+        that did not answer within timeout)."""
+
+    def reply(self, key: str, stats: dict) -> None:
+        """Answer another node's gather()."""

@@ -1,0 +1,1 @@
+"""Brokers: the ways a room reaches other nodes (the interface is chat/broker.py)."""

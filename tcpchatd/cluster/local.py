@@ -1,0 +1,33 @@
+"""The embedded room's broker: one process alone, nothing to reach."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..chat.broker import UNCLAIMED
+
+NO_OTHERS: frozenset[str] = frozenset()
+
+
+class LocalBroker:
+    """Every claim is granted (the room checks its own members), nothing is sent."""
+
+    node = None
+
+    def claim(self, nickname: str, info: dict[str, Any]) -> str | None:
+        return UNCLAIMED
+
+    def release(self, nickname: str, token: str) -> None:
+        pass
+
+    def publish(self, event: dict[str, Any]) -> None:
+        pass
+
+    def others(self) -> frozenset[str]:
+        return NO_OTHERS
+
+    def gather(self, mine: dict, timeout: float) -> tuple[dict[str, dict], list[str]]:
+        return {"": mine}, []
+
+    def reply(self, key: str, stats: dict) -> None:
+        pass

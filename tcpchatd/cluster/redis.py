@@ -1,0 +1,510 @@
+"""The Redis broker: one room served by several tcpchatd nodes through one Redis.
+
+Keys, under `tcpchat:ROOM:`:
+  stream    the room's events (XADD with MAXLEN ~ broker_stream); every node reads it
+            from its last id, so a reconnect or an upgrade replays what it missed
+  nicks     hash: nickname_key -> the claim (JSON: nick, node, epoch, n, addr, tls, since)
+  nodes     sorted set: node -> the Redis server's TIME of its last heartbeat
+  sweeper   the lock of the one node that sweeps silent nodes
+  stats:ID  hash: node -> its counters, for one `tcpchatctl stats`
+
+A stream, not PUB/SUB: PUB/SUB delivers at most once and drops a slow subscriber at its
+output-buffer limit; the stream gives every node one order and a way back.
+
+Threads: the reader (XREAD BLOCK; it also reconnects, with backoff), the writer
+(pipelines what publish() queued, coalescing confirms) and the heartbeat (which also
+sweeps while it holds the lock). publish() only appends to a queue: the room calls it
+under its lock. claim() asks Redis from the caller's thread (a join waits one round trip).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+import time
+import uuid
+from collections import deque
+from typing import Any, Callable
+
+from ..chat.broker import UNCLAIMED
+from ..wire import protocol
+from ..wire.nicknames import nickname_key
+
+IO_TIMEOUT = 1.0         # seconds a Redis command may take before the broker is lost
+READ_BLOCK_MS = 200      # one XREAD waits this long (a pause for an upgrade waits no longer)
+READ_BATCH = 1000        # entries one XREAD takes
+BACKOFF_FIRST = 0.2      # seconds before the first retry; doubled up to BACKOFF_MOST
+BACKOFF_MOST = 5.0
+HISTORY_SCAN = 1000      # newest stream entries searched for a starting node's history
+STATS_POLL = 0.02
+STATS_KEEP_S = 30        # a stats reply hash expires after this
+NICKNAME_LOST = ("your nickname was taken on another node while this one was cut off "
+                 "from the others; please reconnect")
+
+# Give a claim up only if it is still the one this member made.
+RELEASE = """
+if redis.call('HGET', KEYS[1], ARGV[1]) == ARGV[2] then
+  return redis.call('HDEL', KEYS[1], ARGV[1])
+end
+return 0
+"""
+
+# A silent node, atomically: out of the node set (unless it spoke meanwhile), its claims
+# gone, and every node told by one event in the stream.
+SWEEP = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not score or tonumber(score) > tonumber(ARGV[2]) then return -1 end
+redis.call('ZREM', KEYS[1], ARGV[1])
+local claims = redis.call('HGETALL', KEYS[2])
+local gone = 0
+for i = 1, #claims, 2 do
+  if cjson.decode(claims[i + 1]).node == ARGV[1] then
+    redis.call('HDEL', KEYS[2], claims[i])
+    gone = gone + 1
+  end
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'e', ARGV[4])
+return gone
+"""
+
+
+class BrokerSetupError(Exception):
+    """The broker cannot even be tried (the redis package missing, a bad password file)."""
+
+
+def _redis_module():
+    try:
+        import redis  # the optional extra tcpchatd[redis] (Debian: python3-redis)
+    except ImportError:
+        raise BrokerSetupError("broker = redis://... needs the redis package: pip install "
+                               "'tcpchatd[redis]' (Debian: apt install python3-redis)") from None
+    return redis
+
+
+def read_password(path: str | None) -> str | None:
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as fh:
+            return fh.read().strip() or None
+    except OSError as exc:
+        raise BrokerSetupError(f"cannot read the broker password {path}: "
+                               f"{exc.strerror}") from None
+
+
+class RedisBroker:
+    """A node of one room on one Redis; see the module's docstring."""
+
+    def __init__(self, url: str, room_name: str, node: str, node_ttl: float,
+                 stream_length: int, log: Any, password: str | None = None,
+                 ca: str | None = None, error_log: Callable[[str], None] = print,
+                 resume: dict | None = None) -> None:
+        redis = _redis_module()
+        self.errors = (redis.RedisError, OSError)
+        self.url, self.node, self.node_ttl = url, node, node_ttl
+        self.stream_length, self.log, self.error_log = stream_length, log, error_log
+        options: dict[str, Any] = {"socket_connect_timeout": IO_TIMEOUT, "password": password,
+                                   "decode_responses": True, "retry_on_timeout": False}
+        if url.startswith("rediss://") and ca:
+            options["ssl_ca_certs"] = ca
+        try:
+            from redis.backoff import NoBackoff
+            from redis.retry import Retry
+            options["retry"] = Retry(NoBackoff(), 0)  # a lost broker is ours to handle
+        except ImportError:
+            pass
+        self.client = redis.Redis.from_url(url, socket_timeout=IO_TIMEOUT, **options)
+        # its own connection: an XREAD blocks it
+        self.reader = redis.Redis.from_url(url, socket_timeout=IO_TIMEOUT + READ_BLOCK_MS / 1000,
+                                           **options)
+        prefix = f"tcpchat:{room_name}:"
+        self.stream, self.nicks = prefix + "stream", prefix + "nicks"
+        self.nodes, self.sweeper, self.stats_prefix = (prefix + "nodes", prefix + "sweeper",
+                                                       prefix + "stats:")
+        self._release = self.client.register_script(RELEASE)
+        self._sweep_node = self.client.register_script(SWEEP)
+        resume = resume or {}
+        self.epoch = resume.get("epoch") or uuid.uuid4().hex[:12]  # this node's lifetime
+        self.last_id: str | None = resume.get("last_id")  # None: start from the newest
+        self._resumed = bool(resume)
+        self._serial = itertools.count(resume.get("serial", 0))
+        self.room: Any = None
+        self.on_event: Callable[[dict], None] = lambda event: None
+        self.linked = False
+        self.missed = 0        # events that crossed no node while the broker was lost
+        self._ever_linked = False
+        self._told_lost = False
+        self._linked_at = 0.0
+        self._lost_at = time.monotonic()
+        self._registered = bool(resume)
+        self._others: frozenset[str] = frozenset(resume.get("others", ()))
+        self._state = threading.Lock()     # linked, _others, _told_lost
+        self._apply = threading.Lock()     # held while a batch of events is applied
+        self._queue: deque[dict] = deque()
+        self._wake = threading.Condition()
+        self._stopping = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    # --- the Broker interface (chat/broker.py)
+
+    def claim(self, nickname: str, info: dict[str, Any]) -> str | None:
+        if not self.linked:
+            return UNCLAIMED
+        token = self._token(nickname, info)
+        try:
+            taken = not self.client.hsetnx(self.nicks, nickname_key(nickname), token)
+        except self.errors as exc:
+            self._lost(exc)
+            return UNCLAIMED
+        return None if taken else token
+
+    def release(self, nickname: str, token: str) -> None:
+        if token:
+            self._enqueue({"kind": "_release", "key": nickname_key(nickname), "token": token})
+
+    def publish(self, event: dict[str, Any]) -> None:
+        if not self.linked:
+            self.missed += 1
+            return
+        self._enqueue(event)
+
+    def others(self) -> frozenset[str]:
+        return self._others
+
+    def gather(self, mine: dict, timeout: float) -> tuple[dict[str, dict], list[str]]:
+        """Every live node's stats (ours is `mine`); ({node: stats}, silent nodes)."""
+        replies = {self.node: mine}
+        expected = set(self._others)
+        if not self.linked or not expected:
+            return replies, []
+        key = self.stats_prefix + uuid.uuid4().hex
+        self.publish({"kind": "stats", "reply": key})
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                got = self.client.hgetall(key)
+            except self.errors:
+                break
+            replies.update({node: json.loads(body) for node, body in got.items()})
+            if expected <= replies.keys():
+                break
+            time.sleep(STATS_POLL)
+        return replies, sorted(expected - replies.keys())
+
+    def reply(self, key: str, stats: dict) -> None:
+        """Answer another node's `stats` (the reader thread calls it)."""
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                pipe.hset(key, self.node, json.dumps(stats))
+                pipe.expire(key, STATS_KEEP_S)
+                pipe.execute()
+        except self.errors as exc:
+            self._lost(exc)
+
+    # --- life
+
+    def attach(self, room: Any, on_event: Callable[[dict], None]) -> None:
+        """The room that remote events go to; on_event takes the admin kinds (kick, ban,
+        unban, stats)."""
+        self.room, self.on_event = room, on_event
+
+    def start(self) -> None:
+        for name, target in (("read", self._read_loop), ("write", self._write_loop),
+                             ("heartbeat", self._heartbeat_loop)):
+            thread = threading.Thread(target=target, name=f"tcpchatd broker {name}",
+                                      daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        """After the room's last leave: flush, leave the node set, end the threads."""
+        self._stopping.set()
+        with self._wake:
+            self._wake.notify()
+        for thread in self._threads:
+            thread.join(IO_TIMEOUT + READ_BLOCK_MS / 1000 + 1)
+        if self.linked:
+            try:
+                self.client.zrem(self.nodes, self.node)
+            except self.errors:
+                pass
+        self.client.close()
+        self.reader.close()
+
+    def pause(self) -> dict:
+        """For an upgrade: stop reading and writing (what is queued is written) and say
+        where the new image goes on; the claims stay as they are."""
+        self._stopping.set()
+        with self._apply:  # a batch being applied finishes; the next is the new image's
+            state = {"last_id": self.last_id, "epoch": self.epoch,
+                     "serial": next(self._serial), "others": sorted(self._others)}
+        with self._wake:
+            self._wake.notify()
+        for thread in self._threads:
+            if thread.name.endswith("write"):
+                thread.join(IO_TIMEOUT + 1)
+        return state
+
+    # --- the stream
+
+    def _enqueue(self, event: dict) -> None:
+        with self._wake:
+            self._queue.append(event)
+            self._wake.notify()
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._wake:
+                while not self._queue and not self._stopping.is_set():
+                    self._wake.wait()
+                batch, self._queue = self._queue, deque()
+            if batch:
+                self._write(batch)
+            if self._stopping.is_set():
+                with self._wake:
+                    if not self._queue:
+                        return
+
+    def _write(self, batch: deque[dict]) -> None:
+        if not self.linked:
+            self.missed += sum(1 for event in batch if event["kind"] != "_release")
+            return
+        pipe = self.client.pipeline(transaction=False)
+        confirms: dict[str, dict[str, int]] = {}  # origin -> uuid -> confirms, coalesced
+
+        def flush_confirms() -> None:
+            for origin, counts in confirms.items():
+                self._xadd(pipe, {"kind": "confirms", "to": origin, "counts": counts})
+            confirms.clear()
+        for event in batch:
+            kind = event["kind"]
+            if kind == "confirm":
+                counts = confirms.setdefault(event["to"], {})
+                counts[event["uuid"]] = counts.get(event["uuid"], 0) + 1
+                continue
+            flush_confirms()  # before what follows them (a tally above all)
+            if kind == "_release":
+                self._release(keys=[self.nicks], args=[event["key"], event["token"]],
+                              client=pipe)
+            else:
+                self._xadd(pipe, event)
+        flush_confirms()
+        try:
+            pipe.execute()
+        except self.errors as exc:
+            self.missed += len(batch)  # never written twice: a lost batch is counted
+            self._lost(exc)
+
+    def _xadd(self, target: Any, event: dict) -> None:
+        target.xadd(self.stream, {"e": json.dumps({**event, "node": self.node})},
+                    maxlen=self.stream_length, approximate=True)
+
+    def _read_loop(self) -> None:
+        backoff = BACKOFF_FIRST
+        while not self._stopping.is_set():
+            if not self.linked:
+                if not self._link():
+                    self._stopping.wait(backoff)
+                    backoff = min(backoff * 2, BACKOFF_MOST)
+                    continue
+                backoff = BACKOFF_FIRST
+            try:
+                reply = self.reader.xread({self.stream: self.last_id}, count=READ_BATCH,
+                                          block=READ_BLOCK_MS)
+            except self.errors as exc:
+                self._lost(exc)
+                continue
+            with self._apply:
+                if self._stopping.is_set():
+                    return  # an upgrade: the new image reads these from last_id
+                for _, entries in reply or ():
+                    for entry_id, fields in entries:
+                        self.last_id = entry_id
+                        self._dispatch(fields.get("e", ""))
+
+    def _dispatch(self, body: str) -> None:
+        try:
+            event = json.loads(body)
+            self._apply_event(event)
+        except Exception as exc:  # one bad event must not end the node's reading
+            self.error_log(f"tcpchatd: broker event not applied: {exc!r}: {body[:200]}")
+
+    def _apply_event(self, event: dict) -> None:
+        kind, node, room = event.get("kind"), event.get("node"), self.room
+        if kind == "node_lost":  # from the sweeper, which may be this node
+            lost = event["lost"]
+            if lost == self.node:  # we were silent too long (a pause): back in
+                self._register()
+                return
+            left = room.nodes_lost({lost})
+            self.log.event("node_lost", node=lost, members=left)
+            with self._state:
+                self._others = self._others - {lost}
+            return
+        if node == self.node:
+            return
+        if kind in ("ack", "confirms", "tally") and event.get("to") != self.node:
+            return
+        if kind == "join":
+            room.remote_join(node, event["nick"], event.get("addr", ""),
+                             bool(event.get("tls")), float(event.get("since") or 0))
+        elif kind == "leave":
+            room.remote_leave(node, event["nick"], event["reason"], event.get("detail"))
+        elif kind == "nick":
+            room.remote_nick(node, event["old"], event["new"])
+        elif kind == "message":
+            room.remote_message(node, event["uuid"], event["nick"], event["text"],
+                                event["stamp"], event.get("to"), bool(event.get("action")))
+        elif kind == "announce":
+            room.remote_announce(event["text"])
+        elif kind == "ack":
+            room.remote_ack(node, event["uuid"], int(event["recipients"]))
+        elif kind == "confirms":
+            room.remote_confirms(node, event["counts"])
+        elif kind == "tally":
+            room.remote_tally(node, event["uuid"])
+        else:  # kick, ban, unban, stats: the admin side's
+            self.on_event(event)
+
+    # --- linking, losing, registering
+
+    def _link(self) -> bool:
+        """Reach Redis; on success this node is (back) in the cluster."""
+        try:
+            self.client.ping()
+            if self.last_id is None:  # a fresh node: the history, then only what is new
+                newest = self.client.xrevrange(self.stream, count=HISTORY_SCAN)
+                self.last_id = newest[0][0] if newest else "0-0"
+                self._seed_history(newest)
+        except self.errors as exc:
+            if not self._told_lost:
+                self._told_lost = True
+                self.log.event("broker_lost", broker=self.url, error=_reason(exc))
+            return False
+        with self._state:
+            self.linked, self._linked_at = True, time.monotonic()
+        first, self._ever_linked = not self._ever_linked, True
+        if first and self._resumed:  # an upgrade's new image: the claims are as they were
+            self._told_lost = False
+            self._heartbeat()
+            return True
+        try:
+            self._register()
+        except self.errors as exc:
+            self._lost(exc)
+            return False
+        if self._told_lost:
+            self.log.event("broker_back", broker=self.url, missed=self.missed,
+                           down_s=round(time.monotonic() - self._lost_at, 3))
+            self.missed = 0
+        else:
+            self.log.event("broker", ok="yes", broker=self.url, node=self.node)
+        self._told_lost = False
+        return True
+
+    def _seed_history(self, newest: list) -> None:
+        entries = []
+        for _, fields in newest:
+            try:
+                event = json.loads(fields.get("e", ""))
+            except ValueError:
+                continue
+            if event.get("kind") == "message" and event.get("to") is None:
+                entries.append((event["nick"], event["stamp"], event["text"]))
+            if len(entries) >= max(self.room.config.history, 0):
+                break
+        self.room.seed_history(entries[::-1])
+
+    def _lost(self, exc: BaseException) -> None:
+        with self._state:
+            if not self.linked:
+                return
+            self.linked, self._others = False, frozenset()
+            self._lost_at, self._told_lost = time.monotonic(), True
+        self.log.event("broker_lost", broker=self.url, error=_reason(exc))
+        self.room.nodes_lost(None)  # we reach the other nodes no more: a local room
+
+    def _register(self) -> None:
+        """(Back) in the cluster: our members' nicknames claimed again (a member whose
+        nickname another node's member took meanwhile is kicked), every node told who
+        they are, the other nodes' members learned from their claims, a heartbeat."""
+        for member, nickname, token in self.room.claims():
+            key = nickname_key(nickname)
+            if token and self.client.hget(self.nicks, key) == token:
+                continue
+            info = {"addr": member.address, "tls": member.tls, "since": member.connected}
+            token = self._token(nickname, info)
+            if self.client.hsetnx(self.nicks, key, token):
+                self.room.set_claim(member, token)
+                continue
+            self.log.event("nickname_lost", nick=nickname)
+            member.close("kicked", protocol.kick_frame(NICKNAME_LOST), detail=NICKNAME_LOST)
+        for member, nickname, token in self.room.claims():
+            self.publish({"kind": "join", "nick": nickname, "addr": member.address,
+                          "tls": member.tls, "since": member.connected})
+        ours = {token for _, _, token in self.room.claims()}
+        for key, body in self.client.hgetall(self.nicks).items():
+            claim = json.loads(body)
+            if claim["node"] != self.node:
+                self.room.remote_join(claim["node"], claim["nick"], claim.get("addr", ""),
+                                      bool(claim.get("tls")), float(claim.get("since") or 0))
+            elif body not in ours:  # left while the broker was lost, or an earlier life's
+                self._release(keys=[self.nicks], args=[key, body])
+        self._registered = False  # the heartbeat's ZADD adds us: expected, not a sweep
+        self._heartbeat()
+
+    def _token(self, nickname: str, info: dict[str, Any]) -> str:
+        return json.dumps({"nick": nickname, "node": self.node, "epoch": self.epoch,
+                           "n": next(self._serial), **info}, sort_keys=True)
+
+    # --- liveness
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stopping.wait(self.node_ttl / 4):
+            if not self.linked:
+                continue
+            try:
+                self._heartbeat()
+                self._sweep()
+            except self.errors as exc:
+                self._lost(exc)
+
+    def _server_time(self) -> float:
+        seconds, micros = self.client.time()
+        return seconds + micros / 1e6
+
+    def _heartbeat(self) -> None:
+        now = self._server_time()
+        added = self.client.zadd(self.nodes, {self.node: now})
+        if added and self._registered:  # swept while silent, or Redis came back empty
+            self._register()
+            return
+        self._registered = True
+        alive = self.client.zrangebyscore(self.nodes, now - self.node_ttl, "+inf")
+        with self._state:
+            if self.linked:
+                self._others = frozenset(alive) - {self.node}
+
+    def _sweep(self) -> None:
+        """Holding the sweeper's lock: every node silent for node_ttl is lost. Not in the
+        first node_ttl after (re)linking: after Redis comes back empty, the others have
+        not spoken yet."""
+        if time.monotonic() - self._linked_at < self.node_ttl:
+            return
+        ttl_ms = int(self.node_ttl * 1000)
+        if not self.client.set(self.sweeper, self.node, nx=True, px=ttl_ms):
+            if self.client.get(self.sweeper) != self.node:
+                return
+            self.client.pexpire(self.sweeper, ttl_ms)
+        now = self._server_time()
+        for silent in self.client.zrangebyscore(self.nodes, "-inf", now - self.node_ttl):
+            if silent == self.node:
+                continue
+            event = json.dumps({"kind": "node_lost", "lost": silent, "node": self.node})
+            self._sweep_node(keys=[self.nodes, self.nicks, self.stream],
+                             args=[silent, now - self.node_ttl, self.stream_length, event])
+
+
+def _reason(exc: BaseException) -> str:
+    return str(exc) or type(exc).__name__
