@@ -14,7 +14,8 @@ import uuid
 import pytest
 
 from conftest import status_port
-from rawclient import RawClient, wait_for
+from test_ctl import ctl
+from rawclient import RawClient, frame as json_frame, wait_for
 from syslogparse import parse_message
 
 REDIS = shutil.which("redis-server")
@@ -134,3 +135,251 @@ def test_a_message_reaches_every_node_and_the_receipt_sums_them(cluster):
     assert not log_lines(b, "message") and not log_lines(c, "message")
     for client in (alice, bob, carol, dave):
         client.close()
+
+
+def test_a_silent_recipient_and_the_final_count(cluster):
+    """One recipient never confirms: the sender has its receipt at receipt_wait with the
+    confirms so far; the origin's log has the final count at confirm_timeout."""
+    timing = ("--receipt-wait", "0.3", "--confirm-timeout", "2")
+    (a, port_a), (b, port_b) = cluster("a", *timing), cluster("b", *timing)
+    wait_for(lambda: linked(a) and linked(b), timeout=10)
+    alice, bob, mute = RawClient(port_a), RawClient(port_b), RawClient(port_b)
+    alice.join("alice")
+    bob.join("bob")
+    mute.join("mute")
+    time.sleep(NODE_TTL / 2)
+    msg = alice.say("anyone?")
+    bob.confirm(chat(bob, "alice")["uuid"])
+    chat(mute, "alice")  # read, never confirmed
+    receipt = alice.read_until(lambda f: f.get("type") == "confirm" and f["uuid"] == msg)
+    assert (receipt["delivered"], receipt["recipients"]) == (1, 2)
+    wait_for(lambda: log_lines(a, "delivery"), timeout=5)
+    assert log_lines(a, "delivery") == [{"uuid": msg, "delivered": "1", "recipients": "2"}]
+
+
+def test_nicknames_are_unique_across_nodes_and_follow_renames(cluster, redis_server):
+    (a, port_a), (b, port_b) = cluster("a"), cluster("b")
+    wait_for(lambda: linked(a) and linked(b), timeout=10)
+    alice, bob = RawClient(port_a), RawClient(port_b)
+    alice.join("alice")
+    bob.join("bob")
+    read_event(alice, "join", nickname="bob")
+    other = RawClient(port_b)
+    assert other.recv_exact(10) == b"_nickname_"
+    other.send_raw("ALICE".encode())
+    assert other.read()["code"] == "nickname_taken"
+    assert other.recv_exact(10) == b"_nickname_"  # asked again, as for a local clash
+    other.send_raw(b"carol")
+    read_event(other, "join", nickname="carol")
+    read_event(alice, "join", nickname="carol")
+    # a private message to a member of another node, and its receipt
+    private = str(uuid.uuid4())
+    alice.send_raw(json_frame({"type": "message", "uuid": private, "message": "psst",
+                               "to": "carol"}))
+    got = chat(other, "alice")
+    assert got["uuid"] == private and got["to"] == "carol"
+    other.confirm(private)
+    receipt = alice.read_until(lambda f: f.get("type") == "confirm" and f["uuid"] == private)
+    assert (receipt["delivered"], receipt["recipients"]) == (1, 1)
+    # a rename crosses, and frees the old nickname everywhere
+    bob.send_raw(json_frame({"type": "request", "cmd": "nick", "nickname": "robert"}))
+    assert read_event(alice, "nick")["message"].startswith("bob")
+    time.sleep(0.2)
+    again = RawClient(port_a)
+    again.join("bob")
+    read_event(bob, "join", nickname="bob")
+    # a leave crosses too, and its nickname is free on the other node
+    bob.quit()
+    read_event(alice, "leave", nickname="robert")
+    wait_for(lambda: b"robert" not in redis_server.command("HKEYS", "tcpchat:r:nicks"))
+    for client in (alice, other, again):
+        client.close()
+
+
+def admin_socket(daemon) -> str:
+    args = daemon.proc.args
+    return args[args.index("--admin-socket") + 1]
+
+
+def ctl_json(daemon, *args) -> dict:
+    result = ctl(admin_socket(daemon), "--json", *args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_admin_commands_act_on_the_whole_room_from_any_node(cluster, short_tmp):
+    (a, port_a), (b, port_b) = cluster("a"), cluster("b")
+    wait_for(lambda: linked(a) and linked(b), timeout=10)
+    alice, bob, carol = RawClient(port_a), RawClient(port_b), RawClient(port_b)
+    alice.join("alice")
+    bob.join("bob")
+    carol.join("carol")
+    read_event(alice, "join", nickname="carol")
+    time.sleep(NODE_TTL / 2)
+    # who: the whole room, with its node
+    clients = ctl_json(a, "who")["clients"]
+    assert [(c["nickname"], c["node"]) for c in clients] == [
+        ("alice", "a"), ("bob", "b"), ("carol", "b")]
+    table = ctl(admin_socket(a), "who").stdout
+    assert "NODE" in table.splitlines()[0] and " b" in table.splitlines()[2]
+    # kick: asked on a, done by b
+    result = ctl(admin_socket(a), "kick", "carol", "--reason", "spam")
+    assert result.returncode == 0 and result.stdout.strip() == "kicked carol (on node b)"
+    assert carol.read_until(lambda f: f.get("event") == "kick")["reason"] == "spam"
+    assert carol.closed()
+    assert read_event(alice, "leave", nickname="carol")["reason"] == "kicked"
+    assert ctl(admin_socket(a), "kick", "nobody").returncode == 1
+    # say: from b, heard on a
+    assert ctl_json(b, "say", "maintenance at noon")["clients"] == 2
+    assert alice.read_until(lambda f: f.get("event") == "announce")["message"].endswith(
+        "maintenance at noon")
+    # ban: from a, kept in b's bans.json too, and b's member leaves
+    banned = ctl_json(a, "ban", "bob", "--reason", "rude")
+    assert banned["kicked"] == ["bob"]
+    assert bob.read_until(lambda f: f.get("event") == "kick")["reason"] == "rude"
+    state_b = os.path.join(short_tmp, "state1", "bans.json")
+    wait_for(lambda: os.path.exists(state_b))
+    with open(state_b) as fh:
+        assert [ban["target"] for ban in json.load(fh)["bans"]] == ["bob"]
+    again = RawClient(port_b)
+    assert again.recv_exact(10) == b"_nickname_"
+    again.send_raw(b"bob")
+    assert again.read()["code"] == "banned"
+    # unban: from b, gone from a's list
+    assert ctl_json(b, "unban", "bob") == {"unbanned": "bob"}
+    wait_for(lambda: ctl_json(a, "bans")["bans"] == [])
+    # stats: this node's counters and the cluster's totals
+    stats = ctl_json(b, "stats")
+    assert stats["node"] == "b" and stats["cluster"]["nodes"] == ["a", "b"]
+    assert stats["cluster"]["silent"] == [] and stats["cluster"]["clients"] == 1
+    for client in (alice, again):
+        client.close()
+
+
+def test_a_killed_node_members_leave_and_its_pending_receipt_settles(cluster):
+    """c is SIGKILLed while alice's message waits on its tally: c's members leave with
+    node_lost within 2 x node_ttl, and alice's receipt counts what the others confirmed."""
+    slow = ("--receipt-wait", "30", "--confirm-timeout", "60")
+    (a, port_a), (b, port_b), (c, port_c) = (cluster(n, *slow) for n in "abc")
+    wait_for(lambda: all(map(linked, (a, b, c))), timeout=10)
+    alice, bob, carol = RawClient(port_a), RawClient(port_b), RawClient(port_c)
+    for client, name in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
+        client.join(name)
+    read_event(alice, "join", nickname="carol")
+    time.sleep(NODE_TTL / 2)
+    msg = alice.say("still there?")
+    bob.confirm(chat(bob, "alice")["uuid"])
+    chat(carol, "alice")
+    os.killpg(c.proc.pid, signal.SIGKILL)
+    killed = time.monotonic()
+    left = read_event(alice, "leave", nickname="carol")
+    assert left["reason"] == "node_lost"
+    assert time.monotonic() - killed < 2 * NODE_TTL + 0.5
+    receipt = alice.read_until(lambda f: f.get("type") == "confirm" and f["uuid"] == msg)
+    assert (receipt["delivered"], receipt["recipients"]) == (1, 2)
+    assert {"node": "c", "members": "1"} in log_lines(a, "node_lost")
+    assert read_names(bob) == ["alice", "bob"]
+    for client in (alice, bob, carol):
+        client.close()
+
+
+def read_names(client: RawClient) -> list[str]:
+    client.send_raw(json_frame({"type": "request", "cmd": "who", "id": 7}))
+    names = client.read_until(lambda f: f.get("event") == "names" and f.get("id") == 7)
+    return sorted(names["nicknames"])
+
+
+def test_a_paused_node_is_swept_then_comes_back(cluster):
+    (a, port_a), (b, port_b) = cluster("a"), cluster("b")
+    wait_for(lambda: linked(a) and linked(b), timeout=10)
+    alice, bob = RawClient(port_a), RawClient(port_b)
+    alice.join("alice")
+    bob.join("bob")
+    read_event(alice, "join", nickname="bob")
+    b.signal(signal.SIGSTOP)
+    try:
+        stats = ctl_json(a, "stats")  # asked at once: b still counts as alive, and is silent
+        assert stats["cluster"]["silent"] == ["b"]
+        assert read_event(alice, "leave", nickname="bob")["reason"] == "node_lost"
+        taker = RawClient(port_a)
+        taker.join("bob")  # its claim went with the sweep: free for another member
+    finally:
+        b.signal(signal.SIGCONT)
+    # b finds itself swept and comes back; its bob lost the nickname meanwhile
+    kick = bob.read_until(lambda f: f.get("event") == "kick")
+    assert "taken on another node" in kick["message"]
+    assert bob.closed()
+    wait_for(lambda: log_lines(b, "nickname_lost"), timeout=5)
+    # and b serves the room again: a new member there and alice hear each other
+    ben = RawClient(port_b)
+    ben.join("ben")
+    read_event(alice, "join", nickname="ben")
+    time.sleep(NODE_TTL / 2)
+    msg = alice.say("welcome back")
+    assert chat(ben, "alice")["uuid"] == msg
+    for client in (alice, taker, ben):
+        client.close()
+
+
+def test_redis_restarted_under_traffic(cluster, redis_server):
+    """Redis goes away: each node serves its own members as a local room (nothing local
+    lost), logs broker_lost; Redis returns empty: broker_back, the nodes find each other
+    again, nothing is duplicated."""
+    (a, port_a), (b, port_b) = cluster("a"), cluster("b")
+    wait_for(lambda: linked(a) and linked(b), timeout=10)
+    alice, ann, bob = RawClient(port_a), RawClient(port_a), RawClient(port_b)
+    alice.join("alice")
+    ann.join("ann")
+    bob.join("bob")
+    read_event(alice, "join", nickname="bob")
+    time.sleep(NODE_TTL / 2)
+    redis_server.stop()
+    wait_for(lambda: log_lines(a, "broker_lost") and log_lines(b, "broker_lost"), timeout=5)
+    read_event(alice, "leave", nickname="bob")  # out of reach, as far as a can tell
+    # local members still get every message, with a receipt
+    sent = [alice.say(f"during the outage {n}") for n in range(5)]
+    for msg in sent:
+        assert chat(ann, "alice")["uuid"] == msg
+        ann.confirm(msg)
+    for msg in sent:
+        receipt = alice.read_until(lambda f: f.get("type") == "confirm" and f["uuid"] == msg)
+        assert receipt["delivered"] == 1
+    redis_server.start()
+    wait_for(lambda: log_lines(a, "broker_back") and log_lines(b, "broker_back"), timeout=15)
+    assert int(log_lines(a, "broker_back")[0]["missed"]) >= 5
+    read_event(alice, "join", nickname="bob")
+    time.sleep(NODE_TTL / 2)
+    after = alice.say("after the outage")
+    got = chat(bob, "alice")
+    assert got["uuid"] == after  # the outage's messages never crossed: none comes late
+    bob.confirm(after)
+    receipt = alice.read_until(lambda f: f.get("type") == "confirm" and f["uuid"] == after)
+    assert (receipt["delivered"], receipt["recipients"]) == (1, 2)
+    for client in (alice, ann, bob):
+        client.close()
+
+
+def test_a_node_starts_without_its_broker_and_joins_when_it_comes(cluster, redis_server):
+    redis_server.stop()
+    a, port_a = cluster("a")  # READY anyway: a failed unit would help nobody
+    wait_for(lambda: log_lines(a, "broker_lost"), timeout=5)
+    alice, ann = RawClient(port_a), RawClient(port_a)
+    alice.join("alice")
+    ann.join("ann")
+    msg = alice.say("alone")
+    assert chat(ann, "alice")["uuid"] == msg
+    redis_server.start()
+    wait_for(lambda: log_lines(a, "broker_back"), timeout=15)
+    b, port_b = cluster("b")
+    wait_for(lambda: linked(b), timeout=10)
+    bob = RawClient(port_b)
+    bob.join("bob")
+    assert set(bob.names["nicknames"]) == {"alice", "ann", "bob"}  # claimed on return
+    for client in (alice, ann, bob):
+        client.close()
+
+
+def test_a_password_in_the_broker_url_is_refused(daemon_factory):
+    daemon = daemon_factory("--broker", "redis://:secret@127.0.0.1:6379/0", wait_ready=False)
+    assert daemon.proc.wait(10) == 2
+    assert "no password in the URL" in daemon.stderr()
