@@ -131,7 +131,7 @@ def test_a_message_reaches_every_node_and_the_receipt_sums_them(cluster):
     receipt = alice.read_until(lambda f: f.get("type") == "confirm" and f["uuid"] == msg)
     assert receipt == {"type": "confirm", "uuid": msg, "delivered": 3, "recipients": 3}
     # logged once, by the origin node, with the cluster-wide count
-    assert [f["recipients"] for f in log_lines(a, "delivery")] == ["3"]
+    wait_for(lambda: [f["recipients"] for f in log_lines(a, "delivery")] == ["3"])
     assert not log_lines(b, "message") and not log_lines(c, "message")
     for client in (alice, bob, carol, dave):
         client.close()
@@ -256,7 +256,7 @@ def test_admin_commands_act_on_the_whole_room_from_any_node(cluster, short_tmp):
         client.close()
 
 
-def test_a_killed_node_members_leave_and_its_pending_receipt_settles(cluster):
+def test_a_killed_node_members_leave_and_its_pending_receipt_settles(cluster, redis_server):
     """c is SIGKILLed while alice's message waits on its tally: c's members leave with
     node_lost within 2 x node_ttl, and alice's receipt counts what the others confirmed."""
     slow = ("--receipt-wait", "30", "--confirm-timeout", "60")
@@ -270,6 +270,9 @@ def test_a_killed_node_members_leave_and_its_pending_receipt_settles(cluster):
     msg = alice.say("still there?")
     bob.confirm(chat(bob, "alice")["uuid"])
     chat(carol, "alice")
+    # c has acknowledged (its recipient counts), and is killed before carol confirms
+    wait_for(lambda: b'"kind": "ack", "to": "a", "uuid": "%s", "recipients": 1, "node": "c"'
+             % msg.encode() in redis_server.command("XRANGE", "tcpchat:r:stream", "-", "+"))
     os.killpg(c.proc.pid, signal.SIGKILL)
     killed = time.monotonic()
     left = read_event(alice, "leave", nickname="carol")
@@ -277,7 +280,7 @@ def test_a_killed_node_members_leave_and_its_pending_receipt_settles(cluster):
     assert time.monotonic() - killed < 2 * NODE_TTL + 0.5
     receipt = alice.read_until(lambda f: f.get("type") == "confirm" and f["uuid"] == msg)
     assert (receipt["delivered"], receipt["recipients"]) == (1, 2)
-    assert {"node": "c", "members": "1"} in log_lines(a, "node_lost")
+    wait_for(lambda: {"node": "c", "members": "1"} in log_lines(a, "node_lost"))
     assert read_names(bob) == ["alice", "bob"]
     for client in (alice, bob, carol):
         client.close()
