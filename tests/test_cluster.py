@@ -8,6 +8,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 
@@ -386,3 +387,42 @@ def test_a_password_in_the_broker_url_is_refused(daemon_factory):
     daemon = daemon_factory("--broker", "redis://:secret@127.0.0.1:6379/0", wait_ready=False)
     assert daemon.proc.wait(10) == 2
     assert "no password in the URL" in daemon.stderr()
+
+
+def test_an_upgraded_node_misses_nothing_and_repeats_nothing(cluster):
+    """a re-executes itself (SIGUSR2) while bob on b sends numbered messages: alice sees
+    each once, in order, and bob's receipts all come (the stream's position crossed)."""
+    (a, port_a), (b, port_b) = cluster("a"), cluster("b")
+    wait_for(lambda: linked(a) and linked(b), timeout=10)
+    alice, bob = RawClient(port_a), RawClient(port_b)
+    alice.join("alice")
+    bob.join("bob")
+    read_event(alice, "join", nickname="bob")
+    time.sleep(NODE_TTL / 2)
+    count, sent = 60, []
+
+    def send():
+        for n in range(count):
+            sent.append(bob.say(f"n={n}"))
+            time.sleep(0.01)
+            if n == count // 3:
+                a.signal(signal.SIGUSR2)
+    sender = threading.Thread(target=send)
+    sender.start()
+    seen = []
+    while len(seen) < count:
+        got = chat(alice, "bob")
+        seen.append(int(got["message"].rsplit("=", 1)[1]))
+        alice.confirm(got["uuid"])
+    sender.join()
+    assert seen == list(range(count))
+    receipts = set()
+    while len(receipts) < count:
+        receipt = bob.read_until(lambda f: f.get("type") == "confirm")
+        assert (receipt["delivered"], receipt["recipients"]) == (1, 1), receipt
+        receipts.add(receipt["uuid"])
+    assert receipts == set(sent)
+    wait_for(lambda: [u["ok"] for u in log_lines(a, "upgrade")] == ["yes"], timeout=10)
+    assert not log_lines(a, "broker_lost")
+    for client in (alice, bob):
+        client.close()

@@ -124,7 +124,10 @@ class RedisBroker:
                                                        prefix + "stats:")
         self._release = self.client.register_script(RELEASE)
         self._sweep_node = self.client.register_script(SWEEP)
+        if resume and resume.get("at") != [url, room_name, node]:
+            resume = None  # another broker, room or name now: this node starts afresh there
         resume = resume or {}
+        self._identity = [url, room_name, node]
         self.epoch = resume.get("epoch") or uuid.uuid4().hex[:12]  # this node's lifetime
         self.last_id: str | None = resume.get("last_id")  # None: start from the newest
         self._resumed = bool(resume)
@@ -237,7 +240,7 @@ class RedisBroker:
         where the new image goes on; the claims stay as they are."""
         self._stopping.set()
         with self._apply:  # a batch being applied finishes; the next is the new image's
-            state = {"last_id": self.last_id, "epoch": self.epoch,
+            state = {"at": self._identity, "last_id": self.last_id, "epoch": self.epoch,
                      "serial": next(self._serial), "others": sorted(self._others)}
         with self._wake:
             self._wake.notify()
