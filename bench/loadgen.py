@@ -51,6 +51,7 @@ class Settings:
     irc_mask: bool = False     # IRC: no channel; registered = joined; send to the server mask
     tls: bool = False          # tcpchatd's TLS port; every client verifies against cafile
     cafile: str | None = None
+    ports: tuple[int, ...] = ()  # a cluster's nodes: client i connects to ports[i % len]
 
 
 class Client:
@@ -103,7 +104,8 @@ class LoadGenerator:
     # --- connection plumbing
 
     def _connect(self, index: int) -> Client:
-        sock = socket.create_connection(("127.0.0.1", self.s.port), timeout=30)
+        port = self.s.ports[index % len(self.s.ports)] if self.s.ports else self.s.port
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
         if self.tls is not None:  # the handshake blocks here: the join time includes it
             sock = self.tls.wrap_socket(sock, server_hostname="localhost")
         sock.setblocking(False)

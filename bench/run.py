@@ -11,8 +11,9 @@ import subprocess
 import sys
 import time
 
+from .cluster import cluster_comparison, cluster_text
 from .loadgen import CONNECTS_IN_FLIGHT, IRC_SERVER_MASK, LoadGenerator, Settings
-from .servers import Ngircd, Tcpchatd, raise_fd_limit
+from .servers import GroupStats, Ngircd, Tcpchatd, raise_fd_limit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -31,13 +32,19 @@ def measure(server_kind: str, settings: Settings, server_args=()) -> dict:
     with server:
         settings.port = server.tls_port if settings.tls else server.port
         settings.cafile = getattr(server, "cafile", None)
-        stats = server.stats()
-        generator = LoadGenerator(settings, on_tick=lambda what: (
-            stats.reset_cpu() if what == "start" else stats.sample()))
-        result = generator.run()
-        stats.sample()
-        proc = stats.report()
-        alive = server.proc.poll() is None
+        return measure_running(server_kind, settings, [server])
+
+
+def measure_running(server_kind: str, settings: Settings, servers: list) -> dict:
+    """Run the generator against servers already started; their CPU summed (a cluster's
+    nodes and its Redis), their memory and threads summed too."""
+    stats = GroupStats([server.stats() for server in servers])
+    generator = LoadGenerator(settings, on_tick=lambda what: (
+        stats.reset_cpu() if what == "start" else stats.sample()))
+    result = generator.run()
+    stats.sample()
+    proc = stats.report()
+    alive = all(server.proc.poll() is None for server in servers)
     elapsed = getattr(generator, "elapsed", None)
     recipients = settings.clients - 1
     lat = result.latencies
@@ -500,7 +507,16 @@ def main(argv=None) -> int:
     up = commands.add_parser("upgrade", help="the pause of a hitless upgrade at 1,000 and "
                              "10,000 clients; rewrites BENCHMARKS.md's section")
     up.add_argument("--clients", type=int, nargs="+", default=[1000, 10_000])
+    two = commands.add_parser("cluster", help="two nodes through Redis against one node; "
+                              "rewrites BENCHMARKS.md's section")
+    two.add_argument("--duration", type=float, default=5.0)
+    two.add_argument("--scale-clients", type=int, default=10_000)
     args = parser.parse_args(argv)
+    if args.cmd == "cluster":
+        raise_fd_limit()
+        replace_section("Two nodes through Redis", cluster_text(
+            cluster_comparison(args, measure_running, print)))
+        return 0
     if args.cmd == "upgrade":
         raise_fd_limit()
         replace_section("Hitless upgrade", upgrade_text(

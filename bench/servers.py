@@ -1,4 +1,5 @@
-"""The servers a benchmark measures: tcpchatd and ngircd, started on loopback, measured from /proc."""
+"""The servers a benchmark measures: tcpchatd, ngircd and a cluster's redis-server, started on
+loopback, measured from /proc."""
 
 from __future__ import annotations
 
@@ -77,6 +78,25 @@ class ProcStats:
                 "server_peak_rss_mib": round(int(status["VmHWM"].split()[0]) / 1024, 1),
                 "server_rss_mib": round(int(status["VmRSS"].split()[0]) / 1024, 1),
                 "server_threads": max(self.peak_threads, int(status["Threads"]))}
+
+
+class GroupStats:
+    """ProcStats of several processes as one: CPU, memory and threads summed."""
+
+    def __init__(self, members: list[ProcStats]) -> None:
+        self.members = members
+
+    def sample(self) -> None:
+        for member in self.members:
+            member.sample()
+
+    def reset_cpu(self) -> None:
+        for member in self.members:
+            member.reset_cpu()
+
+    def report(self) -> dict:
+        reports = [member.report() for member in self.members]
+        return {key: round(sum(r[key] for r in reports), 3) for key in reports[0]}
 
 
 class Server:
@@ -190,3 +210,21 @@ class Ngircd(Server):
                                      stderr=subprocess.DEVNULL)
         wait_listening(self.port, self.proc)
         return self
+
+
+class RedisServer(Server):
+    """Debian's redis-server on a free loopback port, no persistence (a cluster's broker)."""
+
+    kind = "redis"
+
+    def start(self) -> "RedisServer":
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_listening(self.port, self.proc)
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"

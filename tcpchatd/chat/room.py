@@ -187,7 +187,7 @@ class Room:
             # logged under the lock, so the log keeps the room's order of events
             self.log.event("join", nick=nickname, addr=member.address,
                            tls="yes" if member.tls else None)
-            alone = len(self._members) > self.config.announce_joins_max
+            alone = self._size() > self.config.announce_joins_max
             if not alone:  # everyone hears of it, the newcomer too
                 self.channel.publish(frame)
             history, count = self._history_frame_now()
@@ -198,6 +198,10 @@ class Room:
         member.deliver(names)  # queued after the join's place in the log: it follows it
         if history is not None:
             member.deliver(history)
+
+    def _size(self) -> int:
+        """Under the lock: the whole room's members, on every node."""
+        return len(self._members) + len(self._remote)
 
     def _refuse_taken(self, key: str, nickname: str) -> None:
         if key in self._members or key in self._remote:
@@ -305,7 +309,7 @@ class Room:
                 for frame_uuid in list(account.sent):  # nobody is left to tell
                     self._forget(self._pending[frame_uuid])
             # At shutdown everyone gets the shutdown notice instead of N leave notices.
-            if reason != "shutdown" and len(self._members) < self.config.announce_joins_max:
+            if reason != "shutdown" and self._size() < self.config.announce_joins_max:
                 self.channel.publish(frame)
         self.channel.notify()
         self._report(finished)
@@ -573,7 +577,7 @@ class Room:
             self._remote[key] = RemoteMember(nickname, node, address, tls, connected)
             if known is not None and known.node == node:
                 return  # told again (the node came back): not news
-            if len(self._members) + len(self._remote) <= self.config.announce_joins_max:
+            if self._size() <= self.config.announce_joins_max:
                 self.channel.publish(protocol.join_frame(nickname))
         self.channel.notify()
 
@@ -590,7 +594,7 @@ class Room:
         if known is None or known.node != node:
             return
         del self._remote[key]
-        if len(self._members) + len(self._remote) < self.config.announce_joins_max:
+        if self._size() < self.config.announce_joins_max:
             self.channel.publish(protocol.leave_frame(nickname, reason, detail))
 
     def remote_nick(self, node: str, old: str, new: str) -> None:
