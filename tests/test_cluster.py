@@ -7,6 +7,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import threading
 import time
@@ -32,31 +33,39 @@ def free_port() -> int:
 class RedisServer:
     """A redis-server of our own: no persistence, loopback, a port of its own."""
 
-    def __init__(self, workdir: str) -> None:
+    def __init__(self, workdir: str, *extra: str, tls_ca: str | None = None,
+                 password: str | None = None) -> None:
         assert REDIS, "redis-server is not installed (.ci/run installs Debian's package)"
         self.workdir, self.port, self.proc = workdir, free_port(), None
+        self.extra, self.password = extra, password
+        self.tls = ssl.create_default_context(cafile=tls_ca) if tls_ca else None
         self.start()
 
     def start(self) -> None:
+        port = ["--port", "0", "--tls-port", str(self.port)] if self.tls \
+            else ["--port", str(self.port)]
         self.proc = subprocess.Popen(
-            [REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.workdir, "--daemonize", "no"],
+            [REDIS, *port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--dir", self.workdir, "--daemonize", "no", *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-        wait_for(self.answers, timeout=10)
-
-    def answers(self) -> bool:
-        try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
-                sock.sendall(b"PING\r\n")
-                return sock.recv(64).startswith(b"+PONG")
-        except OSError:
-            return False
+        wait_for(lambda: self.command("PING").startswith(b"+PONG"), timeout=10)
 
     def command(self, *words: str) -> bytes:
         """One command, its raw reply (enough for the tests' few looks into Redis)."""
-        body = b"".join(b"$%d\r\n%s\r\n" % (len(w.encode()), w.encode()) for w in words)
-        with socket.create_connection(("127.0.0.1", self.port), timeout=2) as sock:
-            sock.sendall(b"*%d\r\n" % len(words) + body)
+        if self.password:
+            words = ("AUTH", self.password, *words)  # sent as two commands below
+        try:
+            sock = socket.create_connection(("127.0.0.1", self.port), timeout=2)
+            if self.tls:
+                sock = self.tls.wrap_socket(sock, server_hostname="localhost")
+        except OSError:
+            return b""
+        with sock:
+            if self.password:
+                sock.sendall(resp(words[:2]))
+                words = words[2:]
+                sock.recv(64)
+            sock.sendall(resp(words))
             time.sleep(0.05)
             return sock.recv(1 << 20)
 
@@ -68,6 +77,11 @@ class RedisServer:
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
+
+
+def resp(words) -> bytes:
+    body = b"".join(b"$%d\r\n%s\r\n" % (len(w.encode()), w.encode()) for w in words)
+    return b"*%d\r\n" % len(words) + body
 
 
 @pytest.fixture
@@ -424,5 +438,99 @@ def test_an_upgraded_node_misses_nothing_and_repeats_nothing(cluster):
     assert receipts == set(sent)
     wait_for(lambda: [u["ok"] for u in log_lines(a, "upgrade")] == ["yes"], timeout=10)
     assert not log_lines(a, "broker_lost")
+    for client in (alice, bob):
+        client.close()
+
+
+def test_a_tls_broker_with_a_password(daemon_factory, short_tmp, certs):
+    """rediss:// verified against broker_ca, the password from a file (never in argv);
+    a wrong password or an untrusted certificate: the node serves alone and says why."""
+    server = RedisServer(short_tmp, "--tls-cert-file", certs("one.crt"), "--tls-key-file",
+                         certs("one.key"), "--tls-ca-cert-file", certs("ca.crt"),
+                         "--tls-auth-clients", "no", "--requirepass", "s3cret",
+                         tls_ca=certs("ca.crt"), password="s3cret")
+    try:
+        secret = os.path.join(short_tmp, "pw")
+        with open(secret, "w") as fh:
+            fh.write("s3cret\n")
+        os.chmod(secret, 0o600)
+        url = f"rediss://localhost:{server.port}/0"
+        common = ("--room", "r", "--node-ttl", str(NODE_TTL), "--broker-ca", certs("ca.crt"))
+        a = daemon_factory("--broker", url, "--node-name", "a", "--broker-password-file",
+                           secret, *common)
+        b = daemon_factory("--broker", url, "--node-name", "b", "--broker-password-file",
+                           secret, *common)
+        wait_for(lambda: linked(a) and linked(b), timeout=10)
+        with open(f"/proc/{a.proc.pid}/cmdline", "rb") as fh:
+            assert b"s3cret" not in fh.read()
+        alice, bob = RawClient(status_port(a)), RawClient(status_port(b))
+        alice.join("alice")
+        bob.join("bob")
+        read_event(alice, "join", nickname="bob")
+        time.sleep(NODE_TTL / 2)
+        msg = alice.say("over TLS")
+        assert chat(bob, "alice")["uuid"] == msg
+        # a wrong password, and a CA that did not sign the server's certificate
+        wrong = os.path.join(short_tmp, "wrong")
+        with open(wrong, "w") as fh:
+            fh.write("guess\n")
+        refused = daemon_factory("--broker", url, "--node-name", "c", "--broker-password-file",
+                                 wrong, *common)
+        rogue = daemon_factory("--broker", url, "--node-name", "d", "--broker-password-file",
+                               secret, "--room", "r", "--broker-ca", certs("rogue.crt"))
+        wait_for(lambda: log_lines(refused, "broker_lost") and log_lines(rogue, "broker_lost"))
+        assert "password" in log_lines(refused, "broker_lost")[0]["error"].lower()
+        assert "certificate" in log_lines(rogue, "broker_lost")[0]["error"].lower()
+        carol = RawClient(status_port(refused))  # serving its own members all the same
+        carol.join("carol")
+        for client in (alice, bob, carol):
+            client.close()
+    finally:
+        server.stop()
+
+
+def test_a_node_that_starts_later_takes_its_history_from_the_stream(cluster):
+    a, port_a = cluster("a")
+    wait_for(lambda: linked(a), timeout=10)
+    alice = RawClient(port_a)
+    alice.join("alice")
+    for n in range(3):
+        alice.say(f"before b {n}")
+    time.sleep(0.3)  # written to the stream
+    b, port_b = cluster("b")
+    wait_for(lambda: linked(b), timeout=10)
+    bob = RawClient(port_b)
+    bob.join("bob")
+    assert bob.names["history"] == 3
+    assert "before b 2" in json.dumps(bob.history)
+    for client in (alice, bob):
+        client.close()
+
+
+def test_redis_back_with_stale_heartbeats_sweeps_nobody_for_one_node_ttl(cluster,
+                                                                         redis_server):
+    """Redis comes back with its data (the heartbeats now older than node_ttl): the first
+    node back must not sweep the others before they have had one node_ttl to return."""
+    (a, port_a), (b, port_b) = cluster("a"), cluster("b")
+    wait_for(lambda: linked(a) and linked(b), timeout=10)
+    alice, bob = RawClient(port_a), RawClient(port_b)
+    alice.join("alice")
+    bob.join("bob")
+    read_event(alice, "join", nickname="bob")
+    assert redis_server.command("SAVE").startswith(b"+OK")
+    redis_server.stop()
+    b.signal(signal.SIGSTOP)  # b comes back later than a
+    try:
+        time.sleep(NODE_TTL * 1.5)
+        redis_server.start()  # loads the saved heartbeats, every one stale
+        wait_for(lambda: log_lines(a, "broker_back"), timeout=10)
+        time.sleep(NODE_TTL / 4)  # a has heartbeated; b's heartbeat is 2 node_ttl old
+    finally:
+        b.signal(signal.SIGCONT)
+    wait_for(lambda: log_lines(b, "broker_back"), timeout=10)
+    time.sleep(NODE_TTL * 2)
+    assert not log_lines(a, "node_lost") and not log_lines(b, "node_lost")
+    clients = ctl_json(a, "who")["clients"]
+    assert [(c["nickname"], c["node"]) for c in clients] == [("alice", "a"), ("bob", "b")]
     for client in (alice, bob):
         client.close()

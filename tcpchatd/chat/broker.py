@@ -5,7 +5,7 @@ embedded room: no other node) and cluster/redis.py implement it. A broker hands 
 other nodes' events back through the room's `remote_*` methods.
 
 Events are plain dicts with a `kind`; the broker adds the origin `node`. Kinds the room
-publishes: join, leave, nick, message, announce (everyone's), ack, confirm, tally (for
+publishes: join, leave, nick, message, announce (everyone's), ack, confirms, tally (for
 the origin node named in `to`). Kinds the admin side publishes: kick, ban, unban,
 stats.
 """

@@ -387,13 +387,14 @@ class Room:
                     self._messages_sent += 1
                     account.settled += 1  # nobody owes a receipt for their own message
                     self.channel.publish(frame, sender, chat=True)
-                self.broker.publish({"kind": "message", "uuid": frame_uuid,
-                                     "nick": sender.nickname, "text": text, "stamp": stamp,
-                                     "to": to, "action": action})
                 if len(self._pending) > self.config.pending_confirms:
                     finished = self._expire_oldest_for_laggards()
             else:
                 self.counters.undelivered += 1
+            # even heard by nobody: it is history for the nodes that start later
+            self.broker.publish({"kind": "message", "uuid": frame_uuid,
+                                 "nick": sender.nickname, "text": text, "stamp": stamp,
+                                 "to": to, "action": action})
         self.channel.notify()
         if target is not None:
             target.deliver(frame)
@@ -444,6 +445,7 @@ class Room:
         for all of them, not once each, keeps the lock short and rarely contended.
         """
         unknown, finished, late = [], [], 0
+        relayed: dict[str, dict[str, int]] = {}  # origin node -> uuid -> confirms, for it
         with self.lock:
             account = self._accounts.get(member)
             pending_by_uuid = self._pending
@@ -458,14 +460,16 @@ class Room:
                 pending.waiting.discard(member)
                 pending.delivered += 1
                 if pending.origin is not None:  # its sender is on another node
-                    self.broker.publish({"kind": "confirm", "to": pending.origin,
-                                         "uuid": frame_uuid})
+                    counts = relayed.setdefault(pending.origin, {})
+                    counts[frame_uuid] = counts.get(frame_uuid, 0) + 1
                 if pending.done():
                     finished.append(self._finish(pending))
                 elif pending.delivered == 1 and pending.origin is None:
                     # the sender hears at most receipt_wait later
                     heapq.heappush(self._receipt_times, (
                         time.monotonic() + self.config.receipt_wait, frame_uuid))
+            for origin, counts in relayed.items():  # one event per origin, not per confirm
+                self.broker.publish({"kind": "confirms", "to": origin, "counts": counts})
             if account is not None:
                 confirmed = len(uuids) - len(unknown) - late
                 account.settled += confirmed

@@ -35,6 +35,7 @@ IO_TIMEOUT = 1.0         # seconds a Redis command may take before the broker is
 READ_BLOCK_MS = 200      # one XREAD waits this long (a pause for an upgrade waits no longer)
 READ_BATCH = 1000        # entries one XREAD takes
 BACKOFF_FIRST = 0.2      # seconds before the first retry; doubled up to BACKOFF_MOST
+                         # or node_ttl / 2, the smaller
 BACKOFF_MOST = 5.0
 HISTORY_SCAN = 1000      # newest stream entries searched for a starting node's history
 STATS_POLL = 0.02
@@ -282,9 +283,10 @@ class RedisBroker:
             confirms.clear()
         for event in batch:
             kind = event["kind"]
-            if kind == "confirm":
+            if kind == "confirms":  # merged with their neighbours: one entry per origin
                 counts = confirms.setdefault(event["to"], {})
-                counts[event["uuid"]] = counts.get(event["uuid"], 0) + 1
+                for frame_uuid, count in event["counts"].items():
+                    counts[frame_uuid] = counts.get(frame_uuid, 0) + count
                 continue
             flush_confirms()  # before what follows them (a tally above all)
             if kind == "_release":
@@ -309,7 +311,8 @@ class RedisBroker:
             if not self.linked:
                 if not self._link():
                     self._stopping.wait(backoff)
-                    backoff = min(backoff * 2, BACKOFF_MOST)
+                    # back before the others' sweeper would count this node lost
+                    backoff = min(backoff * 2, BACKOFF_MOST, self.node_ttl / 2)
                     continue
                 backoff = BACKOFF_FIRST
             try:
