@@ -443,7 +443,8 @@ def test_an_upgraded_node_misses_nothing_and_repeats_nothing(cluster):
 
 
 def test_a_tls_broker_with_a_password(daemon_factory, short_tmp, certs):
-    """rediss:// verified against broker_ca, the password from a file (never in argv);
+    """rediss:// verified against broker_ca, the password from a file or from systemd's
+    credentials (never in argv);
     a wrong password or an untrusted certificate: the node serves alone and says why."""
     server = RedisServer(short_tmp, "--tls-cert-file", certs("one.crt"), "--tls-key-file",
                          certs("one.key"), "--tls-ca-cert-file", certs("ca.crt"),
@@ -458,8 +459,11 @@ def test_a_tls_broker_with_a_password(daemon_factory, short_tmp, certs):
         common = ("--room", "r", "--node-ttl", str(NODE_TTL), "--broker-ca", certs("ca.crt"))
         a = daemon_factory("--broker", url, "--node-name", "a", "--broker-password-file",
                            secret, *common)
-        b = daemon_factory("--broker", url, "--node-name", "b", "--broker-password-file",
-                           secret, *common)
+        credentials = os.path.join(short_tmp, "creds")  # as systemd's LoadCredential= does
+        os.mkdir(credentials)
+        shutil.copy(secret, os.path.join(credentials, "broker.password"))
+        b = daemon_factory("--broker", url, "--node-name", "b", *common,
+                           env={"CREDENTIALS_DIRECTORY": credentials})
         wait_for(lambda: linked(a) and linked(b), timeout=10)
         with open(f"/proc/{a.proc.pid}/cmdline", "rb") as fh:
             assert b"s3cret" not in fh.read()
