@@ -240,3 +240,92 @@ def test_probe_fails_while_the_lock_is_held():
     with lock_held_by_another_thread(room.lock):
         assert not room.probe(0.1)
     assert room.probe(0.1)
+
+
+# --- the room in a cluster: what it asks of its broker, and what other nodes' events do
+
+
+class RecordingBroker(LocalBroker):
+    """Node `a` of a cluster whose other nodes are `others`; keeps what the room sends."""
+
+    node = "a"
+
+    def __init__(self, *others):
+        self.sent = []
+        self._others = frozenset(others)
+
+    def publish(self, event):
+        self.sent.append(event)
+
+    def others(self):
+        return self._others
+
+
+def cluster_room(*others, **settings):
+    log = RecordingLog()
+    broker = RecordingBroker(*others)
+    return Room(Config(**settings), log, ListChannel(), broker=broker), broker, log
+
+
+def test_the_receipt_sums_every_node_and_waits_for_each_tally():
+    room, broker, log = cluster_room("b", "c")
+    (ann,) = joined(room, "ann")
+    room.message(ann, U1, "ann: hi")
+    assert broker.sent[-1]["kind"] == "message" and broker.sent[-1]["uuid"] == U1
+    assert ann.frames[-1]["event"] != "undelivered"  # others will answer: no nobody_here
+    room.remote_ack("b", U1, 2)
+    room.remote_ack("c", U1, 0)  # nobody on c: c is done with it
+    room.remote_ack("x", U1, 5)  # a node the message did not wait on: ignored
+    room.remote_confirms("b", {U1: 1})
+    room.remote_confirms("b", {U1: 1})
+    assert ann.frames[-1].get("type") != "confirm"  # b's tally is still due
+    room.remote_tally("b", U1)
+    assert ann.frames[-1] == {"type": "confirm", "uuid": U1, "delivered": 2, "recipients": 2}
+
+
+def test_a_lost_node_is_waited_for_no_more():
+    room, broker, log = cluster_room("b")
+    (ann,) = joined(room, "ann")
+    room.remote_join("b", "bob")
+    room.message(ann, U1, "ann: hi")
+    room.remote_ack("b", U1, 1)
+    assert room.nodes_lost({"b"}) == 1
+    assert ann.frames[-2]["event"] == "leave" and ann.frames[-2]["reason"] == "node_lost"
+    assert ann.frames[-1] == {"type": "system", "event": "undelivered", "uuid": U1,
+                              "recipients": 1, "message": "Message not delivered: "
+                              "nobody confirmed it"}
+
+
+def test_another_node_s_message_is_acknowledged_confirmed_and_tallied():
+    room, broker, log = cluster_room("b")
+    ann, ben = joined(room, "ann", "ben")
+    room.remote_message("b", U1, "bob", "bob: hi", "2026-12-02T20:00:00Z")
+    assert ann.frames[-1]["uuid"] == U1 and ben.frames[-1]["uuid"] == U1
+    assert broker.sent[-1] == {"kind": "ack", "to": "b", "uuid": U1, "recipients": 2}
+    room.confirm(ann, U1)
+    room.confirm(ben, U1)
+    assert broker.sent[-3:] == [
+        {"kind": "confirms", "to": "b", "counts": {U1: 1}},
+        {"kind": "confirms", "to": "b", "counts": {U1: 1}},
+        {"kind": "tally", "to": "b", "uuid": U1, "delivered": 2, "recipients": 2}]
+    assert not [e for e in log.events if e[0] in ("message", "delivery")]  # b logs them
+
+
+def test_a_private_message_for_a_member_gone_is_acknowledged_by_its_node_alone():
+    room, broker, log = cluster_room("b", "c")
+    joined(room, "ann")
+    room.remote_message("b", U1, "bob", "psst", "2026-12-02T20:00:00Z", to="cy", at="c")
+    assert not broker.sent[1:]  # cy lives on c: only c answers
+    room.remote_message("b", U2, "bob", "psst", "2026-12-02T20:00:00Z", to="al", at="a")
+    assert broker.sent[-1] == {"kind": "ack", "to": "b", "uuid": U2, "recipients": 0}
+
+
+def test_nicknames_of_other_nodes_are_taken_and_listed():
+    room, broker, log = cluster_room("b")
+    room.remote_join("b", "Bob")
+    member = FakeMember(room)
+    with pytest.raises(ProtocolError) as taken:
+        room.join(member, "bob")
+    assert taken.value.code == "nickname_taken"
+    (ann,) = joined(room, "ann")
+    assert ann.frames[1]["nicknames"] == ["ann", "Bob"]

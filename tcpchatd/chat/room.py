@@ -394,7 +394,8 @@ class Room:
             # even heard by nobody: it is history for the nodes that start later
             self.broker.publish({"kind": "message", "uuid": frame_uuid,
                                  "nick": sender.nickname, "text": text, "stamp": stamp,
-                                 "to": to, "action": action})
+                                 "to": to, "action": action,
+                                 "at": remote.node if remote is not None else None})
         self.channel.notify()
         if target is not None:
             target.deliver(frame)
@@ -617,9 +618,11 @@ class Room:
         self.channel.notify()
 
     def remote_message(self, node: str, frame_uuid: str, nickname: str, text: str,
-                       stamp: str, to: str | None = None, action: bool = False) -> None:
+                       stamp: str, to: str | None = None, action: bool = False,
+                       at: str | None = None) -> None:
         """Another node's member sent a message: our members get it, and the origin our
-        acknowledgement at once (with our recipient count), our confirms, our tally."""
+        acknowledgement at once (with our recipient count), our confirms, our tally. A
+        private one (`to`) is acknowledged by the node the origin named (`at`) alone."""
         frame = protocol.chat_frame(frame_uuid, nickname, text, stamp, to, action)
         target = None
         with self.lock:
@@ -633,8 +636,9 @@ class Room:
             if frame_uuid in self._pending:  # a uuid ours already uses: delivered, untracked
                 recipients = 0
             self.counters.deliveries += recipients
-            self.broker.publish({"kind": "ack", "to": node, "uuid": frame_uuid,
-                                 "recipients": recipients})
+            if to is None or at == self.broker.node:  # a private one waits on one node
+                self.broker.publish({"kind": "ack", "to": node, "uuid": frame_uuid,
+                                     "recipients": recipients})
             if recipients:
                 waiting = {target} if target is not None else set(self._members.values())
                 pending = Pending(frame_uuid, None, waiting, recipients,

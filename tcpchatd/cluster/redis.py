@@ -361,7 +361,8 @@ class RedisBroker:
             room.remote_nick(node, event["old"], event["new"])
         elif kind == "message":
             room.remote_message(node, event["uuid"], event["nick"], event["text"],
-                                event["stamp"], event.get("to"), bool(event.get("action")))
+                                event["stamp"], event.get("to"), bool(event.get("action")),
+                                event.get("at"))
         elif kind == "announce":
             room.remote_announce(event["text"])
         elif kind == "ack":
