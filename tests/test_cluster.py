@@ -538,3 +538,42 @@ def test_redis_back_with_stale_heartbeats_sweeps_nobody_for_one_node_ttl(cluster
     assert [(c["nickname"], c["node"]) for c in clients] == [("alice", "a"), ("bob", "b")]
     for client in (alice, bob):
         client.close()
+
+
+def kill_connections(server: RedisServer, node: str) -> int:
+    """End every Redis connection of one node (they carry its name), as a network cut
+    would; the node finds out at its next command."""
+    listing = server.command("CLIENT", "LIST").decode()
+    ids = [fields["id"] for fields in (dict(part.split("=", 1) for part in line.split()
+                                            if "=" in part)
+                                       for line in listing.splitlines())
+           if fields.get("name") == f"tcpchatd-{node}"]
+    for client_id in ids:
+        server.command("CLIENT", "KILL", "ID", client_id)
+    return len(ids)
+
+
+def test_a_node_cut_off_from_redis_replays_what_it_missed(cluster, redis_server):
+    """a loses its connections while bob (on b) speaks: back, a reads the stream from its
+    last id, so alice gets every one of bob's messages, once, in order."""
+    (a, port_a), (b, port_b) = cluster("a"), cluster("b")
+    wait_for(lambda: linked(a) and linked(b), timeout=10)
+    alice, bob = RawClient(port_a), RawClient(port_b)
+    alice.join("alice")
+    bob.join("bob")
+    read_event(alice, "join", nickname="bob")
+    a.signal(signal.SIGSTOP)  # not long enough to be swept: NODE_TTL / 2
+    try:
+        assert kill_connections(redis_server, "a") >= 2
+        sent = [bob.say(f"while a was cut off {n}") for n in range(3)]
+        time.sleep(NODE_TTL / 4)
+    finally:
+        a.signal(signal.SIGCONT)
+    wait_for(lambda: log_lines(a, "broker_back"), timeout=10)
+    got = [chat(alice, "bob")["uuid"] for _ in sent]
+    assert got == sent
+    after = bob.say("and after")
+    assert chat(alice, "bob")["uuid"] == after  # nothing repeated in between
+    assert not log_lines(b, "node_lost")
+    for client in (alice, bob):
+        client.close()

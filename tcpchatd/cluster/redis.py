@@ -106,7 +106,9 @@ class RedisBroker:
         self.url, self.node, self.node_ttl = url, node, node_ttl
         self.stream_length, self.log, self.error_log = stream_length, log, error_log
         options: dict[str, Any] = {"socket_connect_timeout": IO_TIMEOUT, "password": password,
-                                   "decode_responses": True, "retry_on_timeout": False}
+                                   "decode_responses": True, "retry_on_timeout": False,
+                                   # `CLIENT LIST` on the Redis side names the node
+                                   "client_name": f"tcpchatd-{node}"}
         if url.startswith("rediss://") and ca:
             options["ssl_ca_certs"] = ca
         try:

@@ -154,6 +154,7 @@ class Connection:
         shutdown_grace; without, at once."""
         if not self._end(final_frame, flush=final_frame is not None, drop=drop_queue):
             return False
+        self._flush_error_repeats()  # the count of its repeated errors, before its leave
         if self.joined:  # the room logs the leave, in its order of events
             self.room.leave(self, reason, detail)
         return True
@@ -543,10 +544,10 @@ class Connection:
         self._logged_error = (code, now)
 
     def _flush_error_repeats(self) -> None:
-        if self._error_repeats:
+        repeats, self._error_repeats = self._error_repeats, 0  # close() may run elsewhere
+        if repeats:
             self.log.event("protocol_error", nick=self.nickname, addr=self.address,
-                           code=self._logged_error[0], repeated=self._error_repeats)
-            self._error_repeats = 0
+                           code=self._logged_error[0], repeated=repeats)
 
     def _confirm(self, uuids: list[str]) -> None:
         for frame_uuid in self.room.confirm_many(self, uuids):
