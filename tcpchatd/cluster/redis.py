@@ -181,8 +181,15 @@ class RedisBroker:
     def gather(self, mine: dict, timeout: float) -> tuple[dict[str, dict], list[str]]:
         """Every live node's stats (ours is `mine`); ({node: stats}, silent nodes)."""
         replies = {self.node: mine}
-        expected = set(self._others)
-        if not self.linked or not expected:
+        if not self.linked:
+            return replies, []
+        try:  # asked now, not at the last heartbeat: a node that came since is counted
+            now = self._server_time()
+            expected = set(self.client.zrangebyscore(self.nodes, now - self.node_ttl,
+                                                     "+inf")) - {self.node}
+        except self.errors:
+            expected = set(self._others)
+        if not expected:
             return replies, []
         key = self.stats_prefix + uuid.uuid4().hex
         self.publish({"kind": "stats", "reply": key})
