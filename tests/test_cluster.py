@@ -103,6 +103,23 @@ def cluster(daemon_factory, redis_server):
     return node
 
 
+def linked_room(cluster, members: dict[str, str], *args: str, nodes: str = "ab"):
+    """Nodes (named by the letters of `nodes`) linked, each member joined on its node
+    ({"alice": "a"}), the last join heard on the first node, and one heartbeat since: every
+    node knows the others. ({node: daemon}, {member: client})."""
+    started = {name: cluster(name, *args) for name in nodes}
+    wait_for(lambda: all(linked(daemon) for daemon, _ in started.values()), timeout=10)
+    clients = {}
+    for nickname, node in members.items():
+        clients[nickname] = RawClient(started[node][1])
+        clients[nickname].join(nickname)
+    first = next(iter(clients.values()))
+    if list(clients)[-1] != first.nickname:
+        read_event(first, "join", nickname=list(clients)[-1])
+    time.sleep(NODE_TTL / 2)
+    return {name: daemon for name, (daemon, _) in started.items()}, clients
+
+
 def log_lines(daemon, event: str) -> list[dict]:
     """The node's own log lines (on stderr: `EVENT k=v ...`) of one event, as fields."""
     found = []
@@ -155,14 +172,9 @@ def test_a_message_reaches_every_node_and_the_receipt_sums_them(cluster):
 def test_a_silent_recipient_and_the_final_count(cluster):
     """One recipient never confirms: the sender has its receipt at receipt_wait with the
     confirms so far; the origin's log has the final count at confirm_timeout."""
-    timing = ("--receipt-wait", "0.3", "--confirm-timeout", "2")
-    (a, port_a), (b, port_b) = cluster("a", *timing), cluster("b", *timing)
-    wait_for(lambda: linked(a) and linked(b), timeout=10)
-    alice, bob, mute = RawClient(port_a), RawClient(port_b), RawClient(port_b)
-    alice.join("alice")
-    bob.join("bob")
-    mute.join("mute")
-    time.sleep(NODE_TTL / 2)
+    nodes, clients = linked_room(cluster, {"alice": "a", "bob": "b", "mute": "b"},
+                                 "--receipt-wait", "0.3", "--confirm-timeout", "2")
+    a, (alice, bob, mute) = nodes["a"], clients.values()
     msg = alice.say("anyone?")
     bob.confirm(chat(bob, "alice")["uuid"])
     chat(mute, "alice")  # read, never confirmed
@@ -223,14 +235,9 @@ def ctl_json(daemon, *args) -> dict:
 
 
 def test_admin_commands_act_on_the_whole_room_from_any_node(cluster, short_tmp):
-    (a, port_a), (b, port_b) = cluster("a"), cluster("b")
-    wait_for(lambda: linked(a) and linked(b), timeout=10)
-    alice, bob, carol = RawClient(port_a), RawClient(port_b), RawClient(port_b)
-    alice.join("alice")
-    bob.join("bob")
-    carol.join("carol")
-    read_event(alice, "join", nickname="carol")
-    time.sleep(NODE_TTL / 2)
+    nodes, clients = linked_room(cluster, {"alice": "a", "bob": "b", "carol": "b"})
+    (a, b), (alice, bob, carol) = nodes.values(), clients.values()
+    port_b = status_port(b)
     # who: the whole room, with its node
     clients = ctl_json(a, "who")["clients"]
     assert [(c["nickname"], c["node"]) for c in clients] == [
@@ -274,14 +281,10 @@ def test_admin_commands_act_on_the_whole_room_from_any_node(cluster, short_tmp):
 def test_a_killed_node_members_leave_and_its_pending_receipt_settles(cluster, redis_server):
     """c is SIGKILLed while alice's message waits on its tally: c's members leave with
     node_lost within 2 x node_ttl, and alice's receipt counts what the others confirmed."""
-    slow = ("--receipt-wait", "30", "--confirm-timeout", "60")
-    (a, port_a), (b, port_b), (c, port_c) = (cluster(n, *slow) for n in "abc")
-    wait_for(lambda: all(map(linked, (a, b, c))), timeout=10)
-    alice, bob, carol = RawClient(port_a), RawClient(port_b), RawClient(port_c)
-    for client, name in ((alice, "alice"), (bob, "bob"), (carol, "carol")):
-        client.join(name)
-    read_event(alice, "join", nickname="carol")
-    time.sleep(NODE_TTL / 2)
+    nodes, clients = linked_room(cluster, {"alice": "a", "bob": "b", "carol": "c"},
+                                 "--receipt-wait", "30", "--confirm-timeout", "60",
+                                 nodes="abc")
+    (a, _, c), (alice, bob, carol) = nodes.values(), clients.values()
     msg = alice.say("still there?")
     bob.confirm(chat(bob, "alice")["uuid"])
     chat(carol, "alice")
@@ -308,12 +311,9 @@ def read_names(client: RawClient) -> list[str]:
 
 
 def test_a_paused_node_is_swept_then_comes_back(cluster):
-    (a, port_a), (b, port_b) = cluster("a"), cluster("b")
-    wait_for(lambda: linked(a) and linked(b), timeout=10)
-    alice, bob = RawClient(port_a), RawClient(port_b)
-    alice.join("alice")
-    bob.join("bob")
-    read_event(alice, "join", nickname="bob")
+    nodes, clients = linked_room(cluster, {"alice": "a", "bob": "b"})
+    (a, b), (alice, bob) = nodes.values(), clients.values()
+    port_a, port_b = status_port(a), status_port(b)
     b.signal(signal.SIGSTOP)
     try:
         stats = ctl_json(a, "stats")  # asked at once: b still counts as alive, and is silent
@@ -343,14 +343,8 @@ def test_redis_restarted_under_traffic(cluster, redis_server):
     """Redis goes away: each node serves its own members as a local room (nothing local
     lost), logs broker_lost; Redis returns empty: broker_back, the nodes find each other
     again, nothing is duplicated."""
-    (a, port_a), (b, port_b) = cluster("a"), cluster("b")
-    wait_for(lambda: linked(a) and linked(b), timeout=10)
-    alice, ann, bob = RawClient(port_a), RawClient(port_a), RawClient(port_b)
-    alice.join("alice")
-    ann.join("ann")
-    bob.join("bob")
-    read_event(alice, "join", nickname="bob")
-    time.sleep(NODE_TTL / 2)
+    nodes, clients = linked_room(cluster, {"alice": "a", "ann": "a", "bob": "b"})
+    (a, b), (alice, ann, bob) = nodes.values(), clients.values()
     redis_server.stop()
     wait_for(lambda: log_lines(a, "broker_lost") and log_lines(b, "broker_lost"), timeout=5)
     read_event(alice, "leave", nickname="bob")  # out of reach, as far as a can tell
@@ -406,13 +400,8 @@ def test_a_password_in_the_broker_url_is_refused(daemon_factory):
 def test_an_upgraded_node_misses_nothing_and_repeats_nothing(cluster):
     """a re-executes itself (SIGUSR2) while bob on b sends numbered messages: alice sees
     each once, in order, and bob's receipts all come (the stream's position crossed)."""
-    (a, port_a), (b, port_b) = cluster("a"), cluster("b")
-    wait_for(lambda: linked(a) and linked(b), timeout=10)
-    alice, bob = RawClient(port_a), RawClient(port_b)
-    alice.join("alice")
-    bob.join("bob")
-    read_event(alice, "join", nickname="bob")
-    time.sleep(NODE_TTL / 2)
+    nodes, clients = linked_room(cluster, {"alice": "a", "bob": "b"})
+    a, (alice, bob) = nodes["a"], clients.values()
     count, sent = 60, []
 
     def send():
@@ -515,12 +504,8 @@ def test_redis_back_with_stale_heartbeats_sweeps_nobody_for_one_node_ttl(cluster
                                                                          redis_server):
     """Redis comes back with its data (the heartbeats now older than node_ttl): the first
     node back must not sweep the others before they have had one node_ttl to return."""
-    (a, port_a), (b, port_b) = cluster("a"), cluster("b")
-    wait_for(lambda: linked(a) and linked(b), timeout=10)
-    alice, bob = RawClient(port_a), RawClient(port_b)
-    alice.join("alice")
-    bob.join("bob")
-    read_event(alice, "join", nickname="bob")
+    nodes, clients = linked_room(cluster, {"alice": "a", "bob": "b"})
+    (a, b), (alice, bob) = nodes.values(), clients.values()
     assert redis_server.command("SAVE").startswith(b"+OK")
     redis_server.stop()
     b.signal(signal.SIGSTOP)  # b comes back later than a
@@ -556,12 +541,8 @@ def kill_connections(server: RedisServer, node: str) -> int:
 def test_a_node_cut_off_from_redis_replays_what_it_missed(cluster, redis_server):
     """a loses its connections while bob (on b) speaks: back, a reads the stream from its
     last id, so alice gets every one of bob's messages, once, in order."""
-    (a, port_a), (b, port_b) = cluster("a"), cluster("b")
-    wait_for(lambda: linked(a) and linked(b), timeout=10)
-    alice, bob = RawClient(port_a), RawClient(port_b)
-    alice.join("alice")
-    bob.join("bob")
-    read_event(alice, "join", nickname="bob")
+    nodes, clients = linked_room(cluster, {"alice": "a", "bob": "b"})
+    (a, b), (alice, bob) = nodes.values(), clients.values()
     a.signal(signal.SIGSTOP)  # not long enough to be swept: NODE_TTL / 2
     try:
         assert kill_connections(redis_server, "a") >= 2

@@ -368,8 +368,10 @@ class Room:
                 else set(self.broker.others())
             self.counters.messages += 1
             self.counters.deliveries += recipients
+            # recipients: this node's; nodes: the others that will count theirs (the
+            # `delivery` line has the whole room's)
             self.log.event("message", nick=sender.nickname, uuid=frame_uuid,
-                           recipients=recipients, to=to, text=text)
+                           recipients=recipients, nodes=len(nodes) or None, to=to, text=text)
             if to is None:
                 self._remember(sender.nickname, stamp, protocol.chat_text(sender.nickname, text))
             if recipients or nodes:
