@@ -460,14 +460,15 @@ class Room:
                     else:
                         unknown.append(frame_uuid)
                     continue
-                pending.waiting.discard(member)
+                waiting, origin = pending.waiting, pending.origin
+                waiting.discard(member)
                 pending.delivered += 1
-                if pending.origin is not None:  # its sender is on another node
-                    counts = relayed.setdefault(pending.origin, {})
+                if origin is not None:  # its sender is on another node
+                    counts = relayed.setdefault(origin, {})
                     counts[frame_uuid] = counts.get(frame_uuid, 0) + 1
-                if pending.done():
+                if not waiting and not pending.nodes:  # done(), inline: the hot path
                     finished.append(self._finish(pending))
-                elif pending.delivered == 1 and pending.origin is None:
+                elif pending.delivered == 1 and origin is None:
                     # the sender hears at most receipt_wait later
                     heapq.heappush(self._receipt_times, (
                         time.monotonic() + self.config.receipt_wait, frame_uuid))
