@@ -558,3 +558,27 @@ def test_a_node_cut_off_from_redis_replays_what_it_missed(cluster, redis_server)
     assert not log_lines(b, "node_lost")
     for client in (alice, bob):
         client.close()
+
+
+def test_an_upgrade_that_could_not_reach_the_broker_is_refused(daemon_factory, short_tmp):
+    """The pre-flight checks what the new image needs for its broker: the password file
+    gone, the upgrade is refused and the node serves on, linked."""
+    server = RedisServer(short_tmp, "--requirepass", "s3cret", password="s3cret")
+    try:
+        secret = os.path.join(short_tmp, "pw")
+        with open(secret, "w") as fh:
+            fh.write("s3cret\n")
+        a = daemon_factory("--broker", server.url, "--node-name", "a", "--room", "r",
+                           "--broker-password-file", secret)
+        wait_for(lambda: linked(a), timeout=10)
+        os.unlink(secret)
+        result = ctl(admin_socket(a), "upgrade")
+        assert result.returncode == 1
+        assert "cannot read the broker password" in result.stderr
+        assert ctl_json(a, "stats")["upgrades"] == 0
+        alice = RawClient(status_port(a))
+        alice.join("alice")  # its claim still goes to Redis
+        wait_for(lambda: b"alice" in server.command("HKEYS", "tcpchat:r:nicks"))
+        alice.close()
+    finally:
+        server.stop()

@@ -83,6 +83,13 @@ def _redis_module():
     return redis
 
 
+def check_setup(password_path: str | None) -> None:
+    """What a node on Redis needs before it starts (an upgrade's pre-flight asks too):
+    the redis package, and a readable password file if one is named."""
+    _redis_module()
+    read_password(password_path)
+
+
 def read_password(path: str | None) -> str | None:
     if not path:
         return None
@@ -147,6 +154,8 @@ class RedisBroker:
         self._others: frozenset[str] = frozenset(resume.get("others", ()))
         self._state = threading.Lock()     # linked, _others, _told_lost
         self._apply = threading.Lock()     # held while a batch of events is applied
+        self._registering = threading.Lock()  # the reader and the heartbeat may both find
+        #                                       this node swept: one re-registers at a time
         self._queue: deque[dict] = deque()
         self._wake = threading.Condition()
         self._stopping = threading.Event()
@@ -445,6 +454,10 @@ class RedisBroker:
         """(Back) in the cluster: our members' nicknames claimed again (a member whose
         nickname another node's member took meanwhile is kicked), every node told who
         they are, the other nodes' members learned from their claims, a heartbeat."""
+        with self._registering:  # else the second would find the first's fresh claims taken
+            self._register_now()
+
+    def _register_now(self) -> None:
         for member, nickname, token in self.room.claims():
             key = nickname_key(nickname)
             if token and self.client.hget(self.nicks, key) == token:

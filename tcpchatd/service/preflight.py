@@ -39,7 +39,13 @@ def main(argv: list[str]) -> int:
         return 1
     try:
         args = build_parser().parse_args(daemon_args)
-        config_module.from_args(args)
+        config = config_module.from_args(args)
+        if config.broker:  # a node of a cluster: the redis package, the password file
+            from tcpchatd.cluster import redis as redis_broker
+            try:
+                redis_broker.check_setup(config.broker_password_path())
+            except redis_broker.BrokerSetupError as exc:
+                raise ConfigError(str(exc)) from None
     except SystemExit:
         print("the daemon's arguments do not parse with the new code", file=sys.stderr)
         return 1
