@@ -410,15 +410,18 @@ class RedisBroker:
         with self._state:
             self.linked, self._linked_at = True, time.monotonic()
         first, self._ever_linked = not self._ever_linked, True
-        if first and self._resumed:  # an upgrade's new image: the claims are as they were
-            self._told_lost = False
-            self._heartbeat()
-            return True
+        resumed = first and self._resumed  # an upgrade's new image: the claims are as they were
         try:
-            self._register()
+            if resumed:
+                self._heartbeat()
+            else:
+                self._register()
         except self.errors as exc:
             self._lost(exc)
             return False
+        if resumed:
+            self._told_lost = False
+            return True
         if self._told_lost:
             self.log.event("broker_back", broker=self.url, missed=self.missed,
                            down_s=round(time.monotonic() - self._lost_at, 3))
