@@ -51,6 +51,16 @@ end
 return 0
 """
 
+# A heartbeat, scored by the Redis server's clock at the moment it is written (a time read
+# in a command before, then a pause of this node, would write a stale score: the others
+# would sweep a node that has just come back). Returns {added, the nodes alive}.
+HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local added = redis.call('ZADD', KEYS[1], now, ARGV[1])
+return {added, redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[2]), '+inf')}
+"""
+
 # A silent node, atomically: out of the node set (unless it spoke meanwhile), its claims
 # gone, and every node told by one event in the stream.
 SWEEP = """
@@ -134,6 +144,7 @@ class RedisBroker:
                                                        prefix + "stats:")
         self._release = self.client.register_script(RELEASE)
         self._sweep_node = self.client.register_script(SWEEP)
+        self._beat_script = self.client.register_script(HEARTBEAT)
         if resume and resume.get("at") != [url, room_name, node]:
             resume = None  # another broker, room or name now: this node starts afresh there
         resume = resume or {}
@@ -150,7 +161,8 @@ class RedisBroker:
         self._told_lost = False
         self._linked_at = 0.0
         self._lost_at = time.monotonic()
-        self._registered = bool(resume)
+        self._registered = bool(resume)  # in the node set once: a beat that adds us again
+        #                                  means we were swept
         self._others: frozenset[str] = frozenset(resume.get("others", ()))
         self._state = threading.Lock()     # linked, _others, _told_lost
         self._apply = threading.Lock()     # held while a batch of events is applied
@@ -483,8 +495,8 @@ class RedisBroker:
                                       bool(claim.get("tls")), float(claim.get("since") or 0))
             elif body not in ours:  # left while the broker was lost, or an earlier life's
                 self._release(keys=[self.nicks], args=[key, body])
-        self._registered = False  # the heartbeat's ZADD adds us: expected, not a sweep
-        self._heartbeat()
+        self._beat()  # adding us here is expected: never a second registration inside this
+        self._registered = True
 
     def _token(self, nickname: str, info: dict[str, Any]) -> str:
         return json.dumps({"nick": nickname, "node": self.node, "epoch": self.epoch,
@@ -507,16 +519,17 @@ class RedisBroker:
         return seconds + micros / 1e6
 
     def _heartbeat(self) -> None:
-        now = self._server_time()
-        added = self.client.zadd(self.nodes, {self.node: now})
-        if added and self._registered:  # swept while silent, or Redis came back empty
+        if self._beat() and self._registered:  # swept while silent, or Redis came back empty
             self._register()
-            return
         self._registered = True
-        alive = self.client.zrangebyscore(self.nodes, now - self.node_ttl, "+inf")
+
+    def _beat(self) -> bool:
+        """One heartbeat; the nodes alive learned. True if it added this node to the set."""
+        added, alive = self._beat_script(keys=[self.nodes], args=[self.node, self.node_ttl])
         with self._state:
             if self.linked:
                 self._others = frozenset(alive) - {self.node}
+        return bool(added)
 
     def _sweep(self) -> None:
         """Holding the sweeper's lock: every node silent for node_ttl is lost. Not in the
