@@ -227,6 +227,15 @@ def test_control_characters_quotes_and_newlines_land_as_one_parsable_line(daemon
     assert "#0" not in lines[-1]  # rsyslog found no control character to escape
 
 
+def test_an_ascii_value_is_quoted_and_its_delete_character_escaped():
+    # ASCII text takes a path of its own (no Unicode classes): DEL is its one unsafe char
+    for text, shown in (("two words", '"two words"'), ("del\x7fhere", '"del\\u007fhere"'),
+                        ('say "hi"\\', '"say \\"hi\\"\\\\"')):
+        line = format_line("message", {"nick": "a", "text": text})
+        assert line == f"message nick=a text={shown}"
+        assert parse_message(line)[1]["text"] == text
+
+
 def test_long_line_is_cut_with_truncated_yes():
     text = "é" * 5000  # 10,000 bytes of UTF-8
     line = format_line("message", {"nick": "a", "uuid": "u", "recipients": 1, "text": text})

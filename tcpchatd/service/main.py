@@ -15,10 +15,9 @@ from collections import deque
 from typing import Any
 
 from .. import __version__
-from ..control import admin, commands
 from ..net import handover
 from ..net.connection import CLOSED, Connection
-from ..wire import errors, protocol
+from ..wire import errors, nicknames, protocol
 from ..wire.errors import AdminError
 from . import config as config_module, console, pidfile, systemd, upgrade
 from .config import Config
@@ -149,6 +148,7 @@ class Daemon:
         if admin_sockets:
             admin_socket = admin_sockets[0]
         else:
+            from ..control import admin  # see _admin_side
             owned_admin_path = self.config.admin_socket_path()
             admin_socket = admin.bind_socket(owned_admin_path, self.config.admin_socket_mode,
                                              self.config.admin_group)
@@ -214,6 +214,19 @@ class Daemon:
         except redis_broker.BrokerSetupError as exc:
             raise ConfigError(str(exc)) from None
 
+    def _admin_side(self, admin_socket: socket.socket, owned_admin_path: str | None,
+                    resume: dict | None) -> tuple[Any, Any]:
+        """The admin server (not started) and the handler of the other nodes' admin events."""
+        from ..control import admin, commands  # after the loops serve: see _serve
+        handlers, from_other_node = commands.build(
+            self.room, self.log, self.bans,
+            tls_expiry=lambda: self.tls.expires if self.tls is not None else None,
+            upgrade=self.request_upgrade, upgrades=lambda: self.upgrades)
+        self.admin_server = admin.AdminServer(
+            admin_socket, handlers, self.config, self.log, owned_path=owned_admin_path,
+            error_log=_error_log, inode=(resume or {}).get("admin_inode"))
+        return self.admin_server, from_other_node
+
     def _load_bans(self) -> None:
         """The lasting bans; a list that does not parse stops the start (exit 1)."""
         self.bans = BanList(os.path.abspath(self.config.state_dir_path()))
@@ -256,19 +269,17 @@ class Daemon:
         room = Room(config, log, engine, self.bans, broker=broker)
         server = ChatServer(chat_sockets, room, log, config, engine, error_log=_error_log,
                             tls_listeners=tls_sockets, tls=self.tls)
-        handlers, from_other_node = commands.build(
-            room, log, self.bans,
-            tls_expiry=lambda: self.tls.expires if self.tls is not None else None,
-            upgrade=self.request_upgrade, upgrades=lambda: self.upgrades)
-        admin_server = admin.AdminServer(
-            admin_socket, handlers, config, log, owned_path=owned_admin_path,
-            error_log=_error_log, inode=(resume or {}).get("admin_inode"))
-        self.engine, self.room, self.server, self.admin_server = engine, room, server, admin_server
+        self.engine, self.room, self.server = engine, room, server
         if resume is not None:
             self._adopt(resume)
         if pid_path and resume is None:  # signals wait (held) until the handlers are in
             pidfile.write(pid_path)      # place: a SIGTERM always removes the file
-        engine.start()  # the loops first: the accept thread hands them connections
+        engine.start()  # the loops first: the accept thread hands them connections, and
+        self.serving_at = time.time()  # an upgrade's carried clients are served from here
+        # What the carried clients do not need comes after: each import here would
+        # lengthen their pause (the admin side, the nickname checks' regex)
+        admin_server, from_other_node = self._admin_side(admin_socket, owned_admin_path, resume)
+        nicknames.prepare()
         if self.clustered:  # other nodes' events go to the loops as our members' do
             broker.attach(room, from_other_node)
             broker.start()
@@ -448,7 +459,7 @@ class Daemon:
 
     def _upgraded(self, state: dict) -> None:
         """The new image serves: say so in the log and to the waiting `tcpchatctl`."""
-        now = time.time()
+        now = self.serving_at  # the loops serve the carried clients: their pause ends
         pause_ms = round((now - state["paused_at"]) * 1000)
         clients = len(state["connections"])
         self.log.event("upgrade", ok="yes", version=__version__, previous=state["version"],
@@ -457,6 +468,7 @@ class Daemon:
                        start_ms=round((now - state["written_at"]) * 1000))
         reply = state["reply"]
         if reply is not None:
+            from ..control import admin
             with socket.socket(fileno=reply["fd"]) as conn:
                 try:
                     conn.sendall(admin.reply_ok(reply["id"], {
@@ -508,6 +520,7 @@ class Daemon:
         try:
             new = config_module.from_args(self.args)
             if new.admin_group:  # every admin connection would fail on an unknown group
+                from ..control import admin
                 try:
                     admin.resolve_group(new.admin_group)
                 except StartupError as exc:

@@ -26,6 +26,8 @@ def main(argv: list[str]) -> int:
         for module in pkgutil.walk_packages(tcpchatd.__path__, "tcpchatd."):
             if module.name not in ("tcpchatd.__main__", "tcpchatd.service.preflight"):
                 importlib.import_module(module.name)
+        from tcpchatd.wire import nicknames
+        nicknames.prepare()  # imported by the daemon once it serves, not with the modules
     except Exception as exc:  # a broken module: say which, in one line
         print(f"the new code does not import: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1

@@ -11,17 +11,19 @@ Imports nothing of the package but console.py, the one way to stderr.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import queue
 import re
 import socket
 import threading
-from typing import Any, TextIO
-
-import regex
+from typing import TYPE_CHECKING, Any, TextIO
 
 from . import console
+
+if TYPE_CHECKING:
+    import regex
 
 MAX_LINE = 8000  # rsyslog's default message limit is 8 KiB, header included
 FACILITIES = {
@@ -38,9 +40,18 @@ _BARE = re.compile(r"[A-Za-z0-9._:@/+-]+\Z")
 # JSON leaves these unescaped with ensure_ascii=False; none may reach the log: controls,
 # bidi and other format characters, zero-width and other invisible ones, line and
 # paragraph separators, lone surrogates, unassigned code points.
-_UNSAFE = regex.compile(r"[\p{Cc}\p{Cf}\p{Cs}\p{Cn}\p{Zl}\p{Zp}"
-                        r"\p{Default_Ignorable_Code_Point}]")
+# ASCII holds only one of them, DEL (JSON escapes the others): plain ASCII text needs
+# no `regex`, which is imported at the first line that does (not with the module: the
+# new image of a hitless upgrade would import it during its clients' pause).
+_UNSAFE = (r"[\p{Cc}\p{Cf}\p{Cs}\p{Cn}\p{Zl}\p{Zp}"
+           r"\p{Default_Ignorable_Code_Point}]")
 _STOP = object()
+
+
+@functools.cache
+def _unsafe() -> regex.Pattern:
+    import regex
+    return regex.compile(_UNSAFE)
 
 
 def _escape(match: regex.Match) -> str:
@@ -53,7 +64,9 @@ def format_value(value: Any) -> str:
     if _BARE.match(text):
         return text
     quoted = json.dumps(text, ensure_ascii=False)
-    return _UNSAFE.sub(_escape, quoted)
+    if quoted.isascii() and "\x7f" not in quoted:
+        return quoted
+    return _unsafe().sub(_escape, quoted)
 
 
 def format_line(event: str, fields: dict[str, Any], limit: int = MAX_LINE) -> str:
