@@ -1,4 +1,5 @@
-"""A real systemd user manager for tests, in its own mount and cgroup namespaces.
+"""Real systemd for tests: a user manager in its own mount and cgroup namespaces
+(UserManager), and a machine booted with systemd as PID 1 (Machine, below).
 
 Written from ../shared/SYSTEMD_LAB.md. The hazards it guards against:
 - the manager must see only a fresh cgroup2 sub-tree (never the host's root cgroup,
@@ -8,14 +9,20 @@ Written from ../shared/SYSTEMD_LAB.md. The hazards it guards against:
 - /run/systemd/system is created only on a private tmpfs inside the namespace;
 - teardown ends only what this harness started (the manager by pid, then whatever is
   left in its own sub-tree) and removes the sub-tree, deepest first.
+The machine adds its own PID, network, UTS and IPC namespaces, an overlay root (the host's
+files are only read) and a read-only /proc/sys: a system manager would otherwise apply the
+sysctl.d files to this host's kernel (systemd-sysctl) and bump its fs.file-max.
 """
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
 import shutil
 import signal
 import subprocess
+import threading
 import time
 import uuid
 
@@ -42,6 +49,26 @@ def cgroup2_parent() -> str:
     if os.path.exists("/sys/fs/cgroup/cgroup.controllers"):
         return "/sys/fs/cgroup"
     raise RuntimeError("no cgroup2 hierarchy on this machine")
+
+
+def remove_cgroup(path: str) -> None:
+    """Whatever is left in our cgroup sub-tree killed, the sub-tree removed, deepest first."""
+    if not os.path.isdir(path):
+        return
+    kill_file = os.path.join(path, "cgroup.kill")
+    if os.path.exists(kill_file):
+        with open(kill_file, "w") as fh:
+            fh.write("1")
+    deadline = time.monotonic() + 10
+    for directory, _, _ in sorted(os.walk(path), key=lambda w: -w[0].count("/")):
+        while True:
+            try:
+                os.rmdir(directory)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.05)
 
 
 class UserManager:
@@ -118,19 +145,186 @@ class UserManager:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)
-        if os.path.isdir(self.cgroup):
-            kill_file = os.path.join(self.cgroup, "cgroup.kill")
-            if os.path.exists(kill_file):
-                with open(kill_file, "w") as fh:
-                    fh.write("1")
-            deadline = time.monotonic() + 10
-            for directory, _, _ in sorted(os.walk(self.cgroup), key=lambda w: -w[0].count("/")):
-                while True:
-                    try:
-                        os.rmdir(directory)
-                        break
-                    except OSError:
-                        if time.monotonic() > deadline:
-                            break
-                        time.sleep(0.05)
+        remove_cgroup(self.cgroup)
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+# systemd as PID 1 of a machine of its own: namespaces for everything (PID, mount,
+# cgroup, network, UTS, IPC) and the host's root as the lower layer of an overlay whose
+# writes land in a tmpfs, so the host's files (its dpkg database too) stay as they were.
+# The kernel's settings stay the host's: /proc/sys is read-only inside (as systemd-nspawn
+# mounts it), and the units that would write them or load modules are masked.
+MACHINE_INSIDE = r"""
+set -e
+base=$1
+mount -t tmpfs -o mode=755 tmpfs "$base"
+mkdir "$base/upper" "$base/work" "$base/root"
+mount -t overlay overlay -o "lowerdir=/,upperdir=$base/upper,workdir=$base/work" "$base/root"
+root=$base/root
+mount -t proc proc "$root/proc"
+mount --bind "$root/proc/sys" "$root/proc/sys"
+mount -o remount,bind,ro "$root/proc/sys"
+if [ -e "$root/proc/sysrq-trigger" ]; then
+    mount --bind "$root/proc/sysrq-trigger" "$root/proc/sysrq-trigger"
+    mount -o remount,bind,ro "$root/proc/sysrq-trigger"
+fi
+mount -t sysfs -o ro sysfs "$root/sys"
+mount -t cgroup2 -o nsdelegate cgroup2 "$root/sys/fs/cgroup"
+mount -t tmpfs -o mode=755 tmpfs "$root/dev"
+for node in null zero full random urandom tty; do
+    touch "$root/dev/$node"
+    mount --bind "/dev/$node" "$root/dev/$node"
+done
+mkdir "$root/dev/pts" "$root/dev/shm"
+mount -t devpts -o newinstance,ptmxmode=0666,mode=620 devpts "$root/dev/pts"
+ln -s pts/ptmx "$root/dev/ptmx"
+mount -t tmpfs -o mode=1777 tmpfs "$root/dev/shm"
+mount -t tmpfs -o mode=755 tmpfs "$root/run"
+mount -t tmpfs -o mode=1777 tmpfs "$root/tmp"
+: > "$root/etc/fstab"
+for unit in systemd-sysctl.service systemd-modules-load.service systemd-binfmt.service \
+            proc-sys-fs-binfmt_misc.automount; do
+    ln -sf /dev/null "$root/etc/systemd/system/$unit"
+done
+printf '[Unit]\nDescription=tcpchatd test machine\nRequires=sysinit.target sockets.target\nAfter=sysinit.target sockets.target\n' \
+    > "$root/etc/systemd/system/tcpchatd-lab.target"
+mkdir "$root/.oldroot"
+cd "$root"
+pivot_root . .oldroot
+umount -l /.oldroot
+rmdir /.oldroot
+exec env -i container=tcpchatd-lab PATH=/usr/sbin:/usr/bin:/sbin:/bin \
+    "$0" --unit=tcpchatd-lab.target
+"""
+MACHINE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class Machine:
+    """A booted systemd (PID 1 of its own namespaces, see MACHINE_INSIDE) for what only
+    such a machine does: a package's maintainer scripts act on units only where
+    /run/systemd/system exists, which must never be made on this host."""
+
+    def __init__(self) -> None:
+        self.name = f"tcpchatd-machine-{uuid.uuid4().hex[:8]}"
+        self.base = f"/run/{self.name}"
+        self.log_path = f"{self.base}.log"
+        self.cgroup = os.path.join(cgroup2_parent(), self.name)
+        self.proc: subprocess.Popen | None = None
+        self.pid = 0  # the machine's PID 1, as this host numbers it
+
+    def start(self) -> "Machine":
+        os.makedirs(self.base, mode=0o755)
+        os.mkdir(self.cgroup)
+        launcher = (f'echo $$ > {self.cgroup}/cgroup.procs && exec unshare --mount --cgroup '
+                    f'--pid --fork --net --uts --ipc --propagation private '
+                    f'bash -c "$1" {SYSTEMD} {self.base}')
+        self.proc = subprocess.Popen(["bash", "-c", launcher, "launcher", MACHINE_INSIDE],
+                                     start_new_session=True, stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.DEVNULL,
+                                     stderr=open(self.log_path, "wb"))
+        deadline = time.monotonic() + 60
+        try:
+            while not self.pid:
+                self.pid = self._pid_one()
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("the machine did not start: " + self._log())
+                time.sleep(0.05)
+            while True:
+                state = self.run("systemctl", "is-system-running", check=False).stdout.strip()
+                if state in ("running", "degraded"):
+                    break
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"the machine did not boot ({state}): {self._log()}")
+                time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _pid_one(self) -> int:
+        """The unshare process's one child, once it has become systemd."""
+        try:
+            with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as fh:
+                children = fh.read().split()
+            with open(f"/proc/{children[0]}/cmdline", "rb") as fh:
+                return int(children[0]) if fh.read().startswith(SYSTEMD.encode()) else 0
+        except (OSError, IndexError):
+            return 0
+
+    def _log(self) -> str:
+        with open(self.log_path, errors="replace") as fh:
+            return fh.read()[-2000:]
+
+    def run(self, *argv: str, check: bool = True, timeout: float = 180,
+            env: dict | None = None):
+        """A command inside (all its namespaces, its root), with a clean environment."""
+        inside_env = {"PATH": MACHINE_PATH, "LANG": "C.UTF-8", "HOME": "/root",
+                      "DEBIAN_FRONTEND": "noninteractive", **(env or {})}
+        command = ["nsenter", "--target", str(self.pid), "--all", "env", "-i",
+                   *[f"{key}={value}" for key, value in inside_env.items()], *argv]
+        result = subprocess.run(command, capture_output=True, text=True, timeout=timeout,
+                                cwd="/")
+        if check and result.returncode != 0:
+            raise AssertionError(f"{' '.join(argv)} failed ({result.returncode}): "
+                                 f"{result.stderr}{result.stdout}")
+        return result
+
+    def systemctl(self, *args: str, check: bool = True):
+        return self.run("systemctl", *args, check=check)
+
+    def show(self, unit: str, prop: str) -> str:
+        return self.systemctl("show", "-p", prop, "--value", unit).stdout.strip()
+
+    def path(self, inside: str) -> str:
+        """The host's path to a file inside (read or written through the overlay)."""
+        return f"/proc/{self.pid}/root{inside}"
+
+    def in_network(self, make):
+        """make() called in the machine's network namespace, by a thread of its own
+        (setns moves only the calling thread); a socket it opens stays there."""
+        outcome: dict = {}
+
+        def enter() -> None:
+            fd = os.open(f"/proc/{self.pid}/ns/net", os.O_RDONLY)
+            try:
+                if _libc().setns(fd, 0) != 0:
+                    outcome["error"] = OSError(ctypes.get_errno(), "setns failed")
+                    return
+            finally:
+                os.close(fd)
+            try:
+                outcome["value"] = make()
+            except BaseException as exc:  # raised again in the caller's thread
+                outcome["error"] = exc
+        thread = threading.Thread(target=enter)
+        thread.start()
+        thread.join()
+        if "error" in outcome:
+            raise outcome["error"]
+        return outcome["value"]
+
+    def stop(self) -> None:
+        """End the machine by its PID 1 (the kernel ends everything in its PID namespace
+        with it), then anything left in our sub-tree; remove the sub-tree."""
+        if self.pid:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self.proc is not None:
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        remove_cgroup(self.cgroup)
+        shutil.rmtree(self.base, ignore_errors=True)
+        try:
+            os.unlink(self.log_path)
+        except OSError:
+            pass
+
+
+@functools.cache
+def _libc():
+    return ctypes.CDLL(None, use_errno=True)

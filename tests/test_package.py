@@ -1,20 +1,29 @@
 """The Debian package as an operator gets it (issue 17): `.ci/run` builds it from the tree
 (dpkg-buildpackage), runs lintian, installs it with `apt-get install ./tcpchatd_*.deb`,
-runs this suite, then purges it and checks what is left."""
+runs this suite, then purges it and checks what is left.
+
+What the maintainer scripts do only where systemd runs as PID 1 (sockets started on
+install, rsyslog restarted, a package upgrade made hitless, removal stopping the units) is
+tested on a machine booted with systemd (systemd_lab.Machine): the package installed,
+upgraded, removed and purged there, over an overlay of this host's root."""
 
 import grp
+import hashlib
 import json
 import os
 import pwd
 import re
+import shutil
 import socket
 import subprocess
+import tempfile
 
 import pytest
 
-from rawclient import RawClient
-from systemd_lab import UserManager
+from rawclient import RawClient, wait_for
+from systemd_lab import Machine, UserManager
 from test_systemd_real import LAB_RESETS
+from test_upgrade import chat_through
 
 SBIN = "/usr/sbin/tcpchatd"
 UNIT_DIR = "/lib/systemd/system"
@@ -163,3 +172,184 @@ def test_the_installed_units_serve_under_systemd(lab):
         assert lab.show("tcpchatd.service", "Result") == "success"
     finally:
         lab.systemctl("stop", *UNITS, check=False)
+
+
+# --- on a machine booted with systemd
+
+PACKAGE_DIR = "/usr/lib/python3/dist-packages/tcpchatd"
+MACHINE_PORT = 55555  # the shipped socket's, inside the machine's own network
+TRAFFIC_LOG = "/var/log/tcpchatd.log"
+
+
+@pytest.fixture(scope="module")
+def deb():
+    path = os.environ.get("TCPCHATD_DEB", "")
+    assert os.path.isfile(path), "TCPCHATD_DEB names no built package: run .ci/run, " \
+                                 "which builds it and runs this suite"
+    return path
+
+
+def repacked(deb: str, into: str, version: str, edit=None) -> str:
+    """The built package as a newer version, what an `apt upgrade` would bring: its
+    control file and __version__ bumped, `edit(tree)` applied, md5sums rewritten."""
+    with tempfile.TemporaryDirectory(dir="/var/tmp") as work:
+        tree = os.path.join(work, "tree")
+        subprocess.run(["dpkg-deb", "-R", deb, tree], check=True)
+        control = os.path.join(tree, "DEBIAN", "control")
+        with open(control) as fh:
+            text = re.sub(r"^Version: .*$", f"Version: {version}", fh.read(), flags=re.M)
+        with open(control, "w") as fh:
+            fh.write(text)
+        init = os.path.join(tree, PACKAGE_DIR.lstrip("/"), "__init__.py")
+        with open(init) as fh:
+            text = re.sub(r'__version__ = "[^"]+"', f'__version__ = "{version}"', fh.read())
+        with open(init, "w") as fh:
+            fh.write(text)
+        if edit is not None:
+            edit(tree)
+        sums = []
+        for directory, _, files in os.walk(tree):
+            for name in sorted(files):
+                path = os.path.join(directory, name)
+                relative = os.path.relpath(path, tree)
+                if not relative.startswith("DEBIAN/") and not os.path.islink(path):
+                    with open(path, "rb") as fh:
+                        sums.append(f"{hashlib.md5(fh.read()).hexdigest()}  {relative}\n")
+        with open(os.path.join(tree, "DEBIAN", "md5sums"), "w") as fh:
+            fh.writelines(sorted(sums, key=lambda line: line.split("  ", 1)[1]))
+        out = os.path.join(into, f"tcpchatd_{version}_all.deb")
+        subprocess.run(["dpkg-deb", "--root-owner-group", "-b", tree, out], check=True,
+                       capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def machine(deb):
+    """A machine booted with systemd whose rsyslog runs, where this host's installed copy
+    of the package is purged and the built one installed as an operator installs it."""
+    booted = Machine().start()
+    try:
+        # an operator's Debian has no policy-rc.d; a container image's (this host's) says
+        # 101 to every start and stop a maintainer script asks for
+        booted.run("rm", "-f", "/usr/sbin/policy-rc.d")
+        booted.systemctl("start", "rsyslog.service")
+        booted.run("apt-get", "purge", "-y", "tcpchatd")
+        booted.packages = booted.path("/var/tmp/tcpchatd-packages")
+        os.mkdir(booted.packages)
+        shutil.copy(deb, booted.packages)
+        booted.deb = os.path.join(booted.packages, os.path.basename(deb))
+        booted.rsyslog_before = booted.show("rsyslog.service", "MainPID")
+        booted.install = install(booted, os.path.basename(deb))
+        yield booted
+    finally:
+        booted.stop()
+
+
+def install(machine: Machine, name: str):
+    return machine.run("apt-get", "install", "-y", f"/var/tmp/tcpchatd-packages/{name}")
+
+
+def machine_ctl(machine: Machine, *args: str):
+    return machine.run("tcpchatctl", *args, check=False)
+
+
+def connect(machine: Machine):
+    """connect(port, timeout=) for clients inside the machine's network."""
+    return lambda port, timeout=10: machine.in_network(lambda: RawClient(port, timeout=timeout))
+
+
+def traffic(machine: Machine) -> str:
+    try:
+        with open(machine.path(TRAFFIC_LOG), errors="replace") as fh:
+            return fh.read()
+    except FileNotFoundError:
+        return ""
+
+
+def test_on_a_systemd_machine_install_starts_the_sockets_and_rsyslog_files_the_traffic(
+        machine):
+    for unit in ("tcpchatd.socket", "tcpchatd-admin.socket"):
+        assert machine.systemctl("is-enabled", unit).stdout.strip() == "enabled"
+        assert machine.systemctl("is-active", unit).stdout.strip() == "active"
+    assert machine.systemctl("is-enabled", "tcpchatd-tls.socket",
+                             check=False).stdout.strip() == "disabled"
+    assert machine.show("tcpchatd.service", "ActiveState") == "inactive"  # until a client
+    # postinst restarted rsyslog: it read the package's rule
+    assert machine.show("rsyslog.service", "MainPID") != machine.rsyslog_before
+    client = connect(machine)(MACHINE_PORT, timeout=15)  # socket activation
+    assert client.join("operator")["nickname"] == "operator"
+    assert machine.show("tcpchatd.service", "ActiveState") == "active"
+    # the unit as shipped, every hardening setting applied (no drop-in resets any here)
+    assert machine.show("tcpchatd.service", "DropInPaths") == ""
+    for setting, value in (("ProtectProc", "invisible"), ("ProcSubset", "pid"),
+                           ("ProtectKernelTunables", "yes"), ("ProtectControlGroups", "yes")):
+        assert machine.show("tcpchatd.service", setting) == value, setting
+    who = machine_ctl(machine, "who", "--json")
+    assert who.returncode == 0, who.stderr
+    assert [c["nickname"] for c in json.loads(who.stdout)["clients"]] == ["operator"]
+    wait_for(lambda: re.search(r"tcpchatd\[\d+\]: join nick=operator ", traffic(machine)),
+             timeout=10)
+    client.close()
+
+
+def test_a_package_upgrade_keeps_every_client_connected(machine):
+    machine.systemctl("start", "tcpchatd.service")
+    pid = machine.show("tcpchatd.service", "MainPID")
+    newer = repacked(machine.deb, machine.packages, "0.1.0+lab1")
+    outcome = {}
+
+    def upgrade():
+        outcome["apt"] = install(machine, os.path.basename(newer))
+    # within the default flood limit (20 a second), long enough to span apt's run
+    chat_through(MACHINE_PORT, upgrade, connect=connect(machine), interval=0.06)
+    said = outcome["apt"].stdout
+    assert re.search(r"tcpchatd: upgraded to tcpchatd 0\.1\.0\+lab1 \(pid \d+\); "
+                     r"6 clients carried, pause \d+ ms", said), said
+    assert "restarting" not in said
+    assert machine.show("tcpchatd.service", "MainPID") == pid
+    assert machine.show("tcpchatd.service", "NRestarts") == "0"
+    stats = json.loads(machine_ctl(machine, "stats", "--json").stdout)
+    assert (stats["version"], stats["upgrades"]) == ("0.1.0+lab1", 1)
+    assert re.search(r"upgrade ok=yes version=0\.1\.0\+lab1 previous=0\.1\.0 clients=6 ",
+                     traffic(machine))
+
+
+def test_a_refused_upgrade_restarts_the_daemon_and_says_so(machine):
+    machine.systemctl("start", "tcpchatd.service")
+    pid = machine.show("tcpchatd.service", "MainPID")
+    client = connect(machine)(MACHINE_PORT)
+    client.join("stays")
+
+    def unreadable_state(tree):  # new code that cannot read the state the old one writes
+        path = os.path.join(tree, PACKAGE_DIR.lstrip("/"), "net", "handover.py")
+        with open(path) as fh:
+            text = fh.read().replace("ACCEPTED_FORMATS = frozenset({1})",
+                                     "ACCEPTED_FORMATS = frozenset({99})")
+        with open(path, "w") as fh:
+            fh.write(text)
+    newer = repacked(machine.deb, machine.packages, "0.1.0+lab2", unreadable_state)
+    said = install(machine, os.path.basename(newer)).stdout
+    assert re.search(r"tcpchatd: the hitless upgrade was refused \(.*state formats \[99\], "
+                     r"not 1.*\); restarting the daemon instead", said), said
+    assert client.closed(timeout=10)  # the restart ended its connection
+    assert machine.show("tcpchatd.service", "MainPID") != pid
+    assert machine.show("tcpchatd.service", "ActiveState") == "active"
+    stats = json.loads(machine_ctl(machine, "stats", "--json").stdout)
+    assert stats["version"] == "0.1.0+lab2"
+    assert re.search(r"upgrade ok=no error=.*state formats", traffic(machine))
+    again = connect(machine)(MACHINE_PORT)  # and serves again
+    assert again.join("back")["nickname"] == "back"
+    again.close()
+
+
+def test_on_a_systemd_machine_removal_stops_the_units_and_purge_leaves_the_user(machine):
+    machine.systemctl("start", "tcpchatd.service")
+    machine.run("apt-get", "remove", "-y", "tcpchatd")
+    for unit in ("tcpchatd.service", "tcpchatd.socket", "tcpchatd-admin.socket"):
+        assert machine.show(unit, "ActiveState") == "inactive", unit
+    assert os.path.exists(machine.path("/etc/tcpchatd/tcpchatd.toml"))  # conffiles stay
+    machine.run("apt-get", "purge", "-y", "tcpchatd")
+    for gone in ("/etc/tcpchatd", "/var/lib/tcpchatd", TRAFFIC_LOG,
+                 "/etc/rsyslog.d/30-tcpchatd.conf", "/lib/systemd/system/tcpchatd.service"):
+        assert not os.path.exists(machine.path(gone)), gone
+    assert machine.run("getent", "passwd", "tcpchatd").returncode == 0

@@ -465,5 +465,6 @@ def test_the_service_is_hardened_to_an_exposure_of_at_most_2():
         unit = fh.read()
     for setting in ("SystemCallFilter=@system-service", "ProtectProc=invisible",
                     "ProcSubset=pid", "PrivateMounts=yes", "RemoveIPC=yes",
-                    "MemoryDenyWriteExecute=yes"):
+                    "MemoryDenyWriteExecute=yes", "ProtectKernelTunables=yes",
+                    "ProtectControlGroups=yes"):
         assert re.search(rf"^{re.escape(setting)}$", unit, re.M), setting

@@ -24,12 +24,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNITS = os.path.join(ROOT, "contrib", "systemd")
 SERVICE, CHAT, ADMIN = "tcpchatd.service", "tcpchatd.socket", "tcpchatd-admin.socket"
 TLS = "tcpchatd-tls.socket"
-# ProtectProc= and ProcSubset= work for a system manager only: under this per-user manager
-# the service is never taken as ready with them, so the lab resets those two.
+# ProtectProc=, ProcSubset=, ProtectKernelTunables= and ProtectControlGroups= work for a
+# system manager only (test_package.py runs the unit as shipped under one): under this
+# per-user manager the service is never taken as ready with them, so the lab resets those.
 ALLOWED_DROP_IN = {"Service": {"ExecStart", "WatchdogSec", "User", "Group", "DynamicUser",
-                               "ProtectProc", "ProcSubset"},
+                               "ProtectProc", "ProcSubset", "ProtectKernelTunables",
+                               "ProtectControlGroups"},
                    "Socket": {"ListenStream", "SocketGroup"}}
-LAB_RESETS = "ProtectProc=default\nProcSubset=all\n"
+LAB_RESETS = ("ProtectProc=default\nProcSubset=all\nProtectKernelTunables=no\n"
+              "ProtectControlGroups=no\n")
 
 
 def free_port() -> int:

@@ -49,8 +49,8 @@ def start(short_tmp, *args, env=None):
 class Chatter:
     """A client that confirms everything it reads and keeps what it read, in order."""
 
-    def __init__(self, port: int, name: str) -> None:
-        self.client = RawClient(port, timeout=20)
+    def __init__(self, port: int, name: str, connect=RawClient) -> None:
+        self.client = connect(port, timeout=20)
         self.client.join(name)
         self.name = name
         self.messages: list[tuple[str, int]] = []  # (sender, number)
@@ -74,12 +74,14 @@ class Chatter:
             pass
 
 
-def chat_through(port: int, upgrade, senders=3, readers=3, count=120):
-    """Senders send `count` numbered messages each while `upgrade()` runs halfway."""
+def chat_through(port: int, upgrade, senders=3, readers=3, count=120, connect=RawClient,
+                 interval=0.004):
+    """Senders send `count` numbered messages each, one every `interval` seconds, while
+    `upgrade()` runs halfway; `connect(port, timeout=)` makes each client."""
     names = [f"s{i}" for i in range(senders)] + [f"r{i}" for i in range(readers)]
-    chatters = {name: Chatter(port, name) for name in names}
+    chatters = {name: Chatter(port, name, connect) for name in names}
     sent: dict[str, list[str]] = {name: [] for name in names[:senders]}
-    halfway = threading.Barrier(senders + 1)
+    halfway = threading.Barrier(senders + 1, timeout=60)  # a sender that died: no hang
 
     def send(name):
         client = chatters[name].client
@@ -87,7 +89,7 @@ def chat_through(port: int, upgrade, senders=3, readers=3, count=120):
             sent[name].append(client.say(f"#{number}"))
             if number == count // 2:
                 halfway.wait()
-            time.sleep(0.004)
+            time.sleep(interval)
     threads = [threading.Thread(target=send, args=(name,)) for name in sent]
     for thread in threads:
         thread.start()
