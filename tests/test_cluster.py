@@ -582,3 +582,27 @@ def test_an_upgrade_that_could_not_reach_the_broker_is_refused(daemon_factory, s
         alice.close()
     finally:
         server.stop()
+
+
+def test_a_second_node_under_a_name_in_use_stays_apart_until_the_name_is_free(cluster):
+    nodes, clients = linked_room(cluster, {"alice": "a", "bob": "b"})
+    (a, b), (alice, bob) = nodes.values(), clients.values()
+    twin, twin_port = cluster("a")  # the same node_name, by mistake
+    wait_for(lambda: log_lines(twin, "broker_lost"), timeout=10)
+    (lost,) = log_lines(twin, "broker_lost")  # said once, not at every retry
+    assert "node name a is in use by another node of room r" in lost["error"]
+    carol = RawClient(twin_port)
+    carol.join("carol")  # the twin serves its own members, apart
+    # the first a kept its claims and its events: alice and bob chat; nobody sees carol
+    msg = alice.say("still here")
+    assert chat(bob, "alice")["uuid"] == msg
+    assert read_names(bob) == ["alice", "bob"]
+    time.sleep(NODE_TTL)  # retries meanwhile: one line still
+    assert len(log_lines(twin, "broker_lost")) == 1
+    a.stop()  # its name is free: the twin joins the room under it
+    wait_for(lambda: log_lines(twin, "broker_back"), timeout=10)
+    read_event(bob, "join", nickname="carol")
+    msg = bob.say("hello carol")
+    assert chat(carol, "bob")["uuid"] == msg
+    for client in (alice, bob, carol):
+        client.close()

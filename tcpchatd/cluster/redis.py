@@ -6,6 +6,9 @@ Keys, under `tcpchat:ROOM:`:
   nicks     hash: nickname_key -> the claim (JSON: nick, node, epoch, n, addr, tls, since)
   nodes     sorted set: node -> the Redis server's TIME of its last heartbeat
   sweeper   the lock of the one node that sweeps silent nodes
+  node:NAME the epoch of the live node that goes by NAME, renewed by its heartbeats and
+            gone with them: a second node started with a name in use stays apart (and
+            says so) instead of taking the first's claims and events for its own
   stats:ID  hash: node -> its counters, for one `tcpchatctl stats`
 
 A stream, not PUB/SUB: PUB/SUB delivers at most once and drops a slow subscriber at its
@@ -53,12 +56,22 @@ return 0
 
 # A heartbeat, scored by the Redis server's clock at the moment it is written (a time read
 # in a command before, then a pause of this node, would write a stale score: the others
-# would sweep a node that has just come back). Returns {added, the nodes alive}.
+# would sweep a node that has just come back). Returns {added, the nodes alive}, or
+# {-1, its epoch} when another node holds this node's name.
 HEARTBEAT = """
+local owner = redis.call('GET', KEYS[2])
+if owner and owner ~= ARGV[3] then return {-1, owner} end
+redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local added = redis.call('ZADD', KEYS[1], now, ARGV[1])
 return {added, redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[2]), '+inf')}
+"""
+
+# Our name given up at a stop, if it is still ours.
+FORGET_NAME = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
 """
 
 # A silent node, atomically: out of the node set (unless it spoke meanwhile), its claims
@@ -82,6 +95,11 @@ return gone
 
 class BrokerSetupError(Exception):
     """The broker cannot even be tried (the redis package missing, a bad password file)."""
+
+
+class NodeNameInUse(Exception):
+    """Another live node of the room goes by this node's name: handled as a lost broker
+    (this node serves its own members, and retries until the name is free)."""
 
 
 def _redis_module():
@@ -119,7 +137,7 @@ class RedisBroker:
                  ca: str | None = None, error_log: Callable[[str], None] = print,
                  resume: dict | None = None) -> None:
         redis = _redis_module()
-        self.errors = (redis.RedisError, OSError)
+        self.errors = (redis.RedisError, OSError, NodeNameInUse)
         self.url, self.node, self.node_ttl = url, node, node_ttl
         self.stream_length, self.log, self.error_log = stream_length, log, error_log
         options: dict[str, Any] = {"socket_connect_timeout": IO_TIMEOUT, "password": password,
@@ -142,9 +160,12 @@ class RedisBroker:
         self.stream, self.nicks = prefix + "stream", prefix + "nicks"
         self.nodes, self.sweeper, self.stats_prefix = (prefix + "nodes", prefix + "sweeper",
                                                        prefix + "stats:")
+        self.name_key = f"{prefix}node:{node}"
+        self.room_name = room_name
         self._release = self.client.register_script(RELEASE)
         self._sweep_node = self.client.register_script(SWEEP)
         self._beat_script = self.client.register_script(HEARTBEAT)
+        self._forget_name = self.client.register_script(FORGET_NAME)
         if resume and resume.get("at") != [url, room_name, node]:
             resume = None  # another broker, room or name now: this node starts afresh there
         resume = resume or {}
@@ -159,6 +180,7 @@ class RedisBroker:
         self.missed = 0        # events that crossed no node while the broker was lost
         self._ever_linked = False
         self._told_lost = False
+        self._lost_reason = ""
         self._linked_at = 0.0
         self._lost_at = time.monotonic()
         self._registered = bool(resume)  # in the node set once: a beat that adds us again
@@ -261,6 +283,7 @@ class RedisBroker:
         if self.linked:
             try:
                 self.client.zrem(self.nodes, self.node)
+                self._forget_name(keys=[self.name_key], args=[self.epoch])
             except self.errors:
                 pass
         self.client.close()
@@ -416,8 +439,8 @@ class RedisBroker:
                 self._seed_history(newest)
         except self.errors as exc:
             if not self._told_lost:
-                self._told_lost = True
-                self.log.event("broker_lost", broker=self.url, error=_reason(exc))
+                self._told_lost, self._lost_reason = True, _reason(exc)
+                self.log.event("broker_lost", broker=self.url, error=self._lost_reason)
             return False
         with self._state:
             self.linked, self._linked_at = True, time.monotonic()
@@ -457,12 +480,18 @@ class RedisBroker:
         self.room.seed_history(entries[::-1])
 
     def _lost(self, exc: BaseException) -> None:
+        reason = _reason(exc)
         with self._state:
             if not self.linked:
                 return
             self.linked, self._others = False, frozenset()
-            self._lost_at, self._told_lost = time.monotonic(), True
-        self.log.event("broker_lost", broker=self.url, error=_reason(exc))
+            # a retry that fails the same way (a name still in use) is not news
+            again = self._told_lost and reason == self._lost_reason
+            if not self._told_lost:
+                self._lost_at = time.monotonic()
+            self._told_lost, self._lost_reason = True, reason
+        if not again:
+            self.log.event("broker_lost", broker=self.url, error=reason)
         self.room.nodes_lost(None)  # we reach the other nodes no more: a local room
 
     def _register(self) -> None:
@@ -473,6 +502,7 @@ class RedisBroker:
             self._register_now()
 
     def _register_now(self) -> None:
+        self._beat()  # first: a node whose name is in use must not touch the claims
         for member, nickname, token in self.room.claims():
             key = nickname_key(nickname)
             if token and self.client.hget(self.nicks, key) == token:
@@ -495,8 +525,7 @@ class RedisBroker:
                                       bool(claim.get("tls")), float(claim.get("since") or 0))
             elif body not in ours:  # left while the broker was lost, or an earlier life's
                 self._release(keys=[self.nicks], args=[key, body])
-        self._beat()  # adding us here is expected: never a second registration inside this
-        self._registered = True
+        self._registered = True  # the beat above added us: expected, not a sweep
 
     def _token(self, nickname: str, info: dict[str, Any]) -> str:
         return json.dumps({"nick": nickname, "node": self.node, "epoch": self.epoch,
@@ -525,7 +554,12 @@ class RedisBroker:
 
     def _beat(self) -> bool:
         """One heartbeat; the nodes alive learned. True if it added this node to the set."""
-        added, alive = self._beat_script(keys=[self.nodes], args=[self.node, self.node_ttl])
+        added, alive = self._beat_script(keys=[self.nodes, self.name_key],
+                                         args=[self.node, self.node_ttl, self.epoch,
+                                               int(self.node_ttl * 1000)])
+        if added == -1:
+            raise NodeNameInUse(f"the node name {self.node} is in use by another node of "
+                                f"room {self.room_name}: give each node its own node_name")
         with self._state:
             if self.linked:
                 self._others = frozenset(alive) - {self.node}
