@@ -51,6 +51,15 @@ def cgroup2_parent() -> str:
     raise RuntimeError("no cgroup2 hierarchy on this machine")
 
 
+def reap(proc: subprocess.Popen) -> None:
+    """Wait for a process told to end; killed if it does not within 15 s."""
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
 def remove_cgroup(path: str) -> None:
     """Whatever is left in our cgroup sub-tree killed, the sub-tree removed, deepest first."""
     if not os.path.isdir(path):
@@ -140,11 +149,7 @@ class UserManager:
         """End the manager by pid, then anything left in our sub-tree; remove it."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)  # a user manager exits on SIGTERM
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+            reap(self.proc)
         remove_cgroup(self.cgroup)
         shutil.rmtree(self.base, ignore_errors=True)
 
@@ -312,11 +317,7 @@ class Machine:
             except ProcessLookupError:
                 pass
         if self.proc is not None:
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+            reap(self.proc)
         remove_cgroup(self.cgroup)
         shutil.rmtree(self.base, ignore_errors=True)
         try:
