@@ -108,6 +108,7 @@ class Daemon:
         self._started_pipe: int | None = None  # --daemon: tells the waiting parent we serve
         self._upgrade_requests: deque[upgrade.UpgradeRequest] = deque()
         self.upgrades = 0  # hitless upgrades this process has been through
+        self.serving_at = 0.0  # when the loops began serving (an upgrade's pause ends)
 
     def run(self) -> int:
         threading.stack_size(self.config.thread_stack)
