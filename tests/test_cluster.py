@@ -278,6 +278,19 @@ def test_admin_commands_act_on_the_whole_room_from_any_node(cluster, short_tmp):
         client.close()
 
 
+def test_an_address_ban_kicks_on_every_node_and_names_them_all(cluster):
+    nodes, clients = linked_room(cluster, {"alice": "a", "bob": "b", "carol": "b"})
+    (a, b), (alice, bob, carol) = nodes.values(), clients.values()
+    assert ctl_json(a, "ban", "192.0.2.0/24")["kicked"] == []  # nobody there
+    banned = ctl_json(a, "ban", "127.0.0.1", "--reason", "loopback")
+    assert banned["kicked"] == ["alice", "bob", "carol"]  # a's own and b's, by address
+    for client in (alice, bob, carol):
+        assert client.read_until(lambda f: f.get("event") == "kick")["message"].endswith(
+            "loopback")
+        assert client.closed()
+    wait_for(lambda: len(ctl_json(b, "bans")["bans"]) == 2)
+
+
 def test_a_killed_node_members_leave_and_its_pending_receipt_settles(cluster, redis_server):
     """c is SIGKILLed while alice's message waits on its tally: c's members leave with
     node_lost within 2 x node_ttl, and alice's receipt counts what the others confirmed."""

@@ -237,5 +237,7 @@ class BanList:
         network = ban.network
         if network is None:
             return nickname is not None and nickname_key(nickname) == nickname_key(ban.target)
+        if not ip:  # an address not known (another node's member that did not say)
+            return False
         address = peer_address(ip)
         return address.version == network.version and address in network

@@ -101,9 +101,15 @@ class RemoteMember:
 
     nickname: str
     node: str
-    address: str = ""
+    address: str = ""       # as that node shows it: `ip:port` or `[v6]:port`
     tls: bool = False
     connected: float = 0.0  # time.time() when it connected
+
+    @property
+    def ip(self) -> str:
+        """The peer's address, for bans ("" when its node did not say)."""
+        host = self.address.rpartition(":")[0]
+        return host[1:-1] if host.startswith("[") else host
 
 
 @dataclass(eq=False)

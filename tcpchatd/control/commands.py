@@ -137,7 +137,7 @@ def build(room: Room, log: Any, bans: BanList | None = None,
         broker.publish({"kind": "ban", "ban": dataclasses.asdict(added)})
         kicked = kick_matching(added, caller.uid, caller.pid) + [
             remote.nickname for remote in room.remote_members()  # kicked by their nodes
-            if banlist().matches(added, remote.nickname, "")]
+            if banlist().matches(added, remote.nickname, remote.ip)]
         return {"banned": added.target, "until": iso(added.until),
                 "kicked": sorted(kicked, key=str.casefold)}
 
