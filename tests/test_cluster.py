@@ -291,6 +291,59 @@ def test_an_address_ban_kicks_on_every_node_and_names_them_all(cluster):
     wait_for(lambda: len(ctl_json(b, "bans")["bans"]) == 2)
 
 
+def stopped(pid: int) -> bool:
+    """Every thread of the process stopped (a SIGSTOP takes effect a little later)."""
+    states = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{task}/stat") as fh:
+            states.append(fh.read().rsplit(")", 1)[1].split()[0])
+    return all(state in "Tt" for state in states)
+
+
+def test_events_trimmed_from_the_stream_while_a_node_was_paused_are_counted(
+        daemon_factory, short_tmp):
+    # small stream nodes and the shortest stream (100): trimming (approximate) is exact
+    # to within 10 entries
+    redis = RedisServer(short_tmp, "--stream-node-max-entries", "10")
+    try:
+        def node(name):
+            return daemon_factory("--broker", redis.url, "--room", "r", "--node-name", name,
+                                  "--node-ttl", "30", "--flood-rate", "0",
+                                  "--broker-stream", "100")
+        a, b = node("a"), node("b")
+        wait_for(lambda: linked(a) and linked(b), timeout=10)
+        alice, bob = RawClient(status_port(a)), RawClient(status_port(b))
+        alice.join("alice")
+        bob.join("bob")
+        read_event(alice, "join", nickname="bob")
+        alice.say("#0")
+        chat(bob, "alice")
+        b.signal(signal.SIGSTOP)  # cut off (not swept: node_ttl is long)
+        try:
+            wait_for(lambda: stopped(b.proc.pid))
+            for number in range(1, 201):
+                alice.say(f"#{number}")
+            wait_for(lambda: b"alice: #200" in redis.command("XREVRANGE", "tcpchat:r:stream",
+                                                            "+", "-", "COUNT", "1"))
+        finally:
+            b.signal(signal.SIGCONT)
+        got = []
+        while not got or got[-1] != 200:
+            got.append(int(chat(bob, "alice")["message"].rsplit("#", 1)[1]))
+        missing = sorted(set(range(1, 201)) - set(got))
+        assert got == sorted(got) and missing  # the rest, in order; some trimmed
+        assert missing == list(range(missing[0], missing[-1] + 1))  # one run of them
+        wait_for(lambda: log_lines(b, "broker_gap"), timeout=5)
+        gaps = log_lines(b, "broker_gap")
+        assert {g["node"] for g in gaps} == {"a"}
+        # a wrote nothing but its messages meanwhile (b confirmed none): the count is exact
+        assert sum(int(g["missed"]) for g in gaps) == len(missing)
+        alice.close()
+        bob.close()
+    finally:
+        redis.stop()
+
+
 def test_a_killed_node_members_leave_and_its_pending_receipt_settles(cluster, redis_server):
     """c is SIGKILLed while alice's message waits on its tally: c's members leave with
     node_lost within 2 x node_ttl, and alice's receipt counts what the others confirmed."""

@@ -2,7 +2,10 @@
 
 Keys, under `tcpchat:ROOM:`:
   stream    the room's events (XADD with MAXLEN ~ broker_stream); every node reads it
-            from its last id, so a reconnect or an upgrade replays what it missed
+            from its last id, so a reconnect or an upgrade replays what it missed. Each
+            node numbers what it writes (`seq`, per epoch): a reader that finds numbers
+            skipped (the stream trimmed past it while it was cut off, or a batch lost on
+            its way) logs how many (`broker_gap`) instead of missing them silently
   nicks     hash: nickname_key -> the claim (JSON: nick, node, epoch, n, addr, tls, since)
   nodes     sorted set: node -> the Redis server's TIME of its last heartbeat
   sweeper   the lock of the one node that sweeps silent nodes
@@ -174,6 +177,11 @@ class RedisBroker:
         self.last_id: str | None = resume.get("last_id")  # None: start from the newest
         self._resumed = bool(resume)
         self._serial = itertools.count(resume.get("serial", 0))
+        self._seq = int(resume.get("seq", 0))  # the last number written (writer thread)
+        # (node, epoch) -> the last number read from it (reader thread)
+        self._seen: dict[tuple[str, str], int] = {
+            (node_name, epoch): seq for node_name, epoch, seq in resume.get("seen", ())}
+        self.gaps = 0  # events of other nodes never read (see the module's docstring)
         self.room: Any = None
         self.on_event: Callable[[dict], None] = lambda event: None
         self.linked = False
@@ -301,6 +309,8 @@ class RedisBroker:
         for thread in self._threads:
             if thread.name.endswith("write"):
                 thread.join(IO_TIMEOUT + 1)
+        state["seq"] = self._seq  # the writer is done: what it numbered last
+        state["seen"] = [[node, epoch, seq] for (node, epoch), seq in self._seen.items()]
         return state
 
     # --- the stream
@@ -355,8 +365,10 @@ class RedisBroker:
             self._lost(exc)
 
     def _xadd(self, target: Any, event: dict) -> None:
-        target.xadd(self.stream, {"e": json.dumps({**event, "node": self.node})},
-                    maxlen=self.stream_length, approximate=True)
+        self._seq += 1
+        body = {**event, "node": self.node, "epoch": self.epoch, "seq": self._seq}
+        target.xadd(self.stream, {"e": json.dumps(body)}, maxlen=self.stream_length,
+                    approximate=True)
 
     def _read_loop(self) -> None:
         backoff = BACKOFF_FIRST
@@ -398,11 +410,15 @@ class RedisBroker:
                 return
             left = room.nodes_lost({lost})
             self.log.event("node_lost", node=lost, members=left)
+            for key in [key for key in self._seen if key[0] == lost]:
+                del self._seen[key]
             with self._state:
                 self._others = self._others - {lost}
             return
         if node == self.node:
             return
+        if "seq" in event:
+            self._count_gap(node, event.get("epoch", ""), int(event["seq"]))
         if kind in ("ack", "confirms", "tally") and event.get("to") != self.node:
             return
         if kind == "join":
@@ -426,6 +442,13 @@ class RedisBroker:
             room.remote_tally(node, event["uuid"])
         else:  # kick, ban, unban, stats: the admin side's
             self.on_event(event)
+
+    def _count_gap(self, node: str, epoch: str, seq: int) -> None:
+        last = self._seen.get((node, epoch))
+        self._seen[(node, epoch)] = seq
+        if last is not None and seq > last + 1:
+            self.gaps += seq - last - 1
+            self.log.event("broker_gap", node=node, missed=seq - last - 1)
 
     # --- linking, losing, registering
 
