@@ -493,6 +493,7 @@ def test_an_upgraded_node_misses_nothing_and_repeats_nothing(cluster):
     assert receipts == set(sent)
     wait_for(lambda: [u["ok"] for u in log_lines(a, "upgrade")] == ["yes"], timeout=10)
     assert not log_lines(a, "broker_lost")
+    assert not log_lines(nodes["b"], "broker_gap")  # a's numbering went on where it was
     for client in (alice, bob):
         client.close()
 
