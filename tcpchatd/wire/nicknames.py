@@ -17,8 +17,9 @@ A nickname is refused (`nickname_invalid`, with the reason) when it:
 
 Script properties come from the `regex` package (Unicode's Script_Extensions), not
 from tables written here; the only lists here are the standard's names of scripts. It is
-imported when the first nickname is checked, not with this module: the new image of a
-hitless upgrade serves its carried clients first (the import costs ~10 ms of that pause).
+imported by prepare() (the daemon calls it once its loops serve) or at the first nickname
+checked, not with this module: the new image of a hitless upgrade serves its carried
+clients first (the import costs ~10 ms of that pause).
 """
 
 from __future__ import annotations
