@@ -72,6 +72,32 @@ def test_matching_mapped_peers_nicknames_and_everything(tmp_path):
     assert info.value.code == "no_such_ban"
 
 
+@pytest.mark.parametrize("network,inside,outside", [
+    ("10.1.0.0/16", ["10.1.0.0", "10.1.255.255", "::ffff:10.1.0.0", "::ffff:10.1.255.255"],
+     ["10.0.255.255", "10.2.0.0", "::ffff:10.2.0.0", "11.1.0.0"]),
+    ("2001:db8:1::/48", ["2001:db8:1::", "2001:db8:1:ffff:ffff:ffff:ffff:ffff"],
+     ["2001:db8:0:ffff:ffff:ffff:ffff:ffff", "2001:db8:2::"]),
+    ("198.51.100.7", ["198.51.100.7", "::ffff:198.51.100.7"],
+     ["198.51.100.6", "198.51.100.8"]),
+])
+def test_a_network_ban_holds_from_its_first_address_to_its_last_and_no_further(
+        tmp_path, network, inside, outside):
+    bans = BanList(str(tmp_path))
+    bans.add(network, None, "edge", 0)
+    assert [ip for ip in inside if bans.for_address(ip) is None] == []
+    assert [ip for ip in outside if bans.for_address(ip) is not None] == []
+
+
+@pytest.mark.parametrize("banned,look_alike", [
+    ("pope", "\u0440\u043e\u0440\u0435"), ("bob", "b\u0585b"), ("ann", "\u0251nn"),
+    ("scott", "\ua731cott"), ("sophie", "\u0455\u043e\u0440\u04bb\u0456\u0435")])
+def test_a_nickname_ban_holds_for_its_look_alikes(tmp_path, banned, look_alike):
+    bans = BanList(str(tmp_path))
+    bans.add(banned, None, "spam", 0)
+    assert bans.for_nickname(look_alike).target == banned
+    assert bans.matches(bans.all()[0], look_alike, "192.0.2.1")
+
+
 def test_the_file_survives_a_new_list_and_expiry_drops_bans(tmp_path):
     bans = BanList(str(tmp_path))
     bans.add("10.0.0.1", 1, "short", 5)

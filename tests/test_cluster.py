@@ -673,3 +673,72 @@ def test_a_second_node_under_a_name_in_use_stays_apart_until_the_name_is_free(cl
     assert chat(carol, "bob")["uuid"] == msg
     for client in (alice, bob, carol):
         client.close()
+
+
+def test_a_node_seen_in_the_stream_counts_before_its_first_heartbeat_is_read(cluster):
+    """A long node_ttl (heartbeats 5 s apart): b is known to a from its first event, not
+    from a's next heartbeat, so a message right after b's member joined waits for b."""
+    (a, port_a) = cluster("a", "--node-ttl", "20")
+    wait_for(lambda: linked(a), timeout=10)
+    (b, port_b) = cluster("b", "--node-ttl", "20")
+    wait_for(lambda: linked(b), timeout=10)
+    alice, bob = RawClient(port_a), RawClient(port_b)
+    alice.join("alice")
+    bob.join("bob")
+    read_event(alice, "join", nickname="bob")
+    msg = alice.say("right away")
+    bob.confirm(chat(bob, "alice")["uuid"])
+    receipt = alice.read_until(lambda f: f.get("uuid") == msg and (
+        f.get("type") == "confirm" or f.get("event") == "undelivered"))
+    assert receipt == {"type": "confirm", "uuid": msg, "delivered": 1, "recipients": 1}
+    # and a node that stops says so: a message after it waits for nobody on b
+    bob.close()
+    read_event(alice, "leave", nickname="bob")
+    b.stop()
+    carol = RawClient(port_a)
+    carol.join("carol")
+    msg = alice.say("after b")
+    carol.confirm(chat(carol, "alice")["uuid"])
+    receipt = alice.read_until(lambda f: f.get("uuid") == msg and f.get("type") == "confirm")
+    assert (receipt["delivered"], receipt["recipients"]) == (1, 1)
+    for client in (alice, carol):
+        client.close()
+
+
+def test_redis_frozen_neither_blocks_a_join_nor_leaves_a_ghost(cluster, redis_server):
+    nodes, clients = linked_room(cluster, {"alice": "a", "ann": "a", "bob": "b"},
+                                 "--io-threads", "1")
+    (a, b), (alice, ann, bob) = nodes.values(), clients.values()
+    port_a = status_port(a)
+    os.kill(redis_server.proc.pid, signal.SIGSTOP)
+    try:
+        # a join on a while Redis does not answer: its claim waits off the loop, and the
+        # loop goes on serving alice and ann
+        carl = RawClient(port_a)
+        assert carl.recv_exact(10) == b"_nickname_"
+        carl.send_raw(b"carl")
+        started = time.monotonic()
+        msg = alice.say("still here?")
+        assert chat(ann, "alice")["uuid"] == msg
+        assert time.monotonic() - started < 0.5  # a claim blocked the loop for 1 s
+        read_event(carl, "join", nickname="carl")
+        ann.quit()  # leaves during the freeze: its leave cannot reach b now
+        wait_for(lambda: [f["nick"] for f in log_lines(a, "leave")] == ["ann"], timeout=5)
+        wait_for(lambda: log_lines(a, "broker_lost") and log_lines(b, "broker_lost"),
+                 timeout=10)
+    finally:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
+    wait_for(lambda: log_lines(a, "broker_back") and log_lines(b, "broker_back"), timeout=10)
+    # b learns that ann left (a published a leave for the claim it gave up), and her
+    # nickname is free on b
+    wait_for(lambda: "ann" not in [c["nickname"] for c in ctl_json(b, "who")["clients"]],
+             timeout=10)
+    # carl joined unclaimed; his claim, which Redis made after all once it woke, is
+    # taken as his when a is back, and announced
+    wait_for(lambda: "carl" in [c["nickname"] for c in ctl_json(b, "who")["clients"]],
+             timeout=10)
+    assert not log_lines(a, "nickname_lost")
+    again = RawClient(status_port(b))
+    again.join("ann")
+    for client in (alice, bob, carl, again):
+        client.close()

@@ -60,3 +60,24 @@ def test_real_names_of_many_scripts_pass(name):
                                  ("e\u0301", "\u00e9")])
 def test_the_comparison_key_folds_case_width_and_composition(a, b):
     assert nickname_key(a) == nickname_key(b)
+
+
+# Look-alikes that pass the script rules (one script, or Latin with Armenian) collide by
+# the confusable skeleton of UTS #39 (issue 23, item 8)
+LOOK_ALIKES = [("\u0440\u043e\u0440\u0435", "pope"),                      # all Cyrillic
+               ("\u0455\u043e\u0440\u04bb\u0456\u0435", "sophie"),        # all Cyrillic
+               ("b\u0585b", "bob"), ("j\u0585\u0570\u0578", "john"),      # Latin + Armenian
+               ("\u0251nn", "ann"), ("\ua731cott", "scott"),              # Latin only
+               ("b0b", "bob"), ("BILL", "bi11")]
+
+
+@pytest.mark.parametrize("look_alike,name", LOOK_ALIKES)
+def test_look_alikes_pass_the_rules_but_share_the_key(look_alike, name):
+    assert check_nickname(look_alike.encode(), 32) == look_alike  # a name of its own
+    assert nickname_key(look_alike) == nickname_key(name)
+
+
+@pytest.mark.parametrize("a,b", [("ann", "anne"), ("bob", "rob"), ("\u0438\u0432\u0430\u043d",
+                                                                  "ivan")])
+def test_different_names_keep_different_keys(a, b):
+    assert nickname_key(a) != nickname_key(b)

@@ -1,6 +1,7 @@
 """room.py without sockets: membership, receipts, bounds, announcements."""
 
 import json
+import time
 
 import pytest
 
@@ -46,6 +47,7 @@ class FakeMember:
         self.room = room
         self.nickname = None
         self.address = "127.0.0.1:1"
+        self.ip = "127.0.0.1"
         self.tls = False
         self.connected = 0.0
         self.frames = []
@@ -66,11 +68,20 @@ def make_room(**settings):
     return Room(Config(**settings), log, ListChannel(), broker=LocalBroker()), log
 
 
+def join(room, member, name):
+    """room.join with the embedded broker, which answers at once; a refusal raised."""
+    outcome = []
+    room.join(member, name, outcome.append)
+    assert outcome, "the embedded room settles a join at once"
+    if outcome[0] is not None:
+        raise outcome[0]
+
+
 def joined(room, *names):
     members = []
     for name in names:
         member = FakeMember(room)
-        room.join(member, name)
+        join(room, member, name)
         members.append(member)
     return members
 
@@ -90,7 +101,7 @@ def test_nickname_taken_in_another_case():
     room, _ = make_room()
     joined(room, "Alice")
     with pytest.raises(ProtocolError) as info:
-        room.join(FakeMember(room), "aLICE")
+        join(room, FakeMember(room), "aLICE")
     assert info.value.code == "nickname_taken"
 
 
@@ -325,7 +336,31 @@ def test_nicknames_of_other_nodes_are_taken_and_listed():
     room.remote_join("b", "Bob")
     member = FakeMember(room)
     with pytest.raises(ProtocolError) as taken:
-        room.join(member, "bob")
+        join(room, member, "bob")
     assert taken.value.code == "nickname_taken"
     (ann,) = joined(room, "ann")
     assert ann.frames[1]["nicknames"] == ["ann", "Bob"]
+
+
+def test_a_look_alike_of_a_member_is_taken_and_a_rename_to_one_too():
+    room, _ = make_room()
+    pope, other = joined(room, "pope", "ann")
+    with pytest.raises(ProtocolError) as info:
+        join(room, FakeMember(room), "\u0440\u043e\u0440\u0435")  # all Cyrillic
+    assert info.value.code == "nickname_taken"
+    with pytest.raises(ProtocolError) as info:
+        room.rename(other, "\u0440\u043e\u0440\u0435", lambda error: None)
+    assert info.value.code == "nickname_taken"
+
+
+def test_a_shorter_confirm_timeout_after_a_reload_is_not_held_behind_older_deadlines():
+    room, log = make_room(confirm_timeout=30)
+    a, b = joined(room, "a", "b")
+    room.message(a, U1, "before the reload")
+    room.config = Config(confirm_timeout=0.5)
+    room.message(a, U2, "after it")
+    room.expire(now=time.monotonic() + 1)
+    receipts = [f for f in a.frames if f.get("uuid") in (U1, U2)]
+    assert receipts == [{"type": "system", "event": "undelivered", "uuid": U2,
+                         "message": "Message not delivered: nobody confirmed it",
+                         "recipients": 1}]

@@ -12,7 +12,7 @@ stats.
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 # claim() when no broker can be asked (it is lost): the member joins this node's room
 # and its nickname is claimed when the broker is back.
@@ -22,10 +22,13 @@ UNCLAIMED = ""
 class Broker(Protocol):
     node: str | None    # this node's name; None for a process alone
 
-    def claim(self, nickname: str, info: dict[str, Any]) -> str | None:
-        """Claim a nickname for a member of this node, atomically across the cluster:
-        the claim's token (UNCLAIMED if the broker is out of reach), or None if another
-        member holds it. `info`: what `who` on other nodes shows (addr, tls, since)."""
+    def claim(self, nickname: str, info: dict[str, Any],
+              done: Callable[[str | None], None]) -> None:
+        """Claim a nickname for a member of this node, atomically across the cluster, and
+        call done() with the claim's token (UNCLAIMED if the broker is out of reach), or
+        None if another member holds it: at once when no broker needs asking, else from
+        the broker's own thread (never an event loop's). `info`: what `who` on other
+        nodes shows (addr, tls, since)."""
 
     def release(self, nickname: str, token: str) -> None:
         """Give a claim up, only if it is still the one `token` names."""

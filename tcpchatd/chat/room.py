@@ -16,7 +16,7 @@ import threading
 import time
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 from ..wire import errors, protocol
 from ..wire.errors import ProtocolError
@@ -48,6 +48,17 @@ class Member(Protocol):
     def close(self, reason: str, final_frame: bytes | None = None,
               detail: str | None = None) -> None:
         """Leave the room and disconnect, after sending final_frame if given."""
+
+
+# join() and rename() report the broker's answer through this: None, or the refusal
+Settled = Callable[[ProtocolError | None], None]
+
+
+class AddressBanned(ProtocolError):
+    """The member's address is banned: unlike a refused nickname, no other try helps."""
+
+    def __init__(self, description: str) -> None:
+        super().__init__(errors.BANNED, f"your address is {description}")
 
 
 class NoSuchMember(LookupError):
@@ -128,6 +139,8 @@ class Account:
     private: int = 0                # private messages it received (not in _messages_sent)
     in_flight: int = 0              # departed: receipts settled, not yet handed to it
     claim: str = UNCLAIMED          # the broker's token for its nickname
+    key: str = ""                   # its nickname_key, kept from its join (and carried by
+    #                                 an upgrade: a new version's keys may differ)
 
 
 @dataclass
@@ -158,7 +171,9 @@ class Room:
         self._departed: dict[Member, Account] = {}
         self._pending: dict[str, Pending] = {}       # uuid -> pending receipt, oldest first
         self._messages_sent = 0                      # messages that had recipients
-        self._deadlines: deque[tuple[float, str]] = deque()
+        # heaps, not queues: a reload that shortens confirm_timeout puts new deadlines
+        # before old ones
+        self._deadlines: list[tuple[float, str]] = []  # heap: confirm_timeout deadlines
         self._receipt_times: list[tuple[float, str]] = []  # heap: receipt_wait deadlines
         self._settled: OrderedDict[str, None] = OrderedDict()  # recently settled uuids
         self._history: deque[tuple[str, str, str]] = deque()  # (nickname, time, text)
@@ -166,28 +181,38 @@ class Room:
 
     # --- membership
 
-    def join(self, member: Member, nickname: str) -> None:
-        """Add a member under its nickname, or raise nickname_taken.
+    def join(self, member: Member, nickname: str, settled: Settled) -> None:
+        """Add a member under its nickname.
 
+        What the room can tell at once (a ban, a nickname in use) is raised. The claim of
+        the nickname in a cluster takes a round trip to the broker, made off the caller's
+        thread (an event loop must never wait on Redis): settled(None) once joined, or
+        settled(error) when another node's member holds the nickname; called from this
+        thread when the broker answers at once (the embedded room), else from the broker's.
         The newcomer gets, in this order: its join, who is here (names), the history.
         """
-        frame = protocol.join_frame(nickname)
         key = nickname_key(nickname)
-        self._refuse_banned(nickname)
+        self._refuse_banned(nickname, member.ip)
         with self.lock:  # the cheap refusal first: no round trip to the broker
             self._refuse_taken(key, nickname)
         info = {"addr": member.address, "tls": member.tls, "since": member.connected}
-        claim = self.broker.claim(nickname, info)  # outside the lock: it may ask Redis
+        self.broker.claim(nickname, info, lambda claim: settled(
+            self._joined(member, nickname, key, info, claim)))
+
+    def _joined(self, member: Member, nickname: str, key: str, info: dict,
+                claim: str | None) -> ProtocolError | None:
+        """The join, once the broker has answered for the nickname (claim None: taken)."""
         if claim is None:
-            raise ProtocolError(errors.NICKNAME_TAKEN, f"nickname {nickname!r} is taken")
+            return ProtocolError(errors.NICKNAME_TAKEN, f"nickname {nickname!r} is taken")
+        frame = protocol.join_frame(nickname)
         with self.lock:
             if key in self._members:
                 self.broker.release(nickname, claim)
-                raise ProtocolError(errors.NICKNAME_TAKEN, f"nickname {nickname!r} is taken")
+                return ProtocolError(errors.NICKNAME_TAKEN, f"nickname {nickname!r} is taken")
             self._remote.pop(key, None)  # the claim is the truth: that member has left
             member.nickname = nickname
             self._members[key] = member
-            self._accounts[member] = Account(self._messages_sent, claim=claim)
+            self._accounts[member] = Account(self._messages_sent, claim=claim, key=key)
             self.channel.subscribe(member)
             self.broker.publish({"kind": "join", "nick": nickname, **info})
             # logged under the lock, so the log keeps the room's order of events
@@ -204,6 +229,7 @@ class Room:
         member.deliver(names)  # queued after the join's place in the log: it follows it
         if history is not None:
             member.deliver(history)
+        return None
 
     def _size(self) -> int:
         """Under the lock: the whole room's members, on every node."""
@@ -235,47 +261,64 @@ class Room:
             self._history_frame = protocol.history_frame(entries, self.config.history_bytes)
         return self._history_frame
 
-    def _refuse_banned(self, nickname: str) -> None:
-        ban = self.bans.for_nickname(nickname) if self.bans is not None else None
+    def _refuse_banned(self, nickname: str, ip: str | None = None) -> None:
+        """A ban on the nickname, or on the member's address (a connection accepted
+        before the ban that sends its nickname after it), refuses the join."""
+        if self.bans is None:
+            return
+        ban = self.bans.for_nickname(nickname)
         if ban is not None:
             raise ProtocolError(errors.BANNED, f"nickname {nickname!r} is {ban.describe()}")
+        ban = self.bans.for_address(ip) if ip else None
+        if ban is not None:
+            raise AddressBanned(ban.describe())
 
-    def rename(self, member: Member, new: str) -> None:
-        """A member takes another nickname; everyone hears of it (nickname_taken if used)."""
+    def rename(self, member: Member, new: str, settled: Settled) -> None:
+        """A member takes another nickname; everyone hears of it. Refusals the room can
+        tell at once are raised; settled() as for join()."""
         key = nickname_key(new)
         self._refuse_banned(new)
         with self.lock:
-            holder = self._members.get(key)
-            if holder is member:  # another spelling of its own nickname: no claim
-                claim = self._accounts[member].claim
-            else:
+            account = self._accounts.get(member)
+            if account is None:
+                return  # left meanwhile
+            if account.key != key:
                 self._refuse_taken(key, new)
-                claim = None
+            claim = account.claim if account.key == key else None
+        if claim is not None:  # another spelling of its own nickname: no new claim
+            settled(self._renamed(member, new, key, claim))
+            return
+        info = {"addr": member.address, "tls": member.tls, "since": member.connected}
+        self.broker.claim(new, info, lambda claim: settled(
+            self._renamed(member, new, key, claim)))
+
+    def _renamed(self, member: Member, new: str, key: str,
+                 claim: str | None) -> ProtocolError | None:
         if claim is None:
-            info = {"addr": member.address, "tls": member.tls, "since": member.connected}
-            claim = self.broker.claim(new, info)
-            if claim is None:
-                raise ProtocolError(errors.NICKNAME_TAKEN, f"nickname {new!r} is taken")
+            return ProtocolError(errors.NICKNAME_TAKEN, f"nickname {new!r} is taken")
         with self.lock:
             old = member.nickname
             account = self._accounts.get(member)
             holder = self._members.get(key)
             if account is None or (holder is not None and holder is not member):
-                self.broker.release(new, claim)
+                if account is None or claim != account.claim:
+                    self.broker.release(new, claim)
                 if account is None:
-                    return  # left meanwhile
-                raise ProtocolError(errors.NICKNAME_TAKEN, f"nickname {new!r} is taken")
+                    return None  # left meanwhile
+                return ProtocolError(errors.NICKNAME_TAKEN, f"nickname {new!r} is taken")
             if claim != account.claim:
                 self.broker.release(old, account.claim)
                 account.claim = claim
-            del self._members[nickname_key(old)]
+            del self._members[account.key]
             self._remote.pop(key, None)
             self._members[key] = member
+            account.key = key
             member.nickname = new
             self.log.event("nick", old=old, new=new)
             self.channel.publish(protocol.nick_frame(old, new))
             self.broker.publish({"kind": "nick", "old": old, "new": new})
         self.channel.notify()
+        return None
 
     def leave(self, member: Member, reason: str, detail: str | None = None,
               keep_receipts: bool = False) -> None:
@@ -287,14 +330,14 @@ class Room:
         frame = protocol.leave_frame(member.nickname, reason, detail)
         finished = []
         with self.lock:
-            key = nickname_key(member.nickname or "")
-            if self._members.get(key) is not member:
+            account = self._accounts.get(member)
+            if account is None or self._members.get(account.key) is not member:
                 return
-            del self._members[key]
+            del self._members[account.key]
+            del self._accounts[member]
             # logged under the lock, as the join is, so the log keeps the room's order
             self.log.event("leave", nick=member.nickname, reason=reason)
             self.channel.unsubscribe(member)
-            account = self._accounts.pop(member)
             self.broker.publish({"kind": "leave", "nick": member.nickname, "reason": reason,
                                  "detail": detail})
             self.broker.release(member.nickname, account.claim)
@@ -388,7 +431,7 @@ class Room:
                                   now + self.config.confirm_timeout, nodes=nodes)
                 self._pending[frame_uuid] = pending
                 account.sent.add(frame_uuid)
-                self._deadlines.append((pending.deadline, frame_uuid))
+                heapq.heappush(self._deadlines, (pending.deadline, frame_uuid))
                 if target is not None:  # owed by the target alone
                     self._accounts[target].private += 1
                 elif remote is None:
@@ -498,7 +541,7 @@ class Room:
         finished, early = [], []
         with self.lock:
             while self._deadlines and self._deadlines[0][0] <= now:
-                deadline, frame_uuid = self._deadlines.popleft()
+                deadline, frame_uuid = heapq.heappop(self._deadlines)
                 pending = self._pending.get(frame_uuid)
                 if pending is not None and pending.deadline == deadline:
                     finished.append(self._finish(pending))
@@ -654,7 +697,7 @@ class Room:
                                   time.monotonic() + self.config.confirm_timeout,
                                   origin=node)
                 self._pending[frame_uuid] = pending
-                self._deadlines.append((pending.deadline, frame_uuid))
+                heapq.heappush(self._deadlines, (pending.deadline, frame_uuid))
                 if target is not None:
                     self._accounts[target].private += 1
                 else:
@@ -792,7 +835,7 @@ class Room:
 
         def account(member: Member, a: Account) -> list:
             return [ident(member), a.joined_at, a.settled, sorted(a.sent), a.private,
-                    a.in_flight, a.claim]
+                    a.in_flight, a.claim, a.key]
         with self.lock:
             return {
                 "members": [ident(m) for m in self._members.values()],
@@ -802,7 +845,7 @@ class Room:
                              [ident(m) for m in p.waiting], p.recipients, p.deadline - now,
                              p.delivered, p.reported, p.to_departed, sorted(p.nodes),
                              p.origin] for p in self._pending.values()],
-                "remote": [dataclasses.astuple(r) for r in self._remote.values()],
+                "remote": [[key, *dataclasses.astuple(r)] for key, r in self._remote.items()],
                 "messages_sent": self._messages_sent,
                 "receipt_times": [[at - now, frame_uuid]
                                   for at, frame_uuid in self._receipt_times],
@@ -816,19 +859,22 @@ class Room:
         it is gone). Members are subscribed to the channel again."""
         now = time.monotonic()
         with self.lock:
-            for ident in state["members"]:
-                member = member_of(ident)
-                if member is not None:
-                    self._members[nickname_key(member.nickname)] = member
-                    self.channel.subscribe(member)
             for table, rows in ((self._accounts, state["accounts"]),
                                 (self._departed, state["departed"])):
-                # an image before the cluster wrote no claim: rows of six
+                # images before the cluster wrote no claim, before the keys none: rows of
+                # six or seven
                 for ident, joined_at, settled, sent, private, in_flight, *claim in rows:
                     member = member_of(ident)
                     if member is not None:
                         table[member] = Account(joined_at, settled, set(sent), private,
                                                 in_flight, *claim)
+            for ident in state["members"]:
+                member = member_of(ident)
+                if member is not None:
+                    account = self._accounts[member]
+                    account.key = account.key or nickname_key(member.nickname)
+                    self._members[account.key] = member
+                    self.channel.subscribe(member)
             for (frame_uuid, sender, waiting, recipients, left, delivered, reported,
                  to_departed, *relayed) in state["pending"]:
                 nodes, origin = relayed if relayed else ([], None)
@@ -839,10 +885,11 @@ class Room:
                     frame_uuid, sender, {m for m in map(member_of, waiting) if m is not None},
                     recipients, now + left, delivered, reported, to_departed, set(nodes),
                     origin)
-            for row in state.get("remote", []):
+            for row in state.get("remote", []):  # [key, *fields]; before the keys, fields
+                key = row.pop(0) if len(row) > len(dataclasses.fields(RemoteMember)) else None
                 remote = RemoteMember(*row)
-                self._remote[nickname_key(remote.nickname)] = remote
-            self._deadlines = deque(sorted((p.deadline, p.uuid) for p in self._pending.values()))
+                self._remote[key or nickname_key(remote.nickname)] = remote
+            self._deadlines = sorted((p.deadline, p.uuid) for p in self._pending.values())
             self._messages_sent = state["messages_sent"]
             self._receipt_times = [(now + left, frame_uuid)
                                    for left, frame_uuid in state["receipt_times"]]

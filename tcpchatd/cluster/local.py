@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from ..chat.broker import UNCLAIMED
 
@@ -14,8 +14,9 @@ class LocalBroker:
 
     node = None
 
-    def claim(self, nickname: str, info: dict[str, Any]) -> str | None:
-        return UNCLAIMED
+    def claim(self, nickname: str, info: dict[str, Any],
+              done: Callable[[str | None], None]) -> None:
+        done(UNCLAIMED)
 
     def release(self, nickname: str, token: str) -> None:
         pass

@@ -18,9 +18,15 @@ A stream, not PUB/SUB: PUB/SUB delivers at most once and drops a slow subscriber
 output-buffer limit; the stream gives every node one order and a way back.
 
 Threads: the reader (XREAD BLOCK; it also reconnects, with backoff), the writer
-(pipelines what publish() queued, coalescing confirms) and the heartbeat (which also
-sweeps while it holds the lock). publish() only appends to a queue: the room calls it
-under its lock. claim() asks Redis from the caller's thread (a join waits one round trip).
+(pipelines what publish() queued, coalescing confirms), the claimer (nickname claims, one
+round trip each: a join never waits on Redis on an event loop) and the heartbeat (which
+also sweeps while it holds the lock). publish() and claim() only append to a queue: the
+room calls them under its lock, the loops on their threads.
+
+The other nodes (which acknowledge every public message) are those whose heartbeat is
+recent, and every node whose events this node reads: a node that has just come is
+counted from its first event, not from this node's next heartbeat. A node that stops
+says so last (`bye`), so that nobody waits for its acknowledgements.
 """
 
 from __future__ import annotations
@@ -199,12 +205,41 @@ class RedisBroker:
         #                                       this node swept: one re-registers at a time
         self._queue: deque[dict] = deque()
         self._wake = threading.Condition()
-        self._stopping = threading.Event()
+        self._claims: deque[tuple[str, dict, Callable[[str | None], None]]] = deque()
+        self._claim_wake = threading.Condition()
+        self._gone: dict[str, float] = {}  # node -> when it said bye (see the docstring)
+        self._stopping = threading.Event()  # the reader and the heartbeat end
+        self._claims_end = threading.Event()  # the claimer ends once its queue is empty
+        self._writer_end = threading.Event()  # ... then the writer, once its is
         self._threads: list[threading.Thread] = []
 
     # --- the Broker interface (chat/broker.py)
 
-    def claim(self, nickname: str, info: dict[str, Any]) -> str | None:
+    def claim(self, nickname: str, info: dict[str, Any],
+              done: Callable[[str | None], None]) -> None:
+        if not self.linked or self._claims_end.is_set():
+            done(UNCLAIMED)
+            return
+        with self._claim_wake:
+            self._claims.append((nickname, info, done))
+            self._claim_wake.notify()
+
+    def _claim_loop(self) -> None:
+        while True:
+            with self._claim_wake:
+                while not self._claims and not self._claims_end.is_set():
+                    self._claim_wake.wait()
+                if not self._claims:
+                    return
+                nickname, info, done = self._claims.popleft()
+            token = self._claim_now(nickname, info)
+            try:
+                done(token)
+            except Exception as exc:  # the room's; one failure must not end the claimer
+                self.error_log(f"tcpchatd: a nickname claim was not settled: {exc!r}")
+
+    def _claim_now(self, nickname: str, info: dict[str, Any]) -> str | None:
+        """The token of a new claim, None if taken, UNCLAIMED without Redis."""
         if not self.linked:
             return UNCLAIMED
         token = self._token(nickname, info)
@@ -217,7 +252,8 @@ class RedisBroker:
 
     def release(self, nickname: str, token: str) -> None:
         if token:
-            self._enqueue({"kind": "_release", "key": nickname_key(nickname), "token": token})
+            self._enqueue({"kind": "_release", "key": _claim_key(token, nickname),
+                           "token": token})
 
     def publish(self, event: dict[str, Any]) -> None:
         if not self.linked:
@@ -274,17 +310,18 @@ class RedisBroker:
 
     def start(self) -> None:
         for name, target in (("read", self._read_loop), ("write", self._write_loop),
-                             ("heartbeat", self._heartbeat_loop)):
+                             ("claim", self._claim_loop), ("heartbeat", self._heartbeat_loop)):
             thread = threading.Thread(target=target, name=f"tcpchatd broker {name}",
                                       daemon=True)
             thread.start()
             self._threads.append(thread)
 
     def stop(self) -> None:
-        """After the room's last leave: flush, leave the node set, end the threads."""
+        """After the room's last leave: flush (saying `bye` last), leave the node set, end
+        the threads."""
         self._stopping.set()
-        with self._wake:
-            self._wake.notify()
+        self.publish({"kind": "bye"})
+        self._drain()
         for thread in self._threads:
             thread.join(IO_TIMEOUT + READ_BLOCK_MS / 1000 + 1)
         if self.linked:
@@ -297,20 +334,29 @@ class RedisBroker:
         self.reader.close()
 
     def pause(self) -> dict:
-        """For an upgrade: stop reading and writing (what is queued is written) and say
-        where the new image goes on; the claims stay as they are."""
+        """For an upgrade: stop reading (at a batch's end), settle the claims asked for,
+        write what is queued, and say where the new image goes on; the claims stay as
+        they are."""
         self._stopping.set()
         with self._apply:  # a batch being applied finishes; the next is the new image's
             state = {"at": self._identity, "last_id": self.last_id, "epoch": self.epoch,
                      "serial": next(self._serial), "others": sorted(self._others)}
-        with self._wake:
-            self._wake.notify()
-        for thread in self._threads:
-            if thread.name.endswith("write"):
-                thread.join(IO_TIMEOUT + 1)
+        self._drain()
         state["seq"] = self._seq  # the writer is done: what it numbered last
         state["seen"] = [[node, epoch, seq] for (node, epoch), seq in self._seen.items()]
         return state
+
+    def _drain(self) -> None:
+        """The claimer settles what was asked (its joins publish), then the writer writes
+        everything queued; both end."""
+        by_name = {thread.name.rsplit(" ", 1)[1]: thread for thread in self._threads}
+        for name, end, wake in (("claim", self._claims_end, self._claim_wake),
+                                ("write", self._writer_end, self._wake)):
+            end.set()
+            with wake:
+                wake.notify()
+            if name in by_name:
+                by_name[name].join(IO_TIMEOUT * (1 + len(self._claims)) + 1)
 
     # --- the stream
 
@@ -322,12 +368,12 @@ class RedisBroker:
     def _write_loop(self) -> None:
         while True:
             with self._wake:
-                while not self._queue and not self._stopping.is_set():
+                while not self._queue and not self._writer_end.is_set():
                     self._wake.wait()
                 batch, self._queue = self._queue, deque()
             if batch:
                 self._write(batch)
-            if self._stopping.is_set():
+            if self._writer_end.is_set():
                 with self._wake:
                     if not self._queue:
                         return
@@ -416,6 +462,12 @@ class RedisBroker:
             return
         if node == self.node:
             return
+        if kind == "bye":  # it stopped: nothing more to wait for from it
+            with self._state:
+                self._others = self._others - {node}
+                self._gone[node] = time.monotonic()
+            return
+        self._seen_node(node)
         if "seq" in event:
             self._count_gap(node, event.get("epoch", ""), int(event["seq"]))
         if kind in ("ack", "confirms", "tally") and event.get("to") != self.node:
@@ -441,6 +493,15 @@ class RedisBroker:
             room.remote_tally(node, event["uuid"])
         else:  # kick, ban, unban, stats: the admin side's
             self.on_event(event)
+
+    def _seen_node(self, node: str) -> None:
+        """An event from `node`: it is one of the others from now (see the docstring)."""
+        if node in self._others:
+            return
+        with self._state:
+            if self.linked:
+                self._others = self._others | {node}
+                self._gone.pop(node, None)
 
     def _count_gap(self, node: str, epoch: str, seq: int) -> None:
         last = self._seen.get((node, epoch))
@@ -533,6 +594,10 @@ class RedisBroker:
             if self.client.hsetnx(self.nicks, key, token):
                 self.room.set_claim(member, token)
                 continue
+            held = self.client.hget(self.nicks, key)
+            if held and self._ours(held):  # a claim that timed out here and that Redis
+                self.room.set_claim(member, held)  # made all the same (it was frozen)
+                continue
             self.log.event("nickname_lost", nick=nickname)
             member.close("kicked", protocol.kick_frame(NICKNAME_LOST), detail=NICKNAME_LOST)
         for member, nickname, token in self.room.claims():
@@ -544,13 +609,26 @@ class RedisBroker:
             if claim["node"] != self.node:
                 self.room.remote_join(claim["node"], claim["nick"], claim.get("addr", ""),
                                       bool(claim.get("tls")), float(claim.get("since") or 0))
-            elif body not in ours:  # left while the broker was lost, or an earlier life's
-                self._release(keys=[self.nicks], args=[key, body])
+            elif body not in ours:  # left while the broker was lost, or an earlier life's:
+                self._release(keys=[self.nicks], args=[key, body])  # the others hear of it
+                self.publish({"kind": "leave", "nick": claim["nick"], "reason": "quit",
+                              "detail": None})
         self._registered = True  # the beat above added us: expected, not a sweep
 
+    def _ours(self, token: str) -> bool:
+        """A claim made by this node in this life."""
+        try:
+            claim = json.loads(token)
+            return claim["node"] == self.node and claim["epoch"] == self.epoch
+        except (ValueError, KeyError, TypeError):
+            return False
+
     def _token(self, nickname: str, info: dict[str, Any]) -> str:
-        return json.dumps({"nick": nickname, "node": self.node, "epoch": self.epoch,
-                           "n": next(self._serial), **info}, sort_keys=True)
+        """A claim's token; it names its key, which a release uses (a later version's
+        nickname_key may differ)."""
+        return json.dumps({"nick": nickname, "key": nickname_key(nickname), "node": self.node,
+                           "epoch": self.epoch, "n": next(self._serial), **info},
+                          sort_keys=True)
 
     # --- liveness
 
@@ -583,7 +661,10 @@ class RedisBroker:
                                 f"room {self.room_name}: give each node its own node_name")
         with self._state:
             if self.linked:
-                self._others = frozenset(alive) - {self.node}
+                now = time.monotonic()
+                self._gone = {node: at for node, at in self._gone.items()
+                              if now - at < self.node_ttl}
+                self._others = frozenset(alive) - {self.node} - self._gone.keys()
         return bool(added)
 
     def _sweep(self) -> None:
@@ -604,6 +685,14 @@ class RedisBroker:
             event = json.dumps({"kind": "node_lost", "lost": silent, "node": self.node})
             self._sweep_node(keys=[self.nodes, self.nicks, self.stream],
                              args=[silent, now - self.node_ttl, self.stream_length, event])
+
+
+def _claim_key(token: str, nickname: str) -> str:
+    """The key a claim was made under (tokens before the keys named none)."""
+    try:
+        return str(json.loads(token)["key"])
+    except (ValueError, KeyError, TypeError):
+        return nickname_key(nickname)
 
 
 def _reason(exc: BaseException) -> str:

@@ -23,6 +23,7 @@ from ..wire import errors, nicknames, protocol
 from ..wire.confirms import take_confirms
 from ..wire.errors import ProtocolError
 from ..wire.protocol import ChatMessage, FrameReader, Request
+from ..chat.room import AddressBanned
 from .handover import b64, unb64
 from .tls import CLIENT_HELLO_START
 
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
     from .engine import EventLoop
 
 NICKNAME_ATTEMPTS = 3
+LOGGED_NICKNAME = 256  # bytes of a refused nickname the log shows (an attacker's input)
 DEPART_POLL = 0.02  # how often a departing client's outstanding receipts are checked
 FLOOD_STRIKES = 3          # dropped messages ...
 FLOOD_STRIKE_WINDOW = 10.0  # ... within this many seconds disconnect
@@ -40,9 +42,11 @@ UNCOUNTED_ERRORS = frozenset({errors.UNKNOWN_UUID})
 COALESCE_WINDOW = 10.0      # identical error lines within it become one `repeated=N` line
 SEND_FLAGS = socket.MSG_NOSIGNAL
 
-# states; the loop moves a connection forward only
-TLS_HANDSHAKE, HANDSHAKE, CHAT, DEPARTING, CLOSED = (
-    "tls_handshake", "handshake", "chat", "departing", "closed")
+# states; the loop moves a connection forward only (but for a refused nickname:
+# JOINING back to HANDSHAKE). JOINING: the nickname waits for the broker's claim, and
+# nothing more is read meanwhile.
+TLS_HANDSHAKE, HANDSHAKE, JOINING, CHAT, DEPARTING, CLOSED = (
+    "tls_handshake", "handshake", "joining", "chat", "departing", "closed")
 READING = (TLS_HANDSHAKE, HANDSHAKE, CHAT)
 # SSLSocket.send takes no flags, and its non-blocking calls say "try again" with these
 TLS_AGAIN = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
@@ -96,6 +100,8 @@ class Connection:
         self._logged_error: tuple[str, float] | None = None  # (code, when) of the last line
         self._error_repeats = 0  # identical errors since that line, not logged yet
         self._ending: tuple[str, bytes] | None = None  # flood: stop reading
+        self._joining: tuple[str, bool, ProtocolError | None] | None = None  # (raw nickname
+        #   shown in the log, settled, the refusal) while JOINING
         # --- any thread, under _lock
         self._lock = threading.Lock()
         self._private: collections.deque[tuple[int, bytes]] = collections.deque()
@@ -416,30 +422,74 @@ class Connection:
             self.close("error")
             return
         raw, rest = protocol.take_nickname(data)
+        self.reader.buffer += rest  # the frames that came with it wait for the join
+        shown = raw[:LOGGED_NICKNAME].decode("utf-8", "replace")  # attacker's input: capped
         try:
-            self.room.join(self, nicknames.check_nickname(raw, self.config.max_nickname))
-        except ProtocolError as exc:
-            self.nickname = None
-            self.attempts += 1
-            self.log.event("nick_rejected", addr=self.address,
-                           nick=raw.decode("utf-8", "replace"), code=exc.code)
-            if self.attempts >= NICKNAME_ATTEMPTS:
-                self.close("error", protocol.error_frame(
-                    exc.code, f"{exc.message}; too many attempts, closing"))
-                return
-            self.deliver(protocol.error_frame(exc.code, exc.message))
-            self.deliver(protocol.NICKNAME_PROMPT)
-            return
+            nickname = nicknames.check_nickname(raw, self.config.max_nickname)
+            with self._lock:
+                self._joining = (shown, False, None)
+            self.state = JOINING
+            self.loop.watch(self)  # nothing more is read until the claim is settled
+            self.room.join(self, nickname, self._join_settled)
+        except ProtocolError as exc:  # refused at once: no claim was asked for
+            with self._lock:
+                self._joining = None
+            self.state = HANDSHAKE
+            self.loop.watch(self)
+            if isinstance(exc, AddressBanned):  # no other nickname helps
+                self.log.event("refused", addr=self.ip, code=errors.BANNED)
+                self.close("error", protocol.error_frame(exc.code, exc.message))
+            else:
+                self._nickname_refused(shown, exc)
+
+    def _join_settled(self, error: ProtocolError | None) -> None:
+        """The room's answer to the join (any thread): in the room now, or refused."""
         with self._lock:
-            self.joined = True
-            closed_meanwhile = self.closing
+            shown = self._joining[0]
+            self._joining = (shown, True, error)
+            self.joined = error is None
+            closed_meanwhile = self.closing and error is None
         if closed_meanwhile:  # close() saw joined=False: leave here (idempotent)
             self.room.leave(self, "error")
             return
-        self.state = CHAT
-        if rest:
-            self.reader.buffer += rest
-            self._serve()
+        if self.loop.in_thread():
+            self._after_join()
+        else:
+            self.loop.call_soon(self, self._after_join)
+
+    def _after_join(self, serve: bool = True) -> None:
+        """On its loop: go on chatting, or ask for another nickname. With serve=False
+        (an upgrade's record, no loop running) only the state moves on: the new image
+        serves what is buffered."""
+        with self._lock:
+            joining = self._joining
+            if joining is None or not joining[1]:
+                return  # not settled yet
+            self._joining = None
+        if self.closing or self.state != JOINING:
+            return
+        error = joining[2]
+        if error is not None:
+            self.state = HANDSHAKE
+            self._nickname_refused(joining[0], error)
+        else:
+            self.state = CHAT
+        if serve:
+            self.loop.watch(self)
+            if self.state == CHAT and self.reader.buffer:
+                self._serve()
+
+    def _nickname_refused(self, shown: str, exc: ProtocolError) -> None:
+        self.nickname = None
+        self.attempts += 1
+        self.log.event("nick_rejected", addr=self.address, nick=shown, code=exc.code)
+        if self.attempts >= NICKNAME_ATTEMPTS:
+            self.close("error", protocol.error_frame(
+                exc.code, f"{exc.message}; too many attempts, closing"))
+            return
+        self.reader.buffer.clear()
+        self.deliver(protocol.error_frame(exc.code, exc.message))
+        self.deliver(protocol.NICKNAME_PROMPT)
 
     # --- frames
 
@@ -574,12 +624,19 @@ class Connection:
             try:
                 new = nicknames.check_nickname(request.nickname.encode("utf-8", "replace"),
                                                self.config.max_nickname)
-                self.room.rename(self, new)
+                self.room.rename(self, new, lambda error: self._renamed(error, request.id))
             except ProtocolError as exc:
                 raise ProtocolError(exc.code, exc.message, request_id=request.id) from None
         else:
             raise ProtocolError(errors.UNKNOWN_COMMAND, f"unknown command {request.cmd!r}: "
                                 "this server knows 'who' and 'nick'", request_id=request.id)
+
+    def _renamed(self, error: ProtocolError | None, request_id: int | str | None) -> None:
+        """The broker's answer to a `nick` request (any thread): a refusal goes to the
+        asker; a rename goes to everyone (the room published it)."""
+        if error is not None:
+            self.deliver(protocol.error_frame(error.code, error.message,
+                                              request_id=request_id))
 
     def _flooded(self, frame_uuid: str | None, request_id: int | str | None = None) -> None:
         """A message or request over the flood limit: dropped; three in 10 s disconnect."""
@@ -617,6 +674,11 @@ class Connection:
         due to the client (its own frames and the broadcasts it was not sent yet) are
         flattened into `unsent`: the new image starts a new broadcast log."""
         now = time.monotonic()
+        if self.state == JOINING:  # the broker has settled every claim by now
+            self._after_join(serve=False)
+            if self.state == JOINING:  # never answered: the new image asks again
+                self.state = HANDSHAKE
+                self.deliver(protocol.NICKNAME_PROMPT)
         received = self.received if self.joined else 0
         fresh = not self.started  # accepted, never run by a loop: the new image starts it
         with self._lock:

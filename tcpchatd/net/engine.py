@@ -64,6 +64,7 @@ class EventLoop:
         self._incoming: list[Connection] = []
         self._ready: list[Connection] = []
         self._new_timers: list[tuple[float, Connection]] = []
+        self._calls: list[tuple[Connection, Callable[[], None]]] = []
         self._subscribers: dict[Connection, None] = {}
         self._sleeping = False  # (about to be) blocked in epoll: a producer must wake it
         self._stopping = False
@@ -105,6 +106,15 @@ class EventLoop:
     def call_at(self, deadline: float, conn: Connection) -> None:
         """Call conn.timer() at the deadline (or soon after)."""
         self._hand("_new_timers", (deadline, conn))
+
+    def call_soon(self, conn: Connection, call: Callable[[], None]) -> None:
+        """Run call() on this loop's thread soon (another thread's news for conn: the
+        broker's answer to its join)."""
+        self._hand("_calls", (conn, call))
+
+    def in_thread(self) -> bool:
+        """True on this loop's own thread."""
+        return threading.get_ident() == self.thread.ident
 
     def add_subscriber(self, conn: Connection) -> None:
         with self._lock:
@@ -174,6 +184,7 @@ class EventLoop:
                 incoming, self._incoming = self._incoming, []
                 ready, self._ready = self._ready, []
                 timers, self._new_timers = self._new_timers, []
+                calls, self._calls = self._calls, []
                 end = log.end
                 subscribers = list(self._subscribers) if end != self.round_end else None
             for conn in incoming:
@@ -182,6 +193,9 @@ class EventLoop:
                 self._guard(conn, self.watch, conn)
             for deadline, conn in timers:
                 heapq.heappush(self._timers, (deadline, next(self._timer_order), conn))
+            for conn, call in calls:
+                if conn.state != CLOSED:
+                    self._guard(conn, call)
             if subscribers is not None:  # a broadcast round
                 for conn in subscribers:
                     if not conn.want_write:
@@ -193,7 +207,8 @@ class EventLoop:
                 self._settle()
             self._fire_timers(now)
             with self._lock:
-                self._sleeping = not (self._incoming or self._ready or self._new_timers)
+                self._sleeping = not (self._incoming or self._ready or self._new_timers
+                                      or self._calls)
             if self._sleeping and log.end != self.round_end:  # published meanwhile
                 self._sleeping = False
             timeout = 0.0
