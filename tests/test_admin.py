@@ -2,8 +2,11 @@
 
 import json
 import os
+import shutil
 import socket
 import stat
+import subprocess
+import sys
 
 import pytest
 
@@ -160,3 +163,56 @@ def test_idle_admin_connection_is_closed(chat, short_tmp):
         assert exchange(path, admin.request(2, "stats"))[0]["ok"]  # still serving
     finally:
         server.close()
+
+
+def start_as(uid: int, env: dict) -> subprocess.CompletedProcess:
+    """tcpchatd as another user, without XDG_RUNTIME_DIR: its admin socket goes in
+    /tmp/tcpchatd-UID. It is stopped by the timeout when it starts (returncode None)."""
+    return subprocess.run(["setpriv", "--reuid", str(uid), "--regid", str(uid),
+                           "--clear-groups", sys.executable, "-m", "tcpchatd", "--listen",
+                           "127.0.0.1:0", "--log-target", "stderr", "--state-dir",
+                           f"/tmp/tcpchatd-{uid}/state"],
+                          env=env, capture_output=True, text=True, timeout=30, cwd="/")
+
+
+@pytest.fixture
+def per_user_folder():
+    """The folder /tmp/tcpchatd-UID of an unused uid, removed afterwards."""
+    uid = 64999
+    folder = f"/tmp/tcpchatd-{uid}"
+
+    def remove():
+        if os.path.islink(folder):
+            os.unlink(folder)
+        shutil.rmtree(folder, ignore_errors=True)
+    remove()
+    yield uid, folder
+    remove()
+
+
+@pytest.mark.parametrize("owner,mode,words", [
+    (12345, 0o777, "belongs to uid 12345"), (12345, 0o755, "belongs to uid 12345"),
+    ("self", 0o777, "writable by others (mode 0777)")])
+def test_a_per_user_socket_folder_made_by_someone_else_is_refused(per_user_folder, owner,
+                                                                  mode, words):
+    uid, folder = per_user_folder
+    os.mkdir(folder)
+    os.chown(folder, uid if owner == "self" else owner, uid if owner == "self" else owner)
+    os.chmod(folder, mode)
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR",
+                                                            "TCPCHATD_ADMIN_SOCKET")}
+    env.pop("NOTIFY_SOCKET", None)
+    result = start_as(uid, env)
+    assert result.returncode == 1, result.stderr
+    assert words in result.stderr and folder in result.stderr
+    assert "Traceback" not in result.stderr
+    assert os.listdir(folder) == []  # nothing bound there
+
+
+def test_a_link_in_place_of_the_per_user_folder_is_refused(per_user_folder, short_tmp):
+    uid, folder = per_user_folder
+    os.symlink(short_tmp, folder)
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR",
+                                                            "TCPCHATD_ADMIN_SOCKET")}
+    result = start_as(uid, env)
+    assert result.returncode == 1 and "not a folder" in result.stderr, result.stderr

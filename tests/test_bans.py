@@ -30,7 +30,8 @@ def test_durations(text, seconds):
     assert parse_duration(text) == seconds
 
 
-@pytest.mark.parametrize("text", ["", "0s", "5", "5w", "1.5h", "-3m", "h", "10 m"])
+@pytest.mark.parametrize("text", ["", "0s", "5", "5w", "1.5h", "-3m", "h", "10 m",
+                                  "9999999d", "3651d", "87601h"])
 def test_bad_durations_are_bad_request(text):
     with pytest.raises(AdminError) as info:
         parse_duration(text)
@@ -46,7 +47,8 @@ def test_targets(text, kept, is_network):
     assert (target, network is not None) == (kept, is_network)
 
 
-@pytest.mark.parametrize("text", ["", "   ", "300.1.2.3", "10.0.0.0/33", "1.2.3.4/x"])
+@pytest.mark.parametrize("text", ["", "   ", "300.1.2.3", "10.0.0.0/33", "1.2.3.4/x",
+                                  "127.1", "10.0.0", "1.2.3.4.5", "fe80::zz"[:6] + ":1:2:3:4:5:6:7:8"])
 def test_bad_targets_are_bad_request(text):
     with pytest.raises(AdminError) as info:
         parse_target(text)
@@ -96,6 +98,62 @@ def test_a_nickname_ban_holds_for_its_look_alikes(tmp_path, banned, look_alike):
     bans.add(banned, None, "spam", 0)
     assert bans.for_nickname(look_alike).target == banned
     assert bans.matches(bans.all()[0], look_alike, "192.0.2.1")
+
+
+def test_a_planted_link_is_never_written_through(tmp_path):
+    """The temporary file's name cannot be guessed; the names an older version used (the
+    target's name with the PID) are left alone, links planted there included."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("precious\n")
+    state = tmp_path / "state"
+    state.mkdir()
+    for guess in (f"bans.json.{os.getpid()}.tmp", f".bans.json.{os.getpid()}.tmp"):
+        (state / guess).symlink_to(elsewhere)
+    BanList(str(state)).add("troll", None, "spam", 0)
+    assert elsewhere.read_text() == "precious\n"
+    assert json.loads((state / "bans.json").read_text())["bans"][0]["target"] == "troll"
+    assert not (state / "bans.json").is_symlink()
+
+
+def test_a_full_disk_keeps_the_old_list_and_leaves_no_temporary_file(tmp_path):
+    """In a child whose file size limit is 200 bytes (the kernel refuses the write, as a
+    full disk does): the change is refused with a clear error, nothing is left behind."""
+    bans = BanList(str(tmp_path))
+    bans.add("first", None, "short", 0)
+    before = (tmp_path / "bans.json").read_bytes()
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: refused by the kernel, says what it got
+        os.close(read_fd)
+        import resource
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (200, 200))
+        try:
+            bans.add("second", None, "a reason long enough to pass 200 bytes " * 5, 0)
+            outcome = "added"
+        except AdminError as exc:
+            outcome = f"{exc.code}: {exc.message}"
+        os.write(write_fd, outcome.encode())
+        os._exit(0)
+    os.close(write_fd)
+    os.waitpid(pid, 0)
+    with os.fdopen(read_fd) as fh:
+        outcome = fh.read()
+    assert outcome.startswith("internal: cannot write the ban list") and \
+        "nothing was changed" in outcome, outcome
+    assert (tmp_path / "bans.json").read_bytes() == before
+    assert os.listdir(tmp_path) == ["bans.json"]
+
+
+@pytest.mark.parametrize("until", [1e20, 1e300, 253402300800])
+def test_a_kept_end_beyond_every_date_is_a_ban_with_no_end(tmp_path, until):
+    """An older version took any duration: its file still loads and lists."""
+    (tmp_path / "bans.json").write_text(json.dumps({"format": 1, "bans": [
+        {"target": "eve", "until": until, "reason": "x", "by_uid": 0, "since": 1.0}]}))
+    bans = BanList(str(tmp_path))
+    bans.load()
+    assert bans.all()[0].record()["until"] is None
+    assert bans.for_nickname("eve") is not None
 
 
 def test_the_file_survives_a_new_list_and_expiry_drops_bans(tmp_path):
@@ -182,11 +240,27 @@ def test_ban_a_nickname_is_asked_again_and_nick_requests_are_refused(banning):
     assert "nick_rejected" in d.stderr() and "code=banned" in d.stderr()
 
 
+def test_an_address_ban_holds_for_a_connection_accepted_before_it(banning):
+    d, path, port, state = banning()
+    early = RawClient(port)
+    assert early.recv_exact(10) == PROMPT  # accepted and asked before the ban
+    assert ctl(path, "ban", "127.0.0.1", "--reason", "spam").returncode == 0
+    early.send_raw(b"sneaky")
+    err = early.read()
+    assert err["code"] == "banned" and "spam" in err["message"]
+    assert early.closed()  # no other nickname helps
+    assert "sneaky" not in [c["nickname"] for c in
+                            json.loads(ctl(path, "who", "--json").stdout)["clients"]]
+    assert re.search(r"refused addr=127\.0\.0\.1 code=banned", d.stderr())
+
+
 def test_bad_ban_requests_and_unknown_unban(banning):
     d, path, port, state = banning()
     for args, words in ((["ban", "10.0.0.0/33"], "bad address"), (["ban", "x", "--for", "3w"],
                         "bad duration"), (["ban", "0.0.0.0/0"], "--force"),
-                        (["unban", "nobody"], "no such ban")):
+                        (["unban", "nobody"], "no such ban"),
+                        (["ban", "bob", "--for", "9999999d"], "longer than 3650d"),
+                        (["ban", "127.1"], "bad address"), (["ban", "10.0.0"], "bad address")):
         result = ctl(path, *args)
         assert result.returncode == 1 and words in result.stderr, (args, result.stderr)
         assert "Traceback" not in result.stderr
@@ -264,7 +338,8 @@ def test_a_dual_stack_peer_matches_an_ipv4_ban(short_tmp):
 
 
 def test_the_ban_file_is_written_atomically_on_the_real_daemon(short_tmp):
-    """fsync of the temporary file, rename over bans.json, fsync of the folder, in order."""
+    """fsync of the temporary file, rename over bans.json, fsync of the folder, in order;
+    the temporary file of an unpredictable name, created with O_EXCL and O_NOFOLLOW."""
     assert shutil.which("strace"), ".ci/run installs strace"
     state = os.path.join(short_tmp, "at")
     admin_path = os.path.join(short_tmp, "at.sock")
@@ -283,9 +358,11 @@ def test_the_ban_file_is_written_atomically_on_the_real_daemon(short_tmp):
     with open(trace) as fh:
         calls = fh.read().splitlines()
     bans = os.path.join(state, "bans.json")
-    opened = [i for i, c in enumerate(calls) if f'"{bans}.' in c and "openat(" in c
-              and "O_CREAT" in c]
-    assert len(opened) == 1
+    opened = [i for i, c in enumerate(calls) if f'"{state}/.bans.json.' in c
+              and "openat(" in c and "O_CREAT" in c]
+    assert len(opened) == 1, calls
+    assert "O_EXCL" in calls[opened[0]] and "O_NOFOLLOW" in calls[opened[0]]
+    assert f'"{state}/.bans.json.{proc.pid}.tmp"' not in calls[opened[0]]
     fds = {}
     for i, call in enumerate(calls):
         match = re.search(r'openat\(AT_FDCWD, "([^"]+)", [^)]*\) = (\d+)', call)

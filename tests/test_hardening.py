@@ -128,21 +128,38 @@ def test_errors_beyond_the_limit_disconnect_with_reason_errors(chat):
     assert {"nick": "bad", "reason": "errors"} in h.log.named("leave")
 
 
-def test_unknown_uuid_confirms_do_not_count_and_their_lines_are_coalesced(chat):
+def test_unknown_uuid_confirms_count_and_their_lines_are_coalesced(chat):
+    """Confirms for nothing cost the loop more than a frame does: they count against
+    error_limit like any error (issue 23, item 13), their lines coalesced."""
     h = chat(error_limit=5)
     a, b = h.client("a"), h.client("b")
     a.read()
     strays = [str(uuid.uuid4()) for _ in range(200)]
     b.send_raw(confirm_bodies(strays, compact=True))
-    for _ in strays:
+    for _ in range(5):
         error_of(b, "unknown_uuid")
-    u = b.say("still here")  # 200 errors, still connected
-    assert a.read()["uuid"] == u
-    b.send_raw(raw_frame(b"{oops"))  # another code: the repeats are written first
-    error_of(b, "bad_json")
-    wait_for(lambda: len(h.log.named("protocol_error")) == 3)
+    last = error_of(b, "unknown_uuid")
+    assert "too many errors" in last["message"]
+    assert b.closed()
+    leave = a.read_until(lambda f: f.get("event") == "leave")
+    assert (leave["nickname"], leave["reason"]) == ("b", "errors")
     lines = [(e["code"], e.get("repeated")) for e in h.log.named("protocol_error")]
-    assert lines == [("unknown_uuid", None), ("unknown_uuid", 199), ("bad_json", None)]
+    assert lines == [("unknown_uuid", None), ("unknown_uuid", 5)]
+
+
+def test_late_confirms_of_settled_messages_are_taken_silently_and_never_counted(chat):
+    """A laptop that wakes after confirm_timeout confirms its backlog: not an error."""
+    h = chat(error_limit=5, confirm_timeout=0.2)
+    a, b = h.client("a"), h.client("b")
+    a.read()
+    sent = [a.say(f"while b slept {i}") for i in range(20)]
+    for u in sent:
+        assert a.read_until(lambda f: f.get("uuid") == u)["event"] == "undelivered"
+    backlog = [b.read_until(lambda f: f.get("type") == "message")["uuid"] for _ in sent]
+    b.send_raw(confirm_bodies(backlog, compact=True))
+    u = b.say("good morning")
+    assert a.read_until(lambda f: f.get("type") == "message")["uuid"] == u
+    assert h.log.named("protocol_error") == []
 
 
 # --- 9. a confirm for a message whose sender left

@@ -7,15 +7,16 @@ import os
 import pytest
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tcpchatd")
-SUBPACKAGES = ("wire", "chat", "net", "control", "cluster", "service", "cli")
+SUBPACKAGES = ("wire", "store", "chat", "net", "control", "cluster", "service", "cli")
 # what each subpackage may import of the others (the README's Layout section)
 ALLOWED = {
     "wire": set(),
-    "chat": {"wire"},
+    "store": {"wire"},  # files that last, written atomically
+    "chat": {"wire", "store"},
     "net": {"chat", "wire"},
     "control": {"chat", "wire"},
     "cluster": {"chat", "wire"},  # implements the broker interface chat/ defines
-    "service": {"net", "chat", "control", "cluster", "wire", "cli"},  # docs.py reads the CLIs' parsers
+    "service": {"net", "chat", "control", "cluster", "wire", "store", "cli"},  # docs.py reads the CLIs' parsers
     "cli": {"wire", "control.admin", "control.specs", "service.config"},
 }
 

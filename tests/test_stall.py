@@ -1,6 +1,9 @@
 """A client that never reads: its queue really fills and only it pays."""
 
+import json
+import re
 import socket
+import subprocess
 import threading
 
 from conftest import status_port
@@ -75,3 +78,69 @@ def test_stalled_client_is_disconnected_and_the_others_lose_nothing(daemon_facto
     stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
     assert stalled.closed(timeout=10)  # the server really closed it
     assert "Traceback" not in d.stderr()
+
+
+def server_send_buffers(port: int) -> list[int]:
+    """The send buffer size (`tb` of `ss -tm`) of each accepted socket of the daemon."""
+    out = subprocess.run(["ss", "-tmnH", "state", "established", "sport", "=", f":{port}"],
+                         capture_output=True, text=True, check=True).stdout
+    return [int(size) for size in re.findall(r"\btb(\d+)", out)]
+
+
+def test_the_kernel_send_buffer_of_a_client_is_bounded(daemon_factory):
+    """send_buffer: a client that never reads pins what SO_SNDBUF allows, not the 4 MiB
+    that autotuning grows to (issue 23, item 11). The kernel doubles the value set."""
+    d = daemon_factory("--send-buffer", "32768")
+    port = status_port(d)
+    one = RawClient(port)
+    one.join("one")
+    assert server_send_buffers(port) == [65536]
+    one.close()
+
+
+def test_a_client_that_takes_nothing_is_dropped_after_stall_timeout(daemon_factory):
+    """A room too quiet to fill send_queue: the client that reads nothing leaves (reason
+    stalled) once the kernel has taken nothing for stall_timeout."""
+    d = daemon_factory("--send-buffer", "8192", "--stall-timeout", "1", "--flood-rate", "0")
+    port = status_port(d)
+    talker = RawClient(port)
+    talker.join("talker")
+    mute = RawClient(port, rcvbuf=4096)
+    mute.join("mute")  # and never reads again
+    talker.read_until(lambda f: f.get("nickname") == "mute")
+    for _ in range(40):  # 160 KB: far below send_queue (1 MiB), far above the buffers
+        talker.say("y" * 4000)
+    leave = talker.read_until(lambda f: f.get("event") == "leave")
+    assert (leave["nickname"], leave["reason"]) == ("mute", "stalled")
+    assert re.search(r"leave nick=mute reason=stalled", d.stderr())
+
+
+def test_a_client_dropped_for_its_queue_gets_whole_frames_then_the_notice(daemon_factory):
+    """The frame the kernel took a part of is finished before the send_queue_exceeded
+    notice: the stream it reads afterwards parses to the end (issue 23, item 12)."""
+    d = daemon_factory("--send-buffer", "8192", "--send-queue", "65536", "--flood-rate", "0",
+                       "--shutdown-grace", "10", "--stall-timeout", "0")
+    port = status_port(d)
+    talker = RawClient(port, timeout=30)
+    talker.join("talker")
+    slow = RawClient(port, rcvbuf=4096, timeout=30)
+    slow.join("slow")  # reads nothing while the room talks
+    talker.read_until(lambda f: f.get("nickname") == "slow")
+    for i in range(200):  # ~600 KB of messages of a size that cuts frames anywhere
+        talker.say(f"{i:04d} " + "z" * (2900 + 37 * (i % 11)))
+    talker.read_until(lambda f: f.get("event") == "leave" and f["nickname"] == "slow")
+    data = b""
+    while chunk := slow.sock.recv(65536):  # now it reads, to the end
+        data += chunk
+    frames, position = [], 0
+    while position < len(data):
+        header = data[position:position + 10]
+        assert header.strip().isdigit() and header.rstrip(b" ").lstrip(b" ").isdigit(), (
+            position, header)
+        length = int(header)
+        body = data[position + 10:position + 10 + length]
+        assert len(body) == length, "the stream ends inside a frame"
+        frames.append(json.loads(body))
+        position += 10 + length
+    assert frames[-1]["code"] == "send_queue_exceeded"
+    assert all(f.get("type") in ("system", "message") for f in frames)

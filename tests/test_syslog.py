@@ -245,6 +245,41 @@ def test_long_line_is_cut_with_truncated_yes():
     assert len(fields["text"]) > 3900
 
 
+@pytest.mark.parametrize("hostile", ["x" * 65536, "\x01" * 65536, "é" * 32768,
+                                     "\U0001f600" * 16384, '"\\' * 32768,
+                                     "\u202e" * 65536])
+def test_a_huge_hostile_value_is_formatted_twice_at_most_and_parses_back(monkeypatch,
+                                                                          hostile):
+    """A line cut to 8,000 bytes costs two formats of what could fit, not one per step of
+    a search over the whole value (issue 23, item 9)."""
+    from tcpchatd.service import trafficlog
+    calls = []
+    real = trafficlog.format_value
+    monkeypatch.setattr(trafficlog, "format_value",
+                        lambda value: calls.append(len(str(value))) or real(value))
+    line = format_line("nick_rejected", {"addr": "192.0.2.1:4242", "nick": hostile,
+                                         "code": "nickname_invalid"})
+    assert len(line.encode()) <= 8000
+    event, fields = parse_message(line)
+    assert fields["truncated"] == "yes" and hostile.startswith(fields["nick"])
+    assert len(fields["nick"].encode()) > 1000  # cut near the limit, not far below it
+    long_calls = [n for n in calls if n > 100]
+    assert len(long_calls) <= 2 and all(n <= 8001 for n in long_calls), calls
+
+
+def test_a_rejected_nickname_is_logged_capped(daemon_factory):
+    d = daemon_factory()
+    port = status_port(d)
+    attacker = RawClient(port)
+    assert attacker.recv_exact(10) == b"_nickname_"
+    attacker.send_raw("é".encode() * 30000 + b"\x01" * 4000)
+    assert attacker.read()["code"] == "nickname_invalid"
+    line = wait_for(lambda: [l for l in d.stderr().splitlines()
+                             if l.startswith("nick_rejected ")])[0]
+    nick = parse_message(line)[1]["nick"]
+    assert nick == "é" * 128 and "truncated" not in line  # 256 bytes of it, no more
+
+
 def test_long_message_is_truncated_in_the_log_but_not_in_the_chat(daemon_factory, rsyslog):
     d, port = syslog_daemon(daemon_factory, rsyslog)
     a, b = RawClient(port), RawClient(port)
@@ -334,8 +369,9 @@ def test_other_facility_is_not_taken_by_the_rule(daemon_factory, rsyslog):
 
 def test_a_flood_of_unknown_confirms_never_pushes_the_chat_out_of_the_log(daemon_factory,
                                                                           rsyslog):
+    # unknown_uuid counts against error_limit: raised here, so that 30,000 are answered
     d, port = syslog_daemon(daemon_factory, rsyslog, "--log-queue", "100", "--flood-rate", "0",
-                            "--confirm-timeout", "1")
+                            "--confirm-timeout", "1", "--error-limit", "100000")
     victim, friend, attacker = RawClient(port), RawClient(port), RawClient(port, timeout=60)
     victim.join("victim"), friend.join("friend"), attacker.join("attacker")
     strays = b"".join(frame({"type": "confirm", "uuid": str(uuid.uuid4())})
@@ -390,3 +426,83 @@ def test_bidi_and_zero_width_characters_are_escaped_in_the_log():
     line = format_line("message", {"text": "a\u202eb\u200bc\u2066d\ufeffe\U000e0041f é"})
     assert line == 'message text="a\\u202eb\\u200bc\\u2066d\\ufeffe\\udb40\\udc41f é"'
     assert parse_message(line)[1]["text"] == "a\u202eb\u200bc\u2066d\ufeffe\U000e0041f é"
+
+
+class SlowSyslog:
+    """A syslog socket of the test's own that reads one line every `pause` seconds (or
+    none at all): the kernel holds max_dgram_qlen lines, then the daemon's sends wait."""
+
+    def __init__(self, path: str, pause: float | None) -> None:
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.sock.bind(path)
+        self.sock.settimeout(0.5)
+        self.pause, self.lines, self.stop = pause, [], threading.Event()
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while not self.stop.is_set():
+            if self.pause is None:
+                self.stop.wait(0.1)
+                continue
+            try:
+                self.lines.append(self.sock.recv(65536).decode().split(": ", 1)[1])
+            except (TimeoutError, OSError):
+                continue
+            time.sleep(self.pause)
+
+    def events(self, name: str) -> list[dict]:
+        return [parse_message(line)[1] for line in self.lines if line.split(" ")[0] == name]
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+def chat_then_stop(daemon_factory, short_tmp, pause, grace, count=150):
+    """`count` messages between two clients while syslog reads slowly, then SIGTERM."""
+    syslog = SlowSyslog(os.path.join(short_tmp, "slow.sock"), pause)
+    d = daemon_factory("--syslog-address", syslog.sock.getsockname(), "--flood-rate", "0",
+                       "--shutdown-grace", str(grace))
+    port = status_port(d)
+    a, b = RawClient(port), RawClient(port)
+    a.join("a"), b.join("b")
+    sent = [a.say(f"#{i}") for i in range(count)]
+    for _ in sent:
+        b.confirm(b.read_until(lambda f: f.get("type") == "message")["uuid"])
+    for u in sent:
+        a.read_until(lambda f: f.get("uuid") == u and f.get("type") == "confirm")
+    started = time.monotonic()
+    assert d.stop(timeout=30) == 0
+    return syslog, d, sent, time.monotonic() - started
+
+
+def test_sigterm_with_a_slow_syslog_writes_every_queued_line(daemon_factory, short_tmp):
+    """~300 lines wait (the kernel holds 10); at 5 ms a line they need ~1.5 s, more than
+    the old 1 s: all go out within shutdown_grace, the leaves at shutdown too (issue 23,
+    item 10)."""
+    syslog, d, sent, took = chat_then_stop(daemon_factory, short_tmp, pause=0.005, grace=10)
+    try:
+        wait_for(lambda: syslog.events("stop"), timeout=5)
+        assert [f["uuid"] for f in syslog.events("message")] == sent
+        assert len(syslog.events("delivery")) == len(sent)
+        wait_for(lambda: len(syslog.events("leave")) == 2, timeout=5)
+        assert "not written" not in d.stderr()
+    finally:
+        syslog.close()
+
+
+def test_sigterm_with_a_syslog_that_takes_nothing_says_how_many_lines_were_lost(
+        daemon_factory, short_tmp):
+    syslog, d, sent, took = chat_then_stop(daemon_factory, short_tmp, pause=None, grace=0.5,
+                                           count=30)
+    try:
+        found = re.search(r"tcpchatd: (\d+) traffic log lines were not written: syslog at "
+                          r"\S+ did not take them within shutdown_grace \(0\.5 s\)", d.stderr())
+        assert found, d.stderr()
+        # the kernel took 10 lines; every other line of the session is counted
+        assert int(found.group(1)) >= 2 * len(sent) + 2 + 1 - 10
+        assert took < 10  # the grace for clients, then the grace for the log
+    finally:
+        syslog.close()

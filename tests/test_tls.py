@@ -13,6 +13,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from conftest import DaemonProcess, client_context, ports
 from rawclient import PROMPT, RawClient, TlsRawClient, wait_for
 from test_ctl import ctl
@@ -371,3 +373,59 @@ def test_an_unserved_tls_socket_is_served_after_an_upgrade_once_a_pair_is_there(
         assert proc.wait(10) == 0
     err = proc.stderr.read()
     assert err.count("TLS not served") == 1 and "Traceback" not in err
+
+
+def test_a_certificate_with_its_description_before_it_starts_and_reloads(
+        tls_daemon, certs, short_tmp):
+    """`openssl x509 -text` writes the certificate's description before BEGIN: ssl loads
+    such a file, and so does the expiry reader, at start and on reload (issue 23, item 4)."""
+    described = os.path.join(short_tmp, "described.crt")
+    subprocess.run(["openssl", "x509", "-in", certs("one.crt"), "-text", "-out", described],
+                   check=True, capture_output=True)
+    with open(described) as fh:
+        assert not fh.read().startswith("-----BEGIN")
+    admin_path = os.path.join(short_tmp, "d.sock")
+    d = DaemonProcess(short_tmp, [
+        "--listen", "127.0.0.1:0", "--listen-tls", "127.0.0.1:0", "--tls-cert", described,
+        "--tls-key", certs("one.key"), "--admin-socket", admin_path, "--log-target",
+        "stderr", "--state-dir", os.path.join(short_tmp, "st")]).ready()
+    try:
+        plain_port, tls_port = ports(d)
+        stats = json.loads(ctl(admin_path, "stats", "--json").stdout)
+        assert stats["tls_cert_expires"] == expiry(certs("one.crt"))
+        d.messages.clear()
+        d.signal(signal.SIGHUP)
+        d.wait_notify("READY=1")
+        wait_for(lambda: "reload ok=yes" in d.stderr())
+        TlsRawClient(tls_port, client_context(certs)).join("after")
+    finally:
+        assert d.stop() == 0
+    assert "Traceback" not in d.stderr()
+
+
+def test_a_certificate_that_cannot_be_read_is_exit_2_at_start_and_kept_out_on_reload(
+        tls_daemon, daemon_factory, certs, short_tmp):
+    broken = os.path.join(short_tmp, "broken.crt")
+    with open(broken, "w") as fh:
+        fh.write("Certificate:\n-----BEGIN CERTIFICATE-----\nnot base64 at all!\n"
+                 "-----END CERTIFICATE-----\n")
+    d = daemon_factory("--listen-tls", "127.0.0.1:0", "--tls-cert", broken, "--tls-key",
+                       certs("one.key"), wait_ready=False)
+    assert d.proc.wait(10) == 2
+    assert "Traceback" not in d.stderr() and broken in d.stderr()
+
+
+@pytest.mark.parametrize("minimum,refused", [("1.2", []), ("1.3", ["1.2"])])
+def test_tls_min_version_is_what_the_server_accepts(tls_daemon, certs, minimum, refused):
+    d, plain_port, tls_port = tls_daemon("--tls-min-version", minimum)
+    for version, pinned in (("1.2", ssl.TLSVersion.TLSv1_2), ("1.3", ssl.TLSVersion.TLSv1_3)):
+        context = client_context(certs)
+        context.minimum_version = context.maximum_version = pinned
+        if version in refused:
+            with pytest.raises(ssl.SSLError):
+                TlsRawClient(tls_port, context).sock.recv(10)
+        else:
+            client = TlsRawClient(tls_port, context)
+            assert client.sock.version() == f"TLSv{version}"
+            client.join(f"v{version.replace('.', '')}")
+            client.close()

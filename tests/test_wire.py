@@ -321,3 +321,19 @@ def test_a_kicked_client_gets_what_was_said_before_the_kick_then_the_kick(chat):
     assert [f.get("uuid") for f in got[:-1]] == uuids
     assert got[-1]["message"] == "You were kicked: enough"
     assert b.sock.recv(1) == b""  # and nothing after the kick
+
+
+def test_the_flood_bucket_refills_at_flood_rate(chat):
+    """Not only the burst: after 0.6 s at 4 a second, two more messages pass and the
+    rest are dropped (a doubled refill would pass four, a halved one one)."""
+    h = chat(flood_rate=4, flood_burst=4)
+    a = h.client("a")
+
+    def outcome(u):
+        f = a.read_until(lambda f: f.get("uuid") == u)
+        return "dropped" if f.get("code") == "flood" else "taken"
+    burst = [a.say(f"burst {i}") for i in range(4)]
+    assert [outcome(u) for u in burst] == ["taken"] * 4  # alone: undelivered, but taken
+    time.sleep(0.6)
+    later = [a.say(f"later {i}") for i in range(4)]
+    assert [outcome(u) for u in later] == ["taken", "taken", "dropped", "dropped"]

@@ -21,12 +21,17 @@ from datetime import datetime, timezone
 
 from ..wire import errors
 from ..wire.errors import AdminError, StartupError
-from ..wire.nicknames import nickname_key
+from ..store.files import write_atomic
+from ..wire.nicknames import looks_like_an_address, nickname_key
 
 FILE_NAME = "bans.json"
 FORMAT = 1
 _DURATION = re.compile(r"([1-9][0-9]{0,8})([smhd])\Z")
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+LONGEST_BAN = 3650 * 86400  # ten years; longer is a ban until unbanned (no --for)
+# An end past every date the log, `bans` and the banned client can write (a file from a
+# version that took any duration): kept as a ban with no end.
+LAST_UNTIL = datetime(9999, 1, 1, tzinfo=timezone.utc).timestamp()
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -36,7 +41,11 @@ def parse_duration(text: str) -> float:
     if match is None:
         raise AdminError(errors.BAD_REQUEST, f"bad duration {text!r}: write it like 90s, "
                          "15m, 2h or 7d")
-    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    if seconds > LONGEST_BAN:
+        raise AdminError(errors.BAD_REQUEST, f"duration {text!r} is longer than "
+                         f"{LONGEST_BAN // 86400}d: leave --for out for a ban until unbanned")
+    return seconds
 
 
 def parse_target(text: str) -> tuple[str, Network | None]:
@@ -48,8 +57,10 @@ def parse_target(text: str) -> tuple[str, Network | None]:
     try:
         network = ipaddress.ip_network(text, strict=False)
     except ValueError:
-        if "/" in text or text.count(".") == 3 and text.replace(".", "").isdigit():
-            raise AdminError(errors.BAD_REQUEST, f"bad address or network {text!r}") from None
+        if "/" in text or looks_like_an_address(text):  # `127.1`: never silently a nickname
+            raise AdminError(errors.BAD_REQUEST, f"bad address or network {text!r}: write "
+                             "a whole address (127.0.0.1) or a network (10.0.0.0/8); no "
+                             "nickname looks like an address") from None
         return text, None
     if network.version == 6 and network.prefixlen >= 96 and \
             ipaddress.ip_address(network.network_address).ipv4_mapped:
@@ -66,10 +77,20 @@ def peer_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 
 
 def iso(moment: float | None) -> str | None:
-    if moment is None:
+    if moment is None or moment >= LAST_UNTIL:
         return None
     return datetime.fromtimestamp(moment, timezone.utc).isoformat(timespec="seconds") \
         .replace("+00:00", "Z")
+
+
+def _until(value: object) -> float | None:
+    """A ban's end as kept in the file (None, or far beyond any date: no end)."""
+    if value is None:
+        return None
+    until = float(value)  # ValueError, TypeError: the file does not parse
+    if until != until:
+        raise ValueError("a ban ends at NaN")
+    return None if until >= LAST_UNTIL else until
 
 
 @dataclass(frozen=True)
@@ -120,9 +141,8 @@ class BanList:
                 data = json.load(fh)
             if not isinstance(data, dict) or data.get("format") != FORMAT:
                 raise ValueError(f"not a format {FORMAT} ban list")
-            bans = [Ban(str(b["target"]), None if b["until"] is None else float(b["until"]),
-                        str(b["reason"]), int(b["by_uid"]), float(b["since"]))
-                    for b in data["bans"]]
+            bans = [Ban(str(b["target"]), _until(b["until"]), str(b["reason"]),
+                        int(b["by_uid"]), float(b["since"])) for b in data["bans"]]
         except FileNotFoundError:
             return
         except OSError as exc:
@@ -135,25 +155,11 @@ class BanList:
             self._bans = {self._key(b.target, b.network): b for b in bans}
 
     def _save(self, bans: dict[str, Ban]) -> None:
-        """Atomically: temporary file, fsync, rename, fsync of the folder."""
+        """Atomically (store/files.py): the old list or the new one, never a torn one."""
         os.makedirs(self.state_dir, mode=0o750, exist_ok=True)
         body = json.dumps({"format": FORMAT, "bans": [asdict(b) for b in bans.values()]},
                           ensure_ascii=False, indent=1).encode("utf-8")
-        temp = f"{self.path}.{os.getpid()}.tmp"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o640)
-        try:
-            view = memoryview(body)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(temp, self.path)
-        folder = os.open(self.state_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        write_atomic(self.path, body, 0o640)
 
     def _change(self, bans: dict[str, Ban]) -> None:
         """Under the lock: write the new list, then make it the one in force."""

@@ -126,9 +126,15 @@ def call(path: str, cmd: str, args: dict | None = None, timeout: float = 10.0) -
 # --- the socket file
 
 def bind_socket(path: str, mode: int, group: str | None) -> socket.socket:
-    """Create the admin socket under a umask (no chmod window); replace a stale one."""
+    """Create the admin socket under a umask (no chmod window), in a folder that is safe
+    (see check_folder); replace a stale one."""
     directory = os.path.dirname(path) or "."
-    os.makedirs(directory, mode=0o755, exist_ok=True)
+    try:
+        os.makedirs(directory, mode=0o755, exist_ok=True)
+    except OSError as exc:
+        raise StartupError(f"cannot create the admin socket's folder {directory}: "
+                           f"{exc.strerror or exc}") from None
+    check_folder(directory)
     try:
         existing = os.lstat(path)
     except FileNotFoundError:
@@ -159,6 +165,27 @@ def bind_socket(path: str, mode: int, group: str | None) -> socket.socket:
         os.chown(path, -1, gid)
     sock.listen(64)
     return sock
+
+
+def check_folder(directory: str) -> None:
+    """StartupError unless the folder holding the admin socket is a real folder (not a
+    link), owned by this user or root, and writable by nobody else unless sticky (as
+    /tmp). Without XDG_RUNTIME_DIR the socket goes in /tmp/tcpchatd-UID: a folder of that
+    name made by another user would let them replace the socket (and take the commands
+    meant for the daemon), so it is refused, as ssh-agent refuses its own."""
+    try:
+        info = os.lstat(directory)
+    except OSError as exc:
+        raise StartupError(f"admin socket folder {directory}: {exc.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise StartupError(f"admin socket folder {directory} is not a folder (a link?); "
+                           "remove it or set admin_socket")
+    if info.st_uid not in (os.geteuid(), 0):
+        raise StartupError(f"admin socket folder {directory} belongs to uid {info.st_uid}, "
+                           f"not to this user ({os.geteuid()}); remove it or set admin_socket")
+    if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
+        raise StartupError(f"admin socket folder {directory} is writable by others (mode "
+                           f"{stat.S_IMODE(info.st_mode):04o}); make it 0755 or stricter")
 
 
 def resolve_group(group: str) -> int:

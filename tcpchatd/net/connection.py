@@ -36,9 +36,6 @@ DEPART_POLL = 0.02  # how often a departing client's outstanding receipts are ch
 FLOOD_STRIKES = 3          # dropped messages ...
 FLOOD_STRIKE_WINDOW = 10.0  # ... within this many seconds disconnect
 ERROR_WINDOW = 10.0         # error_limit counts the protocol errors of this many seconds
-# unknown_uuid is not held against a client: a laptop that wakes after confirm_timeout
-# confirms its backlog honestly.
-UNCOUNTED_ERRORS = frozenset({errors.UNKNOWN_UUID})
 COALESCE_WINDOW = 10.0      # identical error lines within it become one `repeated=N` line
 SEND_FLAGS = socket.MSG_NOSIGNAL
 
@@ -88,6 +85,7 @@ class Connection:
         self.partial = b""          # what the kernel did not take of the last send
         self.cursor = 0             # the next broadcast (log position) to send
         self.want_write = False     # registered for EPOLLOUT: the kernel's buffer is full
+        self.stalled_since: float | None = None  # since when the kernel took nothing
         self.attempts = 0           # nicknames tried
         self.handshake_deadline = 0.0
         self.close_deadline: float | None = None
@@ -229,6 +227,9 @@ class Connection:
         sock = self.sock
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.config.send_buffer:  # bounded: a client that never reads pins this much
+            # kernel memory, not the 4 MiB that autotuning grows to
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.send_buffer)
         if self.config.keepalive:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
@@ -238,6 +239,11 @@ class Connection:
     def timer(self, now: float) -> float | None:
         """A deadline of this connection may have passed; the next one, or None."""
         if self.state == CLOSED:
+            return None
+        if (self.stalled_since is not None and not self.closing
+                and now - self.stalled_since >= self.config.stall_timeout):
+            # it reads nothing: what it pins in the kernel is freed, its place is given up
+            self.close("stalled")
             return None
         if self.close_deadline is not None:
             if now >= self.close_deadline:  # the final frame did not go out in time
@@ -327,9 +333,14 @@ class Connection:
                 self.close("error")
                 self.release()
                 return
+            if sent:
+                self.stalled_since = None
             if sent < len(data):
                 self.partial = data[sent:]
                 self.want_write = True
+                if self.stalled_since is None and self.config.stall_timeout:
+                    self.stalled_since = time.monotonic()
+                    self.loop.call_at(self.stalled_since + self.config.stall_timeout, self)
                 self.loop.watch(self)
                 return
             self.partial = b""
@@ -352,9 +363,10 @@ class Connection:
         """Under the lock: the bytes due now, in order; moves the cursor past them."""
         log = self.loop.engine.log
         stop = log.end if self.until is None else self.until
-        if self._drop_to is not None:  # disconnected for not reading: skip the backlog
+        if self._drop_to is not None:  # disconnected for not reading: skip the backlog,
+            # but finish the frame the kernel took a part of (a cut frame would corrupt
+            # the stream before the final notice)
             self.cursor, self._drop_to = max(self.cursor, self._drop_to), None
-            self.partial = b""
         parts = [self.partial] if self.partial else []
         for position, frame in self._private:
             upto = min(position, stop)
@@ -515,6 +527,8 @@ class Connection:
                     if confirms:  # what was confirmed before takes effect first
                         self._confirm(confirms)
                         confirms = []
+                        if self._ending is not None:
+                            break
                     if isinstance(frame, ChatMessage):
                         self._on_message(frame)
                     else:
@@ -532,8 +546,10 @@ class Connection:
                 if self._ending is not None:
                     ending = self._ending
         finally:
-            if confirms:
+            if confirms and self._ending is None:
                 self._confirm(confirms)
+        if ending is None:
+            ending = self._ending
         if ending is not None:
             reason, final_frame = ending
             if reason == "flood":  # it may still read the receipts of what it sent
@@ -568,8 +584,9 @@ class Connection:
     def _count_error(self, code: str) -> bool:
         """Log and count one recoverable error; True when the client is over error_limit."""
         self._log_error(code)
-        if code in UNCOUNTED_ERRORS:
-            return False
+        # unknown_uuid counts too (confirms for nothing cost the loop more than frames do);
+        # a laptop that wakes after confirm_timeout is not held to it: the room takes
+        # confirms of what it settled recently silently
         return count_recent(self._errors, ERROR_WINDOW) > self.config.error_limit
 
     def _too_many_errors(self, exc: ProtocolError) -> bytes:
@@ -600,11 +617,15 @@ class Connection:
                            code=self._logged_error[0], repeated=repeats)
 
     def _confirm(self, uuids: list[str]) -> None:
+        """Settle confirms read together; each for nothing is an error that counts (past
+        error_limit the client leaves and the rest are not answered)."""
         for frame_uuid in self.room.confirm_many(self, uuids):
-            self._count_error(errors.UNKNOWN_UUID)
-            self.deliver(protocol.error_frame(
-                errors.UNKNOWN_UUID, f"no pending message {frame_uuid} for you to confirm",
-                frame_uuid))
+            error = ProtocolError(errors.UNKNOWN_UUID, f"no pending message {frame_uuid} "
+                                  "for you to confirm", frame_uuid)
+            if self._count_error(error.code):
+                self._ending = ("errors", self._too_many_errors(error))
+                return
+            self.deliver(protocol.error_frame(error.code, error.message, frame_uuid))
 
     def _on_message(self, message: ChatMessage) -> None:
         if not self._take_token():

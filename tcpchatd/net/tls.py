@@ -45,19 +45,25 @@ def server_context(cert_path: str, key_path: str, min_version: str) -> ssl.SSLCo
 def certificate_expiry(cert_path: str) -> datetime.datetime:
     """notAfter of the first certificate in a PEM file (read from its DER encoding:
     the stdlib decodes certificates only for peers)."""
-    with open(cert_path) as fh:
-        text = fh.read()
-    end = text.find(ssl.PEM_FOOTER)
-    if end < 0:
-        raise TlsSetupError(f"{cert_path} holds no PEM certificate")
-    der = ssl.PEM_cert_to_DER_cert(text[:end + len(ssl.PEM_FOOTER)])
     try:
+        with open(cert_path, encoding="ascii", errors="replace") as fh:
+            text = fh.read()
+    except OSError as exc:
+        raise TlsSetupError(f"cannot read {cert_path}: {exc.strerror}") from None
+    # the first PEM block, wherever it starts: `openssl x509 -text` writes the
+    # certificate's description before it (ssl loads such a file; so must this)
+    start = text.find(ssl.PEM_HEADER)
+    end = text.find(ssl.PEM_FOOTER, start)
+    if start < 0 or end < 0:
+        raise TlsSetupError(f"{cert_path} holds no PEM certificate")
+    try:
+        der = ssl.PEM_cert_to_DER_cert(text[start:end + len(ssl.PEM_FOOTER)])
         tbs = _children(der, _children(der, 0)[0][0])  # Certificate -> tbsCertificate
         first = 1 if der[tbs[0][0]] == 0xA0 else 0  # [0] version is optional
         validity = tbs[first + 3]  # after serialNumber, signature, issuer
         not_after = _children(der, validity[0])[1]
         return _asn1_time(der[not_after[0]], der[not_after[1]:not_after[2]])
-    except (IndexError, ValueError) as exc:
+    except (IndexError, ValueError, UnicodeError) as exc:  # base64, DER or time garbage
         raise TlsSetupError(f"{cert_path}: cannot read the certificate's expiry: "
                             f"{exc}") from None
 

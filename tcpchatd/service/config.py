@@ -233,14 +233,19 @@ class Config:
     flood_burst: int = setting(40, "messages a client may send at once", _int(1))
     send_queue: int = setting(1 << 20, "bytes queued for one client before it is disconnected",
                               _int(1024))
+    send_buffer: int = setting(
+        64 * 1024, "SO_SNDBUF of each client socket in bytes (the kernel doubles it; 0 = "
+        "the kernel's autotuning, up to 4 MiB a client)", _int(0))
+    stall_timeout: float = setting(
+        60.0, "seconds a client may take nothing of what is due to it before it is "
+        "disconnected (reason stalled; 0 = never)", _float(0))
     pending_confirms: int = setting(1000, "receipts pending per recipient", _int(1))
     confirm_timeout: float = setting(30.0, "seconds to wait for receipts", _float(0.01))
     receipt_wait: float = setting(2.0, "seconds after a message's first confirm until its "
                                   "sender gets the receipt with the confirms so far",
                                   _float(0.01))
     error_limit: int = setting(20, "protocol errors a client may make in 10 s; one more and "
-                               "it leaves with reason 'errors' (unknown_uuid does not count)",
-                               _int(1))
+                               "it leaves with reason 'errors'", _int(1))
     handshake_timeout: float = setting(10.0, "seconds to send a nickname", _float(0.01))
     max_text: int = setting(4096, "bytes of message text", _int(1))
     max_frame: int = setting(65536, "bytes of frame body", _int(64))

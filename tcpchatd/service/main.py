@@ -332,7 +332,13 @@ class Daemon:
                 broker.stop()
             server.close_listeners()
             admin_server.close()
-            log.close()
+            # what is queued goes out within shutdown_grace; a syslog too slow for that is
+            # said once on stderr (the journal's), never lost without a word
+            unwritten = log.close(self.config.shutdown_grace)
+            if unwritten:
+                console.say(f"tcpchatd: {unwritten} traffic log lines were not written: "
+                            f"syslog at {self.config.syslog_address} did not take them within "
+                            f"shutdown_grace ({self.config.shutdown_grace:g} s)")
         return 0
 
     # --- hitless upgrade (service/upgrade.py, net/handover.py)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+from ..store.files import write_atomic
 from ..wire.errors import StartupError
 
 
@@ -29,12 +30,10 @@ def check(path: str) -> None:
 
 
 def write(path: str) -> None:
-    """Write this process's pid atomically (temp file + rename)."""
+    """Write this process's pid atomically (store/files.py: a temporary file of an
+    unpredictable name, never written through a planted link)."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    temp = f"{path}.{os.getpid()}.tmp"
-    with open(temp, "w") as fh:
-        fh.write(f"{os.getpid()}\n")
-    os.replace(temp, path)
+    write_atomic(path, f"{os.getpid()}\n".encode(), 0o644, fsync=False)
 
 
 def remove(path: str) -> None:

@@ -55,7 +55,12 @@ def _unsafe() -> regex.Pattern:
 
 
 def _escape(match: regex.Match) -> str:
-    return json.dumps(match.group())[1:-1]  # \u escapes; a surrogate pair beyond the BMP
+    return _escaped(match.group())
+
+
+@functools.lru_cache(maxsize=4096)
+def _escaped(char: str) -> str:
+    return json.dumps(char)[1:-1]  # \u escapes; a surrogate pair beyond the BMP
 
 
 def format_value(value: Any) -> str:
@@ -69,25 +74,47 @@ def format_value(value: Any) -> str:
     return _unsafe().sub(_escape, quoted)
 
 
+# One character of a JSON string as format_value writes it: an escaped surrogate pair (a
+# character beyond the BMP made visible), another escape, or a character as it is.
+_QUOTED_TOKEN = re.compile(r'\\ud[89ab][0-9a-f]{2}\\ud[c-f][0-9a-f]{2}|\\u[0-9a-fA-F]{4}|\\.|.',
+                           re.DOTALL)
+
+
 def format_line(event: str, fields: dict[str, Any], limit: int = MAX_LINE) -> str:
-    """`EVENT k=v ...`, cut to `limit` bytes by shortening the longest value."""
-    parts = {key: format_value(value) for key, value in fields.items() if value is not None}
+    """`EVENT k=v ...`, cut to `limit` bytes by shortening the longest value (and saying
+    `truncated=yes`). The value is cut to what could fit before it is formatted, and the
+    formatted value is cut once, between whole escapes: a line of 64 KiB of hostile text
+    costs two formats, not one per step of a search."""
+    # a value of more characters than the line's bytes cannot fit: capped before it is
+    # formatted (a hostile 64 KiB value costs what 8,000 characters cost)
+    parts = {key: format_value(value[:limit + 1] if isinstance(value, str) else value)
+             for key, value in fields.items() if value is not None}
     line = _join(event, parts)
     if len(line.encode("utf-8")) <= limit:
         return line
     longest = max(parts, key=lambda key: len(parts[key]))
-    raw = fields[longest] if isinstance(fields[longest], str) else str(fields[longest])
     parts["truncated"] = "yes"
-    low, high = 0, len(raw)
-    while low < high:  # the longest prefix of the raw value whose line still fits
-        mid = (low + high + 1) // 2
-        parts[longest] = format_value(raw[:mid])
-        if len(_join(event, parts).encode("utf-8")) <= limit:
-            low = mid
-        else:
-            high = mid - 1
-    parts[longest] = format_value(raw[:low])
+    parts[longest] = ""
+    budget = limit - len(_join(event, parts).encode("utf-8"))
+    raw = fields[longest] if isinstance(fields[longest], str) else str(fields[longest])
+    shown = format_value(raw[:max(budget, 0)])  # no character is shorter than one byte
+    parts[longest] = shown if len(shown.encode("utf-8")) <= budget else _cut_quoted(
+        shown, budget)
     return _join(event, parts)
+
+
+def _cut_quoted(shown: str, budget: int) -> str:
+    """A formatted value cut to `budget` bytes: a bare one anywhere, a quoted one between
+    whole escapes (so it parses back), with its closing quote."""
+    if not shown.startswith('"'):
+        return shown[:budget]
+    room, kept = budget - 2, []
+    for token in _QUOTED_TOKEN.finditer(shown, 1, len(shown) - 1):
+        room -= len(token.group().encode("utf-8"))
+        if room < 0:
+            break
+        kept.append(token.group())
+    return '"' + "".join(kept) + '"'
 
 
 def _join(event: str, parts: dict[str, str]) -> str:
@@ -154,7 +181,14 @@ class TrafficLog:
         """Write what is queued for at most `timeout` seconds, stop, and return the
         events still waiting, the one the writer held first (an upgrade's new image
         logs them first)."""
-        self.close(timeout)
+        self._queue.put(_STOP)
+        if self._thread is not None:
+            self._thread.join(timeout)
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+        if self._sock is not None:
+            self._sock.close()
         left = [list(self._current)] if self._current is not None else []
         while True:
             try:
@@ -164,16 +198,27 @@ class TrafficLog:
             if item is not _STOP:
                 left.append(list(item))
 
-    def close(self, timeout: float = 1.0) -> None:
-        """Flush what is queued for at most `timeout` seconds, then stop the writer."""
+    def close(self, timeout: float = 1.0) -> int:
+        """Flush what is queued for at most `timeout` seconds, then stop the writer; the
+        number of lines that syslog did not take in that time (counted as dropped)."""
         self._queue.put(_STOP)
         if self._thread is not None:
             self._thread.join(timeout)
         self._stopping.set()
         if self._thread is not None:
-            self._thread.join(1.0)
+            self._thread.join(2.0)  # a send in progress times out within 1 s
         if self._sock is not None:
             self._sock.close()
+        unwritten = 1 if self._current is not None else 0
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            unwritten += item is not _STOP
+        with self._drop_lock:
+            self.dropped += unwritten
+        return unwritten
 
     # --- writer thread
 

@@ -141,6 +141,21 @@ def check_nickname(raw: bytes, max_length: int) -> str:
     return name
 
 
+_ADDRESS_LIKE = frozenset("0123456789.")
+_V6_LIKE = frozenset("0123456789abcdefABCDEF:.")
+
+
+def looks_like_an_address(text: str) -> bool:
+    """Digits and dots (`127.1`, `10.0.0`), or hex digits and colons with a colon: what an
+    operator means as an address even when it does not parse as one. Such a text is
+    never a nickname, so a ban on it is never silently a nickname ban."""
+    text = unicodedata.normalize("NFKC", text).split("/", 1)[0]
+    if not text:
+        return False
+    return (set(text) <= _ADDRESS_LIKE and "." in text) or (
+        ":" in text and set(text) <= _V6_LIKE)
+
+
 def _refuse_address(name: str) -> None:
     for form in {name, unicodedata.normalize("NFKC", name)}:  # fullwidth digits too
         try:
@@ -148,3 +163,5 @@ def _refuse_address(name: str) -> None:
         except ValueError:
             continue
         raise _invalid("may not be an IP address (bans take addresses as targets)")
+    if looks_like_an_address(name):
+        raise _invalid("may not look like an IP address (bans take addresses as targets)")

@@ -1,0 +1,1 @@
+"""What lasts on disk: files written so that a crash never leaves a torn one."""
