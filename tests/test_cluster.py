@@ -152,8 +152,9 @@ def test_a_message_reaches_every_node_and_the_receipt_sums_them(cluster):
     bob.join("bob")
     carol.join("carol")
     dave.join("dave")
-    # the room is one: a joiner sees everyone, on every node
-    assert set(dave.names["nicknames"]) == {"alice", "bob", "carol", "dave"}, dave.names
+    # the room is one: a joiner sees everyone, on every node (once the stream has
+    # brought each node the others' joins)
+    wait_for(lambda: set(read_names(dave)) == {"alice", "bob", "carol", "dave"})
     time.sleep(NODE_TTL / 2)  # every node has heartbeated: each knows the others
     msg = alice.say("hello, cluster")
     for client in (bob, carol, dave):
@@ -741,4 +742,45 @@ def test_redis_frozen_neither_blocks_a_join_nor_leaves_a_ghost(cluster, redis_se
     again = RawClient(status_port(b))
     again.join("ann")
     for client in (alice, bob, carl, again):
+        client.close()
+
+
+CROWD = 200
+
+
+def test_an_upgrade_under_load_loses_no_event_of_another_node(cluster):
+    """The loops stop first, then the broker (its reader at a batch's end), then the
+    record: what the reader applied is in the connections recorded. 200 members that do
+    not read make the record long (their backlogs are carried), so that bob's events
+    come in meanwhile (issue 23, item 2)."""
+    nodes, clients = linked_room(cluster, {"alice": "a", "bob": "b"},
+                                 "--announce-joins-max", "10", "--send-buffer", "4096",
+                                 "--stall-timeout", "0")
+    a, (alice, bob) = nodes["a"], clients.values()
+    port_a = status_port(a)
+    crowd = []
+    for i in range(CROWD):
+        member = RawClient(port_a, timeout=30, rcvbuf=4096)
+        assert member.recv_exact(10) == b"_nickname_"
+        member.send_raw(f"idle{i}".encode())
+        crowd.append(member)  # and they never read again
+    wait_for(lambda: len(ctl_json(a, "who")["clients"]) == CROWD + 2, timeout=30)
+    count, sent = 1500, []
+
+    def send():  # ~3 s: the pre-flight's second and the hand-over fall inside
+        for n in range(count):
+            sent.append(bob.say(f"{'x' * 200} n={n}"))
+            time.sleep(0.002)
+            if n == 100:
+                a.signal(signal.SIGUSR2)
+    sender = threading.Thread(target=send)
+    sender.start()
+    seen = []
+    while len(seen) < count:
+        got = chat(alice, "bob")
+        seen.append(int(got["message"].rsplit("=", 1)[1]))
+    sender.join()
+    assert seen == list(range(count))
+    wait_for(lambda: [u["ok"] for u in log_lines(a, "upgrade")] == ["yes"], timeout=10)
+    for client in (alice, bob, *crowd):
         client.close()

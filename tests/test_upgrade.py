@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -218,7 +219,9 @@ def test_two_sigusr2_at_once_and_a_sigterm_during_the_new_start_are_never_fatal(
 
 
 def test_what_is_in_flight_survives(short_tmp):
-    d, admin_path, port = start(short_tmp, "--send-queue", "4194304")
+    # send_buffer small: the kernel cannot take everything due to `slow`, the daemon
+    # holds the rest, and the upgrade carries it (carried_bytes, checked below)
+    d, admin_path, port = start(short_tmp, "--send-queue", "4194304", "--send-buffer", "8192")
     sender, reader = RawClient(port), RawClient(port)
     sender.join("sender")
     reader.join("reader")
@@ -249,6 +252,8 @@ def test_what_is_in_flight_survives(short_tmp):
         if f.get("type") == "message":
             got.append(f["uuid"])
     assert got == [u] + big  # every queued byte, in order, after the upgrade
+    carried = re.search(r"^upgrade ok=yes .* carried_bytes=(\d+)$", d.stderr(), re.M)
+    assert carried and int(carried.group(1)) > 60_000, d.stderr()  # held by the daemon
     assert d.stop() == 0 and "Traceback" not in d.stderr()
 
 
@@ -372,4 +377,178 @@ def test_a_client_asked_for_its_nickname_is_not_asked_twice(short_tmp):
     waiting.send_raw(b"patient")
     assert waiting.read() == {"type": "system", "event": "join", "nickname": "patient",
                               "message": "patient joined!"}
+    assert d.stop() == 0
+
+
+# --- issue 23: the upgrade must never be what kills the daemon
+
+@pytest.mark.parametrize("broken", ["not json", "folder"])
+def test_a_ban_list_broken_on_disk_neither_stops_nor_empties_the_upgrade(short_tmp, broken):
+    """The running list is handed over; the file is not read again. The pre-flight says
+    that a restart would fail (item 1)."""
+    d, admin_path, port = start(short_tmp)
+    assert ctl(admin_path, "ban", "eve", "--reason", "impostor").returncode == 0
+    a, b = RawClient(port), RawClient(port)
+    a.join("a")
+    b.join("b")
+    bans_file = os.path.join(short_tmp, "st", "bans.json")
+    os.unlink(bans_file)
+    if broken == "folder":
+        os.mkdir(bans_file)
+    else:
+        with open(bans_file, "w") as fh:
+            fh.write("{not json")
+    check = ctl(admin_path, "upgrade", "--check")
+    assert check.returncode == 0 and "warning:" in check.stdout and "bans.json" in check.stdout
+    result = ctl(admin_path, "upgrade")
+    assert result.returncode == 0, result.stderr + d.stderr()[-2000:]
+    u = a.say("carried")
+    assert b.read_until(lambda f: f.get("uuid") == u)["message"] == "a: carried"
+    eve = RawClient(port)
+    assert eve.recv_exact(10) == PROMPT
+    eve.send_raw(b"eve")
+    assert eve.read()["code"] == "banned"  # the ban held through the upgrade
+    assert [x["target"] for x in json.loads(ctl(admin_path, "bans", "--json").stdout)[
+        "bans"]] == ["eve"]
+    assert os.path.exists(admin_path)
+    assert d.stop() == 0 and "Traceback" not in d.stderr()
+
+
+def test_a_config_broken_after_the_preflight_does_not_stop_the_new_image(short_tmp,
+                                                                        installed_copy):
+    """The new image starts from the settings the pre-flight parsed, not from the file:
+    here the (new) pre-flight breaks the file right after checking it (item 1)."""
+    conf = os.path.join(short_tmp, "tcpchatd.toml")
+    with open(conf, "w") as fh:
+        fh.write("max_clients = 50\n")
+    preflight = os.path.join(installed_copy, "tcpchatd", "service", "preflight.py")
+    with open(preflight) as fh:
+        code = fh.read()
+    code = code.replace('if __name__ == "__main__":', f'''_checked = main
+def main(argv):
+    status = _checked(argv)
+    with open({conf!r}, "w") as fh:
+        fh.write("max_clients = 'many'\\n")
+    return status
+
+
+if __name__ == "__main__":''')
+    with open(preflight, "w") as fh:
+        fh.write(code)
+    d, admin_path, port = start(short_tmp, "--config", conf, env={"PYTHONPATH": installed_copy})
+    a, b = RawClient(port), RawClient(port)
+    a.join("a")
+    b.join("b")
+    result = ctl(admin_path, "upgrade")
+    assert result.returncode == 0, result.stderr + d.stderr()[-2000:]
+    with open(conf) as fh:
+        assert "many" in fh.read()  # broken indeed
+    u = a.say("still here")
+    assert b.read_until(lambda f: f.get("uuid") == u)["message"] == "a: still here"
+    assert json.loads(ctl(admin_path, "stats", "--json").stdout)["upgrades"] == 1
+    d.signal(signal.SIGHUP)  # a reload does read the file: it keeps the running settings
+    wait_for(lambda: "reload ok=no" in d.stderr())
+    assert d.stop() == 0 and "Traceback" not in d.stderr()
+
+
+def test_a_new_image_that_cannot_start_tells_its_clients_and_the_operator(short_tmp,
+                                                                         installed_copy):
+    """A fault of the new code after the exec (here: adopting the room raises). Every
+    client is asked to reconnect, after what was due to it; `tcpchatctl upgrade` exits 1
+    with the reason; the log says so; the admin socket is removed; exit status 1, so
+    that systemd's Restart=on-failure starts the service again (item 1)."""
+    upgrade_py = os.path.join(installed_copy, "tcpchatd", "service", "upgrade.py")
+    with open(upgrade_py) as fh:
+        code = fh.read()
+    code = code.replace('''        daemon = self.daemon
+        by_fd = {}''', '''        raise RuntimeError("a fault of the new version")
+        daemon = self.daemon
+        by_fd = {}''')
+    with open(upgrade_py, "w") as fh:
+        fh.write(code)
+    d, admin_path, port = start(short_tmp, env={"PYTHONPATH": installed_copy})
+    a, b = RawClient(port), RawClient(port)
+    a.join("a")
+    b.join("b")
+    u = a.say("before")
+    assert b.read_until(lambda f: f.get("uuid") == u)
+    result = ctl(admin_path, "upgrade")
+    assert result.returncode == 1
+    assert result.stderr == ("tcpchatctl: the new image could not start: RuntimeError: "
+                             "a fault of the new version\n")
+    for client in (a, b):
+        restart = client.read_until(lambda f: f.get("event") in ("restart", "shutdown"))
+        assert restart["event"] == "restart"
+        assert client.closed()
+    assert d.proc.wait(10) == 1
+    assert not os.path.exists(admin_path)  # the next start is not stopped by it
+    log = d.stderr()
+    assert "the new image could not start: RuntimeError: a fault of the new version" in log
+    assert re.search(r'^upgrade ok=no version=\S+ previous=\S+ clients=2 error="the new '
+                     r'image could not start', log, re.M)
+
+
+def test_admin_requests_during_the_hand_over_are_done_or_refused_never_lost(short_tmp):
+    """An admin connection already open keeps asking while `tcpchatctl upgrade` runs:
+    every `say` answered ok reaches the room, every `kick` answered ok has kicked, the
+    rest are refused with `upgrading` (item 2)."""
+    d, admin_path, port = start(short_tmp)
+    listener = RawClient(port, timeout=30)
+    listener.join("listener")
+    members = {f"m{i}": RawClient(port, timeout=30) for i in range(40)}
+    for name, client in members.items():
+        client.join(name)
+    answers = []
+    stop = threading.Event()
+
+    def ask():
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(20)
+            sock.connect(admin_path)
+            reader = sock.makefile("rb")
+            for n in range(10_000):  # until the exec closes the connection
+                if stop.is_set():
+                    return
+                kick = n % 10 == 0 and n // 10 < len(members)
+                request = ({"cmd": "kick", "args": {"nickname": f"m{n // 10}"}} if kick else
+                           {"cmd": "say", "args": {"text": f"say {n}"}})
+                try:
+                    sock.sendall(json.dumps({"v": 1, "id": n, **request}).encode() + b"\n")
+                    line = reader.readline()
+                except OSError:
+                    return
+                if not line:
+                    return  # the exec closed it
+                answers.append((request, json.loads(line)))
+                time.sleep(0.002)
+    asker = threading.Thread(target=ask)
+    asker.start()
+    time.sleep(0.03)
+    result = ctl(admin_path, "upgrade")
+    stop.set()
+    asker.join(30)
+    assert result.returncode == 0, result.stderr
+    said = [r["args"]["text"] for r, a in answers if r["cmd"] == "say" and a["ok"]]
+    kicked = {r["args"]["nickname"] for r, a in answers if r["cmd"] == "kick" and a["ok"]}
+    refused = [a["error"]["code"] for r, a in answers if not a["ok"]]
+    assert set(refused) == {"upgrading"}  # the window was hit: refused, not lost
+    assert said and kicked
+    heard = []
+    while len(heard) < len(said):
+        f = listener.read_until(lambda f: f.get("event") == "announce")
+        heard.append(f["message"])
+    assert heard == said
+    who = {c["nickname"] for c in json.loads(ctl(admin_path, "who", "--json").stdout)[
+        "clients"]}
+    assert not who & kicked, who & kicked  # an ok'd kick happened
+    assert (set(members) - kicked) <= who  # and nobody else was kicked
+    assert d.stop() == 0 and "Traceback" not in d.stderr()
+
+
+def test_uptime_runs_on_through_an_upgrade(short_tmp):
+    d, admin_path, port = start(short_tmp)
+    time.sleep(1.0)
+    assert ctl(admin_path, "upgrade").returncode == 0
+    stats = json.loads(ctl(admin_path, "stats", "--json").stdout)
+    assert stats["upgrades"] == 1 and stats["uptime_s"] >= 1.0
     assert d.stop() == 0

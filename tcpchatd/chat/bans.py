@@ -170,6 +170,18 @@ class BanList:
                              f"{exc.strerror or exc}; nothing was changed") from None
         self._bans = bans
 
+    # --- an upgrade: the list in force handed over (the new image never reads the file)
+
+    def export_state(self) -> list:
+        """[key, ban] of each ban in force (the key: a new version's nickname_key may
+        differ, and a ban keeps the one it was made with)."""
+        with self._lock:
+            return [[key, asdict(ban)] for key, ban in self._bans.items()]
+
+    def import_state(self, rows: list) -> None:
+        with self._lock:
+            self._bans = {key: Ban(**ban) for key, ban in rows}
+
     # --- changes
 
     def add(self, target: str, seconds: float | None, reason: str, by_uid: int,

@@ -257,6 +257,11 @@ class AdminServer:
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         self.heartbeat = time.monotonic()
+        # requests being carried out, and whether new ones are refused (an upgrade's
+        # hand-over: what is answered ok must have happened in the state handed over)
+        self._busy = threading.Condition()
+        self._in_flight = 0
+        self._quiescing = False
 
     def answering(self, max_age: float = 8 * ACCEPT_TIMEOUT) -> bool:
         """True when the accept loop has turned within max_age seconds (the watchdog's
@@ -334,9 +339,19 @@ class AdminServer:
             command = self.commands.get(cmd)
             if command is None:
                 raise AdminError(errors.UNKNOWN_COMMAND, f"unknown command: {cmd}")
-            self.log.event("admin", cmd=cmd, uid=caller.uid, pid=caller.pid)
-            result = command(args, caller)
-            if isinstance(result, Deferred):
+            with self._busy:
+                if self._quiescing:
+                    raise AdminError(errors.UPGRADING, "the daemon is handing over to its new "
+                                     "image: try again in a moment")
+                self._in_flight += 1
+            try:
+                self.log.event("admin", cmd=cmd, uid=caller.uid, pid=caller.pid)
+                result = command(args, caller)
+            finally:
+                with self._busy:
+                    self._in_flight -= 1
+                    self._busy.notify_all()
+            if isinstance(result, Deferred):  # waits outside the count: the upgrade's own
                 result = result.run(conn, request_id)
             return reply_ok(request_id, result)
         except AdminError as exc:
@@ -353,11 +368,17 @@ class AdminServer:
         except OSError:
             return False
 
-    def pause(self) -> None:
-        """Stop accepting, the socket left as it is (an upgrade hands it over)."""
+    def quiesce(self, timeout: float) -> bool:
+        """For an upgrade: stop accepting (the socket left as it is: it is handed over),
+        refuse every new request on the connections open (`upgrading`), and wait for the
+        requests being carried out; False if some did not finish within timeout."""
+        with self._busy:
+            self._quiescing = True
         self._stopping.set()
         if self._thread is not None:
             self._thread.join(2 * ACCEPT_TIMEOUT)
+        with self._busy:
+            return self._busy.wait_for(lambda: self._in_flight == 0, timeout)
 
     @property
     def inode(self) -> int | None:

@@ -35,11 +35,12 @@ DEFAULT_BAN_REASON = "banned by an operator"
 def build(room: Room, log: Any, bans: BanList | None = None,
           tls_expiry: Callable[[], datetime | None] = lambda: None,
           upgrade: Callable[[Any, Any, bool], dict] | None = None,
-          upgrades: Callable[[], int] = lambda: 0) -> dict[str, Command]:
+          upgrades: Callable[[], int] = lambda: 0,
+          started_at: Callable[[], float] | None = None) -> dict[str, Command]:
     """{name: command(args, caller) -> result}; each command reads live state
     (tls_expiry: when the TLS certificate in use expires, None without TLS; upgrade:
     the daemon's hitless upgrade, upgrade(conn, request_id, check) -> result)."""
-    started = time.monotonic()
+    started = started_at or (lambda now=time.monotonic(): now)  # carried by upgrades
 
     broker = room.broker
     node = {"node": broker.node} if broker.node else {}  # the column only in a cluster
@@ -95,7 +96,7 @@ def build(room: Room, log: Any, bans: BanList | None = None,
         result = {
             **node,
             "version": __version__,
-            "uptime_s": round(time.monotonic() - started, 3),
+            "uptime_s": round(time.monotonic() - started(), 3),
             "clients": len(room),
             "messages": counters.messages,
             "deliveries": counters.deliveries,

@@ -102,7 +102,8 @@ def show_bans(result: dict) -> str:
 
 def show_upgrade(result: dict) -> str:
     if result.get("checked"):
-        return f"pre-flight passed: tcpchatd {result['version']} would start"
+        return "\n".join([f"pre-flight passed: tcpchatd {result['version']} would start"] + [
+            f"warning: {warning}" for warning in result.get("warnings", [])])
     return (f"upgraded to tcpchatd {result['version']} (pid {result['pid']}); "
             f"{result['clients']} clients carried, pause {result['pause_ms']} ms")
 

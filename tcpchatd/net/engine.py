@@ -132,6 +132,8 @@ class EventLoop:
                 self._wake()
 
     def _wake(self) -> None:
+        if self._closed:  # stopped (an upgrade's broker may still publish): its pipe's
+            return        # number may belong to another file by now
         try:
             os.write(self._wake_write, b"x")
         except BlockingIOError:

@@ -217,14 +217,16 @@ class ChatServer:
         if self._thread.is_alive():
             self._thread.join(2 * ACCEPT_TICK)
 
-    def shutdown(self, grace: float) -> None:
-        """Tell every client, flush for at most `grace` seconds, then disconnect the rest."""
+    def shutdown(self, grace: float, reason: str = "shutdown",
+                 frame: bytes | None = None) -> None:
+        """Tell every client (`shutdown`, or the frame given), flush for at most `grace`
+        seconds, then disconnect the rest."""
         self.stop_accepting()
         with self._lock:
             connections = list(self._connections)
-        frame = protocol.shutdown_frame()
+        frame = frame or protocol.shutdown_frame()
         for conn in connections:
-            conn.close("shutdown", frame)
+            conn.close(reason, frame)
         # each loop releases its connections once flushed, or at their close deadline
         deadline = time.monotonic() + grace + ACCEPT_TICK
         while self._connections and time.monotonic() < deadline:

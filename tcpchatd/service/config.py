@@ -415,6 +415,21 @@ def _parse(key: str, raw: Any, source: str) -> Any:
         raise ConfigError(f"{source}: bad value for {key}: {raw!r} ({exc})") from None
 
 
+def record(config: Config) -> dict[str, Any]:
+    """The settings as plain JSON values (an upgrade's pre-flight hands them over)."""
+    return dataclasses.asdict(config)
+
+
+def from_record(values: Mapping[str, Any]) -> Config:
+    """The settings record() wrote, checked again by this code's validators."""
+    parsed: dict[str, Any] = {}
+    for key, raw in values.items():
+        if key not in SETTINGS:
+            raise ConfigError(f"handed-over settings: unknown setting {key!r}")
+        parsed[key] = None if raw is None else _parse(key, raw, "handed-over settings")
+    return Config(**parsed)
+
+
 def absolute_config_path(args: argparse.Namespace) -> None:
     """Resolve a relative --config now: a detached daemon runs in /, and every reload
     reads the file again."""

@@ -31,8 +31,6 @@ from ..net.tls import TlsCredentials, TlsSetupError
 from .trafficlog import TrafficLog
 
 TICK = 0.25                 # main loop period: receipts and bans expire, the watchdog
-TLS_GOODBYE = 0.5           # an upgrade waits this long for TLS clients' restart notice
-LOG_HANDOVER = 0.5          # ... and this long for the log to write what is queued
 ROOM_PROBE_TIMEOUT = 1.0    # the watchdog's bound on taking the room lock
 # Settings a reload does not change: sockets stay as they were bound.
 FIXED_ON_RELOAD = ("listen", "listen_tls", "admin_socket", "admin_socket_mode", "pid_file",
@@ -79,6 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as exc:
         return int(exc.code or 0)
     config_module.absolute_config_path(args)
+    # Every thread this process starts inherits these signals blocked, so only the main
+    # thread takes them (once its handlers are in place): a signal that came to another
+    # thread during an upgrade's hand-over would be lost in the exec.
+    upgrade.hold_signals()
+    try:
+        state = handover.take()
+    except handover.HandoverError as exc:
+        console.say(f"tcpchatd: {exc}")
+        return 1
+    if state is not None:  # an upgrade's new image: no detaching, no new sockets
+        return resume(state, args)
     try:
         config = config_module.from_args(args)
     except ConfigError as exc:
@@ -92,6 +101,19 @@ def main(argv: list[str] | None = None) -> int:
     except StartupError as exc:
         console.say(f"tcpchatd: {exc.message}")
         return 1
+
+
+def resume(state: dict, args: argparse.Namespace) -> int:
+    """The new image of a hitless upgrade; if it cannot start after all, its clients and
+    the waiting `tcpchatctl upgrade` are told (upgrade.py), and it exits 1."""
+    daemon = None
+    try:
+        daemon = Daemon(upgrade.resume_config(state, args), args)
+        return daemon.resume(state)
+    except Exception as exc:
+        if daemon is not None and daemon.hand_over is not None and daemon.hand_over.answered:
+            raise  # it served and said so: an ordinary failure, not the upgrade's
+        return upgrade.HandOver.failed(state, exc, daemon)
 
 
 def _error_log(text: str) -> None:
@@ -108,20 +130,12 @@ class Daemon:
         self._started_pipe: int | None = None  # --daemon: tells the waiting parent we serve
         self._upgrade_requests: deque[upgrade.UpgradeRequest] = deque()
         self.upgrades = 0  # hitless upgrades this process has been through
+        self.started_at = time.monotonic()  # for uptime; carried through upgrades
         self.serving_at = 0.0  # when the loops began serving (an upgrade's pause ends)
+        self.hand_over: upgrade.HandOver | None = None
 
     def run(self) -> int:
         threading.stack_size(self.config.thread_stack)
-        # Every thread this process starts inherits these signals blocked, so only the
-        # main thread takes them (once its handlers are in place): a signal that came to
-        # another thread during an upgrade's hand-over would be lost in the exec.
-        upgrade.hold_signals()
-        try:
-            state = handover.take()
-        except handover.HandoverError as exc:
-            raise StartupError(str(exc)) from None
-        if state is not None:  # an upgrade's new image: no detaching, no new sockets
-            return self._resume(state)
         try:
             inherited = systemd.listen_fds()
         except systemd.InheritedSocketError as exc:
@@ -222,7 +236,8 @@ class Daemon:
         handlers, from_other_node = commands.build(
             self.room, self.log, self.bans,
             tls_expiry=lambda: self.tls.expires if self.tls is not None else None,
-            upgrade=self.request_upgrade, upgrades=lambda: self.upgrades)
+            upgrade=self.request_upgrade, upgrades=lambda: self.upgrades,
+            started_at=lambda: self.started_at)
         self.admin_server = admin.AdminServer(
             admin_socket, handlers, self.config, self.log, owned_path=owned_admin_path,
             error_log=_error_log, inode=(resume or {}).get("admin_inode"))
@@ -271,8 +286,9 @@ class Daemon:
         server = ChatServer(chat_sockets, room, log, config, engine, error_log=_error_log,
                             tls_listeners=tls_sockets, tls=self.tls)
         self.engine, self.room, self.server = engine, room, server
+        hand_over = self.hand_over = upgrade.HandOver(self)
         if resume is not None:
-            self._adopt(resume)
+            hand_over.adopt(resume)
         if pid_path and resume is None:  # signals wait (held) until the handlers are in
             pidfile.write(pid_path)      # place: a SIGTERM always removes the file
         engine.start()  # the loops first: the accept thread hands them connections, and
@@ -302,7 +318,7 @@ class Daemon:
             log.event("tls", ok="no", error=self.tls_unserved)
         notifier.ready(self._status())
         if resume is not None:
-            self._upgraded(resume)
+            hand_over.served(resume)
         if self._started_pipe is not None:  # --daemon: the waiting parent may now return
             os.write(self._started_pipe, f"ok {os.getpid()} {listening}\n".encode())
             os.close(self._started_pipe)
@@ -317,7 +333,7 @@ class Daemon:
                 if self._handle_signals(notifier):
                     break
                 while self._upgrade_requests:
-                    self._upgrade(self._upgrade_requests.popleft(), notifier)
+                    hand_over.run(self._upgrade_requests.popleft(), notifier, False)
                 room.expire()
                 for ended in self.bans.expire():
                     log.event("ban_expired", target=ended.target, by_uid=ended.by_uid)
@@ -341,7 +357,7 @@ class Daemon:
                             f"shutdown_grace ({self.config.shutdown_grace:g} s)")
         return 0
 
-    # --- hitless upgrade (service/upgrade.py, net/handover.py)
+    # --- hitless upgrade: the whole hand-over is service/upgrade.py's
 
     def request_upgrade(self, conn: socket.socket, request_id: object, check: bool) -> dict:
         """An admin connection's `upgrade`: queued for the main thread; waits for the
@@ -355,94 +371,27 @@ class Daemon:
             raise AdminError(errors.UPGRADE_REFUSED, request.error)
         return request.result
 
-    def _upgrade(self, request: upgrade.UpgradeRequest | None,
-                 notifier: systemd.Notifier) -> None:
-        """Pre-flight, then hand everything over and exec; on refusal nothing changes."""
-        started = time.monotonic()
-        daemon_args = upgrade.daemon_arguments(self.args.config)
-        try:
-            version = upgrade.preflight(daemon_args)
-        except upgrade.UpgradeRefused as exc:
-            self.log.event("upgrade", ok="no", error=str(exc))
-            if request is not None:
-                request.error = f"upgrade refused: {exc}"
-                request.done.set()
-            return
-        if request is not None and request.check:
-            request.result = {"checked": True, "version": version}
-            request.done.set()
-            return
-        upgrade.hold_signals()  # until the new image's handlers are in place
-        if any(signum in (signal.SIGTERM, signal.SIGINT) for signum in self._signals):
-            upgrade.release_signals()  # a stop came during the pre-flight: it wins
-            self.log.event("upgrade", ok="no", error="the daemon is stopping")
-            if request is not None:
-                request.error = "upgrade refused: the daemon is stopping"
-                request.done.set()
-            return
-        notifier.reloading()
-        state_fd, keep = self._hand_over(request, started)
-        handover.keep_across_exec(keep + [state_fd])
-        try:
-            upgrade.execute(upgrade.exec_argv(daemon_args), state_fd)
-        except OSError as exc:  # the pre-flight ran this interpreter: should never happen
-            console.say(f"tcpchatd: the upgrade's exec failed after the hand-over: {exc}")
-            os._exit(1)
+    def stop_requested(self) -> bool:
+        """A SIGTERM or SIGINT waits in the queue."""
+        return any(signum in (signal.SIGTERM, signal.SIGINT) for signum in self._signals)
 
-    def _hand_over(self, request: upgrade.UpgradeRequest | None,
-                   started: float) -> tuple[int, list[int]]:
-        """Quiesce every part and write the state; (state fd, fds the new image adopts)."""
-        server, engine, room = self.server, self.engine, self.room
-        server.stop_accepting()
-        self.admin_server.pause()
-        # TLS keys cannot cross an exec: those clients are asked to come back
-        tls_clients = [conn for conn in engine.connections() if conn.tls]
-        for conn in tls_clients:
-            conn.close("restart", protocol.restart_frame())
-        deadline = time.monotonic() + TLS_GOODBYE
-        while any(conn.state != CLOSED for conn in tls_clients) and \
-                time.monotonic() < deadline:
-            time.sleep(0.01)
-        paused_at = time.time()  # from here no client is served until the new image runs
-        carried = [conn for conn in engine.pause() if conn.state != CLOSED and not conn.tls]
-        records = [conn.record() for conn in carried]
-        # the broker's reading stops before the room is written: nothing read is lost
-        broker_state = self.broker.pause() if self.clustered else None
-        state = {
-            "version": __version__, "paused_at": paused_at,
-            "preflight_s": time.monotonic() - started, "upgrades": self.upgrades + 1,
-            "listeners": [sock.fileno() for sock in server.listeners],
-            "tls_listeners": [sock.fileno() for sock in server.all_tls_listeners()],
-            "admin": self.admin_server.sock.fileno(), "admin_path": self.owned_admin_path,
-            "admin_inode": self.admin_server.inode, "pid_path": self.pid_path,
-            "reply": None if request is None else {
-                "fd": request.sock.fileno(), "id": request.request_id},
-            "connections": records,
-            "room": room.export_state(lambda member: member.sock.fileno()),
-            "tls_closed": len(tls_clients),
-            "broker": broker_state,
-            "signals": [int(signum) for signum in self._signals],  # queued: HUP, USR2
-        }
-        state["log"] = self.log.hand_over(LOG_HANDOVER)
-        state["written_at"] = time.time()
-        keep = state["listeners"] + state["tls_listeners"] + [state["admin"]] + [
-            record["fd"] for record in records]
-        if request is not None:
-            keep.append(request.sock.fileno())
-        return handover.write(state), keep
+    def queued_signals(self) -> list[int]:
+        return [int(signum) for signum in self._signals]
 
-    def _resume(self, state: dict) -> int:
+    def resume(self, state: dict) -> int:
         """The new image: adopt the sockets and the state the old one handed over."""
-        chat_sockets = [socket.socket(fileno=fd) for fd in state["listeners"]]
-        tls_sockets = [socket.socket(fileno=fd) for fd in state["tls_listeners"]]
-        admin_socket = socket.socket(fileno=state["admin"])
-        for sock in (*chat_sockets, *tls_sockets, admin_socket):
-            os.set_inheritable(sock.fileno(), False)
-        self._load_bans()
+        threading.stack_size(self.config.thread_stack)
+        chat_sockets, tls_sockets, admin_socket = upgrade.HandOver.sockets(state)
+        self.bans = BanList(os.path.abspath(self.config.state_dir_path()))
+        if "bans" in state:  # the list the old image kept in force: the file is not read
+            self.bans.import_state(state["bans"])
+        else:  # an image before these records
+            self.bans.load()
         self.tls, self.tls_unserved = None, None
         if tls_sockets:
             self._tls_for_passed_sockets()
         self.upgrades = state["upgrades"]
+        self.started_at = state.get("started_at", self.started_at)
         self._signals.extend(state["signals"])
         pid_path = state["pid_path"]
         try:
@@ -451,38 +400,6 @@ class Daemon:
         finally:
             if pid_path:
                 pidfile.remove(pid_path)
-
-    def _adopt(self, state: dict) -> None:
-        """Before the loops start: every carried connection, then the room around them."""
-        by_fd = {}
-        for record in state["connections"]:
-            os.set_inheritable(record["fd"], False)
-            conn = Connection.resumed(record, self.server)
-            self.server.adopt(conn)
-            by_fd[record["fd"]] = conn
-        self.room.import_state(state["room"], by_fd.get)
-        for record in state["connections"]:  # subscribing reset them: `received` goes on
-            by_fd[record["fd"]].chat_base = -record["received"]
-
-    def _upgraded(self, state: dict) -> None:
-        """The new image serves: say so in the log and to the waiting `tcpchatctl`."""
-        now = self.serving_at  # the loops serve the carried clients: their pause ends
-        pause_ms = round((now - state["paused_at"]) * 1000)
-        clients = len(state["connections"])
-        self.log.event("upgrade", ok="yes", version=__version__, previous=state["version"],
-                       clients=clients, tls_closed=state["tls_closed"], pause_ms=pause_ms,
-                       handover_ms=round((state["written_at"] - state["paused_at"]) * 1000),
-                       start_ms=round((now - state["written_at"]) * 1000))
-        reply = state["reply"]
-        if reply is not None:
-            from ..control import admin
-            with socket.socket(fileno=reply["fd"]) as conn:
-                try:
-                    conn.sendall(admin.reply_ok(reply["id"], {
-                        "version": __version__, "pid": os.getpid(), "clients": clients,
-                        "pause_ms": pause_ms}))
-                except OSError:
-                    pass
 
     def _status(self) -> str:
         count = len(self.room)
@@ -516,7 +433,7 @@ class Daemon:
             if signum == signal.SIGHUP:
                 self.handle_hup(notifier)
             elif signum == signal.SIGUSR2:
-                self._upgrade(None, notifier)
+                self.hand_over.run(None, notifier, self.stop_requested())
             else:
                 return True
         return False

@@ -37,6 +37,8 @@ FATAL_PROTOCOL_CODES = frozenset({BAD_HEADER, FRAME_TOO_LARGE})
 BAD_REQUEST = "bad_request"
 NO_SUCH_BAN = "no_such_ban"
 UPGRADE_REFUSED = "upgrade_refused"
+UPGRADE_FAILED = "upgrade_failed"  # the new image could not start: its clients were told
+UPGRADING = "upgrading"          # a request during an upgrade's hand-over: try again
 PERMISSION_DENIED = "permission_denied"
 INTERNAL = "internal"
 
