@@ -8,6 +8,7 @@ with spaces (`f"{len:<10}"`), the nickname already inside `message`.
 from __future__ import annotations
 
 import json
+import re
 import socket
 import ssl
 import threading
@@ -141,3 +142,15 @@ def wait_for(predicate, timeout: float = 5.0, interval: float = 0.01):
             return value
         time.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+ISO_UTC = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z\Z")
+
+
+def untimed(frame: dict) -> dict:
+    """A system frame without its `time` (what happened in the room is stamped), which is
+    checked to be an ISO 8601 UTC stamp."""
+    frame = dict(frame)
+    stamp = frame.pop("time")
+    assert ISO_UTC.match(stamp), stamp
+    return frame

@@ -199,10 +199,12 @@ def test_ban_an_address_kicks_and_refuses_at_the_door(banning):
     result = ctl(path, "ban", "127.0.0.1", "--reason", "spam", "--for", "2h")
     assert result.returncode == 0, result.stderr
     assert re.fullmatch(r"banned 127\.0\.0\.1 until \S+Z; kicked ann, ben\n", result.stdout)
-    for c in (ann, ben):
-        assert c.read_until(lambda f: f.get("event") == "kick")["message"] == \
-            "You were kicked: spam"
+    for c in (ann, ben):  # told it is a ban, and for how long (not "kicked")
+        notice = c.read_until(lambda f: f.get("event") == "kick")
+        assert notice["banned"] is True
+        assert re.fullmatch(r"You were banned: spam \(until \S+Z\)", notice["message"])
         assert c.closed()
+    assert ann.closed() and "leave nick=ben reason=banned" in d.stderr()
     door = RawClient(port)  # loopback is exempt from limits, not from bans
     err = door.read()
     assert (err["event"], err["code"]) == ("error", "banned")
@@ -252,6 +254,36 @@ def test_an_address_ban_holds_for_a_connection_accepted_before_it(banning):
     assert "sneaky" not in [c["nickname"] for c in
                             json.loads(ctl(path, "who", "--json").stdout)["clients"]]
     assert re.search(r"refused addr=127\.0\.0\.1 code=banned", d.stderr())
+
+
+def test_a_wide_ban_names_who_it_would_kick_and_asks_for_force(banning):
+    d, path, port, state = banning()
+    members = {name: RawClient(port) for name in ("ann", "ben", "cy", "dee")}
+    for name, client in members.items():
+        client.join(name)
+    refused = ctl(path, "ban", "127.0.0.0/8", "testing", "things")
+    assert refused.returncode == 1
+    assert refused.stderr == ("tcpchatctl: banning 127.0.0.0/8 would kick 4 members (ann, "
+                              "ben, cy, dee); add --force if you mean it\n")
+    assert ctl(path, "bans").stdout == "no bans\n"  # nothing kept, nobody kicked
+    assert len(json.loads(ctl(path, "who", "--json").stdout)["clients"]) == 4
+    forced = ctl(path, "ban", "127.0.0.0/8", "closing", "for", "tonight", "--force")
+    assert forced.returncode == 0 and forced.stdout.endswith(
+        "permanently (until unbanned); kicked ann, ben, cy, dee\n")
+    listed = ctl(path, "bans").stdout.splitlines()
+    assert listed[0].split() == ["TARGET", "UNTIL", "SINCE", "BY", "UID", "REASON"]
+    assert listed[1].split()[:2] == ["127.0.0.0/8", "permanent"]
+    assert listed[1].endswith("closing for tonight")
+    notice = members["ann"].read_until(lambda f: f.get("event") == "kick")
+    assert notice["message"] == "You were banned: closing for tonight (with no end)"
+
+
+def test_a_ban_of_a_few_members_needs_no_force(banning):
+    d, path, port, state = banning("--ban-force-over", "1")
+    ann = RawClient(port)
+    ann.join("ann")
+    assert ctl(path, "ban", "ann", "spamming", "links").stdout.endswith("; kicked ann\n")
+    assert "spamming links" in ann.read_until(lambda f: f.get("event") == "kick")["message"]
 
 
 def test_bad_ban_requests_and_unknown_unban(banning):

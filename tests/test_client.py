@@ -1,6 +1,7 @@
 """tcpchat-client as a chat user drives it: the pty screen of the interactive client, the
 pipe client's output and exit code (issue 11)."""
 
+import json
 import os
 import re
 import socket
@@ -374,3 +375,192 @@ def test_after_a_restart_it_says_why_it_cannot_rejoin(daemon_factory):
         term.expect("reconnected as ann", timeout=20)
     finally:
         term.close()
+
+
+# --- issue 31: a first day as a new user
+
+def test_the_interactive_client_speaks_tls_when_told_and_never_plaintext(tls_daemon, certs):
+    d, plain_port, tls_port = tls_daemon()
+    term = Pty([*CLIENT, "--port", str(tls_port), "--cafile", certs("ca.crt"), "--nick",
+                "sec"])
+    try:
+        term.expect(r"Joined as sec \(TLS\)")
+        watcher = RawClient(plain_port)
+        watcher.join("watcher")
+        term.type("over tls\r")
+        got = watcher.read_until(lambda f: f.get("type") == "message")
+        assert got["message"] == "sec: over tls"
+        who = subprocess.run([sys.executable, "-m", "tcpchatd.cli.ctl", "--admin-socket",
+                              admin_path(d), "who", "--json"], capture_output=True, text=True)
+        tls_of = {c["nickname"]: c["tls"] for c in json.loads(who.stdout)["clients"]}
+        assert tls_of == {"sec": True, "watcher": False}
+    finally:
+        term.close()
+    # told --tls against the plaintext port: it refuses, it never chats in plaintext
+    term = Pty([*CLIENT, "--port", str(plain_port), "--tls", "--cafile", certs("ca.crt"),
+                "--nick", "sec"])
+    try:
+        assert term.wait(15) == 1
+        assert re.search(r"TLS to 127\.0\.0\.1:\d+ failed", term.plain())
+    finally:
+        term.close()
+
+
+def admin_path(daemon) -> str:
+    args = daemon.proc.args
+    return args[args.index("--admin-socket") + 1]
+
+
+def test_a_person_at_the_nickname_prompt_never_meets_the_handshake_clock(daemon_factory):
+    """The nickname is asked before connecting: reading the screen for longer than
+    handshake_timeout (here 1 s) costs nothing, even after a refused nickname."""
+    d = daemon_factory("--handshake-timeout", "1")
+    port = status_port(d)
+    other = RawClient(port)
+    other.join("taken")
+    term = Pty([*CLIENT, "--port", str(port)])
+    try:
+        term.expect("Choose your nickname:")
+        time.sleep(2)  # a person reads the screen
+        term.type("taken\r")
+        term.expect(r"Nickname rejected: nickname 'taken' is taken")
+        term.expect("Choose your nickname:")
+        time.sleep(2)  # and thinks again
+        term.type("zed\r")
+        term.expect("Joined as zed")
+        assert "no nickname was sent in time" not in term.plain()
+    finally:
+        term.close()
+    assert "handshake_timeout" not in d.stderr()
+
+
+def test_a_refusal_at_the_door_shows_the_servers_reason_and_is_logged(daemon_factory):
+    d = daemon_factory("--max-per-address", "1", "--exempt-addresses", "")
+    port = status_port(d)
+    first = RawClient(port)
+    first.join("first")
+    result = run_client(port, "hello\n", "--nick", "second")
+    assert result.returncode == 1
+    assert result.stderr == ("tcpchat-client: too many connections from 127.0.0.1 "
+                             "(limit 1)\n")
+    term = Pty([*CLIENT, "--port", str(port), "--nick", "third"])
+    try:
+        assert term.wait(10) == 1
+        assert "too many connections from 127.0.0.1 (limit 1)" in term.plain()
+    finally:
+        term.close()
+    wait_for(lambda: d.stderr().count("refused addr=127.0.0.1 code=address_limit") == 2)
+
+
+def test_a_plaintext_client_on_the_tls_port_is_told_to_use_tls(tls_daemon):
+    d, plain_port, tls_port = tls_daemon()
+    started = time.monotonic()
+    result = run_client(tls_port, "hello\n", "--nick", "plain")
+    assert result.returncode == 1
+    assert result.stderr == ("tcpchat-client: this port speaks TLS: connect with TLS "
+                             "(tcpchat-client --tls)\n")
+    assert time.monotonic() - started < 8  # tls_hello_wait (2 s), not handshake_timeout
+    wait_for(lambda: "protocol_error addr=127.0.0.1" in d.stderr() and
+             "code=tls_required" in d.stderr())
+
+
+def test_post_mode_needs_no_join_and_exits_0_once_the_server_took_it(daemon_factory):
+    """Two CI jobs post as `ci` at once: both are taken (one as ci-2), nobody sees a join
+    or a leave, and a post to an empty room still exits 0 (it is kept in history)."""
+    d = daemon_factory()
+    port = status_port(d)
+    alone = run_client(port, "", "--post", "--nick", "ci", "build", "1", "passed")
+    assert (alone.returncode, alone.stdout) == (0, "accepted (0 recipients): build 1 passed\n")
+    watcher, seen = confirmer(port, "watcher")
+    jobs = [subprocess.Popen([*CLIENT, "--port", str(port), "--post", "--nick", "ci"],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    for n, job in enumerate(jobs):
+        job.stdin.write(f"job {n} line 1\njob {n} line 2\n")
+        job.stdin.flush()
+    outputs = [job.communicate(timeout=30) for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0]
+    for n, (out, err) in enumerate(outputs):
+        assert out == (f"accepted (1 recipients): job {n} line 1\n"
+                       f"accepted (1 recipients): job {n} line 2\n")
+    assert sorted(err for _, err in outputs) == [
+        "", "tcpchat-client: ci is taken: posted as ci-2\n"]
+    wait_for(lambda: len([f for f in seen if f.get("type") == "message"]) == 4)
+    assert not [f for f in seen if f.get("event") in ("join", "leave")]
+    late = RawClient(port)
+    late.join("late")
+    assert [m["message"] for m in late.history["messages"]][0] == "ci: build 1 passed"
+
+
+def test_post_mode_can_demand_delivery(daemon_factory):
+    d = daemon_factory("--confirm-timeout", "1")
+    port = status_port(d)
+    empty = run_client(port, "", "--post", "--require-delivery", "--nick", "ci", "hello?")
+    assert empty.returncode == 1
+    assert empty.stdout == "not delivered: nobody else is here: hello?\n"
+    watcher, _ = confirmer(port, "watcher")
+    heard = run_client(port, "", "--post", "--require-delivery", "--nick", "ci", "hello!")
+    assert (heard.returncode, heard.stdout) == (0, "delivered to 1 of 1: hello!\n")
+
+
+def test_post_mode_against_the_original_server_says_it_cannot(short_tmp):
+    from origserver import OriginalStyleServer
+    server = OriginalStyleServer()
+    try:
+        result = run_client(server.port, "", "--post", "--nick", "ci", "hi")
+        assert result.returncode == 1
+        assert "this server does not take --post" in result.stderr
+    finally:
+        server.listener.close()
+
+
+def test_alt_enter_adds_a_new_line_to_the_message(room):
+    d, port = room
+    other = RawClient(port)
+    other.join("other")
+    term = interactive(port, "ann")
+    try:
+        term.type("first line\x1b\rsecond line\r")
+        got = other.read_until(lambda f: f.get("type") == "message")
+        assert got["message"] == "ann: first line\nsecond line"
+    finally:
+        term.close()
+
+
+def test_emoji_sequences_are_shown_whole_and_a_hiding_joiner_is_not(room):
+    d, port = room
+    other = RawClient(port)
+    other.join("other")
+    term = interactive(port, "ann")
+    try:
+        other.say("family \U0001f468\u200d\U0001f469\u200d\U0001f467 coder "
+                  "\U0001f469\u200d\U0001f4bb pride \U0001f3f3\ufe0f\u200d\U0001f308 "
+                  "pay\u200dpal")
+        term.expect("pay<U\\+200D>pal")
+        line = [l for l in term.plain().splitlines() if "family" in l][-1]
+        assert "\U0001f468\u200d\U0001f469\u200d\U0001f467" in line
+        assert "\U0001f469\u200d\U0001f4bb" in line and "\U0001f3f3\ufe0f\u200d\U0001f308" \
+            in line
+        assert line.count("<U+200D>") == 1
+    finally:
+        term.close()
+
+
+def test_an_error_receipt_shows_no_count(room):
+    d, port = room
+    term = interactive(port, "ann")
+    try:
+        term.type("x" * 5000 + "\r")  # over max_text: the server's error is the receipt
+        term.expect(r"\u2717 x+… \(message text of \d+ bytes is over the limit")
+        assert "None" not in term.plain()
+    finally:
+        term.close()
+
+
+def test_ctl_output_into_a_closed_pipe_is_no_error(room):
+    d, port = room
+    result = subprocess.run(f"{sys.executable} -m tcpchatd.cli.ctl --admin-socket "
+                            f"{admin_path(d)} stats | head -2", shell=True,
+                            capture_output=True, text=True, timeout=30)
+    assert len(result.stdout.splitlines()) == 2
+    assert result.stderr == ""

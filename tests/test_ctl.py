@@ -13,7 +13,7 @@ import uuid
 import pytest
 
 from conftest import status_port
-from rawclient import RawClient, wait_for
+from rawclient import RawClient, wait_for, untimed
 
 CTL = [sys.executable, "-m", "tcpchatd.cli.ctl"]
 NOBODY = 65534
@@ -83,7 +83,7 @@ def test_who_kick_stats_say_end_to_end(running):
 
     kick = ctl(path, "kick", "BOB", "--reason", "spamming")
     assert (kick.returncode, kick.stdout) == (0, "kicked bob\n")
-    assert bob.read_until(lambda f: f.get("event") == "kick") == {
+    assert untimed(bob.read_until(lambda f: f.get("event") == "kick")) == {
         "type": "system", "event": "kick", "reason": "spamming",
         "message": "You were kicked: spamming"}
     assert bob.closed()

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import status_port
-from rawclient import RawClient, wait_for
+from rawclient import RawClient, wait_for, untimed
 
 CLIENT = [sys.executable, "-m", "tcpchatd.cli.client"]
 
@@ -29,7 +29,7 @@ def test_starts_says_where_it_listens_and_stops_cleanly_on_sigterm(daemon_factor
     a.read()
     assert d.stop() == 0
     for client in (a, b):
-        assert client.read_until(lambda f: f.get("event") == "shutdown") == {
+        assert untimed(client.read_until(lambda f: f.get("event") == "shutdown")) == {
             "type": "system", "event": "shutdown", "message": "Server is shutting down"}
         assert client.closed()
     assert "Traceback" not in d.stderr()

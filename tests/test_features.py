@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from rawclient import PROMPT, frame
+from rawclient import PROMPT, frame, untimed
 from test_wire import error_of
 
 FEATURES = ["request", "private", "history", "nick", "action"]
@@ -69,8 +69,8 @@ def test_nick_change_is_announced_to_everyone(chat):
     request(ben, "nick", 2, nickname="benny")
     expected = {"type": "system", "event": "nick", "nickname": "benny", "old": "ben",
                 "message": "ben is now benny"}
-    assert ann.read_until(lambda f: f.get("event") == "nick") == expected
-    assert ben.read_until(lambda f: f.get("event") == "nick") == expected
+    assert untimed(ann.read_until(lambda f: f.get("event") == "nick")) == expected
+    assert untimed(ben.read_until(lambda f: f.get("event") == "nick")) == expected
     u = ben.say("renamed")  # the client still writes its old prefix: the server adds the new
     assert ann.read_until(lambda f: f.get("uuid") == u)["nickname"] == "benny"
     assert {"old": "ben", "new": "benny"} in h.log.named("nick")
@@ -189,3 +189,94 @@ def test_every_new_frame_has_a_readable_message(chat):
               ben.read_until(lambda f: f.get("event") == "error")]
     assert all(isinstance(f["message"], str) and f["message"] for f in frames)
     assert ben.history["messages"][0]["message"] == "ann: x" and u
+
+
+# --- posters: a script's messages without joining the conversation (issue 31, item 3)
+
+def hello(client, nickname: str, mode: str = "post") -> dict:
+    assert client.recv_exact(10) == PROMPT
+    client.send_raw(frame({"type": "hello", "nickname": nickname, "mode": mode}))
+    joined = client.read()
+    client.nickname = joined.get("nickname")
+    return joined
+
+
+def test_a_poster_joins_and_leaves_unannounced_and_is_told_at_once(chat):
+    h = chat()
+    ann, ben = h.client("ann"), h.client("ben")
+    ci = h.client()
+    joined = hello(ci, "ci")
+    assert (joined["event"], joined["nickname"]) == ("join", "ci")
+    u = ci.say("build 1234 passed")
+    accepted = ci.read_until(lambda f: f.get("uuid") == u)
+    assert (accepted["event"], accepted["recipients"]) == ("accepted", 2)
+    for member in (ann, ben):
+        got = member.read_until(lambda f: f.get("type") == "message")
+        assert got["message"] == "ci: build 1234 passed" and got["nickname"] == "ci"
+        member.confirm(got["uuid"])
+    receipt = ci.read_until(lambda f: f.get("type") == "confirm")
+    assert (receipt["uuid"], receipt["delivered"], receipt["recipients"]) == (u, 2, 2)
+    ci.quit()
+    v = ann.say("after ci")
+    seen = ben.read_until(lambda f: f.get("type") == "message" or f.get("event") in
+                          ("join", "leave"))
+    assert seen["uuid"] == v  # neither its join nor its leave came before
+    names = request_names(ann)
+    assert names == ["ann", "ben"]
+    joins = [f for f in h.log.named("join") if f["nick"] == "ci"]
+    assert [(f["nick"], f["post"]) for f in joins] == [("ci", "yes")]
+
+
+def request_names(client) -> list[str]:
+    client.send_raw(frame({"type": "request", "cmd": "who", "id": "w"}))
+    return client.read_until(lambda f: f.get("id") == "w")["nicknames"]
+
+
+def test_two_posters_under_one_name_take_free_variants(chat):
+    h = chat()
+    ann = h.client("ann")
+    first, second, third = h.client(), h.client(), h.client()
+    assert hello(first, "ci")["nickname"] == "ci"
+    assert hello(second, "ci")["nickname"] == "ci-2"
+    assert hello(third, "CI")["nickname"] == "CI-3"
+    assert request_names(ann) == ["ann"]  # posters are in no names list
+    u = second.say("from the second job")
+    assert ann.read_until(lambda f: f.get("type") == "message")["nickname"] == "ci-2"
+    assert second.read_until(lambda f: f.get("uuid") == u)["event"] == "accepted"
+
+
+def test_a_poster_alone_is_accepted_and_told_nobody_heard_it(chat):
+    h = chat()
+    ci = h.client()
+    hello(ci, "ci")
+    u = ci.say("nobody here")
+    got = [ci.read_until(lambda f: f.get("uuid") == u) for _ in range(2)]
+    assert [f["event"] for f in got] == ["undelivered", "accepted"]
+    assert got[1]["recipients"] == 0
+
+
+@pytest.mark.parametrize("body,code", [
+    ({"type": "hello", "nickname": "ci", "mode": "lurk"}, "bad_hello"),
+    ({"type": "hello", "mode": "post"}, "bad_hello"),
+    ({"type": "message", "uuid": "x", "message": "hi"}, "bad_hello"),
+    ({"type": "hello", "nickname": "a b", "mode": "post"}, "nickname_invalid")])
+def test_a_bad_hello_is_refused_with_a_code_and_closed(chat, body, code):
+    h = chat()
+    ann = h.client("ann")
+    bad = h.client()
+    assert bad.recv_exact(10) == PROMPT
+    bad.send_raw(frame(body))
+    assert bad.read()["code"] == code
+    assert bad.closed()
+    assert request_names(ann) == ["ann"]
+
+
+def test_a_poster_is_not_a_recipient_of_the_room(chat):
+    h = chat()
+    ann, ben = h.client("ann"), h.client("ben")
+    ci = h.client()
+    hello(ci, "ci")
+    u = ann.say("to the people")
+    ben.confirm(ben.read_until(lambda f: f.get("type") == "message")["uuid"])
+    receipt = ann.read_until(lambda f: f.get("uuid") == u)
+    assert (receipt["delivered"], receipt["recipients"]) == (1, 1)

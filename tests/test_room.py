@@ -11,6 +11,7 @@ from tcpchatd.chat.room import NoSuchMember, Room
 from tcpchatd.cluster.local import LocalBroker
 
 from conftest import RecordingLog, lock_held_by_another_thread
+from rawclient import untimed
 
 U1 = "11111111-1111-4111-8111-111111111111"
 U2 = "22222222-2222-4222-8222-222222222222"
@@ -49,12 +50,16 @@ class FakeMember:
         self.address = "127.0.0.1:1"
         self.ip = "127.0.0.1"
         self.tls = False
+        self.quiet = False
         self.connected = 0.0
         self.frames = []
         self.closed = None
 
     def deliver(self, frame):
-        self.frames.append(json.loads(frame[10:]))
+        body = json.loads(frame[10:])
+        if body.get("type") == "system" and "time" in body:
+            body = untimed(body)  # checked to be a stamp, then compared without it
+        self.frames.append(body)
 
     def close(self, reason, final_frame=None, detail=None):
         self.closed = reason

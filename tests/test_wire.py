@@ -5,7 +5,7 @@ import uuid
 
 import pytest
 
-from rawclient import PROMPT, frame, wait_for
+from rawclient import PROMPT, frame, wait_for, untimed
 
 
 def test_handshake_join_and_message_with_receipt(chat):
@@ -14,8 +14,8 @@ def test_handshake_join_and_message_with_receipt(chat):
     assert alice.recv_exact(10) == b"_nickname_"
     alice.send_raw(b"alice")
     alice.nickname = "alice"
-    assert alice.read() == {"type": "system", "event": "join", "nickname": "alice",
-                            "message": "alice joined!"}
+    assert untimed(alice.read()) == {"type": "system", "event": "join",
+                                     "nickname": "alice", "message": "alice joined!"}
     assert alice.read()["message"] == "In the room: alice (1)"
     bob = h.client("bob")
     assert alice.read()["message"] == "bob joined!"
@@ -69,7 +69,7 @@ def test_leave_is_announced_with_reason(chat):
     h = chat()
     a, b = h.client("a"), h.client("b")
     b.close()
-    assert a.read_until(lambda f: f.get("event") == "leave") == {
+    assert untimed(a.read_until(lambda f: f.get("event") == "leave")) == {
         "type": "system", "event": "leave", "nickname": "b", "reason": "quit",
         "message": "b left!"}
 

@@ -108,10 +108,12 @@ class Ban:
         except ValueError:
             return None
 
+    def how_long(self) -> str:
+        return f"until {iso(self.until)}" if iso(self.until) is not None else "with no end"
+
     def describe(self) -> str:
         """For the banned client: the reason and how long."""
-        how_long = f"until {iso(self.until)}" if self.until is not None else "with no end"
-        return f"banned ({self.reason}), {how_long}"
+        return f"banned ({self.reason}), {self.how_long()}"
 
     def record(self) -> dict:
         """As `tcpchatctl bans` shows it."""
@@ -184,20 +186,26 @@ class BanList:
 
     # --- changes
 
-    def add(self, target: str, seconds: float | None, reason: str, by_uid: int,
-            force: bool = False) -> Ban:
+    @staticmethod
+    def make(target: str, seconds: float | None, reason: str, by_uid: int,
+             force: bool = False) -> Ban:
+        """A ban of TARGET, checked, not yet in force (see put)."""
         kept, network = parse_target(target)
         if network is not None and network.prefixlen == 0 and not force:
             raise AdminError(errors.BAD_REQUEST, f"{kept} matches every address: add --force "
                              "if you mean to ban everyone")
         now = time.time()
-        ban = Ban(kept, None if seconds is None else now + seconds, reason, by_uid, now)
-        with self._lock:
-            self._change({**self._bans, self._key(kept, network): ban})
+        return Ban(kept, None if seconds is None else now + seconds, reason, by_uid, now)
+
+    def add(self, target: str, seconds: float | None, reason: str, by_uid: int,
+            force: bool = False) -> Ban:
+        ban = self.make(target, seconds, reason, by_uid, force)
+        self.put(ban)
         return ban
 
     def put(self, ban: Ban) -> None:
-        """A ban another node of the cluster added: kept here too, as it was made."""
+        """A ban in force from now (made here, or by another node of the cluster: kept
+        here too, as it was made)."""
         with self._lock:
             self._change({**self._bans, self._key(ban.target, ban.network): ban})
 

@@ -37,6 +37,7 @@ class Member(Protocol):
     address: str      # `ip:port` or `[v6]:port`, for `who` and the log
     ip: str           # the peer's address, for bans
     tls: bool         # it came in on a TLS port
+    quiet: bool       # a poster (hello mode post): no join or leave notices, not in names
     connected: float  # time.time() when it connected
     last_active: float  # time.monotonic() of its last frame
     sent: int         # messages it sent
@@ -115,6 +116,7 @@ class RemoteMember:
     address: str = ""       # as that node shows it: `ip:port` or `[v6]:port`
     tls: bool = False
     connected: float = 0.0  # time.time() when it connected
+    quiet: bool = False     # a poster: no notices, not in names
 
     @property
     def ip(self) -> str:
@@ -166,6 +168,8 @@ class Room:
         self.lock = threading.Lock()
         self.counters = Counters()
         self._members: dict[str, Member] = {}        # nickname_key -> member
+        # ... of them, those who hear the room's messages (not the posters)
+        self._listeners: dict[str, Member] = {}
         self._accounts: dict[Member, Account] = {}
         # members that left half-closed, still owed receipts for their own messages
         self._departed: dict[Member, Account] = {}
@@ -196,6 +200,8 @@ class Room:
         with self.lock:  # the cheap refusal first: no round trip to the broker
             self._refuse_taken(key, nickname)
         info = {"addr": member.address, "tls": member.tls, "since": member.connected}
+        if member.quiet:
+            info["quiet"] = True
         self.broker.claim(nickname, info, lambda claim: settled(
             self._joined(member, nickname, key, info, claim)))
 
@@ -213,19 +219,25 @@ class Room:
             member.nickname = nickname
             self._members[key] = member
             self._accounts[member] = Account(self._messages_sent, claim=claim, key=key)
-            self.channel.subscribe(member)
+            if not member.quiet:  # a poster hears nothing of the room and owes no receipt
+                self._listeners[key] = member
+                self.channel.subscribe(member)
             self.broker.publish({"kind": "join", "nick": nickname, **info})
             # logged under the lock, so the log keeps the room's order of events
             self.log.event("join", nick=nickname, addr=member.address,
-                           tls="yes" if member.tls else None)
-            alone = self._size() > self.config.announce_joins_max
+                           tls="yes" if member.tls else None,
+                           post="yes" if member.quiet else None)
+            # a very large room, or a poster: only the newcomer hears of its join
+            alone = member.quiet or self._size() > self.config.announce_joins_max
             if not alone:  # everyone hears of it, the newcomer too
                 self.channel.publish(frame)
             history, count = self._history_frame_now()
             names = self._names_frame(history=count)
         self.channel.notify()
-        if alone:  # a very large room: only the newcomer hears of its join
+        if alone:
             member.deliver(frame)
+        if member.quiet:  # a poster catches up on nothing
+            return None
         member.deliver(names)  # queued after the join's place in the log: it follows it
         if history is not None:
             member.deliver(history)
@@ -243,7 +255,7 @@ class Room:
                      history: int | None = None) -> bytes:
         """Under the lock: who is here (on every node), sorted; the list complete up to
         announce_joins_max."""
-        members = [*self._members.values(), *self._remote.values()]
+        members = [m for m in (*self._members.values(), *self._remote.values()) if not m.quiet]
         limit = self.config.announce_joins_max
         names = sorted((m.nickname for m in members), key=str.casefold) \
             if len(members) <= limit else [m.nickname for _, m in zip(range(limit), members)]
@@ -310,6 +322,8 @@ class Room:
                 self.broker.release(old, account.claim)
                 account.claim = claim
             del self._members[account.key]
+            if self._listeners.pop(account.key, None) is not None:
+                self._listeners[key] = member
             self._remote.pop(key, None)
             self._members[key] = member
             account.key = key
@@ -334,6 +348,7 @@ class Room:
             if account is None or self._members.get(account.key) is not member:
                 return
             del self._members[account.key]
+            self._listeners.pop(account.key, None)
             del self._accounts[member]
             # logged under the lock, as the join is, so the log keeps the room's order
             self.log.event("leave", nick=member.nickname, reason=reason)
@@ -341,7 +356,7 @@ class Room:
             self.broker.publish({"kind": "leave", "nick": member.nickname, "reason": reason,
                                  "detail": detail})
             self.broker.release(member.nickname, account.claim)
-            owed, emptied = self._owed(account), []
+            owed, emptied = 0 if member.quiet else self._owed(account), []
             # newest first: a member that confirms as it reads owes only recent ones
             for pending in reversed(self._pending.values()) if owed else ():
                 if member in pending.waiting:
@@ -357,8 +372,10 @@ class Room:
             else:
                 for frame_uuid in list(account.sent):  # nobody is left to tell
                     self._forget(self._pending[frame_uuid])
-            # At shutdown everyone gets the shutdown notice instead of N leave notices.
-            if reason != "shutdown" and self._size() < self.config.announce_joins_max:
+            # At shutdown everyone gets the shutdown notice instead of N leave notices; a
+            # poster leaves as it came, unannounced.
+            if reason != "shutdown" and not member.quiet and \
+                    self._size() < self.config.announce_joins_max:
                 self.channel.publish(frame)
         self.channel.notify()
         self._report(finished)
@@ -411,7 +428,7 @@ class Room:
                 to = (target or remote).nickname
             frame = protocol.chat_frame(frame_uuid, sender.nickname, text, stamp, to, action)
             recipients = 1 if target is not None else 0 if remote is not None \
-                else len(self._members) - 1
+                else len(self._listeners) - (not sender.quiet)
             # other nodes acknowledge with their recipients; the receipt waits for them
             nodes = {remote.node} if remote is not None else set() if target is not None \
                 else set(self.broker.others())
@@ -420,11 +437,12 @@ class Room:
             # recipients: this node's; nodes: the others that will count theirs (the
             # `delivery` line has the whole room's)
             self.log.event("message", nick=sender.nickname, uuid=frame_uuid,
-                           recipients=recipients, nodes=len(nodes) or None, to=to, text=text)
+                           recipients=recipients, nodes=len(nodes) or None, to=to,
+                           action="yes" if action else None, text=text)
             if to is None:
                 self._remember(sender.nickname, stamp, protocol.chat_text(sender.nickname, text))
             if recipients or nodes:
-                waiting = {target} if target is not None else set(self._members.values()) \
+                waiting = {target} if target is not None else set(self._listeners.values()) \
                     if remote is None else set()
                 waiting.discard(sender)
                 pending = Pending(frame_uuid, sender, waiting, recipients,
@@ -625,15 +643,15 @@ class Room:
     # --- other nodes' events, in the order of the room's stream (the broker calls these)
 
     def remote_join(self, node: str, nickname: str, address: str = "", tls: bool = False,
-                    connected: float = 0.0) -> None:
+                    connected: float = 0.0, quiet: bool = False) -> None:
         key = nickname_key(nickname)
         with self.lock:
             if key in self._members:
                 return  # ours: the claim decides (see reclaim)
             known = self._remote.get(key)
-            self._remote[key] = RemoteMember(nickname, node, address, tls, connected)
-            if known is not None and known.node == node:
-                return  # told again (the node came back): not news
+            self._remote[key] = RemoteMember(nickname, node, address, tls, connected, quiet)
+            if known is not None and known.node == node or quiet:
+                return  # told again (the node came back), or a poster: not news
             if self._size() <= self.config.announce_joins_max:
                 self.channel.publish(protocol.join_frame(nickname))
         self.channel.notify()
@@ -651,7 +669,7 @@ class Room:
         if known is None or known.node != node:
             return
         del self._remote[key]
-        if self._size() < self.config.announce_joins_max:
+        if not known.quiet and self._size() < self.config.announce_joins_max:
             self.channel.publish(protocol.leave_frame(nickname, reason, detail))
 
     def remote_nick(self, node: str, old: str, new: str) -> None:
@@ -682,7 +700,7 @@ class Room:
                 target = self._members.get(nickname_key(to))
                 recipients = 1 if target is not None else 0
             else:
-                recipients = len(self._members)
+                recipients = len(self._listeners)
                 self._remember(nickname, stamp, protocol.chat_text(nickname, text))
                 self.channel.publish(frame)
             if frame_uuid in self._pending:  # a uuid ours already uses: delivered, untracked
@@ -692,7 +710,7 @@ class Room:
                 self.broker.publish({"kind": "ack", "to": node, "uuid": frame_uuid,
                                      "recipients": recipients})
             if recipients:
-                waiting = {target} if target is not None else set(self._members.values())
+                waiting = {target} if target is not None else set(self._listeners.values())
                 pending = Pending(frame_uuid, None, waiting, recipients,
                                   time.monotonic() + self.config.confirm_timeout,
                                   origin=node)
@@ -874,7 +892,9 @@ class Room:
                     account = self._accounts[member]
                     account.key = account.key or nickname_key(member.nickname)
                     self._members[account.key] = member
-                    self.channel.subscribe(member)
+                    if not member.quiet:
+                        self._listeners[account.key] = member
+                        self.channel.subscribe(member)
             for (frame_uuid, sender, waiting, recipients, left, delivered, reported,
                  to_departed, *relayed) in state["pending"]:
                 nodes, origin = relayed if relayed else ([], None)
@@ -886,7 +906,8 @@ class Room:
                     recipients, now + left, delivered, reported, to_departed, set(nodes),
                     origin)
             for row in state.get("remote", []):  # [key, *fields]; before the keys, fields
-                key = row.pop(0) if len(row) > len(dataclasses.fields(RemoteMember)) else None
+                key = row.pop(0) if len(row) == len(dataclasses.fields(RemoteMember)) + 1 \
+                    else None
                 remote = RemoteMember(*row)
                 self._remote[key or nickname_key(remote.nickname)] = remote
             self._deadlines = sorted((p.deadline, p.uuid) for p in self._pending.values())

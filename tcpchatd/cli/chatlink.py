@@ -21,6 +21,10 @@ MAX_FRAME = 1 << 24  # what the client accepts from a server
 CHAT_PORT = 55555    # the original project's port (the daemon's default too)
 TLS_PORT = 55556     # tcpchatd-tls.socket's
 RECONNECT_FIRST, RECONNECT_MAX = 0.5, 30.0
+NO_POST = ("this server does not take --post (the original TCPchat server, or an old "
+           "tcpchatd?): leave --post out")
+# errors that end a connection before any nickname could help
+DOOR_REFUSALS = frozenset({errors.SERVER_FULL, errors.ADDRESS_LIMIT, errors.TLS_REQUIRED})
 DEFAULT_RATE = 15.0  # messages a second: under the server's default flood limit (20/s)
 
 
@@ -29,7 +33,13 @@ class ServerGone(Exception):
 
 
 class Refused(ServerGone):
-    """The server will not have us back: a kick, a flood disconnect, a rejected nickname."""
+    """The server will not have us back: a kick, a flood disconnect, a refusal at the door
+    (server full, too many connections from this address, a banned address, TLS needed),
+    a rejected nickname."""
+
+
+class NicknameRejected(Refused):
+    """The server refused the nickname (taken, invalid, banned): another one may do."""
 
 
 def tls_context(cafile: str | None = None) -> ssl.SSLContext:
@@ -141,9 +151,18 @@ class Connection:
                 self.nickname = nickname
 
     def join(self, ask_nickname: Callable[[], str], tell: Callable[[str], None]) -> None:
-        """Answer `_nickname_` prompts until this client's join arrives."""
+        """Answer `_nickname_` prompts until this client's join arrives. A server that
+        closes after an error frame (full, too many from this address, a banned address,
+        TLS needed on this port, a third refused nickname) raises Refused with the
+        server's own words, never a bare "closed"."""
+        last_error: str | None = None
         while True:
-            item = self.next()
+            try:
+                item = self.next()
+            except ServerGone:
+                if last_error is not None:
+                    raise Refused(last_error) from None
+                raise
             if item is protocol.NICKNAME_PROMPT:
                 self.nickname = ask_nickname()
                 self._send(self.nickname.encode("utf-8"))  # raw, one write, as the original
@@ -151,12 +170,44 @@ class Connection:
             if item.get("type") != "system":
                 continue
             if item.get("event") == "error":
-                tell(f"{item.get('message')}")
+                last_error = str(item.get("message"))
+                if item.get("code") in DOOR_REFUSALS:
+                    raise Refused(last_error)
+                tell(last_error)
                 continue
             joined = item.get("nickname") == self.nickname if "event" in item \
                 else item.get("message") == f"{self.nickname} joined!"
             if joined:
                 self.nicknames.add(self.nickname)
+                return
+
+    def hello(self, nickname: str) -> None:
+        """Post mode: answer the prompt with a hello frame (protocol.py) and return once
+        joined, quietly, under the name the server gave (a free variant when `nickname`
+        is taken: see self.nickname); Refused with the server's words otherwise."""
+        sent, last_error = False, None
+        while True:
+            try:
+                item = self.next()
+            except ServerGone:
+                if last_error is not None:
+                    raise Refused(last_error) from None
+                raise
+            if item is protocol.NICKNAME_PROMPT:
+                if sent:  # asked again: a server that knows no hello took it for a name
+                    raise Refused(NO_POST)
+                self._send(protocol.encode({"type": "hello", "nickname": nickname,
+                                            "mode": "post"}))
+                sent = True
+                continue
+            if item.get("type") != "system":
+                continue
+            if "event" not in item:  # the original server: it took the frame for a name
+                raise Refused(NO_POST)
+            if item["event"] == "error":
+                last_error = str(item.get("message"))
+            elif item["event"] == "join":
+                self.nickname = str(item.get("nickname", nickname))
                 return
 
     def send_message(self, text: str, to: str | None = None, action: bool = False,
@@ -216,15 +267,21 @@ def refusal(frame: dict) -> str | None:
     return None
 
 
+def connect(args: argparse.Namespace) -> Connection:
+    """The one way every mode connects: plaintext, or TLS (verified) with --tls."""
+    return Connection(args.host, args.port, args.timeout, args.tls_context)
+
+
 def connect_and_join(args: argparse.Namespace, nickname: str,
                      tell: Callable[[str], None] = lambda _: None) -> Connection:
-    """A joined connection under `nickname`; Refused when the server rejects it."""
-    conn = Connection(args.host, args.port, args.timeout, getattr(args, "tls_context", None))
+    """A joined connection under `nickname`; NicknameRejected when the server rejects
+    it, Refused when it refuses us at the door."""
+    conn = connect(args)
     rejected: list[str] = []
 
     def ask() -> str:
         if rejected:
-            raise Refused(f"nickname {nickname!r} rejected: {rejected[-1]}")
+            raise NicknameRejected(f"nickname {nickname!r} rejected: {rejected[-1]}")
         return nickname
     try:
         conn.join(ask, lambda reason: (rejected.append(reason), tell(reason)))
@@ -232,6 +289,19 @@ def connect_and_join(args: argparse.Namespace, nickname: str,
         conn.close()
         raise
     return conn
+
+
+def join_interactively(args: argparse.Namespace, ask_nickname: Callable[[], str],
+                       tell: Callable[[str], None]) -> Connection:
+    """A joined connection for a person: the nickname is asked BEFORE connecting, so that
+    nobody at the prompt meets the server's handshake_timeout; a rejected one is told
+    (with the server's reason) and asked again, on a new connection."""
+    while True:
+        nickname = ask_nickname()
+        try:
+            return connect_and_join(args, nickname)
+        except NicknameRejected as exc:
+            tell(str(exc).split(": ", 1)[-1])
 
 
 def reconnect(args: argparse.Namespace, nickname: str, say: Callable[[str], None],

@@ -22,10 +22,11 @@ from dataclasses import dataclass, field
 from typing import Iterable, TextIO
 
 from .. import __version__
+from .output import exit_with, reader_left
 from ..wire import errors
 from .chatlink import (CHAT_PORT, DEFAULT_RATE, EXIT_FAILED, EXIT_OK, EXIT_USAGE, TLS_PORT,
-                       Connection, ServerGone, connect_and_join, describe_receipt, reconnect,
-                       refusal, tls_context)
+                       Connection, ServerGone, connect, connect_and_join, describe_receipt,
+                       reconnect, refusal, tls_context)
 
 
 # --- pipe mode
@@ -58,7 +59,10 @@ class PipeRun:
         item.result = (reached, text)
         self.results.append(reached)
         self.pending.pop(item.uuid, None)
-        print(f"{text}: {item.text}", file=self.out, flush=True)
+        try:
+            print(f"{text}: {item.text}", file=self.out, flush=True)
+        except BrokenPipeError:  # `| head`: the results go nowhere, the lines still go out
+            reader_left()
         self.cond.notify_all()
 
     def receive(self) -> None:
@@ -178,6 +182,99 @@ def run_pipe(args: argparse.Namespace) -> int:
         run.conn.close()
 
 
+# --- post mode: a script's messages, without joining the room's conversation
+
+@dataclass
+class Post:
+    text: str
+    uuid: str
+    frames: list[dict] = field(default_factory=list)
+
+    def outcome(self, require_delivery: bool) -> tuple[bool, str] | None:
+        """(reached, what to print), or None while the answer is still due."""
+        for frame in self.frames:
+            event = frame.get("event")
+            if event == "error":
+                return False, f"error: {frame.get('message')}"
+            if require_delivery and (frame.get("type") == "confirm"
+                                     or event == "undelivered"):
+                return describe_receipt(frame)
+            if not require_delivery and event == "accepted":
+                return True, f"accepted ({frame.get('recipients', 0)} recipients)"
+        return None
+
+
+def run_post(args: argparse.Namespace, lines: Iterable[str]) -> int:
+    """Each line a message, posted quietly (no join or leave notices, a free variant of
+    the name if it is taken); exit 0 once the server has taken every one (with
+    --require-delivery: once each reached someone who confirmed it)."""
+    try:
+        conn = connect(args)
+        conn.hello(args.nick)
+    except ServerGone as exc:
+        print(f"tcpchat-client: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    posts: dict[str, Post] = {}
+    cond = threading.Condition()
+    gone: list[str] = []
+
+    def receive() -> None:
+        try:
+            for frame in conn.incoming():
+                with cond:
+                    post = posts.get(frame.get("uuid")) if isinstance(frame.get("uuid"),
+                                                                      str) else None
+                    if post is not None:
+                        post.frames.append(frame)
+                    cond.notify_all()
+        except ServerGone as exc:
+            with cond:
+                gone.append(str(exc))
+                cond.notify_all()
+    threading.Thread(target=receive, daemon=True).start()
+    interval = 1.0 / args.rate if args.rate > 0 else 0.0
+    next_send = time.monotonic()
+    order: list[Post] = []
+    for line in lines:
+        text = line.rstrip("\r\n")
+        if not text.strip():
+            continue
+        delay = next_send - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        next_send = max(next_send, time.monotonic() - 1.0) + interval
+        post = Post(text, str(uuidlib.uuid4()))
+        with cond:
+            posts[post.uuid] = post
+        order.append(post)
+        try:
+            conn.send_message(text, frame_uuid=post.uuid)
+        except ServerGone:
+            break
+    deadline = time.monotonic() + args.timeout
+    with cond:
+        while not gone and any(p.outcome(args.require_delivery) is None for p in order):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            cond.wait(remaining)
+    results = []
+    for post in order:
+        outcome = post.outcome(args.require_delivery)
+        reached, said = outcome if outcome is not None else (
+            False, f"no answer ({gone[0] if gone else 'timed out'})")
+        results.append(reached)
+        try:
+            print(f"{said}: {post.text}", flush=True)
+        except BrokenPipeError:
+            reader_left()
+    conn.close()
+    if conn.nickname != args.nick:
+        print(f"tcpchat-client: {args.nick} is taken: posted as {conn.nickname}",
+              file=sys.stderr)
+    return EXIT_OK if results and all(results) else EXIT_FAILED
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tcpchat-client", description="Chat client for tcpchatd (and the original "
@@ -204,6 +301,16 @@ def build_parser() -> argparse.ArgumentParser:
                         f"(default {DEFAULT_RATE:g}; 0 = no pacing)")
     parser.add_argument("--no-bell", action="store_true",
                         help="no bell when a message mentions your nickname")
+    parser.add_argument("--post", action="store_true",
+                        help="post TEXT (or each line of stdin) as --nick without joining "
+                        "the conversation: no join or leave notices, a free variant of the "
+                        "name if it is taken (NICK-2 ...), exit 0 once the server has taken "
+                        "every message (tcpchatd only; for scripts and CI)")
+    parser.add_argument("--require-delivery", action="store_true",
+                        help="with --post: exit 0 only once every message reached someone "
+                        "who confirmed it")
+    parser.add_argument("text", nargs="*", metavar="TEXT",
+                        help="with --post: the message (default: each line of stdin)")
     return parser
 
 
@@ -227,6 +334,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tcpchat-client: cannot use --cafile {args.cafile}: "
                   f"{getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
             return EXIT_USAGE
+    if args.text and not args.post or args.require_delivery and not args.post:
+        print("tcpchat-client: TEXT and --require-delivery go with --post", file=sys.stderr)
+        return EXIT_USAGE
+    if args.post:
+        if not args.nick:
+            print("tcpchat-client: --post needs --nick", file=sys.stderr)
+            return EXIT_USAGE
+        return run_post(args, [" ".join(args.text)] if args.text else sys.stdin)
     if not sys.stdin.isatty():
         return run_pipe(args)
     from .terminal import run_interactive  # prompt_toolkit is only needed here
@@ -234,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def main_exit() -> None:
-    sys.exit(main())
+    exit_with(main)
 
 
 if __name__ == "__main__":

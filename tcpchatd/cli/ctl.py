@@ -15,6 +15,7 @@ import sys
 from typing import Any
 
 from .. import __version__
+from .output import exit_with
 from ..control import admin
 from ..service import config as config_module
 from ..wire import errors
@@ -161,7 +162,7 @@ def fail(message: str, code: int) -> int:
 
 
 def main_exit() -> None:
-    sys.exit(main())
+    exit_with(main)
 
 
 if __name__ == "__main__":

@@ -10,9 +10,14 @@ or NO_COLOR.
 
 from __future__ import annotations
 
+import functools
 import unicodedata
 import zlib
 from datetime import datetime
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import regex
 
 Fragments = list[tuple[str, str]]
 
@@ -34,15 +39,38 @@ def nick_style(nickname: str, own: str | None) -> str:
     return NICK_COLOURS[zlib.crc32(nickname.casefold().encode()) % len(NICK_COLOURS)]
 
 
+ZWJ = "\u200d"
+VARIATION_SELECTORS = "\ufe0e\ufe0f"
+
+
+@functools.cache
+def _emoji() -> regex.Pattern:
+    import regex  # Unicode's emoji properties (not in unicodedata)
+    return regex.compile(r"[\p{Extended_Pictographic}\p{Emoji_Modifier}]")
+
+
+def _joins_emoji(text: str, index: int) -> bool:
+    """The zero-width joiner at `index` joins two emoji (`👩‍💻`, `🏳️‍🌈`): shown whole.
+    Anywhere else (between letters, where it could hide a spoof) it is made visible."""
+    before = index - 1
+    while before >= 0 and text[before] in VARIATION_SELECTORS:
+        before -= 1
+    return (before >= 0 and index + 1 < len(text) and _emoji().match(text[before]) is not None
+            and _emoji().match(text[index + 1]) is not None)
+
+
 def visible(text: str) -> str:
-    """One line's text with every control, bidi and invisible character made visible."""
+    """One line's text with every control, bidi and invisible character made visible
+    (but the joiners inside emoji sequences, which a terminal draws as one picture)."""
     out = []
-    for char in text:
+    for index, char in enumerate(text):
         category = unicodedata.category(char)
         if char == "\t":
             out.append(TAB)
         elif category == "Cc":
             out.append(f"\\x{ord(char):02x}")
+        elif char == ZWJ and _joins_emoji(text, index):
+            out.append(char)
         elif category in ("Cf", "Zl", "Zp", "Cs", "Co", "Cn"):
             out.append(f"<U+{ord(char):04X}>")
         else:
@@ -145,8 +173,9 @@ def receipt(delivered: int | None, recipients: int | None, text: str,
     excerpt = _excerpt(text)
     if delivered is None:  # the original server: a bare confirm from the first recipient
         mark, kind, counts = "\u2713", "full", ""
-    elif delivered == 0:
-        mark, kind, counts = "\u2717", "none", f" {delivered}/{recipients}"
+    elif delivered == 0:  # counts only where the server gave them (not for an error)
+        mark, kind = "\u2717", "none"
+        counts = f" {delivered}/{recipients}" if recipients is not None else ""
     elif recipients is not None and delivered < recipients:
         mark, kind, counts = "\u25d0", "partial", f" {delivered}/{recipients}"
     else:

@@ -19,11 +19,12 @@ from dataclasses import dataclass
 from prompt_toolkit import PromptSession, print_formatted_text
 from prompt_toolkit.completion import Completer, Completion
 from prompt_toolkit.formatted_text import FormattedText
+from prompt_toolkit.key_binding import KeyBindings
 from prompt_toolkit.patch_stdout import patch_stdout
 
 from . import render
 from .chatlink import (EXIT_FAILED, EXIT_OK, Connection, Refused, ServerGone, connect_and_join,
-                       reconnect, refusal)
+                       join_interactively, reconnect, refusal)
 
 HELP = """commands:
   /who              who is here
@@ -266,13 +267,23 @@ class Terminal:
         return False
 
 
+def key_bindings() -> KeyBindings:
+    """Alt+Enter (Esc then Enter) adds a new line to the message; Enter sends it."""
+    bindings = KeyBindings()
+
+    @bindings.add("escape", "enter")
+    def _new_line(event) -> None:
+        event.current_buffer.insert_text("\n")
+    return bindings
+
+
 def colour_wanted() -> bool:
     """Colours unless NO_COLOR is set (no-color.org) or the output is not a terminal."""
     return not os.environ.get("NO_COLOR") and sys.stdout.isatty()
 
 
 def run_interactive(args: argparse.Namespace) -> int:
-    session: PromptSession = PromptSession()
+    session: PromptSession = PromptSession(key_bindings=key_bindings())
     first = [args.nick]
 
     def ask() -> str:
@@ -284,16 +295,17 @@ def run_interactive(args: argparse.Namespace) -> int:
             if nick:
                 return nick
 
-    try:
-        conn = Connection(args.host, args.port, args.timeout)
-        conn.join(ask, lambda reason: print(f"Nickname rejected: {reason}", flush=True))
+    try:  # the nickname first, then the connection: no server clock runs at the prompt
+        conn = join_interactively(
+            args, ask, lambda reason: print(f"Nickname rejected: {reason}", flush=True))
     except ServerGone as exc:
         print(f"tcpchat-client: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (KeyboardInterrupt, EOFError):
         return EXIT_OK
-    print(f"Joined as {conn.nickname}. Type messages; /help lists commands; /quit, Ctrl-D "
-          "or Ctrl-C leaves.", flush=True)
+    print(f"Joined as {conn.nickname}{' (TLS)' if args.tls else ''}. Type messages; /help "
+          "lists commands; Alt+Enter starts a new line; /quit, Ctrl-D or Ctrl-C leaves.",
+          flush=True)
     terminal = Terminal(conn, session, args, colour_wanted())
     session.completer = NicknameCompleter(terminal)
     try:

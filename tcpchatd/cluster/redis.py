@@ -474,7 +474,8 @@ class RedisBroker:
             return
         if kind == "join":
             room.remote_join(node, event["nick"], event.get("addr", ""),
-                             bool(event.get("tls")), float(event.get("since") or 0))
+                             bool(event.get("tls")), float(event.get("since") or 0),
+                             bool(event.get("quiet")))
         elif kind == "leave":
             room.remote_leave(node, event["nick"], event["reason"], event.get("detail"))
         elif kind == "nick":
@@ -589,7 +590,8 @@ class RedisBroker:
             key = nickname_key(nickname)
             if token and self.client.hget(self.nicks, key) == token:
                 continue
-            info = {"addr": member.address, "tls": member.tls, "since": member.connected}
+            info = {"addr": member.address, "tls": member.tls, "since": member.connected,
+                    **({"quiet": True} if member.quiet else {})}
             token = self._token(nickname, info)
             if self.client.hsetnx(self.nicks, key, token):
                 self.room.set_claim(member, token)
@@ -602,13 +604,15 @@ class RedisBroker:
             member.close("kicked", protocol.kick_frame(NICKNAME_LOST), detail=NICKNAME_LOST)
         for member, nickname, token in self.room.claims():
             self.publish({"kind": "join", "nick": nickname, "addr": member.address,
-                          "tls": member.tls, "since": member.connected})
+                          "tls": member.tls, "since": member.connected,
+                          **({"quiet": True} if member.quiet else {})})
         ours = {token for _, _, token in self.room.claims()}
         for key, body in self.client.hgetall(self.nicks).items():
             claim = json.loads(body)
             if claim["node"] != self.node:
                 self.room.remote_join(claim["node"], claim["nick"], claim.get("addr", ""),
-                                      bool(claim.get("tls")), float(claim.get("since") or 0))
+                                      bool(claim.get("tls")), float(claim.get("since") or 0),
+                                      bool(claim.get("quiet")))
             elif body not in ours:  # left while the broker was lost, or an earlier life's:
                 self._release(keys=[self.nicks], args=[key, body])  # the others hear of it
                 self.publish({"kind": "leave", "nick": claim["nick"], "reason": "quit",

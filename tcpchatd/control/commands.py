@@ -55,11 +55,12 @@ def build(room: Room, log: Any, bans: BanList | None = None,
             "sent": member.sent,
             "received": member.received,
             "tls": member.tls,
+            "post": member.quiet,
             **node,
         } for member in room.members()] + [{
             "nickname": remote.nickname, "address": remote.address,
             "connected": _iso(remote.connected), "idle_s": None, "sent": None,
-            "received": None, "tls": remote.tls, "node": remote.node,
+            "received": None, "tls": remote.tls, "post": remote.quiet, "node": remote.node,
         } for remote in room.remote_members()]
         clients.sort(key=lambda c: c["nickname"].casefold())
         return {"clients": clients}
@@ -115,12 +116,14 @@ def build(room: Room, log: Any, bans: BanList | None = None,
         return {"clients": room.announce(_string_arg(args, "text"))}
 
     def kick_matching(ban: Ban, uid: object, pid: object) -> list[str]:
-        """Every member of this node the ban matches leaves at once."""
+        """Every member of this node the ban matches leaves at once, told it is a ban."""
         kicked = []
         for member in room.members():
             if banlist().matches(ban, member.nickname, member.ip):
-                member.close("kicked", protocol.kick_frame(ban.reason), detail=ban.reason)
-                log.event("kick", nick=member.nickname, reason=ban.reason, uid=uid, pid=pid)
+                member.close("banned", protocol.ban_frame(ban.reason, ban.how_long()),
+                             detail=ban.reason)
+                log.event("kick", nick=member.nickname, reason=ban.reason, uid=uid, pid=pid,
+                          ban="yes")
                 kicked.append(member.nickname)
         return kicked
 
@@ -131,16 +134,24 @@ def build(room: Room, log: Any, bans: BanList | None = None,
         force = args.get("force", False)
         if not isinstance(force, bool):
             raise AdminError(errors.BAD_REQUEST, "argument 'force' must be true or false")
-        added = banlist().add(target, parse_duration(duration) if duration else None, reason,
+        made = banlist().make(target, parse_duration(duration) if duration else None, reason,
                               caller.uid, force)
-        log.event("ban", target=added.target, until=iso(added.until), reason=reason,
+        matched = sorted([m.nickname for m in room.members()
+                          if banlist().matches(made, m.nickname, m.ip)] +
+                         [r.nickname for r in room.remote_members()
+                          if banlist().matches(made, r.nickname, r.ip)], key=str.casefold)
+        limit = room.config.ban_force_over
+        if len(matched) > limit and not force:  # a wide ban never kicks without asking
+            shown = ", ".join(matched[:20]) + (f" and {len(matched) - 20} more"
+                                               if len(matched) > 20 else "")
+            raise AdminError(errors.BAD_REQUEST, f"banning {made.target} would kick "
+                             f"{len(matched)} members ({shown}); add --force if you mean it")
+        banlist().put(made)
+        log.event("ban", target=made.target, until=iso(made.until), reason=reason,
                   uid=caller.uid, pid=caller.pid)
-        broker.publish({"kind": "ban", "ban": dataclasses.asdict(added)})
-        kicked = kick_matching(added, caller.uid, caller.pid) + [
-            remote.nickname for remote in room.remote_members()  # kicked by their nodes
-            if banlist().matches(added, remote.nickname, remote.ip)]
-        return {"banned": added.target, "until": iso(added.until),
-                "kicked": sorted(kicked, key=str.casefold)}
+        broker.publish({"kind": "ban", "ban": dataclasses.asdict(made)})
+        kick_matching(made, caller.uid, caller.pid)  # the other nodes kick theirs
+        return {"banned": made.target, "until": iso(made.until), "kicked": matched}
 
     def unban(args: dict, caller: Caller) -> dict:
         removed = banlist().remove(_string_arg(args, "target"))

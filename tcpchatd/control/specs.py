@@ -59,15 +59,18 @@ def show_who(result: dict) -> str:
     if not clients:
         return "no clients connected"
     tls = any(c.get("tls") for c in clients)  # the column only where TLS is served
+    post = any(c.get("post") for c in clients)  # ... this one only with posters
     node = any(c.get("node") for c in clients)  # ... and this one only in a cluster
 
     def number(value: object, unit: str = "") -> str:
         return "-" if value is None else f"{value:.0f}{unit}" if unit else str(value)
     return table([("NICKNAME", "ADDRESS", "CONNECTED", "IDLE", "SENT", "RECEIVED")
-                  + (("TLS",) if tls else ()) + (("NODE",) if node else ())] + [
+                  + (("TLS",) if tls else ()) + (("POST",) if post else ())
+                  + (("NODE",) if node else ())] + [
         (c["nickname"], c["address"], c["connected"], number(c["idle_s"], "s"),
          number(c["sent"]), number(c["received"]))
         + ((("yes" if c.get("tls") else "no"),) if tls else ())
+        + ((("yes" if c.get("post") else "no"),) if post else ())
         + ((c.get("node") or "",) if node else ())
         for c in clients])
 
@@ -87,7 +90,7 @@ def show_stats(result: dict) -> str:
 
 
 def show_ban(result: dict) -> str:
-    until = f"until {result['until']}" if result["until"] else "until unbanned"
+    until = f"until {result['until']}" if result["until"] else "permanently (until unbanned)"
     kicked = f"; kicked {', '.join(result['kicked'])}" if result["kicked"] else ""
     return f"banned {result['banned']} {until}{kicked}"
 
@@ -96,7 +99,7 @@ def show_bans(result: dict) -> str:
     if not result["bans"]:
         return "no bans"
     return table([("TARGET", "UNTIL", "SINCE", "BY UID", "REASON")] + [
-        (b["target"], b["until"] or "unbanned", b["since"], str(b["by_uid"]), b["reason"])
+        (b["target"], b["until"] or "permanent", b["since"], str(b["by_uid"]), b["reason"])
         for b in result["bans"]])
 
 
@@ -136,8 +139,10 @@ SPECS = {spec.name: spec for spec in (
          (Arg("target", "address, network or nickname"),
           Arg("for", "how long: 90s, 15m, 2h, 7d (default: until unbanned)", flag="--for",
               required=False, metavar="DURATION"),
-          Arg("reason", "shown to the banned client", flag="--reason", required=False),
-          Arg("force", "needed for a ban that matches every address (0.0.0.0/0, ::/0)",
+          Arg("reason", "shown to the banned client and the room; also as words after the "
+              "target, as for kick", flag="--reason", words=True, required=False),
+          Arg("force", "needed for a ban that matches every address (0.0.0.0/0, ::/0), or "
+              "that would kick more than ban_force_over members (they are named first)",
               flag="--force", required=False, boolean=True)),
          show_ban),
     Spec("unban", "lift a ban", "Lift the ban on TARGET.",

@@ -17,7 +17,7 @@ import socket
 import ssl
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Iterator
 
 from ..wire import errors, nicknames, protocol
 from ..wire.confirms import take_confirms
@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from .engine import EventLoop
 
 NICKNAME_ATTEMPTS = 3
+POST_VARIANTS = 8  # a poster whose name is taken tries NAME-2 ... NAME-9
 LOGGED_NICKNAME = 256  # bytes of a refused nickname the log shows (an attacker's input)
 DEPART_POLL = 0.02  # how often a departing client's outstanding receipts are checked
 FLOOD_STRIKES = 3          # dropped messages ...
@@ -67,6 +68,8 @@ class Connection:
         self.tls = tls_context is not None
         self._tls_context = tls_context  # wrapped with on its loop, then dropped
         self.tls_wants_write = False     # the TLS handshake waits for room to write
+        self.tls_heard = False           # the peer sent something on the TLS port
+        self.tls_hello_deadline = 0.0
         self.server = server
         self.room = server.room
         self.log = server.log
@@ -100,6 +103,8 @@ class Connection:
         self._ending: tuple[str, bytes] | None = None  # flood: stop reading
         self._joining: tuple[str, bool, ProtocolError | None] | None = None  # (raw nickname
         #   shown in the log, settled, the refusal) while JOINING
+        self.quiet = False          # a poster (hello mode post): no notices, `accepted`
+        self._variants: Iterator[str] = iter(())  # a poster's next names to try
         # --- any thread, under _lock
         self._lock = threading.Lock()
         self._private: collections.deque[tuple[int, bytes]] = collections.deque()
@@ -220,6 +225,9 @@ class Connection:
                                                       do_handshake_on_connect=False)
             self._tls_context = None
             self.state = TLS_HANDSHAKE
+            # a TLS client speaks first, at once; a plaintext one waits for `_nickname_`
+            self.tls_hello_deadline = time.monotonic() + self.config.tls_hello_wait
+            loop.call_at(self.tls_hello_deadline, self)
         else:
             self.deliver(protocol.NICKNAME_PROMPT)
 
@@ -251,8 +259,13 @@ class Connection:
                 return None
             return self.close_deadline
         if self.state == TLS_HANDSHAKE:
+            if not self.tls_heard and now >= self.tls_hello_deadline:
+                self._tls_silent()
+                return None
             if now < self.handshake_deadline:
-                return self.handshake_deadline
+                return self.tls_hello_deadline if not self.tls_heard and \
+                    self.tls_hello_deadline < self.handshake_deadline else \
+                    self.handshake_deadline
             self._tls_failed("timeout")
             return None
         if self.state == HANDSHAKE:
@@ -271,6 +284,7 @@ class Connection:
 
     def readable(self) -> None:
         if self.state == TLS_HANDSHAKE:
+            self.tls_heard = True
             self._tls_handshake()
             return
         try:
@@ -420,6 +434,19 @@ class Connection:
             self.deliver(protocol.NICKNAME_PROMPT)
         self.loop.watch(self)
 
+    def _tls_silent(self) -> None:
+        """Nothing came on the TLS port within tls_hello_wait: a plaintext client waiting
+        for `_nickname_`. Nothing of TLS was said yet, so one plaintext frame tells it
+        what to do instead of a silent close at handshake_timeout."""
+        self.log.event("protocol_error", addr=self.address, code=errors.TLS_REQUIRED)
+        frame = protocol.error_frame(errors.TLS_REQUIRED, "this port speaks TLS: connect "
+                                     "with TLS (tcpchat-client --tls)")
+        try:
+            socket.socket.send(self.sock, frame, SEND_FLAGS)  # under the TLS object, raw
+        except OSError:
+            pass
+        self.close("error")
+
     def _tls_failed(self, why: str) -> None:
         self.log.event("protocol_error", addr=self.address, code=errors.TLS_HANDSHAKE,
                        error=str(why).lower())
@@ -433,11 +460,42 @@ class Connection:
             self.log.event("protocol_error", addr=self.address, code=errors.TLS_ON_PLAIN)
             self.close("error")
             return
+        if self.reader.buffer or protocol.looks_like_a_frame(data):  # a hello frame
+            self.reader.buffer += data
+            self._hello()
+            return
         raw, rest = protocol.take_nickname(data)
         self.reader.buffer += rest  # the frames that came with it wait for the join
         shown = raw[:LOGGED_NICKNAME].decode("utf-8", "replace")  # attacker's input: capped
         try:
             nickname = nicknames.check_nickname(raw, self.config.max_nickname)
+        except ProtocolError as exc:
+            self._nickname_refused(shown, exc)
+            return
+        self._join(nickname, shown)
+
+    def _hello(self) -> None:
+        """A hello frame in place of the nickname (protocol.py): a poster."""
+        try:
+            body = self.reader.take_body(self.config.max_frame)
+            if body is None:
+                return  # the rest of it comes with the next read
+            hello = protocol.parse_hello(body, self.config.max_json_depth)
+            nickname = nicknames.check_nickname(hello.nickname.encode("utf-8", "replace"),
+                                                self.config.max_nickname)
+        except ProtocolError as exc:
+            self.reader.buffer.clear()
+            self.log.event("nick_rejected", addr=self.address, code=exc.code)
+            self.close("error", protocol.error_frame(exc.code, exc.message))
+            return
+        self.quiet = True  # it joins and leaves without notices
+        self._variants = iter([f"{nickname}-{n}" for n in range(2, POST_VARIANTS + 2)
+                               if len(f"{nickname}-{n}") <= self.config.max_nickname])
+        self._join(nickname, nickname)
+
+    def _join(self, nickname: str, shown: str) -> None:
+        """Ask the room for the nickname; its answer comes to _join_settled."""
+        try:
             with self._lock:
                 self._joining = (shown, False, None)
             self.state = JOINING
@@ -493,8 +551,15 @@ class Connection:
 
     def _nickname_refused(self, shown: str, exc: ProtocolError) -> None:
         self.nickname = None
-        self.attempts += 1
         self.log.event("nick_rejected", addr=self.address, nick=shown, code=exc.code)
+        if self.quiet:  # a poster: the next free variant of its name, or the refusal
+            variant = next(self._variants, None) if exc.code == errors.NICKNAME_TAKEN else None
+            if variant is not None:
+                self._join(variant, variant)
+            else:
+                self.close("error", protocol.error_frame(exc.code, exc.message))
+            return
+        self.attempts += 1
         if self.attempts >= NICKNAME_ATTEMPTS:
             self.close("error", protocol.error_frame(
                 exc.code, f"{exc.message}; too many attempts, closing"))
@@ -631,8 +696,11 @@ class Connection:
         if not self._take_token():
             self._flooded(message.uuid)
             return
-        self.room.message(self, message.uuid, message.text, message.to, message.action)
+        recipients = self.room.message(self, message.uuid, message.text, message.to,
+                                       message.action)
         self.sent += 1
+        if self.quiet:  # a poster is told at once that the server took it
+            self.deliver(protocol.accepted_frame(message.uuid, recipients))
 
     def _on_request(self, request: Request) -> None:
         """`who` and `nick`; they count against the flood limit like messages."""
@@ -719,7 +787,7 @@ class Connection:
             "attempts": self.attempts,
             "handshake_left": max(0.0, self.handshake_deadline - now),
             "tokens": self._tokens, "tokens_age": now - self._tokens_at,
-            "departure": departure,
+            "departure": departure, "quiet": self.quiet,
         }
 
     @classmethod
@@ -746,6 +814,7 @@ class Connection:
             self._private.append((0, unsent))
             self.private_bytes = len(unsent)
         self.attempts = record["attempts"]
+        self.quiet = record.get("quiet", False)
         self._tokens = record["tokens"]
         self._tokens_at = now - record["tokens_age"]
         if not record["fresh"]:

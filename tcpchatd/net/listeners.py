@@ -145,7 +145,6 @@ class ChatServer:
         with self._lock:
             if ban is not None:  # exempt addresses are not exempt from bans
                 refusal = (errors.BANNED, f"your address is {ban.describe()}")
-                self.log.event("refused", addr=ip, code=errors.BANNED)
             elif len(self._connections) >= config.max_clients:
                 refusal = (errors.SERVER_FULL, "the server is full, try again later")
             elif self._per_ip[ip] >= config.max_per_address and not self._exempted(ip):
@@ -160,6 +159,7 @@ class ChatServer:
         if refusal is None:
             self.engine.adopt(conn)
             return
+        self.log.event("refused", addr=ip, code=refusal[0], tls="yes" if tls else None)
         if tls:  # the client expects a TLS handshake, not a frame: it only sees the close
             sock.close()
             return

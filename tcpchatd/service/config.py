@@ -247,6 +247,9 @@ class Config:
     error_limit: int = setting(20, "protocol errors a client may make in 10 s; one more and "
                                "it leaves with reason 'errors'", _int(1))
     handshake_timeout: float = setting(10.0, "seconds to send a nickname", _float(0.01))
+    tls_hello_wait: float = setting(
+        2.0, "seconds a client on the TLS port may stay silent; then it is taken for a "
+        "plaintext client, told (tls_required, in plaintext) and closed", _float(0.01))
     max_text: int = setting(4096, "bytes of message text", _int(1))
     max_frame: int = setting(65536, "bytes of frame body", _int(64))
     max_json_depth: int = setting(
@@ -258,6 +261,9 @@ class Config:
                                  "messages left out)", _int(256))
     announce_joins_max: int = setting(1000, "above this many clients joins and leaves are "
                                       "only logged", _int(0))
+    ban_force_over: int = setting(
+        3, "members a ban may kick without --force (a wide ban names who it would kick "
+        "and asks)", _int(0))
     keepalive: bool = setting(True, "TCP keepalive on client sockets", _bool)
     shutdown_grace: float = setting(2.0, "seconds to flush clients at shutdown", _float(0))
     io_threads: int = setting(1, "event-loop threads that own the client connections",

@@ -27,8 +27,10 @@ SEND_QUEUE_EXCEEDED = "send_queue_exceeded"
 UNKNOWN_COMMAND = "unknown_command"    # also an admin error
 NO_SUCH_NICKNAME = "no_such_nickname"  # also an admin error
 BANNED = "banned"
+BAD_HELLO = "bad_hello"  # a frame in place of the nickname that is not a valid hello
 TLS_HANDSHAKE = "tls_handshake"   # logged only: the peer does not speak TLS to us
 TLS_ON_PLAIN = "tls_on_plain"     # logged only: a TLS ClientHello on the plaintext port
+TLS_REQUIRED = "tls_required"     # a plaintext client on the TLS port (it sent nothing)
 
 # Codes after which the byte stream cannot be resynchronised.
 FATAL_PROTOCOL_CODES = frozenset({BAD_HEADER, FRAME_TOO_LARGE})
