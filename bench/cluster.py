@@ -68,6 +68,7 @@ def cluster_text(rows: list[dict]) -> str:
     def get(setup, load):
         return next(r for r in rows if r["server"] == setup and r["load"] == load)
     lines = ["## Two nodes through Redis", "",
+             f"Measured {time.strftime('%Y-%m-%d')} by "
              "`python -m bench cluster`: the same 200 clients (20 senders) on one node alone, "
              "on one node with the Redis broker, and spread over two nodes on one Redis; "
              "then one message to 10,000 clients. CPU is every serving process's (nodes and "

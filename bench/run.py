@@ -145,7 +145,7 @@ def tls_comparison(args, log) -> dict:
 
 
 def tls_text(tls: dict) -> str:
-    lines = ["## TLS", "",
+    lines = ["## TLS", "", measured("python -m bench tls") + " "
              "Plaintext beside TLS (TLS 1.3, a P-256 certificate, every client verifying it),",
              "each pair measured in one run; `tls-io2`: TLS with `io_threads = 2`.", "",
              table(tls["rows"]), ""]
@@ -200,7 +200,7 @@ def upgrade_pause(clients: int, log) -> dict:
 
 
 def upgrade_text(rows: list[dict]) -> str:
-    lines = ["## Hitless upgrade", "",
+    lines = ["## Hitless upgrade", "", measured("python -m bench upgrade") + " "
              "`tcpchatctl upgrade` while N clients are joined and one sends 20,000 / N "
              "messages a second (20,000 deliveries a second at every N; everyone confirming). The longest silence is the longest delay of any "
              "delivery in the run (the generator's own share included); the daemon's pause "
@@ -228,23 +228,54 @@ def upgrade_text(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+HISTORY = "History"  # older runs, newest first: each section holds one current run
+
+
+def split_sections(text: str) -> tuple[str, list[tuple[str, str]]]:
+    """(what comes before the first `## `, [(title, the section's text with its heading)])."""
+    head, *parts = text.split("\n## ")
+    return head, [(part.split("\n", 1)[0].strip(), "## " + part) for part in parts]
+
+
+def to_history(sections: list[tuple[str, str]], title: str, old: str) -> list[tuple[str, str]]:
+    """Move a replaced section's text into History (its heading one level down)."""
+    moved = old.replace("## ", "### ", 1).replace("\n### ", "\n#### ").rstrip("\n")
+    moved = moved.split("\n", 1)
+    moved = f"{moved[0]} (an earlier run)\n" + (moved[1] if len(moved) > 1 else "")
+    history = dict(sections).get(HISTORY, f"## {HISTORY}\n\nOlder runs, newest first.\n")
+    first, _, rest = history.partition("\n\n")
+    intro, _, older = rest.partition("\n### ")
+    history = f"{first}\n\n{intro.rstrip()}\n\n{moved.rstrip()}\n" + (
+        f"\n### {older}" if older else "")
+    kept = [(t, body) for t, body in sections if t != HISTORY]
+    return kept + [(HISTORY, history.rstrip("\n") + "\n")]
+
+
+def join_sections(head: str, sections: list[tuple[str, str]]) -> str:
+    return head.rstrip("\n") + "\n\n" + "\n".join(
+        body.rstrip("\n") + "\n" for _, body in sections)
+
+
 def replace_section(title: str, text: str) -> None:
-    """Put a section into BENCHMARKS.md: where an older one was, else before the targets."""
+    """Put a section into BENCHMARKS.md where an older one was (that one goes to History),
+    else before the targets."""
     path = os.path.join(ROOT, "BENCHMARKS.md")
     with open(path) as fh:
-        current = fh.read()
-    heading = f"\n## {title}\n"
-    if heading in current:
-        head, rest = current.split(heading, 1)
-        tail = rest.split("\n## ", 1)
-        with open(path, "w") as fh:
-            fh.write(head.rstrip("\n") + "\n\n" + text
-                     + (("\n## " + tail[1]) if len(tail) > 1 else ""))
-        return
-    head, sep, rest = current.partition("\n## Targets")
+        head, sections = split_sections(fh.read())
+    old = dict(sections).get(title)
+    if old is not None:
+        sections = to_history(sections, title, old)
+        sections = [(t, text if t == title else body) for t, body in sections]
+    else:
+        at = next((i for i, (t, _) in enumerate(sections) if t.startswith("Targets")),
+                  len(sections))
+        sections.insert(at, (title, text))
     with open(path, "w") as fh:
-        fh.write(head.rstrip("\n") + "\n\n" + text + "\n" + sep.lstrip("\n") + rest
-                 if sep else current.rstrip("\n") + "\n\n" + text)
+        fh.write(join_sections(head, sections))
+
+
+def measured(command: str) -> str:
+    return f"Measured {time.strftime('%Y-%m-%d')} by `{command}`."
 
 
 def full_run(args) -> int:
@@ -346,8 +377,25 @@ clients (`max_clients` raised for it), one run.
 
 Raw results of every run: bench/results.jsonl.
 """
-    with open(os.path.join(ROOT, "BENCHMARKS.md"), "w") as fh:
-        fh.write(text)
+    path = os.path.join(ROOT, "BENCHMARKS.md")
+    try:
+        with open(path) as fh:
+            old_head, old_sections = split_sections(fh.read())
+    except FileNotFoundError:
+        old_head, old_sections = "", []
+    head, sections = split_sections(text)
+    written = {title for title, _ in sections}
+    # what this run does not measure stays (the cluster's, the history); the single node's
+    # last tables go to History
+    kept = [(t, body) for t, body in old_sections if t not in written]
+    if old_head.strip():
+        kept = to_history(kept, "Single node", "## Single node\n" + old_head.split(
+            "\n", 1)[1])
+    at = next(i for i, (t, _) in enumerate(sections) if t.startswith("Targets"))
+    sections = sections[:at] + [(t, b) for t, b in kept if t != HISTORY] + sections[at:] + [
+        (t, b) for t, b in kept if t == HISTORY]
+    with open(path, "w") as fh:
+        fh.write(join_sections(head, sections))
 
 
 LIMITS = """## What limits tcpchatd, and what moved it

@@ -17,8 +17,8 @@ from tcpchatd.chat.room import Room
 from tcpchatd.cluster.local import LocalBroker
 from tcpchatd.net.listeners import bind_listener
 
-from conftest import RecordingLog, lock_held_by_another_thread, status_port
-from rawclient import RawClient, wait_for
+from conftest import RecordingLog, client_context, lock_held_by_another_thread, status_port
+from rawclient import RawClient, TlsRawClient, wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNITS = os.path.join(ROOT, "contrib", "systemd")
@@ -95,6 +95,50 @@ def test_daemon_exits_1_on_a_bad_inherited_fd(short_tmp):
                                     "listening stream socket"
 
 
+def test_tls_only_sockets_from_systemd_bind_no_plaintext_port(short_tmp, certs):
+    """A TLS-only set-up: systemd passes chat-tls and admin (tcpchatd.socket masked).
+    The daemon serves TLS alone and binds no plaintext listener of its own, though the
+    config names one (and says that it is not used)."""
+    tls = bind_listener("127.0.0.1", 0)
+    admin_path = os.path.join(short_tmp, "to.sock")
+    admin_sock = socket.socket(socket.AF_UNIX)
+    admin_sock.bind(admin_path)
+    admin_sock.listen()
+    with socket.socket() as probe_sock:  # a free port the config asks for
+        probe_sock.bind(("127.0.0.1", 0))
+        plain_port = probe_sock.getsockname()[1]
+    fds = [tls.fileno(), admin_sock.fileno()]
+    notify_path = os.path.join(short_tmp, "n")
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(notify_path)
+    notify.settimeout(10)
+    proc = subprocess.Popen(
+        with_fds([sys.executable, "-m", "tcpchatd", "--log-target", "stderr",
+                  "--listen", f"127.0.0.1:{plain_port}", "--tls-cert", certs("one.crt"),
+                  "--tls-key", certs("one.key"), "--state-dir",
+                  os.path.join(short_tmp, "st")], fds, names="chat-tls:admin"),
+        pass_fds=fds, env=dict(os.environ, NOTIFY_SOCKET=notify_path),
+        stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        ready = notify.recv(4096).decode()
+        assert "READY=1" in ready
+        status = [line for line in ready.splitlines() if line.startswith("STATUS=")][0]
+        assert status.endswith(f"listening on 127.0.0.1:{tls.getsockname()[1]} (tls)"), status
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", plain_port), timeout=5)
+        secure = TlsRawClient(tls.getsockname()[1], client_context(certs))
+        assert secure.join("secure")["nickname"] == "secure"
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 0
+        assert "listen not used: systemd passed the chat sockets" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        tls.close()
+        admin_sock.close()
+
+
 def test_socket_activation_end_to_end_without_a_manager(short_tmp):
     chat = bind_listener("127.0.0.1", 0)
     admin_path = os.path.join(short_tmp, "sa.sock")
@@ -126,7 +170,12 @@ def test_socket_activation_end_to_end_without_a_manager(short_tmp):
         assert who.returncode == 0 and "a " in who.stdout and "b " in who.stdout
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(10) == 0
-        assert "admin socket from systemd" in proc.stderr.read()
+        said = proc.stderr.read()
+        assert "admin socket from systemd" in said
+        assert ("tcpchatd: listen not used: systemd passed the chat sockets (change "
+                "ListenStream= in a drop-in for tcpchatd.socket or tcpchatd-tls.socket "
+                "instead)") in said
+        assert "settings_ignored names=listen" in said
         assert os.path.exists(admin_path)  # never unlinked: it belongs to systemd
         # the sockets are still usable by "systemd" (us): a new daemon can take them over
         assert chat.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
@@ -432,7 +481,12 @@ def unit_settings(name):
 def test_units_say_what_the_design_asks():
     service = unit_settings("tcpchatd.service")
     assert service["Type"] == ["notify"] and service["NotifyAccess"] == ["main"]
-    assert service["Requires"] == service["After"][:1] or "tcpchatd.socket" in service["Requires"][0]
+    # the admin socket required; the plaintext one wanted (a TLS-only set-up masks it)
+    assert service["Requires"] == ["tcpchatd-admin.socket"]
+    assert service["Wants"] == ["tcpchatd.socket"]
+    assert set(service["After"][0].split()) >= {"tcpchatd.socket", "tcpchatd-admin.socket",
+                                                 "tcpchatd-tls.socket"}
+    assert service["Documentation"] == ["man:tcpchatd(8) man:tcpchatctl(1)"]
     assert "RuntimeDirectory" not in service
     assert service["CapabilityBoundingSet"] == [""]
     assert service["LogRateLimitIntervalSec"] == ["0"]

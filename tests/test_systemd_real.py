@@ -8,6 +8,7 @@ The system user and admin group come from the shipped sysusers file.
 import configparser
 import json
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -240,6 +241,7 @@ def group_readable_pair(units, certs):
         fh.write(units.drop_ins[SERVICE])
     units.systemctl("stop", SERVICE, TLS, check=False)
     units.systemctl("daemon-reload")
+    shutil.rmtree(folder)
 
 
 def test_tls_through_the_shipped_socket_with_a_real_certificate(units, group_readable_pair,
@@ -283,3 +285,34 @@ def test_a_hitless_upgrade_under_systemd(units):
     v = b.say("and after")
     assert a.read_until(lambda f: f.get("uuid") == v)["message"] == "b: and after"
     assert json.loads(ctl(units, "stats", "--json").stdout)["upgrades"] == 1
+
+
+@pytest.fixture
+def chat_socket_masked(units):
+    """The README's TLS-only set-up: tcpchatd.socket masked (here its link replaced by
+    the mask), the TLS socket enabled; restored afterwards."""
+    link = os.path.join(units.unit_dir, CHAT)
+    os.unlink(link)
+    units.systemctl("mask", CHAT)
+    units.systemctl("daemon-reload")
+    yield units
+    units.systemctl("stop", SERVICE, TLS, check=False)
+    units.systemctl("unmask", CHAT)
+    units.systemctl("link", os.path.join(UNITS, CHAT))
+    units.systemctl("daemon-reload")
+
+
+def test_tls_only_with_the_plaintext_socket_masked(chat_socket_masked, group_readable_pair,
+                                                   certs):
+    units = chat_socket_masked
+    units.systemctl("start", TLS, SERVICE)
+    assert active(units, SERVICE) == "active" and active(units, CHAT) != "active"
+    status = units.show(SERVICE, "StatusText")
+    assert status.endswith(f"listening on 127.0.0.1:{units.tls_port} (tls)"), status
+    with pytest.raises(ConnectionRefusedError):  # neither systemd nor the daemon has it
+        socket.create_connection(("127.0.0.1", units.port), timeout=5)
+    with pytest.raises(ConnectionRefusedError):  # nor the daemon's own default
+        socket.create_connection(("127.0.0.1", 55555), timeout=5)
+    secure = TlsRawClient(units.tls_port, ssl.create_default_context(cafile=certs("ca.crt")))
+    assert secure.join("secure")["nickname"] == "secure"
+    assert who(units) == ["secure"]

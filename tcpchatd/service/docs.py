@@ -2,11 +2,13 @@
 and bash completion from the commands' own argparse parsers, and the commented config
 file from the config module.
 
-    python3 -m tcpchatd.docs OUTDIR
+    python3 -m tcpchatd.service.docs OUTDIR
 
 writes OUTDIR/tcpchatd.8, tcpchatctl.1, tcpchat-client.1 (argparse-manpage's
-`build_manpages`, a build-time tool only), OUTDIR/completion/{tcpchatd,tcpchatctl,
-tcpchat-client} and OUTDIR/tcpchatd.toml.
+`build_manpages`: the extra `tcpchatd[docs]`, Debian's python3-argparse-manpage),
+OUTDIR/completion/{tcpchatd,tcpchatctl,tcpchat-client} and OUTDIR/tcpchatd.toml. The
+Debian package builds them; quickstart.sh too. Everything is made before anything is
+written: without argparse-manpage it says so and writes nothing.
 """
 
 from __future__ import annotations
@@ -75,8 +77,10 @@ def man_page(command: Command) -> str:
     parser = command.parser()
     parser.man_short_description = command.summary
     text = str(Manpage(parser))
-    header = f'.TH {command.name} "1" Manual'
-    assert text.startswith(header)
+    # the tool's own .TH line (its versions write it differently) gives way to ours
+    header = text.split("\n", 1)[0]
+    if not header.startswith(".TH "):
+        raise RuntimeError(f"argparse-manpage wrote no .TH line first: {header!r}")
     lines = _items("EXIT STATUS", command.exit_status)
     if command.files:
         lines += _items("FILES", command.files)
@@ -155,17 +159,25 @@ def config_file() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    args = argparse.ArgumentParser(prog="python -m tcpchatd.service.docs",
+                                   description=__doc__.splitlines()[0])
     args.add_argument("outdir")
     outdir = args.parse_args(argv).outdir
+    try:
+        import build_manpages.manpage  # noqa: F401 (the man pages' one tool)
+    except ImportError:
+        print("tcpchatd docs: the man pages need argparse-manpage: pip install "
+              "'tcpchatd[docs]' (Debian: apt install python3-argparse-manpage); nothing "
+              "was written", file=sys.stderr)
+        return 1
+    files = {f"{command.name}.{command.section}": man_page(command) for command in COMMANDS}
+    files.update({os.path.join("completion", command.name): completion(command)
+                  for command in COMMANDS})
+    files["tcpchatd.toml"] = config_file()
     os.makedirs(os.path.join(outdir, "completion"), exist_ok=True)
-    for command in COMMANDS:
-        with open(os.path.join(outdir, f"{command.name}.{command.section}"), "w") as fh:
-            fh.write(man_page(command))
-        with open(os.path.join(outdir, "completion", command.name), "w") as fh:
-            fh.write(completion(command))
-    with open(os.path.join(outdir, "tcpchatd.toml"), "w") as fh:
-        fh.write(config_file())
+    for name, text in files.items():
+        with open(os.path.join(outdir, name), "w") as fh:
+            fh.write(text)
     return 0
 
 

@@ -133,6 +133,7 @@ class Daemon:
         self.started_at = time.monotonic()  # for uptime; carried through upgrades
         self.serving_at = 0.0  # when the loops began serving (an upgrade's pause ends)
         self.hand_over: upgrade.HandOver | None = None
+        self.ignored_settings: list[str] = []  # settings systemd's sockets override
 
     def run(self) -> int:
         threading.stack_size(self.config.thread_stack)
@@ -148,6 +149,11 @@ class Daemon:
             pidfile.check(self.config.pid_file_path())
         self._load_bans()
         self.tls, self.tls_unserved = None, None
+        # Sockets systemd passed (tcpchatd.socket, tcpchatd-tls.socket) are the chat's
+        # listeners, all of them: none of our own is bound beside them (masking
+        # tcpchatd.socket and enabling tcpchatd-tls.socket serves TLS alone).
+        passed = chat_sockets + tls_sockets
+        self.ignored_settings = self._settings_systemd_overrides(passed)
         if tls_sockets:  # systemd's: without a usable pair they stay unserved, chat runs on
             self._tls_for_passed_sockets()
             if self.tls_unserved:
@@ -156,7 +162,7 @@ class Daemon:
             self.tls = self._tls_credentials(self.config)
             tls_sockets = [bind_listener(host, port)
                            for host, port in self.config.tls_listen_addresses()]
-        if not chat_sockets:
+        if not passed:
             chat_sockets = [bind_listener(host, port)
                             for host, port in self.config.listen_addresses()]
         owned_admin_path = None
@@ -175,6 +181,21 @@ class Daemon:
         finally:
             if pid_path:
                 pidfile.remove(pid_path)
+
+    def _settings_systemd_overrides(self, passed: list[socket.socket]) -> list[str]:
+        """listen and listen_tls set to anything but their defaults while systemd passes
+        the chat sockets: they are not used, and the operator is told so (once, on
+        stderr; and in the log) rather than left to wonder."""
+        if not passed:
+            return []
+        defaults = config_module.Config()
+        ignored = [name for name in ("listen", "listen_tls")
+                   if getattr(self.config, name) != getattr(defaults, name)]
+        if ignored:
+            console.say(f"tcpchatd: {' and '.join(ignored)} not used: systemd passed the "
+                        "chat sockets (change ListenStream= in a drop-in for "
+                        "tcpchatd.socket or tcpchatd-tls.socket instead)")
+        return ignored
 
     def _detach(self, sockets: list[socket.socket]) -> str | None:
         """Daemonize with python-daemon, keeping the listening sockets; the pid file path."""
@@ -312,6 +333,9 @@ class Daemon:
         listening = ",".join(server.addresses())
         if resume is None:
             log.event("start", version=__version__, listen=listening)
+            if self.ignored_settings:
+                log.event("settings_ignored", names=",".join(self.ignored_settings),
+                          why="systemd passed the chat sockets")
             console.say(f"tcpchatd {__version__}: listening on {listening}; admin socket "
                         f"{owned_admin_path or 'from systemd'}")
         if self.tls_unserved:
