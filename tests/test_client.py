@@ -564,3 +564,15 @@ def test_ctl_output_into_a_closed_pipe_is_no_error(room):
                             capture_output=True, text=True, timeout=30)
     assert len(result.stdout.splitlines()) == 2
     assert result.stderr == ""
+
+
+def test_a_notice_read_late_shows_when_it_happened():
+    """A laptop that wakes reads the joins it missed: each shows the server's time, not
+    the time it was read."""
+    from datetime import datetime, timezone
+    from tcpchatd.cli import render
+    stamp = datetime(2026, 1, 1, 10, 2, tzinfo=timezone.utc)
+    shown = render.plain(render.notice({"type": "system", "event": "join",
+                                        "message": "ann joined!",
+                                        "time": "2026-01-01T10:02:00.000Z"}))
+    assert shown == f"{stamp.astimezone().strftime('%H:%M')} -- ann joined!"

@@ -506,3 +506,17 @@ def test_sigterm_with_a_syslog_that_takes_nothing_says_how_many_lines_were_lost(
         assert took < 10  # the grace for clients, then the grace for the log
     finally:
         syslog.close()
+
+
+def test_an_action_is_marked_in_the_log(daemon_factory):
+    """`/me waves` is `message ... action=yes` (issue 31, item 7)."""
+    d = daemon_factory()
+    port = status_port(d)
+    a, b = RawClient(port), RawClient(port)
+    a.join("a"), b.join("b")
+    u = str(uuid.uuid4())
+    a.send_raw(frame({"type": "message", "uuid": u, "message": "a: waves", "action": True}))
+    assert b.read_until(lambda f: f.get("type") == "message")["action"] is True
+    line = wait_for(lambda: [l for l in d.stderr().splitlines()
+                             if l.startswith("message ") and u in l])[0]
+    assert parse_message(line)[1]["action"] == "yes"

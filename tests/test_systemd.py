@@ -522,3 +522,19 @@ def test_the_service_is_hardened_to_an_exposure_of_at_most_2():
                     "MemoryDenyWriteExecute=yes", "ProtectKernelTunables=yes",
                     "ProtectControlGroups=yes"):
         assert re.search(rf"^{re.escape(setting)}$", unit, re.M), setting
+
+
+def test_the_pid_file_is_never_written_through_a_planted_link(tmp_path):
+    """Its temporary file's name cannot be guessed (store/files.py); the names an older
+    version used, links planted there included, are left alone (issue 23, item 7)."""
+    from tcpchatd.service import pidfile
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.write_text("precious\n")
+    path = tmp_path / "tcpchatd.pid"
+    for guess in (f"tcpchatd.pid.{os.getpid()}.tmp", f".tcpchatd.pid.{os.getpid()}.tmp"):
+        (tmp_path / guess).symlink_to(elsewhere)
+    pidfile.write(str(path))
+    assert path.read_text() == f"{os.getpid()}\n" and not path.is_symlink()
+    assert elsewhere.read_text() == "precious\n"
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.is_symlink()) == [
+        "elsewhere", "tcpchatd.pid"]  # no temporary file left
