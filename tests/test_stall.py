@@ -7,7 +7,7 @@ import subprocess
 import threading
 
 from conftest import status_port
-from rawclient import RawClient, frame, untimed
+from rawclient import RawClient, frame, wait_for, untimed
 
 MESSAGES = 10_000
 TEXT = "x" * 2048  # 10,000 x 2 KiB = 20 MB each way past the stalled client's buffers
@@ -113,7 +113,7 @@ def test_a_client_that_takes_nothing_is_dropped_after_stall_timeout(daemon_facto
         talker.say("y" * 4000)
     leave = talker.read_until(lambda f: f.get("event") == "leave")
     assert (leave["nickname"], leave["reason"]) == ("mute", "stalled")
-    assert re.search(r"leave nick=mute reason=stalled", d.stderr())
+    wait_for(lambda: re.search(r"leave nick=mute reason=stalled", d.stderr()))
 
 
 def test_a_client_dropped_for_its_queue_gets_whole_frames_then_the_notice(daemon_factory):
