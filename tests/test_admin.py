@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from tcpchatd.control import admin, commands
-from tcpchatd.wire.errors import AdminError, StartupError
+from tcpchatd.control.errors import AdminError, AdminSocketError
 
 
 
@@ -54,7 +54,7 @@ def admin_server(chat, short_tmp):
     h = chat()
     path = os.path.join(short_tmp, "admin.sock")
     sock = admin.bind_socket(path, 0o660, None)
-    server = admin.AdminServer(sock, commands.build(h.room, h.log)[0], h.server.config,
+    server = admin.AdminServer(sock, commands.AdminCommands(h.room, h.log).table(), h.server.config,
                                h.log, owned_path=path, error_log=h.tracebacks.append)
     server.start()
     yield h, path, server
@@ -136,22 +136,22 @@ def test_stale_socket_replaced_live_refused_file_refused(short_tmp):
     stale.bind(path)
     stale.close()  # the file stays, nobody listens
     live = admin.bind_socket(path, 0o660, None)
-    with pytest.raises(StartupError) as info:
+    with pytest.raises(AdminSocketError) as info:
         admin.bind_socket(path, 0o660, None)
-    assert "another tcpchatd answers" in info.value.message
+    assert "another tcpchatd answers" in str(info.value)
     live.close()
     plain = os.path.join(short_tmp, "plain")
     open(plain, "w").close()
-    with pytest.raises(StartupError) as info:
+    with pytest.raises(AdminSocketError) as info:
         admin.bind_socket(plain, 0o660, None)
-    assert "is not a socket" in info.value.message
+    assert "is not a socket" in str(info.value)
 
 
 def test_idle_admin_connection_is_closed(chat, short_tmp):
     h = chat(admin_timeout=0.3)
     path = os.path.join(short_tmp, "idle.sock")
     server = admin.AdminServer(admin.bind_socket(path, 0o660, None),
-                               commands.build(h.room, h.log)[0], h.server.config, h.log,
+                               commands.AdminCommands(h.room, h.log).table(), h.server.config, h.log,
                                owned_path=path)
     server.start()
     try:

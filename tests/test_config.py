@@ -6,7 +6,7 @@ import pytest
 
 from tcpchatd.service import config
 from tcpchatd.service.config import Config
-from tcpchatd.wire.errors import ConfigError
+from tcpchatd.service.errors import ConfigError
 
 
 def parse(argv, environ=None, file_values=None):

@@ -17,7 +17,8 @@ ALLOWED = {
     "control": {"chat", "wire"},
     "cluster": {"chat", "wire"},  # implements the broker interface chat/ defines
     "service": {"net", "chat", "control", "cluster", "wire", "store", "cli"},  # docs.py reads the CLIs' parsers
-    "cli": {"wire", "control.admin", "control.specs", "service.config"},
+    # the commands: never the daemon's settings (nor its log writer), net or chat
+    "cli": {"wire", "control.admin", "control.specs", "control.paths", "control.errors"},
 }
 
 
@@ -89,8 +90,9 @@ def test_no_module_imports_another_ones_privates(sub, name, tree):
         assert not private, f"tcpchatd/{sub}/{name}.py:{node.lineno} imports {private} from {target}"
 
 
-def test_the_command_specs_import_nothing_of_the_daemon():
-    tree = next(tree for sub, name, tree in modules() if (sub, name) == ("control", "specs"))
+@pytest.mark.parametrize("name", ["specs", "paths"])
+def test_what_tcpchatctl_shares_with_the_daemon_imports_nothing_of_it(name):
+    tree = next(tree for sub, module, tree in modules() if (sub, module) == ("control", name))
     assert list(imported("control", tree)) == []
 
 

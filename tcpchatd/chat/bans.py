@@ -19,8 +19,7 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 
-from ..wire import errors
-from ..wire.errors import AdminError, StartupError
+from ..wire.errors import CodedError
 from ..store.files import write_atomic
 from ..wire.nicknames import looks_like_an_address, nickname_key
 
@@ -34,31 +33,45 @@ LONGEST_BAN = 3650 * 86400  # ten years; longer is a ban until unbanned (no --fo
 LAST_UNTIL = datetime(9999, 1, 1, tzinfo=timezone.utc).timestamp()
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+# What a change of the ban list can meet; the admin side turns each into its own code
+# (control/commands.py): a bad request, no such ban, an internal error.
+INVALID, UNKNOWN, UNWRITABLE = "invalid", "unknown", "unwritable"
+
+
+class BanError(CodedError):
+    """A ban that cannot be made or lifted (code INVALID, UNKNOWN or UNWRITABLE)."""
+
+
+class BanListError(Exception):
+    """bans.json cannot be read or does not parse (one line naming the file): the daemon
+    does not start without its bans."""
+
 
 def parse_duration(text: str) -> float:
-    """`90s`, `15m`, `2h`, `7d` in seconds; AdminError(bad_request) otherwise."""
+    """`90s`, `15m`, `2h`, `7d` in seconds; BanError(INVALID) otherwise."""
     match = _DURATION.match(text.strip())
     if match is None:
-        raise AdminError(errors.BAD_REQUEST, f"bad duration {text!r}: write it like 90s, "
+        raise BanError(INVALID, f"bad duration {text!r}: write it like 90s, "
                          "15m, 2h or 7d")
     seconds = int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
     if seconds > LONGEST_BAN:
-        raise AdminError(errors.BAD_REQUEST, f"duration {text!r} is longer than "
+        raise BanError(INVALID, f"duration {text!r} is longer than "
                          f"{LONGEST_BAN // 86400}d: leave --for out for a ban until unbanned")
     return seconds
 
 
 def parse_target(text: str) -> tuple[str, Network | None]:
-    """(the target as kept, its network or None for a nickname); bad_request if empty."""
+    """(the target as kept, its network or None for a nickname); BanError(INVALID) if
+    empty or an address that is not one."""
     text = text.strip()
     if not text:
-        raise AdminError(errors.BAD_REQUEST, "a ban needs a target: an address, a network "
+        raise BanError(INVALID, "a ban needs a target: an address, a network "
                          "or a nickname")
     try:
         network = ipaddress.ip_network(text, strict=False)
     except ValueError:
         if "/" in text or looks_like_an_address(text):  # `127.1`: never silently a nickname
-            raise AdminError(errors.BAD_REQUEST, f"bad address or network {text!r}: write "
+            raise BanError(INVALID, f"bad address or network {text!r}: write "
                              "a whole address (127.0.0.1) or a network (10.0.0.0/8); no "
                              "nickname looks like an address") from None
         return text, None
@@ -137,7 +150,7 @@ class BanList:
     # --- the file
 
     def load(self) -> None:
-        """Read bans.json if it exists; StartupError naming the file if it does not parse."""
+        """Read bans.json if it exists; BanListError naming the file if it does not parse."""
         try:
             with open(self.path, encoding="utf-8") as fh:
                 data = json.load(fh)
@@ -148,10 +161,10 @@ class BanList:
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise StartupError(f"cannot read the ban list {self.path}: {exc.strerror}") \
+            raise BanListError(f"cannot read the ban list {self.path}: {exc.strerror}") \
                 from None
         except (ValueError, KeyError, TypeError) as exc:
-            raise StartupError(f"the ban list {self.path} does not parse ({exc}); fix or "
+            raise BanListError(f"the ban list {self.path} does not parse ({exc}); fix or "
                                "move it, the daemon will not start without its bans") from None
         with self._lock:
             self._bans = {self._key(b.target, b.network): b for b in bans}
@@ -168,7 +181,7 @@ class BanList:
         try:
             self._save(bans)
         except OSError as exc:
-            raise AdminError(errors.INTERNAL, f"cannot write the ban list {self.path}: "
+            raise BanError(UNWRITABLE, f"cannot write the ban list {self.path}: "
                              f"{exc.strerror or exc}; nothing was changed") from None
         self._bans = bans
 
@@ -192,7 +205,7 @@ class BanList:
         """A ban of TARGET, checked, not yet in force (see put)."""
         kept, network = parse_target(target)
         if network is not None and network.prefixlen == 0 and not force:
-            raise AdminError(errors.BAD_REQUEST, f"{kept} matches every address: add --force "
+            raise BanError(INVALID, f"{kept} matches every address: add --force "
                              "if you mean to ban everyone")
         now = time.time()
         return Ban(kept, None if seconds is None else now + seconds, reason, by_uid, now)
@@ -215,7 +228,7 @@ class BanList:
         with self._lock:
             ban = self._bans.get(key)
             if ban is None:
-                raise AdminError(errors.NO_SUCH_BAN, f"no such ban: {kept}")
+                raise BanError(UNKNOWN, f"no such ban: {kept}")
             self._change({k: b for k, b in self._bans.items() if k != key})
         return ban
 
@@ -228,7 +241,7 @@ class BanList:
                 return []
             try:
                 self._change({k: b for k, b in self._bans.items() if b not in ended})
-            except AdminError:
+            except BanError:
                 return []
         return ended
 

@@ -816,10 +816,34 @@ class Room:
             remote = self._remote.get(nickname_key(nickname))
         return remote.node if remote is not None else None
 
+    # --- the one way a member is put out (an operator's kick, a ban, a nickname another
+    # node took): the member is told why, then its connection closes and it leaves
+
+    def disconnect(self, member: Member, reason: str, notice: bytes,
+                   detail: str | None = None) -> None:
+        member.close(reason, notice, detail=detail)
+
     def kick(self, nickname: str, reason: str) -> str:
+        """An operator's kick of this node's member of that nickname (NoSuchMember)."""
         member = self.find(nickname)
-        member.close("kicked", protocol.kick_frame(reason), detail=reason)
+        self.disconnect(member, "kicked", protocol.kick_frame(reason), reason)
         return member.nickname
+
+    def ban_out(self, banned: Callable[[str, str], bool], reason: str,
+                how_long: str) -> list[str]:
+        """Every member of this node that banned(nickname, ip) says a ban matches leaves,
+        told it is a ban; their nicknames."""
+        out = [m for m in self.members() if banned(m.nickname, m.ip)]
+        for member in out:
+            self.disconnect(member, "banned", protocol.ban_frame(reason, how_long), reason)
+        return [member.nickname for member in out]
+
+    def matching(self, predicate: Callable[[str, str], bool]) -> list[str]:
+        """The nicknames of the whole room's members (every node's) that
+        predicate(nickname, ip) picks."""
+        with self.lock:
+            everyone = [*self._members.values(), *self._remote.values()]
+        return [m.nickname for m in everyone if predicate(m.nickname, m.ip)]
 
     def announce(self, text: str) -> int:
         frame = protocol.announce_frame(text)

@@ -17,9 +17,9 @@ from typing import Any
 from .. import __version__
 from .output import exit_with
 from ..control import admin
-from ..service import config as config_module
-from ..wire import errors
-from ..wire.errors import AdminError, ConfigError
+from ..control import paths
+from ..control import errors
+from ..control.errors import AdminError
 from ..control.specs import SPECS
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PERMISSION, EXIT_NOT_RUNNING = 0, 1, 2, 4, 7
@@ -32,16 +32,16 @@ UPGRADE_TIMEOUT = 120.0  # a pre-flight and a new image's start, at 10,000 clien
 
 def socket_candidates(args: argparse.Namespace) -> list[str]:
     """Where to look for the daemon: explicit setting, system path, per-user path."""
-    explicit = args.admin_socket or os.environ.get(config_module.ADMIN_SOCKET_ENV)
+    explicit = args.admin_socket or os.environ.get(paths.ADMIN_SOCKET_ENV)
     if explicit:
         return [explicit]
-    from_file = config_module.read_file(args.config).get("admin_socket")
+    from_file = paths.read_config_file(args.config).get("admin_socket")
     if from_file:
         return [str(from_file)]
     candidates = []
-    if os.path.exists(config_module.SYSTEM_ADMIN_SOCKET):
-        candidates.append(config_module.SYSTEM_ADMIN_SOCKET)
-    user_path = config_module.default_admin_socket()
+    if os.path.exists(paths.SYSTEM_ADMIN_SOCKET):
+        candidates.append(paths.SYSTEM_ADMIN_SOCKET)
+    user_path = paths.default_admin_socket()
     if user_path not in candidates:
         candidates.append(user_path)
     return candidates
@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         return int(exc.code or 0)
     try:
         candidates = socket_candidates(args)
-    except ConfigError as exc:
-        return fail(exc.message, EXIT_USAGE)
+    except paths.ConfigFileError as exc:
+        return fail(str(exc), EXIT_USAGE)
     cmd_args = request_args(args)
     for value in (v for v in cmd_args.values() if isinstance(v, str)):
         try:

@@ -601,7 +601,8 @@ class RedisBroker:
                 self.room.set_claim(member, held)  # made all the same (it was frozen)
                 continue
             self.log.event("nickname_lost", nick=nickname)
-            member.close("kicked", protocol.kick_frame(NICKNAME_LOST), detail=NICKNAME_LOST)
+            self.room.disconnect(member, "kicked", protocol.kick_frame(NICKNAME_LOST),
+                                 NICKNAME_LOST)
         for member, nickname, token in self.room.claims():
             self.publish({"kind": "join", "nick": nickname, "addr": member.address,
                           "tls": member.tls, "since": member.connected,

@@ -26,8 +26,8 @@ import traceback
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..wire import errors
-from ..wire.errors import AdminError, StartupError
+from . import errors
+from .errors import AdminError, AdminSocketError
 from ..wire.protocol import MAX_JSON_DEPTH, loads_bounded
 
 VERSION = 1
@@ -132,7 +132,7 @@ def bind_socket(path: str, mode: int, group: str | None) -> socket.socket:
     try:
         os.makedirs(directory, mode=0o755, exist_ok=True)
     except OSError as exc:
-        raise StartupError(f"cannot create the admin socket's folder {directory}: "
+        raise AdminSocketError(f"cannot create the admin socket's folder {directory}: "
                            f"{exc.strerror or exc}") from None
     check_folder(directory)
     try:
@@ -141,14 +141,14 @@ def bind_socket(path: str, mode: int, group: str | None) -> socket.socket:
         existing = None
     if existing is not None:
         if not stat.S_ISSOCK(existing.st_mode):
-            raise StartupError(f"admin socket path {path} exists and is not a socket")
+            raise AdminSocketError(f"admin socket path {path} exists and is not a socket")
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             probe.connect(path)
         except OSError:
             os.unlink(path)  # stale: nobody listens on it
         else:
-            raise StartupError(f"another tcpchatd answers on {path}")
+            raise AdminSocketError(f"another tcpchatd answers on {path}")
         finally:
             probe.close()
     gid = resolve_group(group) if group else None
@@ -158,7 +158,7 @@ def bind_socket(path: str, mode: int, group: str | None) -> socket.socket:
         sock.bind(path)
     except OSError as exc:
         sock.close()
-        raise StartupError(f"cannot create admin socket {path}: {exc.strerror}") from None
+        raise AdminSocketError(f"cannot create admin socket {path}: {exc.strerror}") from None
     finally:
         os.umask(old_umask)
     if gid is not None:
@@ -168,7 +168,7 @@ def bind_socket(path: str, mode: int, group: str | None) -> socket.socket:
 
 
 def check_folder(directory: str) -> None:
-    """StartupError unless the folder holding the admin socket is a real folder (not a
+    """AdminSocketError unless the folder holding the admin socket is a real folder (not a
     link), owned by this user or root, and writable by nobody else unless sticky (as
     /tmp). Without XDG_RUNTIME_DIR the socket goes in /tmp/tcpchatd-UID: a folder of that
     name made by another user would let them replace the socket (and take the commands
@@ -176,15 +176,15 @@ def check_folder(directory: str) -> None:
     try:
         info = os.lstat(directory)
     except OSError as exc:
-        raise StartupError(f"admin socket folder {directory}: {exc.strerror}") from None
+        raise AdminSocketError(f"admin socket folder {directory}: {exc.strerror}") from None
     if not stat.S_ISDIR(info.st_mode):
-        raise StartupError(f"admin socket folder {directory} is not a folder (a link?); "
+        raise AdminSocketError(f"admin socket folder {directory} is not a folder (a link?); "
                            "remove it or set admin_socket")
     if info.st_uid not in (os.geteuid(), 0):
-        raise StartupError(f"admin socket folder {directory} belongs to uid {info.st_uid}, "
+        raise AdminSocketError(f"admin socket folder {directory} belongs to uid {info.st_uid}, "
                            f"not to this user ({os.geteuid()}); remove it or set admin_socket")
     if info.st_mode & 0o022 and not info.st_mode & stat.S_ISVTX:
-        raise StartupError(f"admin socket folder {directory} is writable by others (mode "
+        raise AdminSocketError(f"admin socket folder {directory} is writable by others (mode "
                            f"{stat.S_IMODE(info.st_mode):04o}); make it 0755 or stricter")
 
 
@@ -192,7 +192,7 @@ def resolve_group(group: str) -> int:
     try:
         return int(group) if group.isdigit() else grp.getgrnam(group).gr_gid
     except KeyError:
-        raise StartupError(f"admin group {group!r} does not exist") from None
+        raise AdminSocketError(f"admin group {group!r} does not exist") from None
 
 
 @dataclass(frozen=True)

@@ -1,23 +1,29 @@
-"""The admin command table: who, kick, stats, say, ban, unban, bans (built once, looked up
-by name)."""
+"""The daemon's admin commands: one method per command (supervisor's `do_*`), the table
+of them built once from specs.py, looked up by name (never getattr on a peer's input:
+the names come from SPECS). Errors of the chat side (a bad ban) are turned into the
+admin protocol's codes here, at the boundary."""
 
 from __future__ import annotations
 
 import dataclasses
 import time
 from datetime import datetime, timezone
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 from .. import __version__
-from ..wire import errors, protocol
-from .admin import Caller, Command, Deferred
-from ..chat.bans import Ban, BanList, iso, parse_duration
-from ..wire.errors import AdminError
+from ..chat.bans import INVALID, UNKNOWN, Ban, BanError, BanList, iso, parse_duration
 from ..chat.room import NoSuchMember, Room
+from . import errors
+from .admin import Caller, Command, Deferred
+from .errors import AdminError
 from .specs import SPECS
 
 DEFAULT_KICK_REASON = "kicked by an operator"
+DEFAULT_BAN_REASON = "banned by an operator"
 STATS_GATHER = 1.0  # seconds `stats` waits for the other nodes of a cluster
+BAN_ERROR_CODES = {INVALID: errors.BAD_REQUEST, UNKNOWN: errors.NO_SUCH_BAN}  # else internal
+
+Upgrade = Callable[[Any, Any, bool], dict]
 
 
 def _string_arg(args: dict, name: str, required: bool = True) -> str | None:
@@ -29,182 +35,194 @@ def _string_arg(args: dict, name: str, required: bool = True) -> str | None:
     return value
 
 
-DEFAULT_BAN_REASON = "banned by an operator"
+def _flag_arg(args: dict, name: str) -> bool:
+    value = args.get(name, False)
+    if not isinstance(value, bool):
+        raise AdminError(errors.BAD_REQUEST, f"argument {name!r} must be true or false")
+    return value
 
 
-def build(room: Room, log: Any, bans: BanList | None = None,
-          tls_expiry: Callable[[], datetime | None] = lambda: None,
-          upgrade: Callable[[Any, Any, bool], dict] | None = None,
-          upgrades: Callable[[], int] = lambda: 0,
-          started_at: Callable[[], float] | None = None) -> dict[str, Command]:
-    """{name: command(args, caller) -> result}; each command reads live state
-    (tls_expiry: when the TLS certificate in use expires, None without TLS; upgrade:
-    the daemon's hitless upgrade, upgrade(conn, request_id, check) -> result)."""
-    started = started_at or (lambda now=time.monotonic(): now)  # carried by upgrades
-
-    broker = room.broker
-    node = {"node": broker.node} if broker.node else {}  # the column only in a cluster
-
-    def who(args: dict, caller: Caller) -> dict:
-        now = time.monotonic()
-        clients = [{
-            "nickname": member.nickname,
-            "address": member.address,
-            "connected": _iso(member.connected),
-            "idle_s": round(now - member.last_active, 3),
-            "sent": member.sent,
-            "received": member.received,
-            "tls": member.tls,
-            "post": member.quiet,
-            **node,
-        } for member in room.members()] + [{
-            "nickname": remote.nickname, "address": remote.address,
-            "connected": _iso(remote.connected), "idle_s": None, "sent": None,
-            "received": None, "tls": remote.tls, "post": remote.quiet, "node": remote.node,
-        } for remote in room.remote_members()]
-        clients.sort(key=lambda c: c["nickname"].casefold())
-        return {"clients": clients}
-
-    def kick(args: dict, caller: Caller) -> dict:
-        nickname = _string_arg(args, "nickname")
-        reason = _string_arg(args, "reason", required=False) or DEFAULT_KICK_REASON
-        try:
-            kicked = room.kick(nickname, reason)
-        except NoSuchMember:  # the room's error, in the admin protocol's words
-            elsewhere = room.node_of(nickname)
-            if elsewhere is None:
-                raise AdminError(errors.NO_SUCH_NICKNAME,
-                                 f"no such nickname: {nickname}") from None
-            broker.publish({"kind": "kick", "nick": nickname, "reason": reason})
-            log.event("kick", nick=nickname, reason=reason, uid=caller.uid, pid=caller.pid,
-                      node=elsewhere)
-            return {"kicked": nickname, "node": elsewhere}
-        log.event("kick", nick=kicked, reason=reason, uid=caller.uid, pid=caller.pid)
-        return {"kicked": kicked}
-
-    def stats(args: dict, caller: Caller) -> dict:
-        result = node_stats()
-        if broker.node is None:
-            return result
-        replies, silent = broker.gather(result, STATS_GATHER)
-        totals = {key: sum(r.get(key, 0) for r in replies.values())
-                  for key in ("clients", "messages", "deliveries", "confirms", "undelivered")}
-        result["cluster"] = {"nodes": sorted(replies), **totals, "silent": silent}
-        return result
-
-    def node_stats() -> dict:
-        counters = room.counters
-        result = {
-            **node,
-            "version": __version__,
-            "uptime_s": round(time.monotonic() - started(), 3),
-            "clients": len(room),
-            "messages": counters.messages,
-            "deliveries": counters.deliveries,
-            "confirms": counters.confirms,
-            "undelivered": counters.undelivered,
-            "send_queue_disconnects": counters.send_queue_disconnects,
-            "log_dropped": log.dropped,
-            "upgrades": upgrades(),
-        }
-        expires = tls_expiry()
-        if expires is not None:
-            result["tls_cert_expires"] = expires.isoformat().replace("+00:00", "Z")
-        return result
-
-    def say(args: dict, caller: Caller) -> dict:
-        return {"clients": room.announce(_string_arg(args, "text"))}
-
-    def kick_matching(ban: Ban, uid: object, pid: object) -> list[str]:
-        """Every member of this node the ban matches leaves at once, told it is a ban."""
-        kicked = []
-        for member in room.members():
-            if banlist().matches(ban, member.nickname, member.ip):
-                member.close("banned", protocol.ban_frame(ban.reason, ban.how_long()),
-                             detail=ban.reason)
-                log.event("kick", nick=member.nickname, reason=ban.reason, uid=uid, pid=pid,
-                          ban="yes")
-                kicked.append(member.nickname)
-        return kicked
-
-    def ban(args: dict, caller: Caller) -> dict:
-        target = _string_arg(args, "target")
-        duration = _string_arg(args, "for", required=False)
-        reason = _string_arg(args, "reason", required=False) or DEFAULT_BAN_REASON
-        force = args.get("force", False)
-        if not isinstance(force, bool):
-            raise AdminError(errors.BAD_REQUEST, "argument 'force' must be true or false")
-        made = banlist().make(target, parse_duration(duration) if duration else None, reason,
-                              caller.uid, force)
-        matched = sorted([m.nickname for m in room.members()
-                          if banlist().matches(made, m.nickname, m.ip)] +
-                         [r.nickname for r in room.remote_members()
-                          if banlist().matches(made, r.nickname, r.ip)], key=str.casefold)
-        limit = room.config.ban_force_over
-        if len(matched) > limit and not force:  # a wide ban never kicks without asking
-            shown = ", ".join(matched[:20]) + (f" and {len(matched) - 20} more"
-                                               if len(matched) > 20 else "")
-            raise AdminError(errors.BAD_REQUEST, f"banning {made.target} would kick "
-                             f"{len(matched)} members ({shown}); add --force if you mean it")
-        banlist().put(made)
-        log.event("ban", target=made.target, until=iso(made.until), reason=reason,
-                  uid=caller.uid, pid=caller.pid)
-        broker.publish({"kind": "ban", "ban": dataclasses.asdict(made)})
-        kick_matching(made, caller.uid, caller.pid)  # the other nodes kick theirs
-        return {"banned": made.target, "until": iso(made.until), "kicked": matched}
-
-    def unban(args: dict, caller: Caller) -> dict:
-        removed = banlist().remove(_string_arg(args, "target"))
-        log.event("unban", target=removed.target, uid=caller.uid, pid=caller.pid)
-        broker.publish({"kind": "unban", "target": removed.target})
-        return {"unbanned": removed.target}
-
-    def upgrade_daemon(args: dict, caller: Caller) -> Deferred:
-        check = args.get("check", False)
-        if not isinstance(check, bool):
-            raise AdminError(errors.BAD_REQUEST, "argument 'check' must be true or false")
-        if upgrade is None:
-            raise AdminError(errors.INTERNAL, "this daemon cannot upgrade itself")
-        return Deferred(lambda conn, request_id: upgrade(conn, request_id, check))
-
-    def list_bans(args: dict, caller: Caller) -> dict:
-        return {"bans": [b.record() for b in banlist().all()]}
-
-    def banlist() -> BanList:
-        if bans is None:
-            raise AdminError(errors.INTERNAL, "this daemon keeps no bans")
-        return bans
-
-    def from_other_node(event: dict) -> None:
-        """What an operator asked on another node (the broker's reader calls this)."""
-        kind, origin = event["kind"], event.get("node")
-        if kind == "kick":
-            try:
-                kicked = room.kick(event["nick"], event["reason"])
-            except NoSuchMember:
-                return
-            log.event("kick", nick=kicked, reason=event["reason"], node=origin)
-        elif kind == "ban" and bans is not None:
-            ban = Ban(**event["ban"])
-            bans.put(ban)
-            log.event("ban", target=ban.target, until=iso(ban.until), reason=ban.reason,
-                      node=origin)
-            kick_matching(ban, None, None)
-        elif kind == "unban" and bans is not None:
-            try:
-                bans.remove(event["target"])
-            except AdminError:
-                return  # not here (added while this node was cut off)
-            log.event("unban", target=event["target"], node=origin)
-        elif kind == "stats":
-            broker.reply(event["reply"], node_stats())
-
-    handlers = {"who": who, "kick": kick, "stats": stats, "say": say, "ban": ban,
-                "unban": unban, "bans": list_bans, "upgrade": upgrade_daemon}
-    assert handlers.keys() == SPECS.keys(), "specs.py and the handlers name the same commands"
-    return handlers, from_other_node
+def _ban_refused(exc: BanError) -> NoReturn:
+    """A ban list's error in the admin protocol's words."""
+    raise AdminError(BAN_ERROR_CODES.get(exc.code, errors.INTERNAL), exc.message) from None
 
 
 def _iso(moment: float) -> str:
     return datetime.fromtimestamp(moment, timezone.utc).isoformat(timespec="seconds") \
         .replace("+00:00", "Z")
+
+
+class AdminCommands:
+    """Every command reads live state: the room, the bans, the log's counters, the TLS
+    certificate in use (tls_expiry: None without TLS), the daemon's hitless upgrade
+    (upgrade(conn, request_id, check) -> result) and its counts."""
+
+    def __init__(self, room: Room, log: Any, bans: BanList | None = None,
+                 tls_expiry: Callable[[], datetime | None] = lambda: None,
+                 upgrade: Upgrade | None = None, upgrades: Callable[[], int] = lambda: 0,
+                 started_at: Callable[[], float] | None = None) -> None:
+        self.room, self.log, self.bans = room, log, bans
+        self.broker = room.broker
+        self.tls_expiry, self.upgrade, self.upgrades = tls_expiry, upgrade, upgrades
+        started = time.monotonic()
+        self.started_at = started_at or (lambda: started)  # carried by upgrades
+        # the node column only in a cluster
+        self.node = {"node": self.broker.node} if self.broker.node else {}
+
+    def table(self) -> dict[str, Command]:
+        """{name: command(args, caller) -> result}, one per command of specs.py."""
+        return {name: getattr(self, f"do_{name}") for name in SPECS}
+
+    # --- the commands
+
+    def do_who(self, args: dict, caller: Caller) -> dict:
+        now = time.monotonic()
+        clients = [{
+            "nickname": member.nickname, "address": member.address,
+            "connected": _iso(member.connected), "idle_s": round(now - member.last_active, 3),
+            "sent": member.sent, "received": member.received, "tls": member.tls,
+            "post": member.quiet, **self.node,
+        } for member in self.room.members()] + [{
+            "nickname": remote.nickname, "address": remote.address,
+            "connected": _iso(remote.connected), "idle_s": None, "sent": None,
+            "received": None, "tls": remote.tls, "post": remote.quiet, "node": remote.node,
+        } for remote in self.room.remote_members()]
+        clients.sort(key=lambda c: c["nickname"].casefold())
+        return {"clients": clients}
+
+    def do_kick(self, args: dict, caller: Caller) -> dict:
+        nickname = _string_arg(args, "nickname")
+        reason = _string_arg(args, "reason", required=False) or DEFAULT_KICK_REASON
+        try:
+            kicked = self.room.kick(nickname, reason)
+        except NoSuchMember:  # the room's error, in the admin protocol's words
+            elsewhere = self.room.node_of(nickname)
+            if elsewhere is None:
+                raise AdminError(errors.NO_SUCH_NICKNAME,
+                                 f"no such nickname: {nickname}") from None
+            self.broker.publish({"kind": "kick", "nick": nickname, "reason": reason})
+            self.log.event("kick", nick=nickname, reason=reason, uid=caller.uid,
+                           pid=caller.pid, node=elsewhere)
+            return {"kicked": nickname, "node": elsewhere}
+        self.log.event("kick", nick=kicked, reason=reason, uid=caller.uid, pid=caller.pid)
+        return {"kicked": kicked}
+
+    def do_stats(self, args: dict, caller: Caller) -> dict:
+        result = self.node_stats()
+        if self.broker.node is None:
+            return result
+        replies, silent = self.broker.gather(result, STATS_GATHER)
+        totals = {key: sum(r.get(key, 0) for r in replies.values())
+                  for key in ("clients", "messages", "deliveries", "confirms", "undelivered")}
+        result["cluster"] = {"nodes": sorted(replies), **totals, "silent": silent}
+        return result
+
+    def do_say(self, args: dict, caller: Caller) -> dict:
+        return {"clients": self.room.announce(_string_arg(args, "text"))}
+
+    def do_ban(self, args: dict, caller: Caller) -> dict:
+        target = _string_arg(args, "target")
+        duration = _string_arg(args, "for", required=False)
+        reason = _string_arg(args, "reason", required=False) or DEFAULT_BAN_REASON
+        force = _flag_arg(args, "force")
+        bans = self._banlist()
+        try:
+            made = bans.make(target, parse_duration(duration) if duration else None, reason,
+                             caller.uid, force)
+        except BanError as exc:
+            _ban_refused(exc)
+        matched = sorted(self.room.matching(lambda nick, ip: bans.matches(made, nick, ip)),
+                         key=str.casefold)
+        limit = self.room.config.ban_force_over
+        if len(matched) > limit and not force:  # a wide ban never kicks without asking
+            shown = ", ".join(matched[:20]) + (f" and {len(matched) - 20} more"
+                                               if len(matched) > 20 else "")
+            raise AdminError(errors.BAD_REQUEST, f"banning {made.target} would kick "
+                             f"{len(matched)} members ({shown}); add --force if you mean it")
+        try:
+            bans.put(made)
+        except BanError as exc:
+            _ban_refused(exc)
+        self.log.event("ban", target=made.target, until=iso(made.until), reason=reason,
+                       uid=caller.uid, pid=caller.pid)
+        self.broker.publish({"kind": "ban", "ban": dataclasses.asdict(made)})
+        self._ban_out(made, caller.uid, caller.pid)  # the other nodes disconnect theirs
+        return {"banned": made.target, "until": iso(made.until), "kicked": matched}
+
+    def do_unban(self, args: dict, caller: Caller) -> dict:
+        try:
+            removed = self._banlist().remove(_string_arg(args, "target"))
+        except BanError as exc:
+            _ban_refused(exc)
+        self.log.event("unban", target=removed.target, uid=caller.uid, pid=caller.pid)
+        self.broker.publish({"kind": "unban", "target": removed.target})
+        return {"unbanned": removed.target}
+
+    def do_bans(self, args: dict, caller: Caller) -> dict:
+        return {"bans": [b.record() for b in self._banlist().all()]}
+
+    def do_upgrade(self, args: dict, caller: Caller) -> Deferred:
+        check = _flag_arg(args, "check")
+        upgrade = self.upgrade
+        if upgrade is None:
+            raise AdminError(errors.INTERNAL, "this daemon cannot upgrade itself")
+        return Deferred(lambda conn, request_id: upgrade(conn, request_id, check))
+
+    # --- shared by the commands and the other nodes' events
+
+    def node_stats(self) -> dict:
+        counters = self.room.counters
+        result = {
+            **self.node,
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started_at(), 3),
+            "clients": len(self.room),
+            "messages": counters.messages,
+            "deliveries": counters.deliveries,
+            "confirms": counters.confirms,
+            "undelivered": counters.undelivered,
+            "send_queue_disconnects": counters.send_queue_disconnects,
+            "log_dropped": self.log.dropped,
+            "upgrades": self.upgrades(),
+        }
+        expires = self.tls_expiry()
+        if expires is not None:
+            result["tls_cert_expires"] = expires.isoformat().replace("+00:00", "Z")
+        return result
+
+    def _ban_out(self, ban: Ban, uid: object, pid: object) -> None:
+        """Every member of this node the ban matches leaves at once, told it is a ban."""
+        bans = self._banlist()
+        for nickname in self.room.ban_out(lambda nick, ip: bans.matches(ban, nick, ip),
+                                          ban.reason, ban.how_long()):
+            self.log.event("kick", nick=nickname, reason=ban.reason, uid=uid, pid=pid,
+                           ban="yes")
+
+    def _banlist(self) -> BanList:
+        if self.bans is None:
+            raise AdminError(errors.INTERNAL, "this daemon keeps no bans")
+        return self.bans
+
+    def on_other_node(self, event: dict) -> None:
+        """What an operator asked on another node (the broker's reader calls this)."""
+        kind, origin = event["kind"], event.get("node")
+        if kind == "kick":
+            try:
+                kicked = self.room.kick(event["nick"], event["reason"])
+            except NoSuchMember:
+                return
+            self.log.event("kick", nick=kicked, reason=event["reason"], node=origin)
+        elif kind == "ban" and self.bans is not None:
+            ban = Ban(**event["ban"])
+            self.bans.put(ban)  # unwritable here: the broker logs the event not applied
+            self.log.event("ban", target=ban.target, until=iso(ban.until), reason=ban.reason,
+                           node=origin)
+            self._ban_out(ban, None, None)
+        elif kind == "unban" and self.bans is not None:
+            try:
+                self.bans.remove(event["target"])
+            except BanError:
+                return  # not here (added while this node was cut off)
+            self.log.event("unban", target=event["target"], node=origin)
+        elif kind == "stats":
+            self.broker.reply(event["reply"], self.node_stats())

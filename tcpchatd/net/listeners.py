@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..chat.room import Room
 from ..wire import errors, protocol
-from ..wire.errors import StartupError
 from .connection import Connection
 from .engine import Engine, name_os_thread
 from .tls import TlsCredentials
@@ -27,8 +26,12 @@ ACCEPT_TICK = 0.5  # how often an idle accept thread updates its heartbeat
 ACCEPT_BATCH = 64  # connections accepted in a row before the listeners are polled again
 
 
+class ListenError(Exception):
+    """A chat address cannot be listened on (one line; the daemon does not start)."""
+
+
 def bind_listener(host: str, port: int) -> socket.socket:
-    """A listening TCP socket, or StartupError with one clear line."""
+    """A listening TCP socket, or ListenError with one clear line."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -40,7 +43,7 @@ def bind_listener(host: str, port: int) -> socket.socket:
     except OSError as exc:
         sock.close()
         shown = f"[{host}]:{port}" if family == socket.AF_INET6 else f"{host}:{port}"
-        raise StartupError(f"cannot listen on {shown}: {exc.strerror or exc}") from None
+        raise ListenError(f"cannot listen on {shown}: {exc.strerror or exc}") from None
     return sock
 
 

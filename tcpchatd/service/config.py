@@ -13,16 +13,14 @@ import ipaddress
 import os
 import re
 import socket
-import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-from ..wire.errors import ConfigError
+from ..control.paths import (ADMIN_SOCKET_ENV, DEFAULT_CONFIG_FILE, ConfigFileError,
+                             default_admin_socket, read_config_file)
+from .errors import ConfigError
 from .trafficlog import FACILITIES as SYSLOG_FACILITIES
 
-DEFAULT_CONFIG_FILE = "/etc/tcpchatd/tcpchatd.toml"
-ADMIN_SOCKET_ENV = "TCPCHATD_ADMIN_SOCKET"
-SYSTEM_ADMIN_SOCKET = "/run/tcpchatd/admin.sock"
 SYSTEM_PID_FILE = "/run/tcpchatd.pid"
 CHAT_PORT = 55555
 
@@ -333,17 +331,6 @@ def credential(name: str, environ: Mapping[str, str] | None = None) -> str | Non
     return os.path.join(folder, name) if folder else None
 
 
-def default_admin_socket(environ: Mapping[str, str] | None = None) -> str:
-    """The path the daemon binds when no admin_socket is set."""
-    environ = os.environ if environ is None else environ
-    if os.geteuid() == 0:
-        return SYSTEM_ADMIN_SOCKET
-    runtime = environ.get("XDG_RUNTIME_DIR")
-    if runtime:
-        return os.path.join(runtime, "tcpchatd", "admin.sock")
-    return f"/tmp/tcpchatd-{os.geteuid()}/admin.sock"
-
-
 def default_state_dir(environ: Mapping[str, str] | None = None) -> str:
     """systemd's StateDirectory= (the first, if several), /var/lib/tcpchatd as root, else
     the XDG state folder."""
@@ -383,18 +370,11 @@ def _show(value: Any) -> str:
 
 
 def read_file(path: str | None) -> dict[str, Any]:
-    """The TOML file's keys; a missing default file is empty, a missing explicit one an error."""
-    if path is None:
-        if not os.path.exists(DEFAULT_CONFIG_FILE):
-            return {}
-        path = DEFAULT_CONFIG_FILE
+    """The TOML file's keys (control/paths.py reads it: tcpchatctl reads it too)."""
     try:
-        with open(path, "rb") as fh:
-            return tomllib.load(fh)
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path}: {exc}") from None
+        return read_config_file(path)
+    except ConfigFileError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def build(file_values: Mapping[str, Any], flag_values: Mapping[str, Any] | None = None,

@@ -15,19 +15,18 @@ from collections import deque
 from typing import Any
 
 from .. import __version__
-from ..net import handover
-from ..net.connection import CLOSED, Connection
-from ..wire import errors, nicknames, protocol
-from ..wire.errors import AdminError
-from . import config as config_module, console, pidfile, systemd, upgrade
-from .config import Config
-from ..chat.bans import BanList
-from ..wire.errors import ConfigError, StartupError
+from ..chat.bans import BanList, BanListError
 from ..chat.room import Room
 from ..cluster.local import LocalBroker
+from ..control.errors import INTERNAL, UPGRADE_REFUSED, AdminError, AdminSocketError
+from ..net import handover
 from ..net.engine import Engine
-from ..net.listeners import ChatServer, bind_listener
+from ..net.listeners import ChatServer, ListenError, bind_listener
 from ..net.tls import TlsCredentials, TlsSetupError
+from ..wire import nicknames
+from . import config as config_module, console, pidfile, systemd, upgrade
+from .config import Config
+from .errors import ConfigError, StartupError
 from .trafficlog import TrafficLog
 
 TICK = 0.25                 # main loop period: receipts and bans expire, the watchdog
@@ -98,9 +97,15 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:  # found once the settings are used (a TLS pair, say)
         console.say(f"tcpchatd: {exc.message}")
         return 2
-    except StartupError as exc:
-        console.say(f"tcpchatd: {exc.message}")
+    except CANNOT_START as exc:  # each part's own error, said in its words: exit 1
+        console.say(f"tcpchatd: {exc}")
         return 1
+
+
+# What stops the start, by the part that found it (each error stays in its own layer;
+# here, at the boundary, they become one line and exit status 1)
+CANNOT_START = (StartupError, ListenError, AdminSocketError, BanListError,
+                systemd.InheritedSocketError)
 
 
 def resume(state: dict, args: argparse.Namespace) -> int:
@@ -137,10 +142,7 @@ class Daemon:
 
     def run(self) -> int:
         threading.stack_size(self.config.thread_stack)
-        try:
-            inherited = systemd.listen_fds()
-        except systemd.InheritedSocketError as exc:
-            raise StartupError(str(exc)) from None
+        inherited = systemd.listen_fds()
         chat_sockets = [sock for name, sock in inherited
                         if name not in ("admin", TLS_SOCKET_NAME)]
         admin_sockets = [sock for name, sock in inherited if name == "admin"]
@@ -254,15 +256,15 @@ class Daemon:
                     resume: dict | None) -> tuple[Any, Any]:
         """The admin server (not started) and the handler of the other nodes' admin events."""
         from ..control import admin, commands  # after the loops serve: see _serve
-        handlers, from_other_node = commands.build(
+        table = commands.AdminCommands(
             self.room, self.log, self.bans,
             tls_expiry=lambda: self.tls.expires if self.tls is not None else None,
             upgrade=self.request_upgrade, upgrades=lambda: self.upgrades,
             started_at=lambda: self.started_at)
         self.admin_server = admin.AdminServer(
-            admin_socket, handlers, self.config, self.log, owned_path=owned_admin_path,
+            admin_socket, table.table(), self.config, self.log, owned_path=owned_admin_path,
             error_log=_error_log, inode=(resume or {}).get("admin_inode"))
-        return self.admin_server, from_other_node
+        return self.admin_server, table.on_other_node
 
     def _load_bans(self) -> None:
         """The lasting bans; a list that does not parse stops the start (exit 1)."""
@@ -390,9 +392,9 @@ class Daemon:
         self._upgrade_requests.append(request)
         os.write(self._wakeup_write, b"u")
         if not request.done.wait(upgrade.REQUEST_TIMEOUT):
-            raise AdminError(errors.INTERNAL, "no outcome from the upgrade in time")
+            raise AdminError(INTERNAL, "no outcome from the upgrade in time")
         if request.error is not None:
-            raise AdminError(errors.UPGRADE_REFUSED, request.error)
+            raise AdminError(UPGRADE_REFUSED, request.error)
         return request.result
 
     def stop_requested(self) -> bool:
@@ -471,8 +473,8 @@ class Daemon:
                 from ..control import admin
                 try:
                     admin.resolve_group(new.admin_group)
-                except StartupError as exc:
-                    raise ConfigError(exc.message) from None
+                except AdminSocketError as exc:
+                    raise ConfigError(str(exc)) from None
             if self.tls is not None:  # a new pair for new handshakes, or the old one kept
                 cert, key = new.tls_cert_path(), new.tls_key_path()
                 if not cert or not key:

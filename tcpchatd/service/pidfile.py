@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 
 from ..store.files import write_atomic
-from ..wire.errors import StartupError
+from .errors import StartupError
 
 
 def check(path: str) -> None:

@@ -39,11 +39,11 @@ def main(argv: list[str]) -> int:
     except Exception as exc:  # a broken module: say which, in one line
         print(f"the new code does not import: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
-    from tcpchatd.chat.bans import BanList
+    from tcpchatd.chat.bans import BanList, BanListError
     from tcpchatd.net import handover
     from tcpchatd.service import config as config_module
     from tcpchatd.service.main import build_parser
-    from tcpchatd.wire.errors import ConfigError, StartupError
+    from tcpchatd.service.errors import ConfigError
     if state_format not in handover.ACCEPTED_FORMATS:
         print(f"the new code reads state formats {sorted(handover.ACCEPTED_FORMATS)}, "
               f"not {state_format}", file=sys.stderr)
@@ -67,8 +67,8 @@ def main(argv: list[str]) -> int:
     warnings = []
     try:  # the running list is handed over, but a restart would read this file
         BanList(config.state_dir_path()).load()
-    except StartupError as exc:
-        warnings.append(f"{exc.message} (the upgrade carries the running list; a restart "
+    except BanListError as exc:
+        warnings.append(f"{exc} (the upgrade carries the running list; a restart "
                         "would not start)")
     print(tcpchatd.__version__)
     if want_record:

@@ -47,7 +47,8 @@ from typing import TYPE_CHECKING, Any
 from .. import __version__
 from ..net import handover
 from ..net.connection import CLOSED, Connection
-from ..wire import errors, protocol
+from ..control.errors import UPGRADE_FAILED
+from ..wire import protocol
 from . import config as config_module, console, pidfile
 
 if TYPE_CHECKING:
@@ -315,7 +316,7 @@ class HandOver:
             return
         from ..control import admin  # after the loops serve (see main.py)
         line = admin.reply_ok(reply["id"], ok) if error is None else admin.reply_error(
-            reply["id"], errors.UPGRADE_FAILED, error)
+            reply["id"], UPGRADE_FAILED, error)
         with socket.socket(fileno=reply["fd"]) as conn:
             try:
                 conn.sendall(line)

@@ -2,7 +2,9 @@
 
 Errors carry a code (a short stable word) and a human message; they are turned
 into wire frames, admin replies or CLI lines only at the boundary that meets
-the peer (net/connection.py, control/admin.py, cli/ctl.py, service/main.py).
+the peer (net/, control/admin.py, cli/ctl.py, service/main.py). This module holds the
+chat protocol's; each layer keeps its own beside it (control/errors.py,
+service/errors.py, chat/bans.py's BanError, net/listeners.py's ListenError).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ HANDSHAKE_TIMEOUT = "handshake_timeout"
 SERVER_FULL = "server_full"
 ADDRESS_LIMIT = "address_limit"
 SEND_QUEUE_EXCEEDED = "send_queue_exceeded"
-UNKNOWN_COMMAND = "unknown_command"    # also an admin error
+UNKNOWN_COMMAND = "unknown_command"    # also an admin error (control/errors.py)
 NO_SUCH_NICKNAME = "no_such_nickname"  # also an admin error
 BANNED = "banned"
 BAD_HELLO = "bad_hello"  # a frame in place of the nickname that is not a valid hello
@@ -34,16 +36,6 @@ TLS_REQUIRED = "tls_required"     # a plaintext client on the TLS port (it sent 
 
 # Codes after which the byte stream cannot be resynchronised.
 FATAL_PROTOCOL_CODES = frozenset({BAD_HEADER, FRAME_TOO_LARGE})
-
-# Admin protocol errors.
-BAD_REQUEST = "bad_request"
-NO_SUCH_BAN = "no_such_ban"
-UPGRADE_REFUSED = "upgrade_refused"
-UPGRADE_FAILED = "upgrade_failed"  # the new image could not start: its clients were told
-UPGRADING = "upgrading"          # a request during an upgrade's hand-over: try again
-PERMISSION_DENIED = "permission_denied"
-INTERNAL = "internal"
-
 
 class CodedError(Exception):
     """An error with a stable code and a human-readable message."""
@@ -70,21 +62,3 @@ class ProtocolError(CodedError):
     def fatal(self) -> bool:
         """True when the connection must be closed after reporting it."""
         return self.code in FATAL_PROTOCOL_CODES
-
-
-class AdminError(CodedError):
-    """An admin request failed; the code goes back to tcpchatctl."""
-
-
-class ConfigError(CodedError):
-    """A setting is unknown or has a bad value (startup exit status 2)."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("config", message)
-
-
-class StartupError(CodedError):
-    """The daemon cannot start: a port in use, a bad inherited fd, a live pid file."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__("startup", message)
