@@ -289,23 +289,23 @@ def test_the_receipt_sums_every_node_and_waits_for_each_tally():
     room.message(ann, U1, "ann: hi")
     assert broker.sent[-1]["kind"] == "message" and broker.sent[-1]["uuid"] == U1
     assert ann.frames[-1]["event"] != "undelivered"  # others will answer: no nobody_here
-    room.remote_ack("b", U1, 2)
-    room.remote_ack("c", U1, 0)  # nobody on c: c is done with it
-    room.remote_ack("x", U1, 5)  # a node the message did not wait on: ignored
-    room.remote_confirms("b", {U1: 1})
-    room.remote_confirms("b", {U1: 1})
+    room.relay.remote_ack("b", U1, 2)
+    room.relay.remote_ack("c", U1, 0)  # nobody on c: c is done with it
+    room.relay.remote_ack("x", U1, 5)  # a node the message did not wait on: ignored
+    room.relay.remote_confirms("b", {U1: 1})
+    room.relay.remote_confirms("b", {U1: 1})
     assert ann.frames[-1].get("type") != "confirm"  # b's tally is still due
-    room.remote_tally("b", U1)
+    room.relay.remote_tally("b", U1)
     assert ann.frames[-1] == {"type": "confirm", "uuid": U1, "delivered": 2, "recipients": 2}
 
 
 def test_a_lost_node_is_waited_for_no_more():
     room, broker, log = cluster_room("b")
     (ann,) = joined(room, "ann")
-    room.remote_join("b", "bob")
+    room.relay.remote_join("b", "bob")
     room.message(ann, U1, "ann: hi")
-    room.remote_ack("b", U1, 1)
-    assert room.nodes_lost({"b"}) == 1
+    room.relay.remote_ack("b", U1, 1)
+    assert room.relay.nodes_lost({"b"}) == 1
     assert ann.frames[-2]["event"] == "leave" and ann.frames[-2]["reason"] == "node_lost"
     assert ann.frames[-1] == {"type": "system", "event": "undelivered", "uuid": U1,
                               "recipients": 1, "message": "Message not delivered: "
@@ -315,7 +315,7 @@ def test_a_lost_node_is_waited_for_no_more():
 def test_another_node_s_message_is_acknowledged_confirmed_and_tallied():
     room, broker, log = cluster_room("b")
     ann, ben = joined(room, "ann", "ben")
-    room.remote_message("b", U1, "bob", "bob: hi", "2026-12-02T20:00:00Z")
+    room.relay.remote_message("b", U1, "bob", "bob: hi", "2026-12-02T20:00:00Z")
     assert ann.frames[-1]["uuid"] == U1 and ben.frames[-1]["uuid"] == U1
     assert broker.sent[-1] == {"kind": "ack", "to": "b", "uuid": U1, "recipients": 2}
     room.confirm(ann, U1)
@@ -330,15 +330,15 @@ def test_another_node_s_message_is_acknowledged_confirmed_and_tallied():
 def test_a_private_message_for_a_member_gone_is_acknowledged_by_its_node_alone():
     room, broker, log = cluster_room("b", "c")
     joined(room, "ann")
-    room.remote_message("b", U1, "bob", "psst", "2026-12-02T20:00:00Z", to="cy", at="c")
+    room.relay.remote_message("b", U1, "bob", "psst", "2026-12-02T20:00:00Z", to="cy", at="c")
     assert not broker.sent[1:]  # cy lives on c: only c answers
-    room.remote_message("b", U2, "bob", "psst", "2026-12-02T20:00:00Z", to="al", at="a")
+    room.relay.remote_message("b", U2, "bob", "psst", "2026-12-02T20:00:00Z", to="al", at="a")
     assert broker.sent[-1] == {"kind": "ack", "to": "b", "uuid": U2, "recipients": 0}
 
 
 def test_nicknames_of_other_nodes_are_taken_and_listed():
     room, broker, log = cluster_room("b")
-    room.remote_join("b", "Bob")
+    room.relay.remote_join("b", "Bob")
     member = FakeMember(room)
     with pytest.raises(ProtocolError) as taken:
         join(room, member, "bob")

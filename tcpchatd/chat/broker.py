@@ -2,7 +2,7 @@
 
 The room calls a Broker and nothing else to reach other nodes; cluster/local.py (the
 embedded room: no other node) and cluster/redis.py implement it. A broker hands the
-other nodes' events back through the room's `remote_*` methods.
+other nodes' events back through the room's relay (relay.py).
 
 Events are plain dicts with a `kind`; the broker adds the origin `node`. Kinds the room
 publishes: join, leave, nick, message, announce (everyone's), ack, confirms, tally (for

@@ -1,6 +1,8 @@
 """The room: members, broadcast, delivery receipts, kick, counters.
 
-One lock guards membership, pending receipts and the broadcast append. Frames are
+Its parts each have a module of their own: the pending receipts and their clocks
+(receipts.py), the recent history (history.py), the other nodes' members and events
+(relay: the `remote_*` methods, called by the broker, chat/broker.py). One lock guards membership, pending receipts and the broadcast append. Frames are
 encoded before it is taken; a broadcast is published under it to the Channel (the
 engine's broadcast log: an O(1) append, so the order in which clients see events and
 who sees them are the room's), and frames for one member are handed over after it is
@@ -11,23 +13,19 @@ member only by the Member protocol, so it can be tested without sockets.
 from __future__ import annotations
 
 import dataclasses
-import heapq
 import threading
 import time
-from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from ..wire import errors, protocol
 from ..wire.errors import ProtocolError
+from ..wire.nicknames import nickname_key
 from .bans import BanList
 from .broker import UNCLAIMED, Broker
-from ..wire.nicknames import nickname_key
-
-# How many settled messages the room remembers, per pending_confirms, so that a confirm
-# that comes after its message was settled (the sender left, or confirm_timeout passed
-# while a laptop slept) is taken silently instead of drawing unknown_uuid.
-SETTLED_MEMORY_FACTOR = 10
+from .history import History
+from .receipts import SETTLED_MEMORY_FACTOR, Pending, Receipts
+from .relay import RemoteMember, Relay
 
 
 class Member(Protocol):
@@ -89,43 +87,6 @@ class EventLog(Protocol):
 
 
 @dataclass(eq=False)
-class Pending:
-    """A message whose recipients have not all confirmed yet."""
-
-    uuid: str
-    sender: Member
-    waiting: set = field(repr=False)
-    recipients: int
-    deadline: float
-    delivered: int = 0
-    reported: bool = False  # the sender has its receipt (receipt_wait passed); log pending
-    to_departed: bool = False  # settled after its sender left half-closed (see _report)
-    nodes: set = field(default_factory=set)  # other nodes whose tally is still due
-    origin: str | None = None  # relayed: the node whose member sent it (sender is None)
-
-    def done(self) -> bool:
-        return not self.waiting and not self.nodes
-
-
-@dataclass
-class RemoteMember:
-    """A member of another node, as its join event described it."""
-
-    nickname: str
-    node: str
-    address: str = ""       # as that node shows it: `ip:port` or `[v6]:port`
-    tls: bool = False
-    connected: float = 0.0  # time.time() when it connected
-    quiet: bool = False     # a poster: no notices, not in names
-
-    @property
-    def ip(self) -> str:
-        """The peer's address, for bans ("" when its node did not say)."""
-        host = self.address.rpartition(":")[0]
-        return host[1:-1] if host.startswith("[") else host
-
-
-@dataclass(eq=False)
 class Account:
     """What the room keeps of one member: its own pending messages and what it owes.
 
@@ -164,7 +125,7 @@ class Room:
         self.channel = channel
         self.bans = bans
         self.broker = broker
-        self._remote: dict[str, RemoteMember] = {}  # nickname_key -> another node's member
+        self.relay = Relay(self)  # the other nodes' members and events
         self.lock = threading.Lock()
         self.counters = Counters()
         self._members: dict[str, Member] = {}        # nickname_key -> member
@@ -173,15 +134,9 @@ class Room:
         self._accounts: dict[Member, Account] = {}
         # members that left half-closed, still owed receipts for their own messages
         self._departed: dict[Member, Account] = {}
-        self._pending: dict[str, Pending] = {}       # uuid -> pending receipt, oldest first
+        self.receipts = Receipts()
         self._messages_sent = 0                      # messages that had recipients
-        # heaps, not queues: a reload that shortens confirm_timeout puts new deadlines
-        # before old ones
-        self._deadlines: list[tuple[float, str]] = []  # heap: confirm_timeout deadlines
-        self._receipt_times: list[tuple[float, str]] = []  # heap: receipt_wait deadlines
-        self._settled: OrderedDict[str, None] = OrderedDict()  # recently settled uuids
-        self._history: deque[tuple[str, str, str]] = deque()  # (nickname, time, text)
-        self._history_frame: tuple[bytes | None, int] | None = None  # see _history_frame_now
+        self.history = History()
 
     # --- membership
 
@@ -215,7 +170,7 @@ class Room:
             if key in self._members:
                 self.broker.release(nickname, claim)
                 return ProtocolError(errors.NICKNAME_TAKEN, f"nickname {nickname!r} is taken")
-            self._remote.pop(key, None)  # the claim is the truth: that member has left
+            self.relay.members.pop(key, None)  # the claim is the truth: that member has left
             member.nickname = nickname
             self._members[key] = member
             self._accounts[member] = Account(self._messages_sent, claim=claim, key=key)
@@ -228,10 +183,11 @@ class Room:
                            tls="yes" if member.tls else None,
                            post="yes" if member.quiet else None)
             # a very large room, or a poster: only the newcomer hears of its join
-            alone = member.quiet or self._size() > self.config.announce_joins_max
+            alone = member.quiet or self.size() > self.config.announce_joins_max
             if not alone:  # everyone hears of it, the newcomer too
                 self.channel.publish(frame)
-            history, count = self._history_frame_now()
+            history, count = self.history.frame(self.config.history,
+                                                self.config.history_bytes)
             names = self._names_frame(history=count)
         self.channel.notify()
         if alone:
@@ -243,19 +199,16 @@ class Room:
             member.deliver(history)
         return None
 
-    def _size(self) -> int:
-        """Under the lock: the whole room's members, on every node."""
-        return len(self._members) + len(self._remote)
-
     def _refuse_taken(self, key: str, nickname: str) -> None:
-        if key in self._members or key in self._remote:
+        if key in self._members or key in self.relay.members:
             raise ProtocolError(errors.NICKNAME_TAKEN, f"nickname {nickname!r} is taken")
 
     def _names_frame(self, request_id: int | str | None = None,
                      history: int | None = None) -> bytes:
         """Under the lock: who is here (on every node), sorted; the list complete up to
         announce_joins_max."""
-        members = [m for m in (*self._members.values(), *self._remote.values()) if not m.quiet]
+        members = [m for m in (*self._members.values(), *self.relay.members.values())
+                   if not m.quiet]
         limit = self.config.announce_joins_max
         names = sorted((m.nickname for m in members), key=str.casefold) \
             if len(members) <= limit else [m.nickname for _, m in zip(range(limit), members)]
@@ -264,14 +217,6 @@ class Room:
     def names(self, request_id: int | str | None = None) -> bytes:
         with self.lock:
             return self._names_frame(request_id)
-
-    def _history_frame_now(self) -> tuple[bytes | None, int]:
-        """Under the lock: (history frame, messages in it), built once for every joiner
-        until the next public message."""
-        if self._history_frame is None:
-            entries = list(self._history)[-self.config.history:] if self.config.history else []
-            self._history_frame = protocol.history_frame(entries, self.config.history_bytes)
-        return self._history_frame
 
     def _refuse_banned(self, nickname: str, ip: str | None = None) -> None:
         """A ban on the nickname, or on the member's address (a connection accepted
@@ -324,7 +269,7 @@ class Room:
             del self._members[account.key]
             if self._listeners.pop(account.key, None) is not None:
                 self._listeners[key] = member
-            self._remote.pop(key, None)
+            self.relay.members.pop(key, None)
             self._members[key] = member
             account.key = key
             member.nickname = new
@@ -358,27 +303,27 @@ class Room:
             self.broker.release(member.nickname, account.claim)
             owed, emptied = 0 if member.quiet else self._owed(account), []
             # newest first: a member that confirms as it reads owes only recent ones
-            for pending in reversed(self._pending.values()) if owed else ():
+            for pending in self.receipts.newest_first() if owed else ():
                 if member in pending.waiting:
                     pending.waiting.discard(member)
                     if pending.done():
-                        emptied.append(pending)  # finished after the loop: it edits _pending
+                        emptied.append(pending)  # finished after the loop: it edits them
                     owed -= 1
                     if not owed:
                         break
-            finished += [self._finish(pending) for pending in emptied]
+            finished += [self.finish(pending) for pending in emptied]
             if keep_receipts and account.sent:
                 self._departed[member] = account
             else:
                 for frame_uuid in list(account.sent):  # nobody is left to tell
-                    self._forget(self._pending[frame_uuid])
+                    self._forget(self.receipts.pending[frame_uuid])
             # At shutdown everyone gets the shutdown notice instead of N leave notices; a
             # poster leaves as it came, unannounced.
             if reason != "shutdown" and not member.quiet and \
-                    self._size() < self.config.announce_joins_max:
+                    self.size() < self.config.announce_joins_max:
                 self.channel.publish(frame)
         self.channel.notify()
-        self._report(finished)
+        self.report(finished)
 
     def awaiting_receipts(self, member: Member) -> bool:
         """True while a member that left with keep_receipts is still owed a receipt."""
@@ -410,7 +355,7 @@ class Room:
         now = time.monotonic()
         finished = []
         with self.lock:
-            if frame_uuid in self._pending:
+            if frame_uuid in self.receipts:
                 raise ProtocolError(errors.BAD_UUID, "uuid is already in use by a pending "
                                     "message", frame_uuid)
             account = self._accounts.get(sender)
@@ -419,7 +364,7 @@ class Room:
             target = remote = None
             if to is not None:
                 target = self._members.get(nickname_key(to))
-                remote = self._remote.get(nickname_key(to)) if target is None else None
+                remote = self.relay.members.get(nickname_key(to)) if target is None else None
                 if target is sender:
                     raise ProtocolError(errors.NO_SUCH_NICKNAME, "that is you", frame_uuid)
                 if target is None and remote is None:
@@ -440,23 +385,22 @@ class Room:
                            recipients=recipients, nodes=len(nodes) or None, to=to,
                            action="yes" if action else None, text=text)
             if to is None:
-                self._remember(sender.nickname, stamp, protocol.chat_text(sender.nickname, text))
+                self.remember(sender.nickname, stamp, protocol.chat_text(sender.nickname, text))
             if recipients or nodes:
                 waiting = {target} if target is not None else set(self._listeners.values()) \
                     if remote is None else set()
                 waiting.discard(sender)
                 pending = Pending(frame_uuid, sender, waiting, recipients,
                                   now + self.config.confirm_timeout, nodes=nodes)
-                self._pending[frame_uuid] = pending
+                self.receipts.add(pending)
                 account.sent.add(frame_uuid)
-                heapq.heappush(self._deadlines, (pending.deadline, frame_uuid))
                 if target is not None:  # owed by the target alone
                     self._accounts[target].private += 1
                 elif remote is None:
                     self._messages_sent += 1
                     account.settled += 1  # nobody owes a receipt for their own message
                     self.channel.publish(frame, sender, chat=True)
-                if len(self._pending) > self.config.pending_confirms:
+                if len(self.receipts) > self.config.pending_confirms:
                     finished = self._expire_oldest_for_laggards()
             else:
                 self.counters.undelivered += 1
@@ -471,17 +415,8 @@ class Room:
         if not recipients and not nodes:
             sender.deliver(protocol.undelivered_frame(frame_uuid, protocol.NOBODY_HERE))
             self.log.event("undelivered", uuid=frame_uuid, reason="nobody_here")
-        self._report(finished)
+        self.report(finished)
         return recipients
-
-    def _remember(self, nickname: str, stamp: str, text: str) -> None:
-        """Under the lock: a public message for the history of later joiners."""
-        if not self.config.history:
-            return
-        self._history.append((nickname, stamp, text))
-        while len(self._history) > self.config.history:
-            self._history.popleft()
-        self._history_frame = None
 
     def _owed(self, account: Account) -> int:
         """How many pending receipts wait on this member's confirm."""
@@ -496,11 +431,11 @@ class Room:
         no reading client does); that keeps this O(those members), not O(room).
         """
         limit = self.config.pending_confirms
-        oldest = next(iter(self._pending.values()))
+        oldest = self.receipts.oldest()
         for member in [m for m in oldest.waiting if self._owed(self._accounts[m]) > limit]:
             oldest.waiting.discard(member)
             self._accounts[member].settled += 1
-        return [self._finish(oldest)] if oldest.done() else []
+        return [self.finish(oldest)] if oldest.done() else []
 
     def confirm(self, member: Member, frame_uuid: str) -> None:
         """A recipient confirms a message; only once, and only if it was sent to it."""
@@ -518,11 +453,11 @@ class Room:
         relayed: dict[str, dict[str, int]] = {}  # origin node -> uuid -> confirms, for it
         with self.lock:
             account = self._accounts.get(member)
-            pending_by_uuid = self._pending
+            pending_by_uuid = self.receipts.pending
             for frame_uuid in uuids:
                 pending = pending_by_uuid.get(frame_uuid)
                 if account is None or pending is None or member not in pending.waiting:
-                    if frame_uuid in self._settled:
+                    if self.receipts.was_settled(frame_uuid):
                         late += 1  # settled without it: correct, nobody left to tell
                     else:
                         unknown.append(frame_uuid)
@@ -534,11 +469,11 @@ class Room:
                     counts = relayed.setdefault(origin, {})
                     counts[frame_uuid] = counts.get(frame_uuid, 0) + 1
                 if not waiting and not pending.nodes:  # done(), inline: the hot path
-                    finished.append(self._finish(pending))
+                    finished.append(self.finish(pending))
                 elif pending.delivered == 1 and origin is None:
                     # the sender hears at most receipt_wait later
-                    heapq.heappush(self._receipt_times, (
-                        time.monotonic() + self.config.receipt_wait, frame_uuid))
+                    self.receipts.wait_for_more(pending,
+                                                time.monotonic() + self.config.receipt_wait)
             for origin, counts in relayed.items():  # one event per origin, not per confirm
                 self.broker.publish({"kind": "confirms", "to": origin, "counts": counts})
             if account is not None:
@@ -549,58 +484,44 @@ class Room:
                 for frame_uuid in uuids:
                     if frame_uuid not in unknown:
                         self.log.event("confirm", uuid=frame_uuid, nick=member.nickname)
-        self._report(finished)
+        self.report(finished)
         return unknown
 
     def expire(self, now: float | None = None) -> None:
         """Send the receipts whose receipt_wait has passed; settle every pending receipt
         whose confirm timeout has passed."""
         now = time.monotonic() if now is None else now
-        finished, early = [], []
         with self.lock:
-            while self._deadlines and self._deadlines[0][0] <= now:
-                deadline, frame_uuid = heapq.heappop(self._deadlines)
-                pending = self._pending.get(frame_uuid)
-                if pending is not None and pending.deadline == deadline:
-                    finished.append(self._finish(pending))
-            times = self._receipt_times
-            while times and times[0][0] <= now:
-                pending = self._pending.get(heapq.heappop(times)[1])
-                if pending is not None and not pending.reported:
-                    pending.reported = True
-                    early.append(pending)
+            finished = [self.finish(pending) for pending in self.receipts.timed_out(now)]
+            early = self.receipts.receipts_due(now)
         for pending in early:  # delivered so far; the log line waits for the final count
             pending.sender.deliver(protocol.receipt_frame(pending.uuid, pending.delivered,
                                                           pending.recipients))
-        self._report(finished)
+        self.report(finished)
 
-    def _finish(self, pending: Pending) -> Pending:
-        """Under the lock: drop the pending receipt; _report tells the sender later."""
+    def finish(self, pending: Pending) -> Pending:
+        """Under the lock: drop the pending receipt; report() tells the sender later."""
         self._forget(pending)
         if pending.delivered == 0 and pending.origin is None:
             self.counters.undelivered += 1
         return pending
 
     def _forget(self, pending: Pending) -> None:
-        del self._pending[pending.uuid]
+        self.receipts.drop(pending, SETTLED_MEMORY_FACTOR * self.config.pending_confirms)
         sender = self._accounts.get(pending.sender)
-        if sender is None:  # a departed sender is let go in _report, once it has its receipt
+        if sender is None:  # a departed sender is let go in report(), once it has its receipt
             sender = self._departed.get(pending.sender)
             if sender is not None:
                 sender.in_flight += 1
                 pending.to_departed = True
         if sender is not None:
             sender.sent.discard(pending.uuid)
-        if pending.delivered < pending.recipients:  # late confirms: take them silently
-            self._settled[pending.uuid] = None
-            if len(self._settled) > SETTLED_MEMORY_FACTOR * self.config.pending_confirms:
-                self._settled.popitem(last=False)
         for member in pending.waiting:  # they owe it no more (timed out, sender left)
             account = self._accounts.get(member)
             if account is not None:
                 account.settled += 1
 
-    def _report(self, finished: list[Pending]) -> None:
+    def report(self, finished: list[Pending]) -> None:
         """Outside the lock: tell each sender, log the final count; a departed sender that
         has all its receipts now is let go (not before: awaiting_receipts() would end its
         connection while its last receipts were still on their way to it)."""
@@ -640,150 +561,31 @@ class Room:
             self.log.event("undelivered", uuid=pending.uuid, reason="nobody_confirmed")
         pending.sender.deliver(frame)
 
-    # --- other nodes' events, in the order of the room's stream (the broker calls these)
+    # --- for the relay (relay.py): the other nodes' events, under the lock
 
-    def remote_join(self, node: str, nickname: str, address: str = "", tls: bool = False,
-                    connected: float = 0.0, quiet: bool = False) -> None:
-        key = nickname_key(nickname)
-        with self.lock:
-            if key in self._members:
-                return  # ours: the claim decides (see reclaim)
-            known = self._remote.get(key)
-            self._remote[key] = RemoteMember(nickname, node, address, tls, connected, quiet)
-            if known is not None and known.node == node or quiet:
-                return  # told again (the node came back), or a poster: not news
-            if self._size() <= self.config.announce_joins_max:
-                self.channel.publish(protocol.join_frame(nickname))
-        self.channel.notify()
+    def local_member(self, key: str) -> Member | None:
+        """Under the lock: this node's member of that nickname key."""
+        return self._members.get(key)
 
-    def remote_leave(self, node: str, nickname: str, reason: str,
-                     detail: str | None = None) -> None:
-        with self.lock:
-            self._drop_remote(node, nickname, reason, detail)
-        self.channel.notify()
+    def listeners(self) -> Any:
+        """Under the lock: this node's members who hear the room's messages."""
+        return self._listeners.values()
 
-    def _drop_remote(self, node: str, nickname: str, reason: str,
-                     detail: str | None = None) -> None:
-        key = nickname_key(nickname)
-        known = self._remote.get(key)
-        if known is None or known.node != node:
-            return
-        del self._remote[key]
-        if not known.quiet and self._size() < self.config.announce_joins_max:
-            self.channel.publish(protocol.leave_frame(nickname, reason, detail))
+    def size(self) -> int:
+        """Under the lock: the whole room's members, on every node."""
+        return len(self._members) + len(self.relay.members)
 
-    def remote_nick(self, node: str, old: str, new: str) -> None:
-        with self.lock:
-            known = self._remote.pop(nickname_key(old), None)
-            if known is None or known.node != node:
-                return
-            known.nickname = new
-            self._remote[nickname_key(new)] = known
-            self.channel.publish(protocol.nick_frame(old, new))
-        self.channel.notify()
+    def remember(self, nickname: str, stamp: str, text: str) -> None:
+        """Under the lock: a public message for the history of later joiners."""
+        self.history.remember((nickname, stamp, text), self.config.history)
 
-    def remote_announce(self, text: str) -> None:
-        with self.lock:
-            self.channel.publish(protocol.announce_frame(text))
-        self.channel.notify()
-
-    def remote_message(self, node: str, frame_uuid: str, nickname: str, text: str,
-                       stamp: str, to: str | None = None, action: bool = False,
-                       at: str | None = None) -> None:
-        """Another node's member sent a message: our members get it, and the origin our
-        acknowledgement at once (with our recipient count), our confirms, our tally. A
-        private one (`to`) is acknowledged by the node the origin named (`at`) alone."""
-        frame = protocol.chat_frame(frame_uuid, nickname, text, stamp, to, action)
-        target = None
-        with self.lock:
-            if to is not None:
-                target = self._members.get(nickname_key(to))
-                recipients = 1 if target is not None else 0
-            else:
-                recipients = len(self._listeners)
-                self._remember(nickname, stamp, protocol.chat_text(nickname, text))
-                self.channel.publish(frame)
-            if frame_uuid in self._pending:  # a uuid ours already uses: delivered, untracked
-                recipients = 0
-            self.counters.deliveries += recipients
-            if to is None or at == self.broker.node:  # a private one waits on one node
-                self.broker.publish({"kind": "ack", "to": node, "uuid": frame_uuid,
-                                     "recipients": recipients})
-            if recipients:
-                waiting = {target} if target is not None else set(self._listeners.values())
-                pending = Pending(frame_uuid, None, waiting, recipients,
-                                  time.monotonic() + self.config.confirm_timeout,
-                                  origin=node)
-                self._pending[frame_uuid] = pending
-                heapq.heappush(self._deadlines, (pending.deadline, frame_uuid))
-                if target is not None:
-                    self._accounts[target].private += 1
-                else:
-                    self._messages_sent += 1
-        self.channel.notify()
+    def owe(self, target: Member | None) -> None:
+        """Under the lock: another node's message now pending here, owed by `target`
+        (a private one) or by every listener."""
         if target is not None:
-            target.deliver(frame)
-
-    def _own_pending(self, frame_uuid: str, node: str) -> Pending | None:
-        """Under the lock: our message that waits on that node's word."""
-        pending = self._pending.get(frame_uuid)
-        if pending is None or pending.origin is not None or node not in pending.nodes:
-            return None
-        return pending
-
-    def remote_ack(self, node: str, frame_uuid: str, recipients: int) -> None:
-        finished = []
-        with self.lock:
-            pending = self._own_pending(frame_uuid, node)
-            if pending is None:
-                return
-            pending.recipients += recipients
-            if not recipients:  # nobody there: that node is done with it
-                pending.nodes.discard(node)
-                if pending.done():
-                    finished.append(self._finish(pending))
-        self._report(finished)
-
-    def remote_confirms(self, node: str, counts: dict[str, int]) -> None:
-        with self.lock:
-            for frame_uuid, count in counts.items():
-                pending = self._own_pending(frame_uuid, node)
-                if pending is None:
-                    continue
-                first = pending.delivered == 0
-                pending.delivered += count
-                if first:
-                    heapq.heappush(self._receipt_times, (
-                        time.monotonic() + self.config.receipt_wait, frame_uuid))
-
-    def remote_tally(self, node: str, frame_uuid: str) -> None:
-        """That node's recipients have all confirmed, left or timed out."""
-        finished = []
-        with self.lock:
-            pending = self._own_pending(frame_uuid, node)
-            if pending is None:
-                return
-            pending.nodes.discard(node)
-            if pending.done():
-                finished.append(self._finish(pending))
-        self._report(finished)
-
-    def nodes_lost(self, nodes: set[str] | None, reason: str = "node_lost") -> int:
-        """Those nodes (None: every other node, the broker being lost) are gone: their
-        members leave, and receipts stop waiting on them. Returns the members that left."""
-        finished = []
-        with self.lock:
-            gone = [r for r in self._remote.values() if nodes is None or r.node in nodes]
-            for remote in gone:
-                self._drop_remote(remote.node, remote.nickname, reason)
-            for pending in list(self._pending.values()):
-                if pending.nodes and pending.origin is None:
-                    pending.nodes = set() if nodes is None else pending.nodes - nodes
-                    if pending.done():
-                        finished.append(self._finish(pending))
-        self.channel.notify()
-        self._report(finished)
-        return len(gone)
+            self._accounts[target].private += 1
+        else:
+            self._messages_sent += 1
 
     def claims(self) -> list[tuple[Member, str, str]]:
         """(member, nickname, claim token) of every member of this node."""
@@ -800,20 +602,19 @@ class Room:
     def seed_history(self, entries: list[tuple[str, str, str]]) -> None:
         """The room's stream's last public messages, for a node that starts empty."""
         with self.lock:
-            if not self._history:
-                for nickname, stamp, text in entries:
-                    self._remember(nickname, stamp, protocol.chat_text(nickname, text))
+            self.history.seed([(nickname, stamp, protocol.chat_text(nickname, text))
+                               for nickname, stamp, text in entries], self.config.history)
 
     # --- operator actions
 
     def remote_members(self) -> list[RemoteMember]:
         with self.lock:
-            return list(self._remote.values())
+            return list(self.relay.members.values())
 
     def node_of(self, nickname: str) -> str | None:
         """The node of another node's member of that nickname, or None."""
         with self.lock:
-            remote = self._remote.get(nickname_key(nickname))
+            remote = self.relay.members.get(nickname_key(nickname))
         return remote.node if remote is not None else None
 
     # --- the one way a member is put out (an operator's kick, a ban, a nickname another
@@ -842,7 +643,7 @@ class Room:
         """The nicknames of the whole room's members (every node's) that
         predicate(nickname, ip) picks."""
         with self.lock:
-            everyone = [*self._members.values(), *self._remote.values()]
+            everyone = [*self._members.values(), *self.relay.members.values()]
         return [m.nickname for m in everyone if predicate(m.nickname, m.ip)]
 
     def announce(self, text: str) -> int:
@@ -850,7 +651,7 @@ class Room:
         with self.lock:
             self.channel.publish(frame)
             self.broker.publish({"kind": "announce", "text": text})
-            reached = len(self._members) + len(self._remote)
+            reached = self.size()
         self.channel.notify()
         return reached
 
@@ -866,7 +667,7 @@ class Room:
         return True
 
     def pending_count(self) -> int:
-        return len(self._pending)
+        return len(self.receipts)
 
     # --- hitless upgrade: the room as a plain record, and back
 
@@ -883,16 +684,10 @@ class Room:
                 "members": [ident(m) for m in self._members.values()],
                 "accounts": [account(m, a) for m, a in self._accounts.items()],
                 "departed": [account(m, a) for m, a in self._departed.items()],
-                "pending": [[p.uuid, None if p.sender is None else ident(p.sender),
-                             [ident(m) for m in p.waiting], p.recipients, p.deadline - now,
-                             p.delivered, p.reported, p.to_departed, sorted(p.nodes),
-                             p.origin] for p in self._pending.values()],
-                "remote": [[key, *dataclasses.astuple(r)] for key, r in self._remote.items()],
+                **self.receipts.export(now, ident),
+                "remote": self.relay.export(),
                 "messages_sent": self._messages_sent,
-                "receipt_times": [[at - now, frame_uuid]
-                                  for at, frame_uuid in self._receipt_times],
-                "settled": list(self._settled),
-                "history": [list(entry) for entry in self._history],
+                "history": self.history.export(),
                 "counters": dataclasses.asdict(self.counters),
             }
 
@@ -919,27 +714,8 @@ class Room:
                     if not member.quiet:
                         self._listeners[account.key] = member
                         self.channel.subscribe(member)
-            for (frame_uuid, sender, waiting, recipients, left, delivered, reported,
-                 to_departed, *relayed) in state["pending"]:
-                nodes, origin = relayed if relayed else ([], None)
-                sender = None if sender is None else member_of(sender)
-                if sender is None and origin is None:
-                    continue
-                self._pending[frame_uuid] = Pending(
-                    frame_uuid, sender, {m for m in map(member_of, waiting) if m is not None},
-                    recipients, now + left, delivered, reported, to_departed, set(nodes),
-                    origin)
-            for row in state.get("remote", []):  # [key, *fields]; before the keys, fields
-                key = row.pop(0) if len(row) == len(dataclasses.fields(RemoteMember)) + 1 \
-                    else None
-                remote = RemoteMember(*row)
-                self._remote[key or nickname_key(remote.nickname)] = remote
-            self._deadlines = sorted((p.deadline, p.uuid) for p in self._pending.values())
+            self.receipts.restore(state, now, member_of)
+            self.relay.restore(state.get("remote", []))
             self._messages_sent = state["messages_sent"]
-            self._receipt_times = [(now + left, frame_uuid)
-                                   for left, frame_uuid in state["receipt_times"]]
-            heapq.heapify(self._receipt_times)
-            self._settled = OrderedDict.fromkeys(state["settled"])
-            self._history = deque(tuple(entry) for entry in state["history"])
-            self._history_frame = None
+            self.history.restore(state["history"])
             self.counters = Counters(**state["counters"])

@@ -170,7 +170,7 @@ class RedisBroker:
         self.nodes, self.sweeper, self.stats_prefix = (prefix + "nodes", prefix + "sweeper",
                                                        prefix + "stats:")
         self.name_key = f"{prefix}node:{node}"
-        self.room_name = room_name
+        self.relay_name = room_name
         self._release = self.client.register_script(RELEASE)
         self._sweep_node = self.client.register_script(SWEEP)
         self._beat_script = self.client.register_script(HEARTBEAT)
@@ -187,7 +187,7 @@ class RedisBroker:
         # (node, epoch) -> the last number read from it (reader thread)
         self._seen: dict[tuple[str, str], int] = {
             (node_name, epoch): seq for node_name, epoch, seq in resume.get("seen", ())}
-        self.room: Any = None
+        self.relay: Any = None  # the room's relay, once attached
         self.on_event: Callable[[dict], None] = lambda event: None
         self.linked = False
         self.missed = 0        # events that crossed no node while the broker was lost
@@ -303,10 +303,10 @@ class RedisBroker:
 
     # --- life
 
-    def attach(self, room: Any, on_event: Callable[[dict], None]) -> None:
-        """The room that remote events go to; on_event takes the admin kinds (kick, ban,
-        unban, stats)."""
-        self.room, self.on_event = room, on_event
+    def attach(self, relay: Any, on_event: Callable[[dict], None]) -> None:
+        """The room's relay (chat/relay.py), which remote events go to; on_event takes the
+        admin kinds (kick, ban, unban, stats)."""
+        self.relay, self.on_event = relay, on_event
 
     def start(self) -> None:
         for name, target in (("read", self._read_loop), ("write", self._write_loop),
@@ -447,13 +447,13 @@ class RedisBroker:
             self.error_log(f"tcpchatd: broker event not applied: {exc!r}: {body[:200]}")
 
     def _apply_event(self, event: dict) -> None:
-        kind, node, room = event.get("kind"), event.get("node"), self.room
+        kind, node, relay = event.get("kind"), event.get("node"), self.relay
         if kind == "node_lost":  # from the sweeper, which may be this node
             lost = event["lost"]
             if lost == self.node:  # we were silent too long (a pause): back in
                 self._register()
                 return
-            left = room.nodes_lost({lost})
+            left = relay.nodes_lost({lost})
             self.log.event("node_lost", node=lost, members=left)
             for key in [key for key in self._seen if key[0] == lost]:
                 del self._seen[key]
@@ -473,25 +473,25 @@ class RedisBroker:
         if kind in ("ack", "confirms", "tally") and event.get("to") != self.node:
             return
         if kind == "join":
-            room.remote_join(node, event["nick"], event.get("addr", ""),
+            relay.remote_join(node, event["nick"], event.get("addr", ""),
                              bool(event.get("tls")), float(event.get("since") or 0),
                              bool(event.get("quiet")))
         elif kind == "leave":
-            room.remote_leave(node, event["nick"], event["reason"], event.get("detail"))
+            relay.remote_leave(node, event["nick"], event["reason"], event.get("detail"))
         elif kind == "nick":
-            room.remote_nick(node, event["old"], event["new"])
+            relay.remote_nick(node, event["old"], event["new"])
         elif kind == "message":
-            room.remote_message(node, event["uuid"], event["nick"], event["text"],
+            relay.remote_message(node, event["uuid"], event["nick"], event["text"],
                                 event["stamp"], event.get("to"), bool(event.get("action")),
                                 event.get("at"))
         elif kind == "announce":
-            room.remote_announce(event["text"])
+            relay.remote_announce(event["text"])
         elif kind == "ack":
-            room.remote_ack(node, event["uuid"], int(event["recipients"]))
+            relay.remote_ack(node, event["uuid"], int(event["recipients"]))
         elif kind == "confirms":
-            room.remote_confirms(node, event["counts"])
+            relay.remote_confirms(node, event["counts"])
         elif kind == "tally":
-            room.remote_tally(node, event["uuid"])
+            relay.remote_tally(node, event["uuid"])
         else:  # kick, ban, unban, stats: the admin side's
             self.on_event(event)
 
@@ -558,9 +558,9 @@ class RedisBroker:
                 continue
             if event.get("kind") == "message" and event.get("to") is None:
                 entries.append((event["nick"], event["stamp"], event["text"]))
-            if len(entries) >= max(self.room.config.history, 0):
+            if len(entries) >= max(self.relay.config.history, 0):
                 break
-        self.room.seed_history(entries[::-1])
+        self.relay.seed_history(entries[::-1])
 
     def _lost(self, exc: BaseException) -> None:
         reason = _reason(exc)
@@ -575,7 +575,7 @@ class RedisBroker:
             self._told_lost, self._lost_reason = True, reason
         if not again:
             self.log.event("broker_lost", broker=self.url, error=reason)
-        self.room.nodes_lost(None)  # we reach the other nodes no more: a local room
+        self.relay.nodes_lost(None)  # we reach the other nodes no more: a local room
 
     def _register(self) -> None:
         """(Back) in the cluster: our members' nicknames claimed again (a member whose
@@ -586,7 +586,7 @@ class RedisBroker:
 
     def _register_now(self) -> None:
         self._beat()  # first: a node whose name is in use must not touch the claims
-        for member, nickname, token in self.room.claims():
+        for member, nickname, token in self.relay.claims():
             key = nickname_key(nickname)
             if token and self.client.hget(self.nicks, key) == token:
                 continue
@@ -594,24 +594,24 @@ class RedisBroker:
                     **({"quiet": True} if member.quiet else {})}
             token = self._token(nickname, info)
             if self.client.hsetnx(self.nicks, key, token):
-                self.room.set_claim(member, token)
+                self.relay.set_claim(member, token)
                 continue
             held = self.client.hget(self.nicks, key)
             if held and self._ours(held):  # a claim that timed out here and that Redis
-                self.room.set_claim(member, held)  # made all the same (it was frozen)
+                self.relay.set_claim(member, held)  # made all the same (it was frozen)
                 continue
             self.log.event("nickname_lost", nick=nickname)
-            self.room.disconnect(member, "kicked", protocol.kick_frame(NICKNAME_LOST),
+            self.relay.disconnect(member, "kicked", protocol.kick_frame(NICKNAME_LOST),
                                  NICKNAME_LOST)
-        for member, nickname, token in self.room.claims():
+        for member, nickname, token in self.relay.claims():
             self.publish({"kind": "join", "nick": nickname, "addr": member.address,
                           "tls": member.tls, "since": member.connected,
                           **({"quiet": True} if member.quiet else {})})
-        ours = {token for _, _, token in self.room.claims()}
+        ours = {token for _, _, token in self.relay.claims()}
         for key, body in self.client.hgetall(self.nicks).items():
             claim = json.loads(body)
             if claim["node"] != self.node:
-                self.room.remote_join(claim["node"], claim["nick"], claim.get("addr", ""),
+                self.relay.remote_join(claim["node"], claim["nick"], claim.get("addr", ""),
                                       bool(claim.get("tls")), float(claim.get("since") or 0),
                                       bool(claim.get("quiet")))
             elif body not in ours:  # left while the broker was lost, or an earlier life's:
@@ -663,7 +663,7 @@ class RedisBroker:
                                                int(self.node_ttl * 1000)])
         if added == -1:
             raise NodeNameInUse(f"the node name {self.node} is in use by another node of "
-                                f"room {self.room_name}: give each node its own node_name")
+                                f"room {self.relay_name}: give each node its own node_name")
         with self._state:
             if self.linked:
                 now = time.monotonic()

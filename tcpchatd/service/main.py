@@ -321,7 +321,7 @@ class Daemon:
         admin_server, from_other_node = self._admin_side(admin_socket, owned_admin_path, resume)
         nicknames.prepare()
         if self.clustered:  # other nodes' events go to the loops as our members' do
-            broker.attach(room, from_other_node)
+            broker.attach(room.relay, from_other_node)
             broker.start()
         server.start()
         admin_server.start()
