@@ -121,3 +121,15 @@ def test_no_module_reaches_into_another_objects_privates(sub, name, tree):
             assert isinstance(owner, ast.Name) and owner.id in ("self", "cls"), (
                 f"tcpchatd/{sub}/{name}.py:{node.lineno} reads .{node.attr} of "
                 f"{ast.unparse(owner)}")
+
+
+def test_the_session_never_touches_a_socket():
+    """The chat protocol runs on a transport (net/transport.py): socket and ssl are the
+    transports' alone, and the loops know a session only as their Client protocol."""
+    trees = {(sub, name): tree for sub, name, tree in modules()}
+    for module in ("session", "engine"):
+        names = {alias.name for node in ast.walk(trees[("net", module)])
+                 if isinstance(node, (ast.Import, ast.ImportFrom)) for alias in node.names}
+        assert not names & {"socket", "ssl"}, module
+    engine_imports = [target for target, _, _ in imported("net", trees[("net", "engine")])]
+    assert "net.session" not in engine_imports

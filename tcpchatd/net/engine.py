@@ -28,14 +28,57 @@ import selectors
 import threading
 import time
 import traceback
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 from .broadcastlog import BroadcastLog
-from .connection import CLOSED, READING, Connection
 
 LOOP_TICK = 0.5  # the longest a loop sleeps: its heartbeat for the watchdog
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 _PR_SET_NAME = 15
+
+
+class Client(Protocol):
+    """What a loop asks of each connection it owns (session.py's Session): the loop knows
+    nothing more of the chat, and nothing of a socket but the one to wait on."""
+
+    transport: Any  # .sock: what the loop's epoll set waits on
+    closing: bool
+    want_write: bool
+    cursor: int
+    address: str
+    config: Any
+
+    @property
+    def closed(self) -> bool: ...
+
+    def wants_read(self) -> bool: ...
+
+    def wants_write(self) -> bool: ...
+
+    def adopted(self, loop: EventLoop) -> None: ...
+
+    def readable(self) -> None: ...
+
+    def writable(self) -> None: ...
+
+    def flush(self) -> None: ...
+
+    def timer(self, now: float) -> float | None: ...
+
+    def caught_up(self) -> bool: ...
+
+    def backlog(self) -> int: ...
+
+    def overflow(self) -> None: ...
+
+    def close(self, reason: str, final_frame: bytes | None = None,
+              detail: str | None = None, drop_queue: bool = False) -> bool: ...
+
+    def release(self) -> None: ...
+
+    def subscribe(self, position: int, chat_base: int) -> None: ...
+
+    def unsubscribe(self, position: int) -> None: ...
 
 
 def name_os_thread(name: str) -> None:
@@ -61,19 +104,19 @@ class EventLoop:
         self._wake_read, self._wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.selector.register(self._wake_read, READ, None)
         self._lock = threading.Lock()  # guards the lists other threads hand over
-        self._incoming: list[Connection] = []
-        self._ready: list[Connection] = []
-        self._new_timers: list[tuple[float, Connection]] = []
-        self._calls: list[tuple[Connection, Callable[[], None]]] = []
-        self._subscribers: dict[Connection, None] = {}
+        self._incoming: list[Client] = []
+        self._ready: list[Client] = []
+        self._new_timers: list[tuple[float, Client]] = []
+        self._calls: list[tuple[Client, Callable[[], None]]] = []
+        self._subscribers: dict[Client, None] = {}
         self._sleeping = False  # (about to be) blocked in epoll: a producer must wake it
         self._stopping = False
         self._closed = False    # its epoll set and wake-up pipe are closed
         # --- the loop thread's own
-        self.connections: set[Connection] = set()
-        self._masks: dict[Connection, int] = {}
-        self._lagging: set[Connection] = set()  # waiting for room in the kernel's buffer
-        self._timers: list[tuple[float, int, Connection]] = []
+        self.connections: set[Client] = set()
+        self._masks: dict[Client, int] = {}
+        self._lagging: set[Client] = set()  # waiting for room in the kernel's buffer
+        self._timers: list[tuple[float, int, Client]] = []
         self._timer_order = itertools.count()
         self.round_end = 0     # the log's end at the last broadcast round
         self.low_water = 0     # no connection of this loop needs a frame before it
@@ -85,7 +128,7 @@ class EventLoop:
 
     # --- any thread
 
-    def _hand(self, queue: str, item: object, unsubscribe: Connection | None = None) -> None:
+    def _hand(self, queue: str, item: object, unsubscribe: Client | None = None) -> None:
         """Hand the loop an item on one of its lists (named: the loop swaps the lists
         themselves), and wake it if it sleeps; one wake-up however many items come."""
         with self._lock:
@@ -96,18 +139,18 @@ class EventLoop:
         if wake:
             self._wake()
 
-    def adopt(self, conn: Connection) -> None:
+    def adopt(self, conn: Client) -> None:
         self._hand("_incoming", conn)
 
-    def schedule(self, conn: Connection) -> None:
+    def schedule(self, conn: Client) -> None:
         """Flush this connection soon (it has frames of its own, or it is closing)."""
         self._hand("_ready", conn)
 
-    def call_at(self, deadline: float, conn: Connection) -> None:
+    def call_at(self, deadline: float, conn: Client) -> None:
         """Call conn.timer() at the deadline (or soon after)."""
         self._hand("_new_timers", (deadline, conn))
 
-    def call_soon(self, conn: Connection, call: Callable[[], None]) -> None:
+    def call_soon(self, conn: Client, call: Callable[[], None]) -> None:
         """Run call() on this loop's thread soon (another thread's news for conn: the
         broker's answer to its join)."""
         self._hand("_calls", (conn, call))
@@ -116,11 +159,11 @@ class EventLoop:
         """True on this loop's own thread."""
         return threading.get_ident() == self.thread.ident
 
-    def add_subscriber(self, conn: Connection) -> None:
+    def add_subscriber(self, conn: Client) -> None:
         with self._lock:
             self._subscribers[conn] = None
 
-    def remove_subscriber(self, conn: Connection) -> None:
+    def remove_subscriber(self, conn: Client) -> None:
         """No more broadcasts; what was published before still goes out (flushed soon)."""
         self._hand("_ready", conn, unsubscribe=conn)
 
@@ -144,31 +187,31 @@ class EventLoop:
 
     # --- the loop thread
 
-    def watch(self, conn: Connection) -> None:
+    def watch(self, conn: Client) -> None:
         """Register the events this connection waits for now."""
-        mask = (READ if conn.state in READING and not conn.closing else 0) | (
-            WRITE if conn.want_write or conn.tls_wants_write else 0)
+        mask = (READ if conn.wants_read() else 0) | (WRITE if conn.wants_write() else 0)
         if conn.want_write:
             self._lagging.add(conn)
         old = self._masks.get(conn, 0)
-        if mask == old or conn.state == CLOSED:
+        if mask == old or conn.closed:
             return
+        sock = conn.transport.sock
         try:
             if not old:
-                self.selector.register(conn.sock, mask, conn)
+                self.selector.register(sock, mask, conn)
             elif not mask:
-                self.selector.unregister(conn.sock)
+                self.selector.unregister(sock)
             else:
-                self.selector.modify(conn.sock, mask, conn)
+                self.selector.modify(sock, mask, conn)
             self._masks[conn] = mask
         except (OSError, ValueError, KeyError):
             conn.close("error")
 
-    def forget(self, conn: Connection) -> None:
+    def forget(self, conn: Client) -> None:
         """Before its socket is closed: its fd number may soon belong to another client."""
         if self._masks.pop(conn, 0):
             try:
-                self.selector.unregister(conn.sock)
+                self.selector.unregister(conn.transport.sock)
             except (OSError, ValueError, KeyError):
                 pass
         self.connections.discard(conn)
@@ -196,7 +239,7 @@ class EventLoop:
             for deadline, conn in timers:
                 heapq.heappush(self._timers, (deadline, next(self._timer_order), conn))
             for conn, call in calls:
-                if conn.state != CLOSED:
+                if not conn.closed:
                     self._guard(conn, call)
             if subscribers is not None:  # a broadcast round
                 for conn in subscribers:
@@ -235,10 +278,10 @@ class EventLoop:
                     continue
                 if mask & WRITE:
                     self._guard(conn, conn.writable)
-                if mask & READ and conn.state != CLOSED:
+                if mask & READ and not conn.closed:
                     self._guard(conn, conn.readable)
 
-    def _guard(self, conn: Connection, method: Callable, *args: Any) -> None:
+    def _guard(self, conn: Client, method: Callable, *args: Any) -> None:
         """Run a connection's handler; a failure ends that connection only, with its
         traceback in the error log, never shown to a peer."""
         try:
@@ -246,7 +289,7 @@ class EventLoop:
         except Exception:
             self._fail(conn)
 
-    def _fail(self, conn: Connection) -> None:
+    def _fail(self, conn: Client) -> None:
         """Inside an except block: log the traceback, end the connection whatever it takes."""
         self.engine.report_error(conn)
         try:
@@ -260,7 +303,7 @@ class EventLoop:
         low = self.round_end
         over = []
         for conn in list(self._lagging):
-            if conn.state == CLOSED or (not conn.want_write and conn.caught_up()):
+            if conn.closed or (not conn.want_write and conn.caught_up()):
                 self._lagging.discard(conn)
                 continue
             if not conn.closing and conn.backlog() > conn.config.send_queue:
@@ -286,7 +329,7 @@ class EventLoop:
     def start(self) -> None:
         self.thread.start()
 
-    def stop(self, timeout: float, keep_connections: bool = False) -> list[Connection]:
+    def stop(self, timeout: float, keep_connections: bool = False) -> list[Client]:
         """End the loop; its connections are closed, or with keep_connections (an
         upgrade) left as they are and returned, those not yet adopted too."""
         if self._closed:  # stopped before (an upgrade that failed half-way, then the end)
@@ -301,7 +344,7 @@ class EventLoop:
         if not keep_connections:
             for conn in kept:  # past the grace time: closed as they are
                 try:
-                    conn.sock.close()
+                    conn.transport.close()
                 except OSError:
                     pass
         self._closed = True
@@ -328,7 +371,7 @@ class Engine:
         for loop in self.loops:
             loop.stop(timeout)
 
-    def pause(self, timeout: float = 2.0) -> list[Connection]:
+    def pause(self, timeout: float = 2.0) -> list[Client]:
         """Stop every loop at the end of its turn (whole reads, whole sends), leaving the
         connections open; all of them (an upgrade carries them)."""
         kept = []
@@ -336,16 +379,16 @@ class Engine:
             kept += loop.stop(timeout, keep_connections=True)
         return kept
 
-    def connections(self) -> list[Connection]:
+    def connections(self) -> list[Client]:
         return [conn for loop in self.loops for conn in list(loop.connections)]
 
-    def adopt(self, conn: Connection) -> None:
+    def adopt(self, conn: Client) -> None:
         """Hand a new connection to the least-loaded loop, for life."""
         loop = min(self.loops, key=EventLoop.load)
         conn.loop = loop
         loop.adopt(conn)
 
-    def report_error(self, conn: Connection) -> None:
+    def report_error(self, conn: Client) -> None:
         """Inside an except block: a handler failed; its traceback goes to the error log,
         never to a peer."""
         if self.error_log is not None:
@@ -362,15 +405,15 @@ class Engine:
 
     # --- the room's channel: called under the room's lock (no system call here)
 
-    def subscribe(self, member: Connection) -> None:
+    def subscribe(self, member: Client) -> None:
         member.subscribe(self.log.end, self.log.chat_total)
         member.loop.add_subscriber(member)
 
-    def unsubscribe(self, member: Connection) -> None:
+    def unsubscribe(self, member: Client) -> None:
         member.unsubscribe(self.log.end)
         member.loop.remove_subscriber(member)
 
-    def publish(self, frame: bytes, sender: Connection | None = None,
+    def publish(self, frame: bytes, sender: Client | None = None,
                 chat: bool = False) -> None:
         """A frame for every subscriber but its sender."""
         if sender is not None and chat:

@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..chat.room import Room
 from ..wire import errors, protocol
-from .connection import Connection
+from .session import Session
+from .transport import PlainTransport, TlsTransport
 from .engine import Engine, name_os_thread
 from .tls import TlsCredentials
 
@@ -73,7 +74,7 @@ class ChatServer:
         self._config = config
         self._exempt = self._networks(config)
         self._lock = threading.Lock()
-        self._connections: set[Connection] = set()
+        self._connections: set[Session] = set()
         self._per_ip: Counter[str] = Counter()
         self._stopping = threading.Event()
         self._wake_read, self._wake_write = os.pipe2(os.O_CLOEXEC)
@@ -155,8 +156,9 @@ class ChatServer:
                            f"too many connections from {ip} (limit {config.max_per_address})")
             else:
                 refusal = None
-                conn = Connection(sock, address, self,
-                                  self.tls.context if tls else None)
+                transport = TlsTransport(sock, self.tls.context) if tls and self.tls \
+                    else PlainTransport(sock)
+                conn = Session(transport, address, self)
                 self._connections.add(conn)
                 self._per_ip[ip] += 1
         if refusal is None:
@@ -180,7 +182,7 @@ class ChatServer:
             address = address.ipv4_mapped
         return any(address in net for net in self._exempt)
 
-    def adopt(self, conn: Connection) -> None:
+    def adopt(self, conn: Session) -> None:
         """A connection carried through an upgrade: counted as admitted, then served."""
         with self._lock:
             self._connections.add(conn)
@@ -191,7 +193,7 @@ class ChatServer:
         """Served or not: an upgrade hands them all over."""
         return self.tls_listeners + self._unserved
 
-    def connection_ended(self, conn: Connection) -> None:
+    def connection_ended(self, conn: Session) -> None:
         """Give the connection's slot back: the count and its address's count."""
         with self._lock:
             if conn not in self._connections:

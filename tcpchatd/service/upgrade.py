@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from ..net import handover
-from ..net.connection import CLOSED, Connection
+from ..net.session import Session
 from ..control.errors import UPGRADE_FAILED
 from ..wire import protocol
 from . import config as config_module, console, pidfile
@@ -211,7 +211,7 @@ class HandOver:
             console.say(f"tcpchatd: the upgrade's exec failed after the hand-over: {exc}")
             os._exit(1)
 
-    def _quiesce(self, request: UpgradeRequest | None) -> tuple[float, list[Connection], int]:
+    def _quiesce(self, request: UpgradeRequest | None) -> tuple[float, list[Session], int]:
         """Every part stopped, in the one order (see the module's docstring); (when the
         clients' pause began, the connections carried, the TLS clients told)."""
         daemon = self.daemon
@@ -223,15 +223,15 @@ class HandOver:
         for conn in tls_clients:  # their keys cannot cross an exec: asked to come back
             conn.close("restart", protocol.restart_frame())
         deadline = time.monotonic() + TLS_GOODBYE
-        while any(conn.state != CLOSED for conn in tls_clients) and \
+        while any(not conn.closed for conn in tls_clients) and \
                 time.monotonic() < deadline:
             time.sleep(0.01)
         paused_at = time.time()  # from here no client is served until the new image runs
         carried = [conn for conn in daemon.engine.pause()
-                   if conn.state != CLOSED and not conn.tls]
+                   if not conn.closed and not conn.tls]
         return paused_at, carried, len(tls_clients)
 
-    def _record(self, request: UpgradeRequest | None, carried: list[Connection],
+    def _record(self, request: UpgradeRequest | None, carried: list[Session],
                 checked: Preflight, paused_at: float, started: float,
                 tls_closed: int) -> dict:
         """Everything the new image adopts, once every part is still."""
@@ -252,7 +252,7 @@ class HandOver:
             "reply": None if request is None else {
                 "fd": request.sock.fileno(), "id": request.request_id},
             "connections": records,
-            "room": daemon.room.export_state(lambda member: member.sock.fileno()),
+            "room": daemon.room.export_state(lambda member: member.transport.sock.fileno()),
             "bans": daemon.bans.export_state(),
             "config": checked.settings,
             "tls_closed": tls_closed,
@@ -285,7 +285,7 @@ class HandOver:
         by_fd = {}
         for record in state["connections"]:
             os.set_inheritable(record["fd"], False)
-            conn = Connection.resumed(record, daemon.server)
+            conn = Session.resumed(record, daemon.server)
             daemon.server.adopt(conn)
             by_fd[record["fd"]] = conn
         daemon.room.import_state(state["room"], by_fd.get)

@@ -1,9 +1,13 @@
-"""One chat client: all of its state in one object, served by the event loop that owns it.
+"""One chat client: the native chat protocol on a transport (transport.py), all of its
+state in one object, served by the event loop that owns it.
 
-The loop (engine.py) does every read, write and timer of the connection; no other
-thread touches its socket. Other threads (another client's loop finishing a receipt,
-the admin server kicking, the main thread shutting down) only call deliver() and
-close(), which queue under the connection's own lock and wake its loop.
+The session never touches a socket: its transport reads, writes (partly, when the
+kernel's buffer is full), shakes hands (TLS) and closes; the same session runs on a
+plain socket, inside TLS, or on two buffers in a test. The loop (engine.py) does every
+read, write and timer of the session; no other thread touches its transport. Other
+threads (another client's loop finishing a receipt, the admin server kicking, the main
+thread shutting down) only call deliver() and close(), which queue under the session's
+own lock and wake its loop.
 
 Lock order, where two are taken: the room's, then a loop's, then a connection's
 (never the other way round): the room subscribes and unsubscribes members under its
@@ -13,22 +17,24 @@ lock.
 from __future__ import annotations
 
 import collections
-import socket
-import ssl
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterator
 
+from ..chat.room import AddressBanned
 from ..wire import errors, nicknames, protocol
 from ..wire.confirms import take_confirms
 from ..wire.errors import ProtocolError
 from ..wire.protocol import ChatMessage, FrameReader, Request
-from ..chat.room import AddressBanned
 from .handover import b64, unb64
 from .tls import CLIENT_HELLO_START
+from .transport import PlainTransport, TransportError
 
 if TYPE_CHECKING:
     from .engine import EventLoop
+    from .transport import MemoryTransport, TlsTransport
+
+    Transport = PlainTransport | TlsTransport | MemoryTransport
 
 NICKNAME_ATTEMPTS = 3
 POST_VARIANTS = 8  # a poster whose name is taken tries NAME-2 ... NAME-9
@@ -38,7 +44,6 @@ FLOOD_STRIKES = 3          # dropped messages ...
 FLOOD_STRIKE_WINDOW = 10.0  # ... within this many seconds disconnect
 ERROR_WINDOW = 10.0         # error_limit counts the protocol errors of this many seconds
 COALESCE_WINDOW = 10.0      # identical error lines within it become one `repeated=N` line
-SEND_FLAGS = socket.MSG_NOSIGNAL
 
 # states; the loop moves a connection forward only (but for a refused nickname:
 # JOINING back to HANDSHAKE). JOINING: the nickname waits for the broker's claim, and
@@ -46,8 +51,6 @@ SEND_FLAGS = socket.MSG_NOSIGNAL
 TLS_HANDSHAKE, HANDSHAKE, JOINING, CHAT, DEPARTING, CLOSED = (
     "tls_handshake", "handshake", "joining", "chat", "departing", "closed")
 READING = (TLS_HANDSHAKE, HANDSHAKE, CHAT)
-# SSLSocket.send takes no flags, and its non-blocking calls say "try again" with these
-TLS_AGAIN = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 
 
 def count_recent(times: collections.deque[float], window: float) -> int:
@@ -59,15 +62,12 @@ def count_recent(times: collections.deque[float], window: float) -> int:
     return len(times)
 
 
-class Connection:
+class Session:
     """A connected client; a room Member once its nickname is accepted."""
 
-    def __init__(self, sock: socket.socket, address: tuple, server: Any,
-                 tls_context: ssl.SSLContext | None = None) -> None:
-        self.sock = sock
-        self.tls = tls_context is not None
-        self._tls_context = tls_context  # wrapped with on its loop, then dropped
-        self.tls_wants_write = False     # the TLS handshake waits for room to write
+    def __init__(self, transport: Transport, address: tuple, server: Any) -> None:
+        self.transport = transport
+        self.tls = transport.tls
         self.tls_heard = False           # the peer sent something on the TLS port
         self.tls_hello_deadline = 0.0
         self.server = server
@@ -217,13 +217,10 @@ class Connection:
             return
         self.loop = loop
         self.cursor = self.until = loop.engine.log.end
-        self._configure_socket()
+        self.transport.configure(self.config)
         self.handshake_deadline = time.monotonic() + self.config.handshake_timeout
         loop.call_at(self.handshake_deadline, self)
-        if self._tls_context is not None:
-            self.sock = self._tls_context.wrap_socket(self.sock, server_side=True,
-                                                      do_handshake_on_connect=False)
-            self._tls_context = None
+        if not self.transport.start():  # TLS: the handshake first
             self.state = TLS_HANDSHAKE
             # a TLS client speaks first, at once; a plaintext one waits for `_nickname_`
             self.tls_hello_deadline = time.monotonic() + self.config.tls_hello_wait
@@ -231,18 +228,17 @@ class Connection:
         else:
             self.deliver(protocol.NICKNAME_PROMPT)
 
-    def _configure_socket(self) -> None:
-        sock = self.sock
-        sock.setblocking(False)
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        if self.config.send_buffer:  # bounded: a client that never reads pins this much
-            # kernel memory, not the 4 MiB that autotuning grows to
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.send_buffer)
-        if self.config.keepalive:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 10)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 6)
+    # --- what the loop asks of any of its clients
+
+    @property
+    def closed(self) -> bool:
+        return self.state == CLOSED
+
+    def wants_read(self) -> bool:
+        return self.state in READING and not self.closing
+
+    def wants_write(self) -> bool:
+        return self.want_write or self.transport.handshake_wants_write
 
     def timer(self, now: float) -> float | None:
         """A deadline of this connection may have passed; the next one, or None."""
@@ -288,15 +284,11 @@ class Connection:
             self._tls_handshake()
             return
         try:
-            data = self.sock.recv(protocol.RECV_SIZE)
-            while self.tls and data and self.sock.pending():  # decrypted, not yet taken
-                data += self.sock.recv(protocol.RECV_SIZE)
-        except (BlockingIOError, InterruptedError, *TLS_AGAIN):
-            return
-        except ssl.SSLZeroReturnError:  # the peer's TLS close_notify: its end of stream
-            data = b""
-        except OSError:
+            data = self.transport.recv()
+        except TransportError:
             self.close("error")
+            return
+        if data is None:  # nothing after all (a TLS record not yet whole)
             return
         if self.closing:  # reading has ended: the rest is thrown away
             self.loop.watch(self)
@@ -312,7 +304,6 @@ class Connection:
 
     def writable(self) -> None:
         if self.state == TLS_HANDSHAKE:
-            self.tls_wants_write = False
             self._tls_handshake()
             return
         self.want_write = False
@@ -340,10 +331,8 @@ class Connection:
             return
         if data:
             try:
-                sent = self.sock.send(data) if self.tls else self.sock.send(data, SEND_FLAGS)
-            except (BlockingIOError, InterruptedError, *TLS_AGAIN):
-                sent = 0
-            except OSError:  # the peer is gone
+                sent = self.transport.send(data)
+            except TransportError:  # the peer is gone
                 self.close("error")
                 self.release()
                 return
@@ -407,12 +396,8 @@ class Connection:
             self._private.clear()
             self.private_bytes = 0
             self.partial = b""
-        try:
-            self.sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-        self.loop.forget(self)
-        self.sock.close()
+        self.loop.forget(self)  # before the close: its fd number may soon be another's
+        self.transport.close()
         self.server.connection_ended(self)
 
     # --- the handshakes
@@ -420,16 +405,11 @@ class Connection:
     def _tls_handshake(self) -> None:
         """One non-blocking step of the TLS handshake; never waits."""
         try:
-            self.sock.do_handshake()
-        except ssl.SSLWantReadError:
-            self.tls_wants_write = False
-        except ssl.SSLWantWriteError:
-            self.tls_wants_write = True
-        except (ssl.SSLError, OSError) as exc:  # plaintext, garbage, a peer that vanished
-            self._tls_failed(getattr(exc, "reason", None) or exc.strerror or "closed")
+            done = self.transport.handshake()
+        except TransportError as exc:  # plaintext, garbage, a peer that vanished
+            self._tls_failed(str(exc))
             return
-        else:
-            self.tls_wants_write = False
+        if done:
             self.state = HANDSHAKE
             self.deliver(protocol.NICKNAME_PROMPT)
         self.loop.watch(self)
@@ -441,10 +421,7 @@ class Connection:
         self.log.event("protocol_error", addr=self.address, code=errors.TLS_REQUIRED)
         frame = protocol.error_frame(errors.TLS_REQUIRED, "this port speaks TLS: connect "
                                      "with TLS (tcpchat-client --tls)")
-        try:
-            socket.socket.send(self.sock, frame, SEND_FLAGS)  # under the TLS object, raw
-        except OSError:
-            pass
+        self.transport.send_plain(frame)  # under the TLS object, raw
         self.close("error")
 
     def _tls_failed(self, why: str) -> None:
@@ -756,7 +733,7 @@ class Connection:
         return False
 
 
-    # --- hitless upgrade: the connection as a plain record, and back
+    # --- hitless upgrade: the session as a plain record, and back
 
     def record(self) -> dict:
         """Everything needed to go on in a new image; only while no loop runs. The bytes
@@ -778,7 +755,7 @@ class Connection:
             departure = [reason, b64(final_frame) if final_frame else None,
                          max(0.0, self.depart_deadline - now)]
         return {
-            "fd": self.sock.fileno(), "family": int(self.sock.family), "ip": self.ip,
+            **self.transport.record(), "ip": self.ip,
             "port": self.port, "state": self.state,
             "fresh": fresh, "nickname": self.nickname, "joined": self.joined,
             "closing": self.closing, "connected": self.connected,
@@ -791,11 +768,9 @@ class Connection:
         }
 
     @classmethod
-    def resumed(cls, record: dict, server: Any) -> Connection:
-        """The connection a record describes, on the same socket (fd kept across exec)."""
-        # family and type given: no system calls to find them out, 10,000 times over
-        sock = socket.socket(record["family"], socket.SOCK_STREAM, 0, fileno=record["fd"])
-        conn = cls(sock, (record["ip"], record["port"]), server)
+    def resumed(cls, record: dict, server: Any) -> Session:
+        """The session a record describes, on the same socket (fd kept across exec)."""
+        conn = cls(PlainTransport.resumed(record), (record["ip"], record["port"]), server)
         conn.restore(record)
         return conn
 
@@ -825,7 +800,6 @@ class Connection:
         self.loop = loop
         if not self.joined:
             self.cursor = self.until = loop.engine.log.end
-        self.sock.setblocking(False)  # its options were set before, and survive exec
         now = time.monotonic()
         self.state = record["state"]
         if self.state == HANDSHAKE:

@@ -1,0 +1,143 @@
+"""The chat protocol on an in-memory transport: no socket, no loop thread. The session
+is driven as its loop drives it (readable, flush, timer); what it sends is the bytes its
+transport took (issue 24: the protocol apart from the transport)."""
+
+import json
+
+from tcpchatd.chat.room import Room
+from tcpchatd.cluster.local import LocalBroker
+from tcpchatd.net.engine import Engine
+from tcpchatd.net.session import CHAT, Session
+from tcpchatd.net.transport import MemoryTransport
+from tcpchatd.service.config import Config
+
+from conftest import RecordingLog
+from rawclient import frame
+
+
+class Loop:
+    """What a session asks of its loop, run at once on the test's thread."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.timers = []
+
+    def schedule(self, conn):
+        pass  # the test flushes
+
+    def call_at(self, deadline, conn):
+        self.timers.append((deadline, conn))
+
+    def call_soon(self, conn, call):
+        call()
+
+    def in_thread(self):
+        return True
+
+    def watch(self, conn):
+        pass
+
+    def forget(self, conn):
+        pass
+
+    def add_subscriber(self, conn):
+        pass
+
+    def remove_subscriber(self, conn):
+        pass
+
+
+class Server:
+    def __init__(self, **settings):
+        self.config = Config(**settings)
+        self.log = RecordingLog()
+        self.engine = Engine(1)  # its broadcast log and channel; no thread is started
+        self.room = Room(self.config, self.log, self.engine, broker=LocalBroker())
+        self.loop = Loop(self.engine)
+        self.ended = []
+
+    def connection_ended(self, conn):
+        self.ended.append(conn)
+
+    def session(self, room=1 << 20):
+        transport = MemoryTransport(room)
+        conn = Session(transport, ("192.0.2.9", 4242), self)
+        conn.loop = self.loop
+        conn.adopted(self.loop)
+        conn.flush()
+        return conn, transport
+
+
+def frames(transport):
+    """Every whole frame the session sent (and the prompt), taken out of the buffer."""
+    data, out = bytes(transport.taken), []
+    while data:
+        if data.startswith(b"_nickname_"):
+            out.append("_nickname_")
+            data = data[10:]
+            continue
+        length = int(data[:10])
+        assert len(data) >= 10 + length, "a frame cut short"
+        out.append(json.loads(data[10:10 + length]))
+        data = data[10 + length:]
+    transport.taken.clear()
+    return out
+
+
+def joined(server, nickname):
+    conn, transport = server.session()
+    assert frames(transport) == ["_nickname_"]
+    transport.feed(nickname.encode())
+    conn.readable()
+    conn.flush()
+    assert conn.state == CHAT
+    return conn, transport
+
+
+def test_the_handshake_and_a_message_split_across_reads():
+    server = Server()
+    ann, ann_out = joined(server, "ann")
+    assert [f["event"] for f in frames(ann_out)] == ["join", "names"]
+    ben, ben_out = joined(server, "ben")
+    frames(ben_out)
+    message = frame({"type": "message", "uuid": "11111111-1111-4111-8111-111111111111",
+                     "message": "ann: in three pieces"})
+    for piece in (message[:4], message[4:17], message[17:]):  # header and body split
+        ann.transport.feed(piece)
+        ann.readable()
+    ben.flush()
+    got = [f for f in frames(ben_out) if f["type"] == "message"]
+    assert [f["message"] for f in got] == ["ann: in three pieces"]
+
+
+def test_partial_writes_keep_every_frame_whole():
+    """A transport that takes a few bytes at a time (a full kernel buffer): what is left
+    goes out later, in order, frames never cut for good."""
+    server = Server(flood_rate=0)
+    ann, ann_out = joined(server, "ann")
+    ben, ben_out = server.session(room=1 << 20)
+    ben_out.feed(b"ben")
+    ben.readable()
+    for i in range(20):
+        ann.transport.feed(frame({"type": "message", "uuid": f"{i:08d}-0000-4000-8000-"
+                                  "000000000000", "message": f"ann: number {i}"}))
+    ann.readable()
+    ben_out.room = len(ben_out.taken) + 7  # the kernel takes 7 bytes, then nothing
+    ben.flush()
+    assert ben.want_write
+    ben_out.room = 1 << 20  # room again: the loop finds it writable
+    ben.writable()
+    got = [f["message"] for f in frames(ben_out)
+           if isinstance(f, dict) and f.get("type") == "message"]
+    assert got == [f"ann: number {i}" for i in range(20)]
+
+
+def test_a_bad_header_is_answered_and_closes():
+    server = Server()
+    ann, out = joined(server, "ann")
+    frames(out)
+    ann.transport.feed(b"12x4567890{}")
+    ann.readable()
+    ann.flush()
+    assert frames(out)[-1]["code"] == "bad_header"
+    assert ann.closing
