@@ -61,6 +61,9 @@ class FakeMember:
             body = untimed(body)  # checked to be a stamp, then compared without it
         self.frames.append(body)
 
+    def receipts_done(self):
+        self.departed = True
+
     def close(self, reason, final_frame=None, detail=None):
         self.closed = reason
         if final_frame:

@@ -6,7 +6,7 @@ import json
 
 from tcpchatd.chat.room import Room
 from tcpchatd.cluster.local import LocalBroker
-from tcpchatd.net.engine import Engine
+from tcpchatd.net.engine import Engine, Timer
 from tcpchatd.net.session import CHAT, Session
 from tcpchatd.net.transport import MemoryTransport
 from tcpchatd.service.config import Config
@@ -26,7 +26,9 @@ class Loop:
         pass  # the test flushes
 
     def call_at(self, deadline, conn):
-        self.timers.append((deadline, conn))
+        timer = Timer(conn, deadline)
+        self.timers.append(timer)
+        return timer
 
     def call_soon(self, conn, call):
         call()

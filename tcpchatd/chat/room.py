@@ -48,6 +48,9 @@ class Member(Protocol):
               detail: str | None = None) -> None:
         """Leave the room and disconnect, after sending final_frame if given."""
 
+    def receipts_done(self) -> None:
+        """A member that left half-closed has every receipt it was owed (see leave)."""
+
 
 # join() and rename() report the broker's answer through this: None, or the refusal
 Settled = Callable[[ProtocolError | None], None]
@@ -523,17 +526,21 @@ class Room:
 
     def report(self, finished: list[Pending]) -> None:
         """Outside the lock: tell each sender, log the final count; a departed sender that
-        has all its receipts now is let go (not before: awaiting_receipts() would end its
+        has all its receipts now is let go, and told so (not before: it would end its
         connection while its last receipts were still on their way to it)."""
         for pending in finished:
             self._tell(pending)
             if pending.to_departed:
                 with self.lock:
                     account = self._departed.get(pending.sender)
+                    done = False
                     if account is not None:
                         account.in_flight -= 1
                         if not account.sent and not account.in_flight:
                             del self._departed[pending.sender]
+                            done = True
+                if done:
+                    pending.sender.receipts_done()
 
     def _tell(self, pending: Pending) -> None:
         """The sender's receipt (unless receipt_wait sent it) and the log's final line;

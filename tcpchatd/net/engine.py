@@ -81,6 +81,19 @@ class Client(Protocol):
     def unsubscribe(self, position: int) -> None: ...
 
 
+class Timer:
+    """A client's deadline on its loop: conn.timer() is called then; cancel() stops it
+    (a session that ends cancels what it set), re-armed with the deadline timer() gives."""
+
+    __slots__ = ("conn", "deadline", "cancelled")
+
+    def __init__(self, conn: Client, deadline: float) -> None:
+        self.conn, self.deadline, self.cancelled = conn, deadline, False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
 def name_os_thread(name: str) -> None:
     """Give the calling thread a name the OS shows (top -H, ps -L, /proc/PID/task/TID/comm).
 
@@ -106,7 +119,7 @@ class EventLoop:
         self._lock = threading.Lock()  # guards the lists other threads hand over
         self._incoming: list[Client] = []
         self._ready: list[Client] = []
-        self._new_timers: list[tuple[float, Client]] = []
+        self._new_timers: list[Timer] = []
         self._calls: list[tuple[Client, Callable[[], None]]] = []
         self._subscribers: dict[Client, None] = {}
         self._sleeping = False  # (about to be) blocked in epoll: a producer must wake it
@@ -116,7 +129,7 @@ class EventLoop:
         self.connections: set[Client] = set()
         self._masks: dict[Client, int] = {}
         self._lagging: set[Client] = set()  # waiting for room in the kernel's buffer
-        self._timers: list[tuple[float, int, Client]] = []
+        self._timers: list[tuple[float, int, Timer]] = []  # heap
         self._timer_order = itertools.count()
         self.round_end = 0     # the log's end at the last broadcast round
         self.low_water = 0     # no connection of this loop needs a frame before it
@@ -146,9 +159,11 @@ class EventLoop:
         """Flush this connection soon (it has frames of its own, or it is closing)."""
         self._hand("_ready", conn)
 
-    def call_at(self, deadline: float, conn: Client) -> None:
-        """Call conn.timer() at the deadline (or soon after)."""
-        self._hand("_new_timers", (deadline, conn))
+    def call_at(self, deadline: float, conn: Client) -> Timer:
+        """Call conn.timer() at the deadline (or soon after), unless cancelled."""
+        timer = Timer(conn, deadline)
+        self._hand("_new_timers", timer)
+        return timer
 
     def call_soon(self, conn: Client, call: Callable[[], None]) -> None:
         """Run call() on this loop's thread soon (another thread's news for conn: the
@@ -236,8 +251,8 @@ class EventLoop:
                 self.connections.add(conn)
                 self._guard(conn, conn.adopted, self)
                 self._guard(conn, self.watch, conn)
-            for deadline, conn in timers:
-                heapq.heappush(self._timers, (deadline, next(self._timer_order), conn))
+            for timer in timers:
+                heapq.heappush(self._timers, (timer.deadline, next(self._timer_order), timer))
             for conn, call in calls:
                 if not conn.closed:
                     self._guard(conn, call)
@@ -317,14 +332,18 @@ class EventLoop:
     def _fire_timers(self, now: float) -> None:
         timers = self._timers
         while timers and timers[0][0] <= now:
-            _, _, conn = heapq.heappop(timers)
+            timer = heapq.heappop(timers)[2]
+            conn = timer.conn
+            if timer.cancelled or conn.closed:
+                continue
             try:
                 following = conn.timer(now)
             except Exception:
                 self._fail(conn)
                 continue
             if following is not None:
-                heapq.heappush(timers, (following, next(self._timer_order), conn))
+                timer.deadline = following
+                heapq.heappush(timers, (following, next(self._timer_order), timer))
 
     def start(self) -> None:
         self.thread.start()

@@ -74,6 +74,7 @@ class ChatServer:
         self._config = config
         self._exempt = self._networks(config)
         self._lock = threading.Lock()
+        self._ended = threading.Condition(self._lock)  # a connection's slot was given back
         self._connections: set[Session] = set()
         self._per_ip: Counter[str] = Counter()
         self._stopping = threading.Event()
@@ -202,6 +203,16 @@ class ChatServer:
             self._per_ip[conn.ip] -= 1
             if not self._per_ip[conn.ip]:
                 del self._per_ip[conn.ip]
+            self._ended.notify_all()
+
+    def wait_ended(self, connections: list[Session] | None, timeout: float) -> bool:
+        """Wait (at most timeout) until those connections (None: all) have ended."""
+        def ended() -> bool:
+            if connections is None:
+                return not self._connections
+            return not self._connections.intersection(connections)
+        with self._lock:
+            return self._ended.wait_for(ended, timeout)
 
     def connection_count(self) -> int:
         return len(self._connections)
@@ -233,9 +244,7 @@ class ChatServer:
         for conn in connections:
             conn.close(reason, frame)
         # each loop releases its connections once flushed, or at their close deadline
-        deadline = time.monotonic() + grace + ACCEPT_TICK
-        while self._connections and time.monotonic() < deadline:
-            time.sleep(0.01)
+        self.wait_ended(None, grace + ACCEPT_TICK)
 
     def close_listeners(self) -> None:
         for sock in self.listeners + self.tls_listeners + self._unserved:

@@ -31,7 +31,7 @@ from .tls import CLIENT_HELLO_START
 from .transport import PlainTransport, TransportError
 
 if TYPE_CHECKING:
-    from .engine import EventLoop
+    from .engine import EventLoop, Timer
     from .transport import MemoryTransport, TlsTransport
 
     Transport = PlainTransport | TlsTransport | MemoryTransport
@@ -39,7 +39,6 @@ if TYPE_CHECKING:
 NICKNAME_ATTEMPTS = 3
 POST_VARIANTS = 8  # a poster whose name is taken tries NAME-2 ... NAME-9
 LOGGED_NICKNAME = 256  # bytes of a refused nickname the log shows (an attacker's input)
-DEPART_POLL = 0.02  # how often a departing client's outstanding receipts are checked
 FLOOD_STRIKES = 3          # dropped messages ...
 FLOOD_STRIKE_WINDOW = 10.0  # ... within this many seconds disconnect
 ERROR_WINDOW = 10.0         # error_limit counts the protocol errors of this many seconds
@@ -119,10 +118,18 @@ class Session:
         self.chat_base = 0          # chat broadcasts before it subscribed
         self.own_chats = 0          # chat broadcasts it published
         self._resumed: dict | None = None  # its record, from the image before an upgrade
+        self._timers: list[Timer] = []  # what it asked its loop for (cancelled at release)
 
     @property
     def config(self):
         return self.server.config
+
+    def _at(self, deadline: float) -> None:
+        """A deadline on its loop (timer() is called then); all cancelled at release (a
+        handle lost to a close from another thread only fires into a closed session,
+        which the loop skips)."""
+        self._timers = [t for t in self._timers if not t.cancelled]
+        self._timers.append(self.loop.call_at(deadline, self))
 
     @property
     def received(self) -> int:
@@ -189,7 +196,7 @@ class Session:
             schedule, self._scheduled = not self._scheduled, True
         self.close_deadline = time.monotonic() + self.config.shutdown_grace
         if self.loop is not None:
-            self.loop.call_at(self.close_deadline, self)
+            self._at(self.close_deadline)
             if schedule:
                 self.loop.schedule(self)
         return True
@@ -219,12 +226,12 @@ class Session:
         self.cursor = self.until = loop.engine.log.end
         self.transport.configure(self.config)
         self.handshake_deadline = time.monotonic() + self.config.handshake_timeout
-        loop.call_at(self.handshake_deadline, self)
+        self._at(self.handshake_deadline)
         if not self.transport.start():  # TLS: the handshake first
             self.state = TLS_HANDSHAKE
             # a TLS client speaks first, at once; a plaintext one waits for `_nickname_`
             self.tls_hello_deadline = time.monotonic() + self.config.tls_hello_wait
-            loop.call_at(self.tls_hello_deadline, self)
+            self._at(self.tls_hello_deadline)
         else:
             self.deliver(protocol.NICKNAME_PROMPT)
 
@@ -271,11 +278,8 @@ class Session:
             self.close("timeout", protocol.error_frame(
                 errors.HANDSHAKE_TIMEOUT, "no nickname was sent in time"))
             return None
-        if self.state == DEPARTING:
-            if self.room.awaiting_receipts(self) and now < self.depart_deadline:
-                return min(self.depart_deadline, now + DEPART_POLL)
-            reason, final_frame = self._departure
-            self._end(final_frame, flush=True)
+        if self.state == DEPARTING and now >= self.depart_deadline:
+            self._departed()  # its last receipts did not all come in time
         return None
 
     def readable(self) -> None:
@@ -343,7 +347,7 @@ class Session:
                 self.want_write = True
                 if self.stalled_since is None and self.config.stall_timeout:
                     self.stalled_since = time.monotonic()
-                    self.loop.call_at(self.stalled_since + self.config.stall_timeout, self)
+                    self._at(self.stalled_since + self.config.stall_timeout)
                 self.loop.watch(self)
                 return
             self.partial = b""
@@ -396,6 +400,9 @@ class Session:
             self._private.clear()
             self.private_bytes = 0
             self.partial = b""
+        for timer in self._timers:
+            timer.cancel()
+        self._timers.clear()
         self.loop.forget(self)  # before the close: its fd number may soon be another's
         self.transport.close()
         self.server.connection_ended(self)
@@ -616,10 +623,27 @@ class Session:
         self.state = DEPARTING
         self.loop.watch(self)  # no more reading
         self._departure = (reason, final_frame)
+        self.depart_deadline = time.monotonic() + self.config.shutdown_grace
         if self.joined:
             self.room.leave(self, reason, keep_receipts=True)
-        self.depart_deadline = time.monotonic() + self.config.shutdown_grace
-        self.loop.call_at(time.monotonic(), self)
+        if self.room.awaiting_receipts(self):  # receipts_done() ends it, or the deadline
+            self._at(self.depart_deadline)
+        else:
+            self._departed()
+
+    def receipts_done(self) -> None:
+        """The room has handed this departed member its last receipt (any thread)."""
+        if self.loop.in_thread():
+            self._departed()
+        else:
+            self.loop.call_soon(self, self._departed)
+
+    def _departed(self) -> None:
+        """On its loop: what was queued and the final frame go out, then the close."""
+        if self.state != DEPARTING or self.closing:
+            return
+        reason, final_frame = self._departure
+        self._end(final_frame, flush=True)
 
     # --- protocol errors: logged (identical ones coalesced) and counted
 
@@ -804,14 +828,18 @@ class Session:
         self.state = record["state"]
         if self.state == HANDSHAKE:
             self.handshake_deadline = now + record["handshake_left"]
-            loop.call_at(self.handshake_deadline, self)
+            self._at(self.handshake_deadline)
         elif self.state == DEPARTING:
             reason, final_frame, left = record["departure"]
             self._departure = (reason, unb64(final_frame) if final_frame else None)
             self.depart_deadline = now + left
-            loop.call_at(now, self)
         if record["closing"]:
             self._end(None, flush=True)
+        if self.state == DEPARTING:  # the room's receipts for it came along
+            if self.room.awaiting_receipts(self):
+                self._at(self.depart_deadline)
+            else:
+                self._departed()
         loop.watch(self)
         loop.schedule(self)  # what was due goes out first
         if self.state == CHAT and self.reader.has_frame():  # a whole frame came meanwhile

@@ -222,10 +222,7 @@ class HandOver:
         tls_clients = [conn for conn in daemon.engine.connections() if conn.tls]
         for conn in tls_clients:  # their keys cannot cross an exec: asked to come back
             conn.close("restart", protocol.restart_frame())
-        deadline = time.monotonic() + TLS_GOODBYE
-        while any(not conn.closed for conn in tls_clients) and \
-                time.monotonic() < deadline:
-            time.sleep(0.01)
+        daemon.server.wait_ended(tls_clients, TLS_GOODBYE)
         paused_at = time.time()  # from here no client is served until the new image runs
         carried = [conn for conn in daemon.engine.pause()
                    if not conn.closed and not conn.tls]
