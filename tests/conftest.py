@@ -213,6 +213,38 @@ class DaemonProcess:
         raise AssertionError("no VmRSS")
 
 
+def free_port() -> int:
+    """A port free now on loopback, for what binds it itself (redis-server, systemd's
+    socket units): bind it and hand over the socket where the code can take one."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+CTL = [sys.executable, "-m", "tcpchatd.cli.ctl"]
+
+
+def ctl(sock_path, *args, user=None, extra_groups=(), env=None):
+    """tcpchatctl on that admin socket (as another user with `user=(uid, gid)`)."""
+    prefix = []
+    if user is not None:
+        assert os.geteuid() == 0, "the permission tests run as root (as CI does) to switch uids"
+        uid, gid = user
+        prefix = ["setpriv", "--reuid", str(uid), "--regid", str(gid)]
+        prefix += ["--groups", ",".join(map(str, extra_groups))] if extra_groups \
+            else ["--clear-groups"]
+    return subprocess.run([*prefix, *CTL, "--socket", sock_path, *args], capture_output=True,
+                          text=True, timeout=30, cwd="/", env=env)
+
+
+def server_connections(port: int) -> int:
+    """How many connections the daemon has accepted on `port` (`ss`, as an operator
+    would look): what a test waits for instead of sleeping."""
+    out = subprocess.run(["ss", "-tnH", "state", "established", "sport", "=", f":{port}"],
+                         capture_output=True, text=True, check=True).stdout
+    return len(out.splitlines())
+
+
 def free_port_socket() -> socket.socket:
     """A bound, listening socket on an ephemeral loopback port (passed to a daemon)."""
     sock = socket.socket()
@@ -236,7 +268,7 @@ def daemon_factory(short_tmp):
             extra += ["--log-target", "stderr"]
         if "--state-dir" not in extra:  # never the host's /var/lib/tcpchatd
             extra += ["--state-dir", os.path.join(short_tmp, f"state{len(started)}")]
-        if listen and not any(a.startswith("--listen") for a in extra):
+        if listen and not any(a == "--listen" or a.startswith("--listen=") for a in extra):
             extra += ["--listen", "127.0.0.1:0"]
         daemon = DaemonProcess(short_tmp, extra, env)
         started.append(daemon)

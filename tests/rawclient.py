@@ -154,3 +154,30 @@ def untimed(frame: dict) -> dict:
     stamp = frame.pop("time")
     assert ISO_UTC.match(stamp), stamp
     return frame
+
+
+def raw_frame(body: bytes) -> bytes:
+    """A frame around any body, well-formed or not (for the tests of bad input)."""
+    return f"{len(body):<{HEADER}}".encode("ascii") + body
+
+
+def confirming(client: RawClient, count: int | None = None,
+               seen: list | None = None) -> threading.Thread:
+    """A thread that reads `client`'s frames, keeps them in `seen`, and confirms every
+    message (`count` of them, or until the connection ends), as a reader does."""
+    seen = [] if seen is None else seen
+
+    def run() -> None:
+        confirmed = 0
+        try:
+            while count is None or confirmed < count:
+                f = client.read()
+                seen.append(f)
+                if f.get("type") == "message":
+                    client.confirm(f["uuid"])
+                    confirmed += 1
+        except (OSError, EOFError, AssertionError):
+            pass
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread

@@ -18,7 +18,7 @@ from tcpchatd.chat.bans import BanError, BanListError
 
 from conftest import status_port
 from rawclient import PROMPT, RawClient, wait_for
-from test_ctl import ctl
+from conftest import ctl
 from test_systemd import with_fds
 
 

@@ -344,7 +344,7 @@ def test_pipe_mode_reports_a_line_that_was_sent_but_never_confirmed(daemon_facto
 
 
 def test_a_kicked_client_says_why_and_does_not_come_back(daemon_factory, short_tmp):
-    from test_ctl import ctl
+    from conftest import ctl
     admin_path = os.path.join(short_tmp, "k.sock")
     d = daemon_factory("--admin-socket", admin_path)
     port = status_port(d)

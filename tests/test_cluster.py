@@ -15,19 +15,13 @@ import uuid
 
 import pytest
 
-from conftest import status_port
-from test_ctl import ctl
+from conftest import free_port, status_port
+from conftest import ctl
 from rawclient import RawClient, frame as json_frame, wait_for
 from syslogparse import parse_message
 
 REDIS = shutil.which("redis-server")
 NODE_TTL = 1.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class RedisServer:
@@ -212,7 +206,7 @@ def test_nicknames_are_unique_across_nodes_and_follow_renames(cluster, redis_ser
     # a rename crosses, and frees the old nickname everywhere
     bob.send_raw(json_frame({"type": "request", "cmd": "nick", "nickname": "robert"}))
     assert read_event(alice, "nick")["message"].startswith("bob")
-    time.sleep(0.2)
+    wait_for(lambda: b"bob" not in redis_server.command("HKEYS", "tcpchat:r:nicks"))
     again = RawClient(port_a)
     again.join("bob")
     read_event(bob, "join", nickname="bob")
@@ -550,14 +544,15 @@ def test_a_tls_broker_with_a_password(daemon_factory, short_tmp, certs):
         server.stop()
 
 
-def test_a_node_that_starts_later_takes_its_history_from_the_stream(cluster):
+def test_a_node_that_starts_later_takes_its_history_from_the_stream(cluster, redis_server):
     a, port_a = cluster("a")
     wait_for(lambda: linked(a), timeout=10)
     alice = RawClient(port_a)
     alice.join("alice")
     for n in range(3):
         alice.say(f"before b {n}")
-    time.sleep(0.3)  # written to the stream
+    wait_for(lambda: redis_server.command("XLEN", "tcpchat:r:stream").startswith(b":") and
+             int(redis_server.command("XLEN", "tcpchat:r:stream")[1:]) >= 4)  # a join, 3
     b, port_b = cluster("b")
     wait_for(lambda: linked(b), timeout=10)
     bob = RawClient(port_b)

@@ -12,23 +12,10 @@ import uuid
 
 import pytest
 
-from conftest import status_port
+from conftest import CTL, ctl, status_port
 from rawclient import RawClient, wait_for, untimed
 
-CTL = [sys.executable, "-m", "tcpchatd.cli.ctl"]
 NOBODY = 65534
-
-
-def ctl(sock_path, *args, user=None, extra_groups=(), env=None):
-    prefix = []
-    if user is not None:
-        assert os.geteuid() == 0, "the permission tests run as root (as CI does) to switch uids"
-        uid, gid = user
-        prefix = ["setpriv", "--reuid", str(uid), "--regid", str(gid)]
-        prefix += ["--groups", ",".join(map(str, extra_groups))] if extra_groups \
-            else ["--clear-groups"]
-    return subprocess.run([*prefix, *CTL, "--socket", sock_path, *args], capture_output=True,
-                          text=True, timeout=30, cwd="/", env=env)
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from conftest import status_port
-from rawclient import RawClient, wait_for, untimed
+from rawclient import RawClient, wait_for, untimed, confirming
 
 CLIENT = [sys.executable, "-m", "tcpchatd.cli.client"]
 
@@ -100,17 +100,11 @@ def test_pipe_client_sends_lines_and_reports_receipts(daemon_factory):
     port = status_port(d)
     listener = RawClient(port)
     listener.join("listener")
-    got = []
-
-    def confirm_all():
-        for _ in range(2):
-            f = listener.read_until(lambda f: f.get("type") == "message")
-            got.append(f["message"])
-            listener.confirm(f["uuid"])
-    thread = threading.Thread(target=confirm_all)
-    thread.start()
+    seen = []
+    thread = confirming(listener, 2, seen)
     result = run_client(port, "hello there\nsecond line\n", "--nick", "bot")
     thread.join(10)
+    got = [f["message"] for f in seen if f.get("type") == "message"]
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines() == ["delivered to 1 of 1: hello there",
                                           "delivered to 1 of 1: second line"]
@@ -308,11 +302,7 @@ def test_pipe_client_paces_itself_under_the_default_flood_limit(daemon_factory):
     listener.join("listener")
     lines = 70  # more than the burst: sent as fast as possible, some would be dropped
 
-    def confirm_all():
-        for _ in range(lines):
-            listener.confirm(listener.read_until(lambda f: f.get("type") == "message")["uuid"])
-    t = threading.Thread(target=confirm_all)
-    t.start()
+    t = confirming(listener, lines)
     result = run_client(port, "".join(f"line {i}\n" for i in range(lines)), "--nick", "bulk",
                         timeout=60)
     t.join(30)

@@ -7,14 +7,10 @@ import uuid
 
 import pytest
 
-from rawclient import PROMPT, frame, wait_for
+from rawclient import PROMPT, frame, raw_frame, wait_for
 from test_wire import assert_room_still_works, error_of
 
 BASE = "0b7f5c8e-6a8e-4c55-9d43-3f7b5fd0c1a2"
-
-
-def raw_frame(body: bytes) -> bytes:
-    return f"{len(body):<10}".encode() + body
 
 
 def nested(depth: int, msg_uuid: str) -> bytes:

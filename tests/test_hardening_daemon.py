@@ -14,14 +14,11 @@ import uuid
 import pytest
 
 from conftest import status_port
-from rawclient import RawClient, wait_for
-from test_ctl import ctl, running  # noqa: F401 (a fixture)
+from rawclient import RawClient, raw_frame, wait_for
+from conftest import ctl
+from test_ctl import running  # noqa: F401 (a fixture)
 
 EVENT_LINE = re.compile(r"[a-z_]+( [a-z_]+=(\"([^\"\\]|\\.)*\"|[A-Za-z0-9._:@/+-]+))*")
-
-
-def raw_frame(body: bytes) -> bytes:
-    return f"{len(body):<10}".encode() + body
 
 
 def nested_message(levels: int) -> bytes:

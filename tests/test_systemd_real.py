@@ -17,6 +17,7 @@ import sys
 
 import pytest
 
+from conftest import ctl, free_port
 from rawclient import RawClient, TlsRawClient, wait_for
 from systemd_lab import UserManager
 
@@ -34,14 +35,6 @@ ALLOWED_DROP_IN = {"Service": {"ExecStart", "WatchdogSec", "User", "Group", "Dyn
                    "Socket": {"ListenStream", "SocketGroup"}}
 LAB_RESETS = ("ProtectProc=default\nProcSubset=all\nProtectKernelTunables=no\n"
               "ProtectControlGroups=no\n")
-
-
-def free_port() -> int:
-    # systemd binds the port itself, so the test must name one: ask the kernel for a free
-    # one and release it just before the socket unit takes it (loopback only).
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -86,13 +79,12 @@ def active(lab, unit):
     return lab.systemctl("is-active", unit, check=False).stdout.strip()
 
 
-def ctl(lab, *args):
-    return subprocess.run([sys.executable, "-m", "tcpchatd.cli.ctl", "--socket", lab.admin_path,
-                           *args], capture_output=True, text=True, timeout=30, cwd="/")
+def lab_ctl(lab, *args):
+    return ctl(lab.admin_path, *args)
 
 
 def who(lab):
-    result = ctl(lab, "who", "--json")
+    result = lab_ctl(lab, "who", "--json")
     assert result.returncode == 0, result.stderr
     return [c["nickname"] for c in json.loads(result.stdout)["clients"]]
 
@@ -192,16 +184,16 @@ def test_stop_is_clean_and_clients_hear_of_it(units):
 
 def test_a_ban_survives_a_restart_of_the_service(units):
     units.systemctl("start", SERVICE)
-    result = ctl(units, "ban", "spammer", "--reason", "lab")
+    result = lab_ctl(units, "ban", "spammer", "--reason", "lab")
     assert result.returncode == 0, result.stderr
     units.systemctl("restart", SERVICE)
-    listed = json.loads(ctl(units, "bans", "--json").stdout)["bans"]
+    listed = json.loads(lab_ctl(units, "bans", "--json").stdout)["bans"]
     assert [(b["target"], b["reason"]) for b in listed] == [("spammer", "lab")]
     c = RawClient(units.port)
     assert c.recv_exact(10) == b"_nickname_"
     c.send_raw(b"SPAMMER")
     assert c.read()["code"] == "banned"
-    assert ctl(units, "unban", "spammer").returncode == 0
+    assert lab_ctl(units, "unban", "spammer").returncode == 0
 
 
 # --- TLS through the shipped tcpchatd-tls.socket
@@ -254,10 +246,10 @@ def test_tls_through_the_shipped_socket_with_a_real_certificate(units, group_rea
     plain.join("plain")
     u = plain.say("to both kinds")
     assert secure.read_until(lambda f: f.get("uuid") == u)["message"] == "plain: to both kinds"
-    result = ctl(units, "who", "--json")
+    result = lab_ctl(units, "who", "--json")
     assert {c["nickname"]: c["tls"] for c in json.loads(result.stdout)["clients"]} == {
         "secure": True, "plain": False}
-    assert "tls_cert_expires" in json.loads(ctl(units, "stats", "--json").stdout)
+    assert "tls_cert_expires" in json.loads(lab_ctl(units, "stats", "--json").stdout)
     units.systemctl("reload", SERVICE)  # a renewal hook's reload: the client stays
     v = plain.say("after the reload")
     assert secure.read_until(lambda f: f.get("uuid") == v)["message"] == "plain: after the reload"
@@ -272,7 +264,7 @@ def test_a_hitless_upgrade_under_systemd(units):
     a, b = RawClient(units.port), RawClient(units.port)
     a.join("a")
     b.join("b")
-    result = ctl(units, "upgrade")
+    result = lab_ctl(units, "upgrade")
     assert result.returncode == 0, result.stderr
     assert f"(pid {pid}); 2 clients carried" in result.stdout
     u = a.say("through the upgrade")
@@ -284,7 +276,7 @@ def test_a_hitless_upgrade_under_systemd(units):
     assert units.show(SERVICE, "Result") == "success"
     v = b.say("and after")
     assert a.read_until(lambda f: f.get("uuid") == v)["message"] == "b: and after"
-    assert json.loads(ctl(units, "stats", "--json").stdout)["upgrades"] == 1
+    assert json.loads(lab_ctl(units, "stats", "--json").stdout)["upgrades"] == 1
 
 
 @pytest.fixture

@@ -15,9 +15,9 @@ import time
 
 import pytest
 
-from conftest import DaemonProcess, client_context, ports
-from rawclient import PROMPT, RawClient, TlsRawClient, wait_for
-from test_ctl import ctl
+from conftest import DaemonProcess, client_context, ports, server_connections
+from rawclient import PROMPT, RawClient, TlsRawClient, wait_for, confirming
+from conftest import ctl
 
 CLIENT = [sys.executable, "-m", "tcpchatd.cli.client"]
 
@@ -90,7 +90,7 @@ def test_stalled_handshakes_delay_nobody_and_cost_no_threads(tls_daemon, certs):
         sock = socket.create_connection(("127.0.0.1", tls_port))
         sock.sendall(hello[:len(hello) // 2] if number % 2 else b"")  # half, or nothing
         stalled.append(sock)
-    time.sleep(0.3)
+    wait_for(lambda: server_connections(tls_port) == 50)  # all taken in, none done
     worst = 0.0
     for _ in range(5):
         start = time.monotonic()
@@ -156,7 +156,7 @@ def test_handshakes_count_against_max_per_address(tls_daemon, certs):
     d, plain_port, tls_port = tls_daemon("--max-per-address", "2", "--exempt-addresses", "",
                                          "--handshake-timeout", "30")
     hanging = [socket.create_connection(("127.0.0.1", tls_port)) for _ in range(2)]
-    time.sleep(0.3)
+    wait_for(lambda: server_connections(tls_port) == 2)
     third = RawClient(plain_port)
     err = third.read()
     assert (err["event"], err["code"]) == ("error", "address_limit")
@@ -288,14 +288,7 @@ def test_the_client_verifies_the_server_and_says_so_in_one_line(tls_daemon, cert
     reader = RawClient(plain_port)
     reader.join("reader")
 
-    def confirm_all():
-        try:
-            while True:
-                f = reader.read_until(lambda f: f.get("type") == "message")
-                reader.confirm(f["uuid"])
-        except (OSError, EOFError):
-            pass
-    threading.Thread(target=confirm_all, daemon=True).start()
+    confirming(reader)
     ok = subprocess.run(CLIENT + ["--port", str(tls_port), "--cafile", certs("ca.crt"),
                                   "--host", "localhost", "--nick", "piped", "--timeout", "5"],
                         input="hello over tls\n", capture_output=True, text=True, timeout=30,

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import DaemonProcess, client_context, status_port
 from rawclient import PROMPT, RawClient, TlsRawClient, frame, wait_for, untimed
-from test_ctl import ctl
+from conftest import ctl
 from test_systemd import alive, read_pid
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tcpchatd")

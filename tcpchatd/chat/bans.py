@@ -17,10 +17,11 @@ import re
 import threading
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Any
 
-from ..wire.errors import CodedError
 from ..store.files import write_atomic
+from ..wire.errors import CodedError
 from ..wire.nicknames import looks_like_an_address, nickname_key
 
 FILE_NAME = "bans.json"
@@ -30,7 +31,7 @@ _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 LONGEST_BAN = 3650 * 86400  # ten years; longer is a ban until unbanned (no --for)
 # An end past every date the log, `bans` and the banned client can write (a file from a
 # version that took any duration): kept as a ban with no end.
-LAST_UNTIL = datetime(9999, 1, 1, tzinfo=timezone.utc).timestamp()
+LAST_UNTIL = datetime(9999, 1, 1, tzinfo=UTC).timestamp()
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 # What a change of the ban list can meet; the admin side turns each into its own code
@@ -75,10 +76,10 @@ def parse_target(text: str) -> tuple[str, Network | None]:
                              "a whole address (127.0.0.1) or a network (10.0.0.0/8); no "
                              "nickname looks like an address") from None
         return text, None
-    if network.version == 6 and network.prefixlen >= 96 and \
-            ipaddress.ip_address(network.network_address).ipv4_mapped:
-        mapped = ipaddress.ip_address(network.network_address).ipv4_mapped
-        network = ipaddress.ip_network(f"{mapped}/{network.prefixlen - 96}")
+    first = network.network_address
+    if isinstance(first, ipaddress.IPv6Address) and network.prefixlen >= 96 and \
+            first.ipv4_mapped is not None:
+        network = ipaddress.ip_network(f"{first.ipv4_mapped}/{network.prefixlen - 96}")
     return str(network if network.num_addresses > 1 else network.network_address), network
 
 
@@ -92,11 +93,11 @@ def peer_address(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
 def iso(moment: float | None) -> str | None:
     if moment is None or moment >= LAST_UNTIL:
         return None
-    return datetime.fromtimestamp(moment, timezone.utc).isoformat(timespec="seconds") \
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds") \
         .replace("+00:00", "Z")
 
 
-def _until(value: object) -> float | None:
+def _until(value: Any) -> float | None:
     """A ban's end as kept in the file (None, or far beyond any date: no end)."""
     if value is None:
         return None

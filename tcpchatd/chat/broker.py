@@ -12,7 +12,8 @@ stats.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 # claim() when no broker can be asked (it is lost): the member joins this node's room
 # and its nickname is claimed when the broker is back.
@@ -20,7 +21,9 @@ UNCLAIMED = ""
 
 
 class Broker(Protocol):
-    node: str | None    # this node's name; None for a process alone
+    @property
+    def node(self) -> str | None:
+        """This node's name; None for a process alone."""
 
     def claim(self, nickname: str, info: dict[str, Any],
               done: Callable[[str | None], None]) -> None:
@@ -46,3 +49,23 @@ class Broker(Protocol):
 
     def reply(self, key: str, stats: dict) -> None:
         """Answer another node's gather()."""
+
+
+class BrokerService(Broker, Protocol):
+    """A broker as the daemon runs it (service/main.py, service/upgrade.py)."""
+
+    @property
+    def linked(self) -> bool:
+        """It reaches the other nodes now."""
+
+    def attach(self, relay: Any, on_event: Callable[[dict], None]) -> None:
+        """The room's relay, which the other nodes' events go to; on_event takes the
+        admin's (kick, ban, unban, stats)."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def pause(self) -> dict | None:
+        """For an upgrade: stop at a batch's end, write what is queued; where the new
+        image goes on."""

@@ -51,5 +51,5 @@ class History:
         return [list(entry) for entry in self._entries]
 
     def restore(self, rows: list) -> None:
-        self._entries = deque(tuple(row) for row in rows)  # type: ignore[misc]
+        self._entries = deque((row[0], row[1], row[2]) for row in rows)
         self._frame = None

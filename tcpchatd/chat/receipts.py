@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import heapq
 from collections import OrderedDict
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any
 
 # How many settled messages are remembered, per pending_confirms, so that a confirm that
 # comes after its message was settled (the sender left, or confirm_timeout passed while a

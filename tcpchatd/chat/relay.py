@@ -12,14 +12,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..wire import protocol
 from ..wire.nicknames import nickname_key
 from .receipts import Pending
 
 if TYPE_CHECKING:
-    from .room import Member, Room
+    from .room import Member, Room, RoomSettings
 
 
 @dataclass
@@ -49,7 +49,7 @@ class Relay:
         self.members: dict[str, RemoteMember] = {}
 
     @property
-    def config(self) -> Any:
+    def config(self) -> RoomSettings:
         return self.room.config
 
     # --- other nodes' events, in the order of the room's stream

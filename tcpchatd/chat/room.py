@@ -2,8 +2,9 @@
 
 Its parts each have a module of their own: the pending receipts and their clocks
 (receipts.py), the recent history (history.py), the other nodes' members and events
-(relay: the `remote_*` methods, called by the broker, chat/broker.py). One lock guards membership, pending receipts and the broadcast append. Frames are
-encoded before it is taken; a broadcast is published under it to the Channel (the
+(relay.py: the `remote_*` methods, called by the broker, chat/broker.py). One lock
+guards membership, pending receipts and the broadcast append. Frames are encoded before
+it is taken; a broadcast is published under it to the Channel (the
 engine's broadcast log: an O(1) append, so the order in which clients see events and
 who sees them are the room's), and frames for one member are handed over after it is
 released. No socket I/O (nor a slow member) ever happens under it. The room knows a
@@ -15,8 +16,9 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 from ..wire import errors, protocol
 from ..wire.errors import ProtocolError
@@ -25,13 +27,13 @@ from .bans import BanList
 from .broker import UNCLAIMED, Broker
 from .history import History
 from .receipts import SETTLED_MEMORY_FACTOR, Pending, Receipts
-from .relay import RemoteMember, Relay
+from .relay import Relay, RemoteMember
 
 
 class Member(Protocol):
     """What the room and the admin commands know of a client."""
 
-    nickname: str | None
+    nickname: str     # "" until it is in the room
     address: str      # `ip:port` or `[v6]:port`, for `who` and the log
     ip: str           # the peer's address, for bans
     tls: bool         # it came in on a TLS port
@@ -39,13 +41,16 @@ class Member(Protocol):
     connected: float  # time.time() when it connected
     last_active: float  # time.monotonic() of its last frame
     sent: int         # messages it sent
-    received: int     # chat messages queued for it
+
+    @property
+    def received(self) -> int:
+        """Chat messages queued for it."""
 
     def deliver(self, frame: bytes) -> None:
         """Queue a frame for this member alone; never blocks (it may close the member)."""
 
     def close(self, reason: str, final_frame: bytes | None = None,
-              detail: str | None = None) -> None:
+              detail: str | None = None) -> object:
         """Leave the room and disconnect, after sending final_frame if given."""
 
     def receipts_done(self) -> None:
@@ -72,13 +77,14 @@ class NoSuchMember(LookupError):
 
 
 class Channel(Protocol):
-    """Where broadcasts go (the engine's broadcast log); called under the room's lock."""
+    """Where broadcasts go (the engine's broadcast log); called under the room's lock.
+    (Its members are the room's; the engine knows them as its loops' clients.)"""
 
-    def subscribe(self, member: Member) -> None: ...
+    def subscribe(self, member: Any) -> None: ...
 
-    def unsubscribe(self, member: Member) -> None: ...
+    def unsubscribe(self, member: Any) -> None: ...
 
-    def publish(self, frame: bytes, sender: Member | None = None, chat: bool = False) -> None:
+    def publish(self, frame: bytes, sender: Any = None, chat: bool = False) -> None:
         """Queue a frame for every subscriber but the sender; O(1), no system call."""
 
     def notify(self) -> None:
@@ -86,7 +92,30 @@ class Channel(Protocol):
 
 
 class EventLog(Protocol):
+    """The traffic log (service/trafficlog.py): one event, never waiting."""
+
     def event(self, name: str, **fields: Any) -> None: ...
+
+
+class RoomSettings(Protocol):
+    """What the room reads of the settings (replaced as a whole on reload)."""
+
+    @property
+    def announce_joins_max(self) -> int: ...
+    @property
+    def history(self) -> int: ...
+    @property
+    def history_bytes(self) -> int: ...
+    @property
+    def confirm_timeout(self) -> float: ...
+    @property
+    def receipt_wait(self) -> float: ...
+    @property
+    def pending_confirms(self) -> int: ...
+    @property
+    def log_confirms(self) -> str: ...
+    @property
+    def ban_force_over(self) -> int: ...
 
 
 @dataclass(eq=False)
@@ -121,7 +150,7 @@ class Counters:
 class Room:
     """One chat room; `config` is replaced as a whole on reload."""
 
-    def __init__(self, config: Any, log: EventLog, channel: Channel,
+    def __init__(self, config: RoomSettings, log: EventLog, channel: Channel,
                  bans: BanList | None = None, *, broker: Broker) -> None:
         self.config = config
         self.log = log
@@ -210,11 +239,12 @@ class Room:
                      history: int | None = None) -> bytes:
         """Under the lock: who is here (on every node), sorted; the list complete up to
         announce_joins_max."""
-        members = [m for m in (*self._members.values(), *self.relay.members.values())
-                   if not m.quiet]
+        everyone: list[Member | RemoteMember] = [*self._members.values(),
+                                                 *self.relay.members.values()]
+        members = [m for m in everyone if not m.quiet]
         limit = self.config.announce_joins_max
         names = sorted((m.nickname for m in members), key=str.casefold) \
-            if len(members) <= limit else [m.nickname for _, m in zip(range(limit), members)]
+            if len(members) <= limit else [m.nickname for m in members[:limit]]
         return protocol.names_frame(names, len(members), request_id, history)
 
     def names(self, request_id: int | str | None = None) -> bytes:
@@ -370,10 +400,11 @@ class Room:
                 remote = self.relay.members.get(nickname_key(to)) if target is None else None
                 if target is sender:
                     raise ProtocolError(errors.NO_SUCH_NICKNAME, "that is you", frame_uuid)
-                if target is None and remote is None:
+                found: Member | RemoteMember | None = target or remote
+                if found is None:
                     raise ProtocolError(errors.NO_SUCH_NICKNAME, f"no such nickname: {to}",
                                         frame_uuid)
-                to = (target or remote).nickname
+                to = found.nickname
             frame = protocol.chat_frame(frame_uuid, sender.nickname, text, stamp, to, action)
             recipients = 1 if target is not None else 0 if remote is not None \
                 else len(self._listeners) - (not sender.quiet)
@@ -650,7 +681,8 @@ class Room:
         """The nicknames of the whole room's members (every node's) that
         predicate(nickname, ip) picks."""
         with self.lock:
-            everyone = [*self._members.values(), *self.relay.members.values()]
+            everyone: list[Member | RemoteMember] = [*self._members.values(),
+                                                     *self.relay.members.values()]
         return [m.nickname for m in everyone if predicate(m.nickname, m.ip)]
 
     def announce(self, text: str) -> int:

@@ -12,7 +12,8 @@ import socket
 import ssl
 import threading
 import uuid as uuidlib
-from typing import Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..wire import errors, protocol
 
@@ -103,7 +104,7 @@ class Connection:
             self.sock.settimeout(None)
         self.reader = protocol.FrameReader(self.stream.recv)
         self._send_lock = threading.Lock()
-        self.nickname: str | None = None
+        self.nickname = ""  # once it has sent one
         self.features: frozenset[str] = frozenset()  # what the server's names frame offered
         self.nicknames: set[str] = set()             # who is here, as far as we know
 
@@ -126,7 +127,7 @@ class Connection:
         """Frames from the server; each message is confirmed as it arrives (as the original)."""
         while True:
             frame = self.next()
-            if frame is protocol.NICKNAME_PROMPT:
+            if isinstance(frame, bytes):  # the prompt
                 continue
             if frame.get("type") == "message" and isinstance(frame.get("uuid"), str):
                 self.confirm(frame["uuid"])
@@ -163,7 +164,7 @@ class Connection:
                 if last_error is not None:
                     raise Refused(last_error) from None
                 raise
-            if item is protocol.NICKNAME_PROMPT:
+            if isinstance(item, bytes):  # the prompt
                 self.nickname = ask_nickname()
                 self._send(self.nickname.encode("utf-8"))  # raw, one write, as the original
                 continue
@@ -193,7 +194,7 @@ class Connection:
                 if last_error is not None:
                     raise Refused(last_error) from None
                 raise
-            if item is protocol.NICKNAME_PROMPT:
+            if isinstance(item, bytes):  # the prompt
                 if sent:  # asked again: a server that knows no hello took it for a name
                     raise Refused(NO_POST)
                 self._send(protocol.encode({"type": "hello", "nickname": nickname,
@@ -213,7 +214,8 @@ class Connection:
     def send_message(self, text: str, to: str | None = None, action: bool = False,
                      frame_uuid: str | None = None) -> str:
         frame_uuid = frame_uuid or str(uuidlib.uuid4())
-        frame = {"type": "message", "uuid": frame_uuid, "message": f"{self.nickname}: {text}"}
+        frame: dict[str, Any] = {"type": "message", "uuid": frame_uuid,
+                                 "message": f"{self.nickname}: {text}"}
         if to is not None:
             frame["to"] = to
         if action:
@@ -283,8 +285,11 @@ def connect_and_join(args: argparse.Namespace, nickname: str,
         if rejected:
             raise NicknameRejected(f"nickname {nickname!r} rejected: {rejected[-1]}")
         return nickname
+    def rejected_for(reason: str) -> None:
+        rejected.append(reason)
+        tell(reason)
     try:
-        conn.join(ask, lambda reason: (rejected.append(reason), tell(reason)))
+        conn.join(ask, rejected_for)
     except ServerGone:
         conn.close()
         raise

@@ -18,16 +18,29 @@ import sys
 import threading
 import time
 import uuid as uuidlib
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Iterable, TextIO
+from typing import TextIO
 
 from .. import __version__
-from .output import exit_with, reader_left
 from ..wire import errors
-from .chatlink import (CHAT_PORT, DEFAULT_RATE, EXIT_FAILED, EXIT_OK, EXIT_USAGE, TLS_PORT,
-                       Connection, ServerGone, connect, connect_and_join, describe_receipt,
-                       reconnect, refusal, tls_context)
-
+from .chatlink import (
+    CHAT_PORT,
+    DEFAULT_RATE,
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    TLS_PORT,
+    Connection,
+    ServerGone,
+    connect,
+    connect_and_join,
+    describe_receipt,
+    reconnect,
+    refusal,
+    tls_context,
+)
+from .output import exit_with, reader_left
 
 # --- pipe mode
 
@@ -66,8 +79,8 @@ class PipeRun:
         self.cond.notify_all()
 
     def receive(self) -> None:
-        conn = self.conn
-        while True:
+        conn: Connection | None = self.conn
+        while conn is not None:
             why = self._receive_from(conn)
             with self.cond:
                 for item in list(self.pending.values()):  # sent, never confirmed: not resent
@@ -77,7 +90,8 @@ class PipeRun:
                     self.cond.notify_all()
                     return
                 self.down = why
-            say = lambda text: print(f"tcpchat-client: {text}", file=sys.stderr, flush=True)
+            def say(text: str) -> None:
+                print(f"tcpchat-client: {text}", file=sys.stderr, flush=True)
             say(why)  # then "reconnecting in ...": the reason first
             conn = reconnect(self.args, self.conn.nickname, say, self.done)
             with self.cond:

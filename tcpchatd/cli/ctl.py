@@ -15,12 +15,10 @@ import sys
 from typing import Any
 
 from .. import __version__
-from .output import exit_with
-from ..control import admin
-from ..control import paths
-from ..control import errors
+from ..control import admin, errors, paths
 from ..control.errors import AdminError
 from ..control.specs import SPECS
+from .output import exit_with
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PERMISSION, EXIT_NOT_RUNNING = 0, 1, 2, 4, 7
 EXIT_BY_CODE = {errors.PERMISSION_DENIED: EXIT_PERMISSION, errors.UNKNOWN_COMMAND: EXIT_USAGE,

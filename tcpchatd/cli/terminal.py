@@ -23,8 +23,17 @@ from prompt_toolkit.key_binding import KeyBindings
 from prompt_toolkit.patch_stdout import patch_stdout
 
 from . import render
-from .chatlink import (EXIT_FAILED, EXIT_OK, Connection, Refused, ServerGone, connect_and_join,
-                       join_interactively, reconnect, refusal)
+from .chatlink import (
+    EXIT_FAILED,
+    EXIT_OK,
+    Connection,
+    Refused,
+    ServerGone,
+    connect_and_join,
+    join_interactively,
+    reconnect,
+    refusal,
+)
 
 HELP = """commands:
   /who              who is here
@@ -51,10 +60,14 @@ class Outgoing:
     nickname: str | None = None
 
 
+class NoticeShown(ServerGone):
+    """The server said why it goes (shutdown, restart): the screen shows it already."""
+
+
 class NicknameCompleter(Completer):
     """Tab completes the nicknames of who is here (from names, joins, leaves, nicks)."""
 
-    def __init__(self, terminal: "Terminal") -> None:
+    def __init__(self, terminal: Terminal) -> None:
         self.terminal = terminal
 
     def get_completions(self, document, complete_event):
@@ -109,7 +122,7 @@ class Terminal:
                 self._end(str(why))
                 return
             self.up.clear()
-            if not getattr(why, "shown", False):
+            if not isinstance(why, NoticeShown):
                 self.say(f"{why}")
             conn = reconnect(self.args, self.conn.nickname, self.say, self.stop)
             if conn is None:
@@ -125,9 +138,8 @@ class Terminal:
                 if refused is not None:
                     raise Refused(refused)
                 if frame.get("event") in ("shutdown", "restart"):
-                    gone = ServerGone(str(frame.get("message", "the server is shutting down")))
-                    gone.shown = True  # the notice is on the screen already
-                    raise gone
+                    # the notice is on the screen already
+                    raise NoticeShown(str(frame.get("message", "the server is shutting down")))
         except ServerGone as exc:
             return exc
         return ServerGone("the server closed the connection")

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..chat.broker import UNCLAIMED
 
@@ -32,3 +33,18 @@ class LocalBroker:
 
     def reply(self, key: str, stats: dict) -> None:
         pass
+
+    # --- as the daemon runs it: nothing to start, reach or hand over
+    linked = True
+
+    def attach(self, relay: Any, on_event: Callable[[dict], None]) -> None:
+        pass
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass
+
+    def pause(self) -> dict | None:
+        return None

@@ -37,9 +37,12 @@ import threading
 import time
 import uuid
 from collections import deque
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from ..chat.broker import UNCLAIMED
+from ..chat.relay import Relay
+from ..chat.room import EventLog
 from ..wire import protocol
 from ..wire.nicknames import nickname_key
 
@@ -142,7 +145,7 @@ class RedisBroker:
     """A node of one room on one Redis; see the module's docstring."""
 
     def __init__(self, url: str, room_name: str, node: str, node_ttl: float,
-                 stream_length: int, log: Any, password: str | None = None,
+                 stream_length: int, log: EventLog, password: str | None = None,
                  ca: str | None = None, error_log: Callable[[str], None] = print,
                  resume: dict | None = None) -> None:
         redis = _redis_module()
@@ -187,7 +190,7 @@ class RedisBroker:
         # (node, epoch) -> the last number read from it (reader thread)
         self._seen: dict[tuple[str, str], int] = {
             (node_name, epoch): seq for node_name, epoch, seq in resume.get("seen", ())}
-        self.relay: Any = None  # the room's relay, once attached
+        self.relay: Relay = None  # type: ignore[assignment]  # the room's, once attached
         self.on_event: Callable[[dict], None] = lambda event: None
         self.linked = False
         self.missed = 0        # events that crossed no node while the broker was lost
@@ -303,7 +306,7 @@ class RedisBroker:
 
     # --- life
 
-    def attach(self, relay: Any, on_event: Callable[[dict], None]) -> None:
+    def attach(self, relay: Relay, on_event: Callable[[dict], None]) -> None:
         """The room's relay (chat/relay.py), which remote events go to; on_event takes the
         admin kinds (kick, ban, unban, stats)."""
         self.relay, self.on_event = relay, on_event
@@ -447,7 +450,7 @@ class RedisBroker:
             self.error_log(f"tcpchatd: broker event not applied: {exc!r}: {body[:200]}")
 
     def _apply_event(self, event: dict) -> None:
-        kind, node, relay = event.get("kind"), event.get("node"), self.relay
+        kind, node, relay = event.get("kind"), str(event.get("node")), self.relay
         if kind == "node_lost":  # from the sweeper, which may be this node
             lost = event["lost"]
             if lost == self.node:  # we were silent too long (a pause): back in
@@ -603,7 +606,7 @@ class RedisBroker:
             self.log.event("nickname_lost", nick=nickname)
             self.relay.disconnect(member, "kicked", protocol.kick_frame(NICKNAME_LOST),
                                  NICKNAME_LOST)
-        for member, nickname, token in self.relay.claims():
+        for member, nickname, _ in self.relay.claims():
             self.publish({"kind": "join", "nick": nickname, "addr": member.address,
                           "tls": member.tls, "since": member.connected,
                           **({"quiet": True} if member.quiet else {})})

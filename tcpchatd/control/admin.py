@@ -23,12 +23,14 @@ import struct
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Protocol
 
+from ..chat.room import EventLog
+from ..wire.protocol import MAX_JSON_DEPTH, loads_bounded
 from . import errors
 from .errors import AdminError, AdminSocketError
-from ..wire.protocol import MAX_JSON_DEPTH, loads_bounded
 
 VERSION = 1
 
@@ -228,6 +230,19 @@ def caller_allowed(caller: Caller, admin_gid: int | None) -> bool:
 Command = Callable[[dict, Caller], Any]
 
 
+class AdminSettings(Protocol):
+    """What the admin server reads of the settings (replaced as a whole on reload)."""
+
+    @property
+    def admin_timeout(self) -> float: ...
+    @property
+    def admin_group(self) -> str | None: ...
+    @property
+    def admin_max_line(self) -> int: ...
+    @property
+    def max_json_depth(self) -> int: ...
+
+
 class Deferred:
     """A command's result that comes later: run(conn, request_id) waits for it (and may
     never return: an upgrade's new image answers on the same connection)."""
@@ -242,8 +257,9 @@ ACCEPT_TIMEOUT = 0.5  # the admin accept loop turns at least this often (its hea
 class AdminServer:
     """Accepts admin connections; each is served by a short-lived thread."""
 
-    def __init__(self, sock: socket.socket, commands: dict[str, Command], config: Any,
-                 log: Any, owned_path: str | None = None, error_log: Any = None,
+    def __init__(self, sock: socket.socket, commands: dict[str, Command],
+                 config: AdminSettings, log: EventLog, owned_path: str | None = None,
+                 error_log: Callable[[str], None] | None = None,
                  inode: int | None = None) -> None:
         self.sock = sock
         self.commands = commands

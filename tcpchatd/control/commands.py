@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable, NoReturn
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any, NoReturn, Protocol
 
 from .. import __version__
 from ..chat.bans import INVALID, UNKNOWN, Ban, BanError, BanList, iso, parse_duration
-from ..chat.room import NoSuchMember, Room
+from ..chat.room import EventLog, NoSuchMember, Room
 from . import errors
 from .admin import Caller, Command, Deferred
 from .errors import AdminError
@@ -26,13 +27,15 @@ BAN_ERROR_CODES = {INVALID: errors.BAD_REQUEST, UNKNOWN: errors.NO_SUCH_BAN}  # 
 Upgrade = Callable[[Any, Any, bool], dict]
 
 
-def _string_arg(args: dict, name: str, required: bool = True) -> str | None:
+def _string_arg(args: dict, name: str) -> str:
     value = args.get(name)
-    if value is None and not required:
-        return None
     if not isinstance(value, str) or not value:
         raise AdminError(errors.BAD_REQUEST, f"argument {name!r} must be a non-empty string")
     return value
+
+
+def _optional_arg(args: dict, name: str) -> str | None:
+    return None if args.get(name) is None else _string_arg(args, name)
 
 
 def _flag_arg(args: dict, name: str) -> bool:
@@ -48,8 +51,14 @@ def _ban_refused(exc: BanError) -> NoReturn:
 
 
 def _iso(moment: float) -> str:
-    return datetime.fromtimestamp(moment, timezone.utc).isoformat(timespec="seconds") \
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds") \
         .replace("+00:00", "Z")
+
+
+class CountedLog(EventLog, Protocol):
+    """The traffic log, with its count of lines dropped (for `stats`)."""
+
+    dropped: int
 
 
 class AdminCommands:
@@ -57,7 +66,7 @@ class AdminCommands:
     certificate in use (tls_expiry: None without TLS), the daemon's hitless upgrade
     (upgrade(conn, request_id, check) -> result) and its counts."""
 
-    def __init__(self, room: Room, log: Any, bans: BanList | None = None,
+    def __init__(self, room: Room, log: CountedLog, bans: BanList | None = None,
                  tls_expiry: Callable[[], datetime | None] = lambda: None,
                  upgrade: Upgrade | None = None, upgrades: Callable[[], int] = lambda: 0,
                  started_at: Callable[[], float] | None = None) -> None:
@@ -77,7 +86,7 @@ class AdminCommands:
 
     def do_who(self, args: dict, caller: Caller) -> dict:
         now = time.monotonic()
-        clients = [{
+        clients: list[dict[str, Any]] = [{
             "nickname": member.nickname, "address": member.address,
             "connected": _iso(member.connected), "idle_s": round(now - member.last_active, 3),
             "sent": member.sent, "received": member.received, "tls": member.tls,
@@ -92,7 +101,7 @@ class AdminCommands:
 
     def do_kick(self, args: dict, caller: Caller) -> dict:
         nickname = _string_arg(args, "nickname")
-        reason = _string_arg(args, "reason", required=False) or DEFAULT_KICK_REASON
+        reason = _optional_arg(args, "reason") or DEFAULT_KICK_REASON
         try:
             kicked = self.room.kick(nickname, reason)
         except NoSuchMember:  # the room's error, in the admin protocol's words
@@ -122,8 +131,8 @@ class AdminCommands:
 
     def do_ban(self, args: dict, caller: Caller) -> dict:
         target = _string_arg(args, "target")
-        duration = _string_arg(args, "for", required=False)
-        reason = _string_arg(args, "reason", required=False) or DEFAULT_BAN_REASON
+        duration = _optional_arg(args, "for")
+        reason = _optional_arg(args, "reason") or DEFAULT_BAN_REASON
         force = _flag_arg(args, "force")
         bans = self._banlist()
         try:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from typing import Mapping
+from collections.abc import Mapping
 
 DEFAULT_CONFIG_FILE = "/etc/tcpchatd/tcpchatd.toml"
 ADMIN_SOCKET_ENV = "TCPCHATD_ADMIN_SOCKET"

@@ -9,8 +9,8 @@ handler there. Imports nothing of the daemon.
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,8 @@ def table(rows: list[tuple[str, ...]]) -> str:
     """Columns aligned by what a terminal shows, wide characters included."""
     widths = [max(display_width(row[i]) for row in rows) for i in range(len(rows[0]))]
     return "\n".join("  ".join(cell + " " * (w - display_width(cell))
-                               for cell, w in zip(row, widths)).rstrip() for row in rows)
+                               for cell, w in zip(row, widths, strict=True)).rstrip()
+                     for row in rows)
 
 
 def show_who(result: dict) -> str:

@@ -67,7 +67,8 @@ class BroadcastLog:
             if reader is None or reader not in cached[1]:
                 return cached[0]
             return b"".join(frame for frame, sender in zip(self._frames[first:last],
-                                                           self._senders[first:last])
+                                                           self._senders[first:last],
+                                                           strict=True)
                             if sender is not reader)
 
     def bytes_between(self, start: int, stop: int) -> int:

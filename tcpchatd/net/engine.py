@@ -28,7 +28,8 @@ import selectors
 import threading
 import time
 import traceback
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 from .broadcastlog import BroadcastLog
 
@@ -42,11 +43,16 @@ class Client(Protocol):
     nothing more of the chat, and nothing of a socket but the one to wait on."""
 
     transport: Any  # .sock: what the loop's epoll set waits on
+    loop: EventLoop  # its loop, given once by the engine
+    own_chats: int   # chat broadcasts it published (the room's channel counts them)
+    tls: bool        # inside TLS: cannot cross an upgrade's exec
     closing: bool
     want_write: bool
     cursor: int
     address: str
-    config: Any
+
+    @property
+    def config(self) -> Any: ...
 
     @property
     def closed(self) -> bool: ...

@@ -13,7 +13,8 @@ from __future__ import annotations
 import base64
 import json
 import os
-from typing import Any, Iterable
+from collections.abc import Iterable, MutableMapping
+from typing import Any
 
 ENV = "TCPCHATD_HANDOVER_FD"
 STATE_FORMAT = 1
@@ -48,10 +49,10 @@ def keep_across_exec(fds: Iterable[int]) -> None:
         os.set_inheritable(fd, True)
 
 
-def take(environ: dict | None = None) -> dict[str, Any] | None:
+def take(environ: MutableMapping[str, str] | None = None) -> dict[str, Any] | None:
     """The state handed over to this process, or None for a normal start."""
-    environ = os.environ if environ is None else environ
-    text = environ.pop(ENV, None)
+    env: MutableMapping[str, str] = os.environ if environ is None else environ
+    text = env.pop(ENV, None)
     if text is None:
         return None
     try:

@@ -11,17 +11,16 @@ import threading
 import time
 import traceback
 from collections import Counter
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
-from ..chat.room import Room
+from ..chat.room import EventLog, Room
 from ..wire import errors, protocol
-from .session import Session
-from .transport import PlainTransport, TlsTransport
 from .engine import Engine, name_os_thread
+from .session import Session
+from .settings import NetSettings
 from .tls import TlsCredentials
-
-if TYPE_CHECKING:  # the settings object is handed in; net never imports the service
-    from ..service.config import Config
+from .transport import PlainTransport, TlsTransport
 
 ACCEPT_TICK = 0.5  # how often an idle accept thread updates its heartbeat
 ACCEPT_BATCH = 64  # connections accepted in a row before the listeners are polled again
@@ -58,9 +57,10 @@ class ChatServer:
     """Accepts clients on every listener in one thread, admits them (one hook: bans and
     limits), and hands each to the engine, whose loops serve it for life."""
 
-    def __init__(self, listeners: list[socket.socket], room: Room, log: Any,
-                 config: Config, engine: Engine, error_log: Any = None,
-                 tls_listeners: list[socket.socket] = (),
+    def __init__(self, listeners: list[socket.socket], room: Room, log: EventLog,
+                 config: NetSettings, engine: Engine,
+                 error_log: Callable[[str], None] | None = None,
+                 tls_listeners: tuple[socket.socket, ...] | list[socket.socket] = (),
                  tls: TlsCredentials | None = None) -> None:
         self.listeners = listeners
         # TLS listeners are served only with credentials (else left unserved: main.py)
@@ -84,16 +84,16 @@ class ChatServer:
         self.engine = engine  # the loops that serve what this server accepts
 
     @property
-    def config(self) -> Config:
+    def config(self) -> NetSettings:
         return self._config
 
     @config.setter
-    def config(self, config: Config) -> None:
+    def config(self, config: NetSettings) -> None:
         self._exempt = self._networks(config)
         self._config = config
 
     @staticmethod
-    def _networks(config: Config) -> list:
+    def _networks(config: NetSettings) -> list:
         return [ipaddress.ip_network(n, strict=False) for n in config.exempt_addresses]
 
     def addresses(self) -> list[str]:
@@ -120,9 +120,9 @@ class ChatServer:
             if self._stopping.is_set():
                 return
             for fd, _ in events:
-                listener = by_fd.get(fd)
-                if listener is not None:
-                    self._accept(listener)
+                ready = by_fd.get(fd)
+                if ready is not None:
+                    self._accept(ready)
 
     def _accept(self, listener: socket.socket) -> None:
         tls = listener in self.tls_listeners
@@ -205,7 +205,7 @@ class ChatServer:
                 del self._per_ip[conn.ip]
             self._ended.notify_all()
 
-    def wait_ended(self, connections: list[Session] | None, timeout: float) -> bool:
+    def wait_ended(self, connections: Sequence[Any] | None, timeout: float) -> bool:
         """Wait (at most timeout) until those connections (None: all) have ended."""
         def ended() -> bool:
             if connections is None:

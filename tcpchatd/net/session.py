@@ -19,14 +19,16 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Protocol
 
-from ..chat.room import AddressBanned
+from ..chat.room import AddressBanned, EventLog, Room
 from ..wire import errors, nicknames, protocol
 from ..wire.confirms import take_confirms
 from ..wire.errors import ProtocolError
 from ..wire.protocol import ChatMessage, FrameReader, Request
 from .handover import b64, unb64
+from .settings import NetSettings
 from .tls import CLIENT_HELLO_START
 from .transport import PlainTransport, TransportError
 
@@ -61,10 +63,22 @@ def count_recent(times: collections.deque[float], window: float) -> int:
     return len(times)
 
 
+class SessionServer(Protocol):
+    """What a session needs of the server that accepted it (listeners.py)."""
+
+    room: Room
+    log: EventLog
+
+    @property
+    def config(self) -> NetSettings: ...
+
+    def connection_ended(self, conn: Session) -> None: ...
+
+
 class Session:
     """A connected client; a room Member once its nickname is accepted."""
 
-    def __init__(self, transport: Transport, address: tuple, server: Any) -> None:
+    def __init__(self, transport: Transport, address: tuple, server: SessionServer) -> None:
         self.transport = transport
         self.tls = transport.tls
         self.tls_heard = False           # the peer sent something on the TLS port
@@ -75,11 +89,12 @@ class Session:
         self.ip, self.port = address[0], address[1]
         self.address = (f"[{address[0]}]:{address[1]}" if ":" in address[0]
                         else f"{address[0]}:{address[1]}")
-        self.nickname: str | None = None
+        self.nickname = ""  # once joined (the room's key to it is kept by the room)
         self.connected = time.time()
         self.last_active = time.monotonic()
         self.sent = 0               # messages this client sent
-        self.loop: EventLoop | None = None  # set once, when the engine gives it a loop
+        # set once, when the engine gives it a loop, before any call that uses it
+        self.loop: EventLoop = None  # type: ignore[assignment]
         self.started = False        # its loop has run adopted(): the prompt went out
         self.state = HANDSHAKE
         # --- only the owning loop reads or writes these
@@ -91,8 +106,8 @@ class Session:
         self.attempts = 0           # nicknames tried
         self.handshake_deadline = 0.0
         self.close_deadline: float | None = None
-        self.depart_deadline: float | None = None
-        self._departure: tuple[str, bytes | None] | None = None
+        self.depart_deadline = 0.0  # when DEPARTING ends at the latest
+        self._departure: tuple[str, bytes | None] = ("quit", None)  # (reason, final frame)
         self._tokens: float | None = None  # the flood bucket starts full
         self._tokens_at = 0.0
         self._flood_strikes: collections.deque[float] = collections.deque()
@@ -121,7 +136,7 @@ class Session:
         self._timers: list[Timer] = []  # what it asked its loop for (cancelled at release)
 
     @property
-    def config(self):
+    def config(self) -> NetSettings:
         return self.server.config
 
     def _at(self, deadline: float) -> None:
@@ -499,7 +514,7 @@ class Session:
     def _join_settled(self, error: ProtocolError | None) -> None:
         """The room's answer to the join (any thread): in the room now, or refused."""
         with self._lock:
-            shown = self._joining[0]
+            shown = self._joining[0] if self._joining is not None else ""
             self._joining = (shown, True, error)
             self.joined = error is None
             closed_meanwhile = self.closing and error is None
@@ -534,7 +549,7 @@ class Session:
                 self._serve()
 
     def _nickname_refused(self, shown: str, exc: ProtocolError) -> None:
-        self.nickname = None
+        self.nickname = ""
         self.log.event("nick_rejected", addr=self.address, nick=shown, code=exc.code)
         if self.quiet:  # a poster: the next free variant of its name, or the refusal
             variant = next(self._variants, None) if exc.code == errors.NICKNAME_TAKEN else None
@@ -673,13 +688,13 @@ class Session:
             self._error_repeats += 1
             return
         self._flush_error_repeats()
-        self.log.event("protocol_error", nick=self.nickname, addr=self.address, code=code)
+        self.log.event("protocol_error", nick=self.nickname or None, addr=self.address, code=code)
         self._logged_error = (code, now)
 
     def _flush_error_repeats(self) -> None:
         repeats, self._error_repeats = self._error_repeats, 0  # close() may run elsewhere
-        if repeats:
-            self.log.event("protocol_error", nick=self.nickname, addr=self.address,
+        if repeats and self._logged_error is not None:
+            self.log.event("protocol_error", nick=self.nickname or None, addr=self.address,
                            code=self._logged_error[0], repeated=repeats)
 
     def _confirm(self, uuids: list[str]) -> None:
@@ -712,7 +727,8 @@ class Session:
             self.deliver(self.room.names(request.id))
         elif request.cmd == "nick":
             try:
-                new = nicknames.check_nickname(request.nickname.encode("utf-8", "replace"),
+                new = nicknames.check_nickname((request.nickname or "").encode("utf-8",
+                                                                               "replace"),
                                                self.config.max_nickname)
                 self.room.rename(self, new, lambda error: self._renamed(error, request.id))
             except ProtocolError as exc:
@@ -730,7 +746,7 @@ class Session:
 
     def _flooded(self, frame_uuid: str | None, request_id: int | str | None = None) -> None:
         """A message or request over the flood limit: dropped; three in 10 s disconnect."""
-        self.log.event("flood", nick=self.nickname, uuid=frame_uuid)
+        self.log.event("flood", nick=self.nickname or None, uuid=frame_uuid)
         if count_recent(self._flood_strikes, FLOOD_STRIKE_WINDOW) >= FLOOD_STRIKES:
             self._ending = ("flood", protocol.error_frame(
                 errors.FLOOD, "too many messages: disconnected", frame_uuid, request_id))
@@ -778,8 +794,11 @@ class Session:
             reason, final_frame = self._departure
             departure = [reason, b64(final_frame) if final_frame else None,
                          max(0.0, self.depart_deadline - now)]
+        carried = self.transport.record()
+        if carried is None:  # the upgrade carries plaintext sessions only
+            raise RuntimeError("a TLS session cannot cross an exec")
         return {
-            **self.transport.record(), "ip": self.ip,
+            **carried, "ip": self.ip,
             "port": self.port, "state": self.state,
             "fresh": fresh, "nickname": self.nickname, "joined": self.joined,
             "closing": self.closing, "connected": self.connected,
@@ -792,7 +811,7 @@ class Session:
         }
 
     @classmethod
-    def resumed(cls, record: dict, server: Any) -> Session:
+    def resumed(cls, record: dict, server: SessionServer) -> Session:
         """The session a record describes, on the same socket (fd kept across exec)."""
         conn = cls(PlainTransport.resumed(record), (record["ip"], record["port"]), server)
         conn.restore(record)
@@ -801,7 +820,7 @@ class Session:
     def restore(self, record: dict) -> None:
         """Take the state of a record (before any loop adopts this connection)."""
         now = time.monotonic()
-        self.nickname = record["nickname"]
+        self.nickname = record["nickname"] or ""
         self.joined = record["joined"]
         self.connected = record["connected"]
         self.last_active = now - record["idle"]
@@ -821,6 +840,7 @@ class Session:
 
     def _resume_on(self, loop: EventLoop) -> None:
         record, self._resumed = self._resumed, None
+        assert record is not None
         self.loop = loop
         if not self.joined:
             self.cursor = self.until = loop.engine.log.end

@@ -101,7 +101,7 @@ def _asn1_time(tag: int, value: bytes) -> datetime.datetime:
         stamp = datetime.datetime.strptime(text, "%Y%m%d%H%M%SZ")
     else:
         raise ValueError(f"unexpected time tag {tag:#x}")
-    return stamp.replace(tzinfo=datetime.timezone.utc)
+    return stamp.replace(tzinfo=datetime.UTC)
 
 
 class TlsCredentials:

@@ -17,7 +17,10 @@ from __future__ import annotations
 
 import socket
 import ssl
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .settings import NetSettings
 
 RECV_SIZE = 65536
 SEND_FLAGS = socket.MSG_NOSIGNAL
@@ -39,7 +42,7 @@ class PlainTransport:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock  # the selector's key: the loop waits on it
 
-    def configure(self, config: Any) -> None:
+    def configure(self, config: NetSettings) -> None:
         """Non-blocking, no Nagle, the send buffer bounded (send_buffer), keepalive."""
         sock = self.sock
         sock.setblocking(False)
@@ -186,7 +189,7 @@ class MemoryTransport:
     def feed(self, data: bytes) -> None:
         self.incoming += data
 
-    def configure(self, config: Any) -> None:
+    def configure(self, config: NetSettings) -> None:
         pass
 
     def start(self) -> bool:

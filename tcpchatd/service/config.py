@@ -13,11 +13,17 @@ import ipaddress
 import os
 import re
 import socket
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
-from ..control.paths import (ADMIN_SOCKET_ENV, DEFAULT_CONFIG_FILE, ConfigFileError,
-                             default_admin_socket, read_config_file)
+from ..control.paths import (
+    ADMIN_SOCKET_ENV,
+    DEFAULT_CONFIG_FILE,
+    ConfigFileError,
+    default_admin_socket,
+    read_config_file,
+)
 from .errors import ConfigError
 from .trafficlog import FACILITIES as SYSLOG_FACILITIES
 
@@ -26,7 +32,8 @@ CHAT_PORT = 55555
 
 
 
-# --- value parsers: each takes a flag string or a TOML value, returns the value or raises ValueError
+# --- value parsers: each takes a flag string or a TOML value, returns the value or
+# raises ValueError
 
 def _int(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
     def parse(value: Any) -> int:

@@ -16,11 +16,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from ..cli import client, ctl
-from . import config as config_module, main
+from . import config as config_module
+from . import main as daemon
 
 CONFIG_FILE = ("/etc/tcpchatd/tcpchatd.toml",
                "the config file: every setting, commented out with its default")
@@ -39,7 +41,7 @@ class Command:
 
 
 COMMANDS = (
-    Command("tcpchatd", 8, main.build_parser, "chat-room daemon (Minigamy/TCPchat protocol)",
+    Command("tcpchatd", 8, daemon.build_parser, "chat-room daemon (Minigamy/TCPchat protocol)",
             (("0", "stopped cleanly (SIGTERM, SIGINT)"),
              ("1", "could not start: a port in use, a bad inherited socket, a live pid file, "
                    "a ban list that does not parse"),
@@ -75,7 +77,7 @@ def _items(heading: str, items: tuple[tuple[str, str], ...]) -> list[str]:
 def man_page(command: Command) -> str:
     from build_manpages.manpage import Manpage  # python3-argparse-manpage, at build time
     parser = command.parser()
-    parser.man_short_description = command.summary
+    parser.man_short_description = command.summary  # type: ignore[attr-defined]
     text = str(Manpage(parser))
     # the tool's own .TH line (its versions write it differently) gives way to ours
     header = text.split("\n", 1)[0]

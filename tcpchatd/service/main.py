@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import __version__
 from ..chat.bans import BanList, BanListError
+from ..chat.broker import BrokerService
 from ..chat.room import Room
 from ..cluster.local import LocalBroker
 from ..control.errors import INTERNAL, UPGRADE_REFUSED, AdminError, AdminSocketError
@@ -24,7 +25,8 @@ from ..net.engine import Engine
 from ..net.listeners import ChatServer, ListenError, bind_listener
 from ..net.tls import TlsCredentials, TlsSetupError
 from ..wire import nicknames
-from . import config as config_module, console, pidfile, systemd, upgrade
+from . import config as config_module
+from . import console, pidfile, systemd, upgrade
 from .config import Config
 from .errors import ConfigError, StartupError
 from .trafficlog import TrafficLog
@@ -139,6 +141,8 @@ class Daemon:
         self.serving_at = 0.0  # when the loops began serving (an upgrade's pause ends)
         self.hand_over: upgrade.HandOver | None = None
         self.ignored_settings: list[str] = []  # settings systemd's sockets override
+        self.tls: TlsCredentials | None = None
+        self.tls_unserved: str | None = None  # why a TLS socket passed in is not served
 
     def run(self) -> int:
         threading.stack_size(self.config.thread_stack)
@@ -236,7 +240,7 @@ class Daemon:
         console.say(f"tcpchatd: the detached daemon did not start{': ' + text if text else ''}")
         return 1
 
-    def _broker(self, log: TrafficLog, resume: dict | None) -> Any:
+    def _broker(self, log: TrafficLog, resume: dict | None) -> BrokerService:
         """The embedded room's broker, or a node of the cluster on `broker`."""
         config = self.config
         self.clustered = bool(config.broker)
@@ -395,7 +399,7 @@ class Daemon:
             raise AdminError(INTERNAL, "no outcome from the upgrade in time")
         if request.error is not None:
             raise AdminError(UPGRADE_REFUSED, request.error)
-        return request.result
+        return request.result or {}
 
     def stop_requested(self) -> bool:
         """A SIGTERM or SIGINT waits in the queue."""
@@ -459,7 +463,8 @@ class Daemon:
             if signum == signal.SIGHUP:
                 self.handle_hup(notifier)
             elif signum == signal.SIGUSR2:
-                self.hand_over.run(None, notifier, self.stop_requested())
+                if self.hand_over is not None:  # set once the parts serve
+                    self.hand_over.run(None, notifier, self.stop_requested())
             else:
                 return True
         return False

@@ -42,8 +42,8 @@ def main(argv: list[str]) -> int:
     from tcpchatd.chat.bans import BanList, BanListError
     from tcpchatd.net import handover
     from tcpchatd.service import config as config_module
-    from tcpchatd.service.main import build_parser
     from tcpchatd.service.errors import ConfigError
+    from tcpchatd.service.main import build_parser
     if state_format not in handover.ACCEPTED_FORMATS:
         print(f"the new code reads state formats {sorted(handover.ACCEPTED_FORMATS)}, "
               f"not {state_format}", file=sys.stderr)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import socket
 import time
-from typing import Callable, MutableMapping
+from collections.abc import Callable, MutableMapping
 
 import sdnotify
 

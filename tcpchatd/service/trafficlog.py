@@ -266,6 +266,8 @@ class TrafficLog:
             return False
         priority = FACILITIES[self.facility] * 8 + SEVERITY_INFO
         data = f"<{priority}>{self._tag}{line}".encode("utf-8", "replace")
+        if self._sock is None:
+            return False
         try:
             self._sock.send(data)
             return True

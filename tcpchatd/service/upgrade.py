@@ -45,11 +45,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from .. import __version__
+from ..control.errors import UPGRADE_FAILED
 from ..net import handover
 from ..net.session import Session
-from ..control.errors import UPGRADE_FAILED
 from ..wire import protocol
-from . import config as config_module, console, pidfile
+from . import config as config_module
+from . import console, pidfile
 
 if TYPE_CHECKING:
     import argparse
@@ -211,7 +212,7 @@ class HandOver:
             console.say(f"tcpchatd: the upgrade's exec failed after the hand-over: {exc}")
             os._exit(1)
 
-    def _quiesce(self, request: UpgradeRequest | None) -> tuple[float, list[Session], int]:
+    def _quiesce(self, request: UpgradeRequest | None) -> tuple[float, list[Any], int]:
         """Every part stopped, in the one order (see the module's docstring); (when the
         clients' pause began, the connections carried, the TLS clients told)."""
         daemon = self.daemon
@@ -228,7 +229,7 @@ class HandOver:
                    if not conn.closed and not conn.tls]
         return paused_at, carried, len(tls_clients)
 
-    def _record(self, request: UpgradeRequest | None, carried: list[Session],
+    def _record(self, request: UpgradeRequest | None, carried: list[Any],
                 checked: Preflight, paused_at: float, started: float,
                 tls_closed: int) -> dict:
         """Everything the new image adopts, once every part is still."""
@@ -238,7 +239,7 @@ class HandOver:
         # reader applied up to here is in the room and the connections recorded below
         broker_state = daemon.broker.pause() if daemon.clustered else None
         records = [conn.record() for conn in carried]
-        state = {
+        state: dict[str, Any] = {
             "version": __version__, "paused_at": paused_at,
             "preflight_s": time.monotonic() - started, "upgrades": daemon.upgrades + 1,
             "started_at": daemon.started_at,

@@ -14,7 +14,6 @@ import re
 
 from .protocol import CONFIRM_BODY, HEADER_LENGTH, FrameReader
 
-
 # A whole confirm frame, header included, for take_confirms: under load a
 # reader finds dozens of them in one read, and matching them in a row costs a fraction of
 # a frame-by-frame parse (measured: 4 µs a frame down to well under 1).

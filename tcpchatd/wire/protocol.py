@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Callable
+from datetime import UTC, datetime
+from typing import Any
 
 from . import errors
 from .errors import ProtocolError
@@ -64,6 +65,7 @@ class FrameReader:
 
     def _fill(self, size: int) -> bool:
         while len(self.buffer) < size:
+            assert self._recv is not None, "a reader for the server's loops never reads"
             chunk = self._recv(RECV_SIZE)
             if not chunk:
                 return False
@@ -327,7 +329,7 @@ def accepted_frame(frame_uuid: str, recipients: int) -> bytes:
 # --- frames the server sends
 
 def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def chat_text(sender: str, text: str) -> str:
@@ -345,7 +347,7 @@ def private_text(sender: str, text: str) -> str:
 def chat_frame(frame_uuid: str, sender: str, text: str, stamp: str | None = None,
                to: str | None = None, action: bool = False) -> bytes:
     """A message as recipients see it: stamped, its text prefixed (see chat_text)."""
-    obj = {"type": "message", "uuid": frame_uuid,
+    obj: dict[str, Any] = {"type": "message", "uuid": frame_uuid,
            "message": private_text(sender, text) if to else chat_text(sender, text),
            "nickname": sender, "time": stamp or now_iso()}
     if to:
@@ -370,7 +372,7 @@ def names_frame(nicknames: list[str], total: int, request_id: int | str | None =
     shown = ", ".join(listed)
     if total > len(listed):
         shown += f" and {total - len(listed)} more"
-    obj = {"type": "system", "event": "names", "nicknames": nicknames,
+    obj: dict[str, Any] = {"type": "system", "event": "names", "nicknames": nicknames,
            "features": list(FEATURES), "message": f"In the room: {shown} ({total})"}
     if request_id is not None:
         obj["id"] = request_id
@@ -475,7 +477,7 @@ def announce_frame(text: str) -> bytes:
 
 def error_frame(code: str, message: str, frame_uuid: str | None = None,
                 request_id: int | str | None = None) -> bytes:
-    obj = {"type": "system", "event": "error", "code": code, "message": message}
+    obj: dict[str, Any] = {"type": "system", "event": "error", "code": code, "message": message}
     if frame_uuid is not None:
         obj["uuid"] = frame_uuid
     if request_id is not None:
