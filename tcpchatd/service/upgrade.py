@@ -42,7 +42,7 @@ import threading
 import time
 import traceback
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .. import __version__
 from ..control.errors import UPGRADE_FAILED
@@ -55,9 +55,40 @@ from . import console, pidfile
 if TYPE_CHECKING:
     import argparse
 
+    from ..chat.bans import BanList
+    from ..chat.broker import BrokerService
+    from ..chat.room import Room
+    from ..control.admin import AdminServer
+    from ..net.engine import Engine
+    from ..net.listeners import ChatServer
     from .config import Config
-    from .main import Daemon
     from .systemd import Notifier
+    from .trafficlog import TrafficLog
+
+
+class Daemon(Protocol):
+    """The parts of the running daemon (main.py's Daemon) the hand-over stops, records
+    and, in the new image, rebuilds around."""
+
+    args: argparse.Namespace
+    config: Config
+    log: TrafficLog
+    server: ChatServer
+    engine: Engine
+    room: Room
+    admin_server: AdminServer
+    broker: BrokerService
+    clustered: bool
+    bans: BanList
+    upgrades: int
+    started_at: float
+    serving_at: float
+    owned_admin_path: str | None
+    pid_path: str | None
+
+    def stop_requested(self) -> bool: ...
+
+    def queued_signals(self) -> list[int]: ...
 
 # What could interrupt a hand-over: blocked from just before the state is written until
 # the new image's handlers are in place (pending signals survive exec and come then).
