@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -240,8 +241,9 @@ def split_sections(text: str) -> tuple[str, list[tuple[str, str]]]:
 def to_history(sections: list[tuple[str, str]], title: str, old: str) -> list[tuple[str, str]]:
     """Move a replaced section's text into History (its heading one level down)."""
     moved = old.replace("## ", "### ", 1).replace("\n### ", "\n#### ").rstrip("\n")
-    moved = moved.split("\n", 1)
-    moved = f"{moved[0]} (an earlier run)\n" + (moved[1] if len(moved) > 1 else "")
+    heading, _, body = moved.partition("\n")
+    date = re.search(r"Measured (\d{4}-\d\d-\d\d)", body)
+    moved = f"{heading}, {date.group(1) if date else 'an earlier run'}\n{body}"
     history = dict(sections).get(HISTORY, f"## {HISTORY}\n\nOlder runs, newest first.\n")
     first, _, rest = history.partition("\n\n")
     intro, _, older = rest.partition("\n### ")
