@@ -151,6 +151,16 @@ class Connection:
             if frame.get("old") == self.nickname:
                 self.nickname = nickname
 
+    def _next_at_the_door(self, last_error: str | None) -> dict | bytes:
+        """The next frame while joining: a close after an error frame is that refusal, in
+        the server's own words."""
+        try:
+            return self.next()
+        except ServerGone:
+            if last_error is not None:
+                raise Refused(last_error) from None
+            raise
+
     def join(self, ask_nickname: Callable[[], str], tell: Callable[[str], None]) -> None:
         """Answer `_nickname_` prompts until this client's join arrives. A server that
         closes after an error frame (full, too many from this address, a banned address,
@@ -158,12 +168,7 @@ class Connection:
         server's own words, never a bare "closed"."""
         last_error: str | None = None
         while True:
-            try:
-                item = self.next()
-            except ServerGone:
-                if last_error is not None:
-                    raise Refused(last_error) from None
-                raise
+            item = self._next_at_the_door(last_error)
             if isinstance(item, bytes):  # the prompt
                 self.nickname = ask_nickname()
                 self._send(self.nickname.encode("utf-8"))  # raw, one write, as the original
@@ -188,12 +193,7 @@ class Connection:
         is taken: see self.nickname); Refused with the server's words otherwise."""
         sent, last_error = False, None
         while True:
-            try:
-                item = self.next()
-            except ServerGone:
-                if last_error is not None:
-                    raise Refused(last_error) from None
-                raise
+            item = self._next_at_the_door(last_error)
             if isinstance(item, bytes):  # the prompt
                 if sent:  # asked again: a server that knows no hello took it for a name
                     raise Refused(NO_POST)
