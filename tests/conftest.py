@@ -90,7 +90,7 @@ def chat():
         listener = bind_listener("127.0.0.1", 0)
         handle = ChatHandle(None, None, log, listener.getsockname()[1])
         engine = Engine(config.io_threads, error_log=handle.tracebacks.append)
-        room = handle.room = Room(config, log, engine, broker=LocalBroker())
+        room = handle.room = Room(config, log, engine.channel(), broker=LocalBroker())
         server = ChatServer([listener], room, log, config, engine,
                             error_log=handle.tracebacks.append)
         handle.server = server

@@ -42,10 +42,10 @@ class Loop:
     def forget(self, conn):
         pass
 
-    def add_subscriber(self, conn):
+    def add_subscriber(self, channel, conn):
         pass
 
-    def remove_subscriber(self, conn):
+    def remove_subscriber(self, channel, conn):
         pass
 
 
@@ -54,7 +54,7 @@ class Server:
         self.config = Config(**settings)
         self.log = RecordingLog()
         self.engine = Engine(1)  # its broadcast log and channel; no thread is started
-        self.room = Room(self.config, self.log, self.engine, broker=LocalBroker())
+        self.room = Room(self.config, self.log, self.engine.channel(), broker=LocalBroker())
         self.loop = Loop(self.engine)
         self.ended = []
 

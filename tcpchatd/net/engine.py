@@ -1,17 +1,20 @@
 """The engine: `io_threads` event loops that own every client connection for life.
 
 Each connection is given to the least-loaded loop when accepted. Its loop does every
-read, write and timer for it (connection.py); no other thread touches a client
-socket. Other threads only append: a broadcast to the broadcast log (under the room's
-lock: an O(1) append, no system call), a frame to one connection's own queue; then
-they wake the loops that sleep, one wake-up per loop however many frames came.
+read, write and timer for it (session.py); no other thread touches a client
+socket. Other threads only append: a broadcast to its room's channel (a broadcast log
+of its own: under the chat's lock, an O(1) append, no system call), a frame to one
+connection's own queue; then they wake the loops that sleep, one wake-up per loop
+however many frames came.
 
 In a turn a loop takes what other threads handed it (new connections, connections
-with frames of their own, close requests), sends each of its subscribed connections
-what is new in the log in one non-blocking send (caught-up connections share one
-joined chunk), reads the sockets that have data (one read per connection per turn:
-a busy client cannot starve the others), and fires its timers (handshake timeouts,
-final frames that do not go out in time, departing clients' receipts).
+with frames of their own, close requests, the channels that have news), sends each of
+its connections subscribed to those channels what is new in them in one non-blocking
+send (caught-up connections of a channel share one joined chunk), reads the sockets
+that have data (one read per connection per turn: a busy client cannot starve the
+others), and fires its timers (handshake timeouts, final frames that do not go out in
+time, departing clients' receipts). A connection in several rooms has a cursor in each
+of their channels; a room's broadcasts cost nothing to the connections of other rooms.
 
 Lock order, where two are taken: the room's lock, then a connection's or a loop's;
 the broadcast log's lock last. A loop's lock and a connection's are never held
@@ -48,7 +51,6 @@ class Client(Protocol):
     tls: bool        # inside TLS: cannot cross an upgrade's exec
     closing: bool
     want_write: bool
-    cursor: int
     address: str
 
     @property
@@ -82,9 +84,12 @@ class Client(Protocol):
 
     def release(self) -> None: ...
 
-    def subscribe(self, position: int, chat_base: int) -> None: ...
+    def positions(self) -> list[tuple[Channel, int]]:
+        """(channel, cursor) of every channel it reads (the oldest frame it still needs)."""
 
-    def unsubscribe(self, position: int) -> None: ...
+    def subscribe(self, channel: Channel, position: int, chat_base: int) -> None: ...
+
+    def unsubscribe(self, channel: Channel, position: int) -> None: ...
 
 
 class Timer:
@@ -127,7 +132,10 @@ class EventLoop:
         self._ready: list[Client] = []
         self._new_timers: list[Timer] = []
         self._calls: list[tuple[Client, Callable[[], None]]] = []
-        self._subscribers: dict[Client, None] = {}
+        # channel -> its connections on this loop (a dict: ordered, O(1) removal)
+        self._subscribers: dict[Channel, dict[Client, None]] = {}
+        self._changed: dict[Channel, None] = {}  # channels published to since the last turn
+        self._dropped: list[Channel] = []  # channels of rooms that are gone
         self._sleeping = False  # (about to be) blocked in epoll: a producer must wake it
         self._stopping = False
         self._closed = False    # its epoll set and wake-up pipe are closed
@@ -137,8 +145,7 @@ class EventLoop:
         self._lagging: set[Client] = set()  # waiting for room in the kernel's buffer
         self._timers: list[tuple[float, int, Timer]] = []  # heap
         self._timer_order = itertools.count()
-        self.round_end = 0     # the log's end at the last broadcast round
-        self.low_water = 0     # no connection of this loop needs a frame before it
+        self.round_end: dict[Channel, int] = {}  # each channel's end at its last round
         self.heartbeat = time.monotonic()
         self.thread = threading.Thread(target=self._run, name=f"io loop {index}", daemon=True)
 
@@ -147,12 +154,14 @@ class EventLoop:
 
     # --- any thread
 
-    def _hand(self, queue: str, item: object, unsubscribe: Client | None = None) -> None:
+    def _hand(self, queue: str, item: object,
+              unsubscribe: tuple[Channel, Client] | None = None) -> None:
         """Hand the loop an item on one of its lists (named: the loop swaps the lists
         themselves), and wake it if it sleeps; one wake-up however many items come."""
         with self._lock:
             if unsubscribe is not None:
-                self._subscribers.pop(unsubscribe, None)
+                channel, conn = unsubscribe
+                self._subscribers.get(channel, {}).pop(conn, None)
             getattr(self, queue).append(item)
             wake, self._sleeping = self._sleeping, False
         if wake:
@@ -180,20 +189,33 @@ class EventLoop:
         """True on this loop's own thread."""
         return threading.get_ident() == self.thread.ident
 
-    def add_subscriber(self, conn: Client) -> None:
+    def add_subscriber(self, channel: Channel, conn: Client) -> None:
         with self._lock:
-            self._subscribers[conn] = None
+            self._subscribers.setdefault(channel, {})[conn] = None
 
-    def remove_subscriber(self, conn: Client) -> None:
-        """No more broadcasts; what was published before still goes out (flushed soon)."""
-        self._hand("_ready", conn, unsubscribe=conn)
+    def remove_subscriber(self, channel: Channel, conn: Client) -> None:
+        """No more of that channel's broadcasts; what was published in it before still
+        goes out (flushed soon)."""
+        self._hand("_ready", conn, unsubscribe=(channel, conn))
 
-    def wake_for_broadcast(self) -> None:
-        if self._sleeping:
-            with self._lock:
-                wake, self._sleeping = self._sleeping, False
-            if wake:
-                self._wake()
+    def published(self, channel: Channel) -> None:
+        """The channel has news: a round for it in the next turn (and a wake-up)."""
+        if channel in self._changed:
+            # not taken yet (a stale look at a dict the loop just swapped out is safe
+            # too: it reads each channel's end after taking them)
+            return
+        with self._lock:
+            self._changed[channel] = None
+            wake, self._sleeping = self._sleeping, False
+        if wake:
+            self._wake()
+
+    def drop_channel(self, channel: Channel) -> None:
+        """A room that is gone: its channel is forgotten (its subscribers left before)."""
+        with self._lock:
+            self._subscribers.pop(channel, None)
+            self._changed.pop(channel, None)
+            self._dropped.append(channel)  # the loop's own round_end: its thread's
 
     def _wake(self) -> None:
         if self._closed:  # stopped (an upgrade's broker may still publish): its pipe's
@@ -237,12 +259,13 @@ class EventLoop:
                 pass
         self.connections.discard(conn)
         self._lagging.discard(conn)
+        channels = [channel for channel, _ in conn.positions()]
         with self._lock:
-            self._subscribers.pop(conn, None)
+            for channel in channels:
+                self._subscribers.get(channel, {}).pop(conn, None)
 
     def _run(self) -> None:
         name_os_thread(f"tcpchatd io {self.index}")
-        log = self.engine.log
         while not self._stopping:
             now = time.monotonic()
             self.heartbeat = now
@@ -251,8 +274,12 @@ class EventLoop:
                 ready, self._ready = self._ready, []
                 timers, self._new_timers = self._new_timers, []
                 calls, self._calls = self._calls, []
-                end = log.end
-                subscribers = list(self._subscribers) if end != self.round_end else None
+                changed, self._changed = self._changed, {}
+                dropped, self._dropped = self._dropped, []
+                # each channel's end, then who reads it: a later subscriber starts later
+                rounds = [(channel, channel.log.end, self._subscribers.get(channel))
+                          for channel in changed]
+                subscribers = self._round(rounds)
             for conn in incoming:
                 self.connections.add(conn)
                 self._guard(conn, conn.adopted, self)
@@ -262,21 +289,22 @@ class EventLoop:
             for conn, call in calls:
                 if not conn.closed:
                     self._guard(conn, call)
-            if subscribers is not None:  # a broadcast round
+            for channel in dropped:
+                self.round_end.pop(channel, None)
+            if rounds:  # a broadcast round
                 for conn in subscribers:
                     if not conn.want_write:
                         self._guard(conn, conn.flush)
-                self.round_end = end
+                for channel, end, _ in rounds:
+                    self.round_end[channel] = end
             for conn in ready:
                 self._guard(conn, conn.flush)
-            if subscribers is not None or ready:
-                self._settle()
+            if rounds or ready:
+                self._settle([channel for channel, _, _ in rounds])
             self._fire_timers(now)
             with self._lock:
                 self._sleeping = not (self._incoming or self._ready or self._new_timers
-                                      or self._calls)
-            if self._sleeping and log.end != self.round_end:  # published meanwhile
-                self._sleeping = False
+                                      or self._calls or self._changed)
             timeout = 0.0
             if self._sleeping:
                 timeout = LOOP_TICK
@@ -302,6 +330,18 @@ class EventLoop:
                 if mask & READ and not conn.closed:
                     self._guard(conn, conn.readable)
 
+    @staticmethod
+    def _round(rounds: list[tuple[Channel, int, dict[Client, None] | None]]) -> list[Client]:
+        """Under the loop's lock: the connections a broadcast round sends to, each once
+        however many of its channels have news."""
+        if len(rounds) == 1:
+            return list(rounds[0][2] or ())
+        everyone: dict[Client, None] = {}
+        for _, _, subscribers in rounds:
+            if subscribers:
+                everyone.update(subscribers)
+        return list(everyone)
+
     def _guard(self, conn: Client, method: Callable, *args: Any) -> None:
         """Run a connection's handler; a failure ends that connection only, with its
         traceback in the error log, never shown to a peer."""
@@ -319,9 +359,10 @@ class EventLoop:
         except Exception:
             self.forget(conn)
 
-    def _settle(self) -> None:
-        """Disconnect connections over send_queue; note how far the log may be trimmed."""
-        low = self.round_end
+    def _settle(self, channels: list[Channel]) -> None:
+        """Disconnect connections over send_queue; note how far the channels of this
+        round, and those a lagging connection reads, may be trimmed."""
+        lows: dict[Channel, int] = {channel: self.round_end[channel] for channel in channels}
         over = []
         for conn in list(self._lagging):
             if conn.closed or (not conn.want_write and conn.caught_up()):
@@ -329,11 +370,15 @@ class EventLoop:
                 continue
             if not conn.closing and conn.backlog() > conn.config.send_queue:
                 over.append(conn)
-            low = min(low, conn.cursor)
-        self.low_water = low
+            for channel, cursor in conn.positions():
+                low = lows.get(channel)
+                if low is None:
+                    low = self.round_end.get(channel, cursor)
+                lows[channel] = min(low, cursor)
         for conn in over:
             self._guard(conn, conn.overflow)
-        self.engine.trim()
+        for channel, low in lows.items():
+            channel.trim(self.index, low)
 
     def _fire_timers(self, now: float) -> None:
         timers = self._timers
@@ -380,13 +425,16 @@ class EventLoop:
 
 
 class Engine:
-    """The loops, the broadcast log, and the room's channel into them."""
+    """The loops, and the channels (each room's broadcasts) into them."""
 
     def __init__(self, io_threads: int,
                  error_log: Callable[[str], None] | None = None) -> None:
-        self.log = BroadcastLog()
         self.error_log = error_log
         self.loops = [EventLoop(self, index) for index in range(io_threads)]
+
+    def channel(self) -> Channel:
+        """A new room's channel."""
+        return Channel(self)
 
     def start(self) -> None:
         for loop in self.loops:
@@ -425,18 +473,27 @@ class Engine:
         now = time.monotonic()
         return all(now - loop.heartbeat <= max_age for loop in self.loops)
 
-    def trim(self) -> None:
-        self.log.trim(min(loop.low_water for loop in self.loops))
 
-    # --- the room's channel: called under the room's lock (no system call here)
+
+class Channel:
+    """One room's broadcasts: a broadcast log of its own, read by the connections that
+    subscribed to it, on every loop. What the room calls is called under the chat's
+    lock (no system call there); notify() after it is released."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.log = BroadcastLog()
+        # per loop: none of its connections needs a frame before this; the log is
+        # trimmed behind the lowest
+        self.low_water = [0] * len(engine.loops)
 
     def subscribe(self, member: Client) -> None:
-        member.subscribe(self.log.end, self.log.chat_total)
-        member.loop.add_subscriber(member)
+        member.subscribe(self, self.log.end, self.log.chat_total)
+        member.loop.add_subscriber(self, member)
 
     def unsubscribe(self, member: Client) -> None:
-        member.unsubscribe(self.log.end)
-        member.loop.remove_subscriber(member)
+        member.unsubscribe(self, self.log.end)
+        member.loop.remove_subscriber(self, member)
 
     def publish(self, frame: bytes, sender: Client | None = None,
                 chat: bool = False) -> None:
@@ -446,6 +503,17 @@ class Engine:
         self.log.append(frame, sender, chat)
 
     def notify(self) -> None:
-        """After the room's lock is released: wake the loops that sleep."""
-        for loop in self.loops:
-            loop.wake_for_broadcast()
+        """After the chat's lock is released: every loop has a round for this channel
+        (one that has no subscriber of it only moves its low-water mark)."""
+        for loop in self.engine.loops:
+            loop.published(self)
+
+    def trim(self, loop_index: int, low: int) -> None:
+        """A loop's connections need nothing of this channel before `low`."""
+        self.low_water[loop_index] = low
+        self.log.trim(min(self.low_water))
+
+    def close(self) -> None:
+        """The room is gone: every loop forgets this channel."""
+        for loop in self.engine.loops:
+            loop.drop_channel(self)

@@ -33,7 +33,7 @@ from .tls import CLIENT_HELLO_START
 from .transport import PlainTransport, TransportError
 
 if TYPE_CHECKING:
-    from .engine import EventLoop, Timer
+    from .engine import Channel, EventLoop, Timer
     from .transport import MemoryTransport, TlsTransport
 
     Transport = PlainTransport | TlsTransport | MemoryTransport
@@ -52,6 +52,20 @@ COALESCE_WINDOW = 10.0      # identical error lines within it become one `repeat
 TLS_HANDSHAKE, HANDSHAKE, JOINING, CHAT, DEPARTING, CLOSED = (
     "tls_handshake", "handshake", "joining", "chat", "departing", "closed")
 READING = (TLS_HANDSHAKE, HANDSHAKE, CHAT)
+
+
+class Subscription:
+    """A session's place in one room's channel."""
+
+    __slots__ = ("cursor", "until", "chat_base", "gaps")
+
+    def __init__(self, cursor: int, chat_base: int) -> None:
+        self.cursor = cursor          # the next broadcast (log position) to send
+        self.until: int | None = None  # broadcasts stop here (None: subscribed)
+        self.chat_base = chat_base    # chat broadcasts before it subscribed
+        # [start, stop) ranges published while it was out (it parted and came back
+        # before the frames before its part had all gone out): never sent to it
+        self.gaps: list[tuple[int, int]] = []
 
 
 def count_recent(times: collections.deque[float], window: float) -> int:
@@ -100,7 +114,6 @@ class Session:
         # --- only the owning loop reads or writes these
         self.reader = FrameReader()
         self.partial = b""          # what the kernel did not take of the last send
-        self.cursor = 0             # the next broadcast (log position) to send
         self.want_write = False     # registered for EPOLLOUT: the kernel's buffer is full
         self.stalled_since: float | None = None  # since when the kernel took nothing
         self.attempts = 0           # nicknames tried
@@ -121,16 +134,19 @@ class Session:
         self._variants: Iterator[str] = iter(())  # a poster's next names to try
         # --- any thread, under _lock
         self._lock = threading.Lock()
-        self._private: collections.deque[tuple[int, bytes]] = collections.deque()
+        # its own frames, each with the channels' ends when it was queued: what was
+        # broadcast before it goes out before it
+        self._private: collections.deque[tuple[tuple[tuple[Channel, int], ...], bytes]] = \
+            collections.deque()
         self.private_bytes = 0
-        self.until: int | None = 0  # broadcasts stop here (None: subscribed)
-        self._drop_to: int | None = None
+        self.subscriptions: dict[Channel, Subscription] = {}  # the rooms' channels it reads
+        self._drop_to: dict[Channel, int] | None = None
         self._scheduled = False     # on its loop's ready list
         self.joined = False
         self.closing = False        # close() was called: nothing more is queued
         self._abort = False         # ... and nothing more is sent
         # --- counters for `who` (written under the room's lock)
-        self.chat_base = 0          # chat broadcasts before it subscribed
+        self.received_before = 0    # chat broadcasts of the channels it no longer reads
         self.own_chats = 0          # chat broadcasts it published
         self._resumed: dict | None = None  # its record, from the image before an upgrade
         self._timers: list[Timer] = []  # what it asked its loop for (cancelled at release)
@@ -149,10 +165,15 @@ class Session:
     @property
     def received(self) -> int:
         """Chat messages queued for this client (the `received` of `tcpchatctl who`)."""
-        log = self.loop.engine.log if self.loop is not None else None
-        if log is None:
-            return 0
-        return log.chats_before(self.until) - self.chat_base - self.own_chats
+        with self._lock:
+            subscriptions = list(self.subscriptions.items())
+        return self.received_before - self.own_chats + sum(
+            channel.log.chats_before(sub.until) - sub.chat_base
+            for channel, sub in subscriptions)
+
+    def _ends(self) -> tuple[tuple[Channel, int], ...]:
+        """Under the lock: where each channel it reads ends now."""
+        return tuple((channel, channel.log.end) for channel in self.subscriptions)
 
     # --- any thread
 
@@ -163,7 +184,7 @@ class Session:
                 return
             over = self.private_bytes + len(self.partial) + len(frame) > self.config.send_queue
             if not over:
-                self._private.append((self.loop.engine.log.end, frame))
+                self._private.append((self._ends(), frame))
                 self.private_bytes += len(frame)
                 schedule, self._scheduled = not self._scheduled, True
         if over:
@@ -196,18 +217,20 @@ class Session:
             if self.closing:
                 return False
             self.closing = True
-            end = self.loop.engine.log.end if self.loop is not None else 0
+            ends = self._ends()
             if not flush:
                 self._abort = True
             else:
                 if drop:
                     self._private.clear()
                     self.private_bytes = 0
-                    self._drop_to = end
+                    self._drop_to = dict(ends)
                 if final_frame is not None:
-                    self._private.append((end, final_frame))
+                    self._private.append((ends, final_frame))
                     self.private_bytes += len(final_frame)
-                self.until = end if self.until is None else min(self.until, end)
+                for channel, end in ends:
+                    sub = self.subscriptions[channel]
+                    sub.until = end if sub.until is None else min(sub.until, end)
             schedule, self._scheduled = not self._scheduled, True
         self.close_deadline = time.monotonic() + self.config.shutdown_grace
         if self.loop is not None:
@@ -218,14 +241,28 @@ class Session:
 
     # --- the room's channel (the engine calls these under the room's lock)
 
-    def subscribe(self, position: int, chat_base: int) -> None:
+    def subscribe(self, channel: Channel, position: int, chat_base: int) -> None:
         with self._lock:
-            self.cursor, self.until, self.chat_base = position, None, chat_base
+            sub = self.subscriptions.get(channel)
+            if sub is None:
+                self.subscriptions[channel] = Subscription(position, chat_base)
+                return
+            # back before what it was due before it left had all gone out: the frames
+            # published meanwhile are skipped, and not counted as received
+            if sub.until is not None and sub.until < position:
+                sub.gaps.append((sub.until, position))
+                sub.chat_base += chat_base - channel.log.chats_before(sub.until)
+            sub.until = None
 
-    def unsubscribe(self, position: int) -> None:
+    def unsubscribe(self, channel: Channel, position: int) -> None:
         with self._lock:
-            if self.until is None:
-                self.until = position
+            sub = self.subscriptions.get(channel)
+            if sub is not None and sub.until is None:
+                sub.until = position
+
+    def positions(self) -> list[tuple[Channel, int]]:
+        with self._lock:
+            return [(channel, sub.cursor) for channel, sub in self.subscriptions.items()]
 
     # --- the owning loop
 
@@ -238,7 +275,6 @@ class Session:
             self._resume_on(loop)
             return
         self.loop = loop
-        self.cursor = self.until = loop.engine.log.end
         self.transport.configure(self.config)
         self.handshake_deadline = time.monotonic() + self.config.handshake_timeout
         self._at(self.handshake_deadline)
@@ -372,36 +408,70 @@ class Session:
     def caught_up(self) -> bool:
         """Nothing is left to send that this client is due."""
         with self._lock:
-            stop = self.loop.engine.log.end if self.until is None else self.until
-            return not self._private and not self.partial and self.cursor >= stop
+            if self._private or self.partial:
+                return False
+            for channel, sub in self.subscriptions.items():
+                if sub.cursor < (channel.log.end if sub.until is None else sub.until):
+                    return False
+            return True
 
     def backlog(self) -> int:
         """Bytes due to this client and not yet taken by the kernel."""
-        log = self.loop.engine.log
-        stop = log.end if self.until is None else self.until
-        return log.bytes_between(self.cursor, stop) + self.private_bytes + len(self.partial)
+        with self._lock:
+            subscriptions = list(self.subscriptions.items())
+        due = sum(channel.log.bytes_between(sub.cursor, channel.log.end if sub.until is None
+                                            else sub.until)
+                  for channel, sub in subscriptions)
+        return due + self.private_bytes + len(self.partial)
 
     def _collect(self) -> bytes:
-        """Under the lock: the bytes due now, in order; moves the cursor past them."""
-        log = self.loop.engine.log
-        stop = log.end if self.until is None else self.until
+        """Under the lock: the bytes due now, in order; moves the cursors past them."""
+        subscriptions = self.subscriptions
         if self._drop_to is not None:  # disconnected for not reading: skip the backlog,
             # but finish the frame the kernel took a part of (a cut frame would corrupt
             # the stream before the final notice)
-            self.cursor, self._drop_to = max(self.cursor, self._drop_to), None
+            for channel, end in self._drop_to.items():
+                sub = subscriptions.get(channel)
+                if sub is not None:
+                    sub.cursor = max(sub.cursor, end)
+            self._drop_to = None
         parts = [self.partial] if self.partial else []
-        for position, frame in self._private:
-            upto = min(position, stop)
-            if upto > self.cursor:  # broadcasts published before this frame go first
-                parts.append(log.chunk(self.cursor, upto, self))
-                self.cursor = upto
+        for ends, frame in self._private:
+            for channel, end in ends:  # broadcasts published before this frame go first
+                sub = subscriptions.get(channel)
+                if sub is not None:
+                    self._take(channel, sub, end, parts)
             parts.append(frame)
         self._private.clear()
         self.private_bytes = 0
-        if stop > self.cursor:
-            parts.append(log.chunk(self.cursor, stop, self))
-            self.cursor = stop
+        finished = []
+        for channel, sub in subscriptions.items():
+            self._take(channel, sub, channel.log.end, parts)
+            if sub.until is not None and sub.cursor >= sub.until:
+                finished.append((channel, sub))
+        for channel, sub in finished:  # out of that room, and sent all it was due of it
+            del subscriptions[channel]
+            self.received_before += channel.log.chats_before(sub.until) - sub.chat_base
         return parts[0] if len(parts) == 1 else b"".join(parts)
+
+    def _take(self, channel: Channel, sub: Subscription, upto: int,
+              parts: list[bytes]) -> None:
+        """Under the lock: the channel's broadcasts from the cursor to `upto` (or its
+        `until`), but for its gaps."""
+        if sub.until is not None:
+            upto = min(upto, sub.until)
+        while sub.cursor < upto:
+            stop = upto
+            if sub.gaps:
+                start, end = sub.gaps[0]
+                if start <= sub.cursor:  # inside a gap: skipped
+                    sub.cursor = max(sub.cursor, min(end, upto))
+                    if end <= upto:
+                        sub.gaps.pop(0)
+                    continue
+                stop = min(upto, start)
+            parts.append(channel.log.chunk(sub.cursor, stop, self))
+            sub.cursor = stop
 
     def release(self) -> None:
         """The end: the socket closed, the slot given back. Only the owning loop calls it."""
@@ -419,6 +489,8 @@ class Session:
             timer.cancel()
         self._timers.clear()
         self.loop.forget(self)  # before the close: its fd number may soon be another's
+        with self._lock:
+            self.subscriptions.clear()
         self.transport.close()
         self.server.connection_ended(self)
 
@@ -825,11 +897,11 @@ class Session:
         self.connected = record["connected"]
         self.last_active = now - record["idle"]
         self.sent = record["sent"]
-        self.chat_base = -record["received"]  # `received` goes on counting from there
+        self.received_before = record["received"]  # `received` goes on counting from there
         self.reader.buffer += unb64(record["rbuf"])
         unsent = unb64(record["unsent"])
-        if unsent:  # before anything the new image sends: position 0 of the new log
-            self._private.append((0, unsent))
+        if unsent:  # before anything the new image sends
+            self._private.append(((), unsent))
             self.private_bytes = len(unsent)
         self.attempts = record["attempts"]
         self.quiet = record.get("quiet", False)
@@ -842,8 +914,6 @@ class Session:
         record, self._resumed = self._resumed, None
         assert record is not None
         self.loop = loop
-        if not self.joined:
-            self.cursor = self.until = loop.engine.log.end
         now = time.monotonic()
         self.state = record["state"]
         if self.state == HANDSHAKE:

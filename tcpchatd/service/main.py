@@ -309,7 +309,7 @@ class Daemon:
             log.event(name, **fields)
         engine = Engine(config.io_threads, error_log=_error_log)
         broker = self.broker = self._broker(log, (resume or {}).get("broker"))
-        room = Room(config, log, engine, self.bans, broker=broker)
+        room = Room(config, log, engine.channel(), self.bans, broker=broker)
         server = ChatServer(chat_sockets, room, log, config, engine, error_log=_error_log,
                             tls_listeners=tls_sockets, tls=self.tls)
         self.engine, self.room, self.server = engine, room, server

@@ -318,8 +318,6 @@ class HandOver:
             daemon.server.adopt(conn)
             by_fd[record["fd"]] = conn
         daemon.room.import_state(state["room"], by_fd.get)
-        for record in state["connections"]:  # subscribing reset them: `received` goes on
-            by_fd[record["fd"]].chat_base = -record["received"]
 
     def served(self, state: dict) -> None:
         """The new image serves: say so in the log and to the waiting `tcpchatctl`."""
