@@ -24,7 +24,8 @@ _CONFIRM = b'{"type":"confirm","uuid":"%s"}'
 # A whole chat message frame as tcpchatd sends it, with the numbers the generator put in
 # its text (sender, sequence, send time): most of what a recipient reads under load.
 _MSG_FRAME = re.compile(rb'(\d+) *\{"type":"message","uuid":"([-0-9a-f]{36})","message":'
-                        rb'"[^"\\]*? (\d+) (\d+) (\d+)","nickname":"[^"\\]*","time":"[^"]*"\}')
+                        rb'"[^"\\]*? (\d+) (\d+) (\d+)","nickname":"[^"\\]*","time":"[^"]*"'
+                        rb'(?:,"room":"[^"\\]*")?\}')
 _CONFIRM_HEADER = b"%-10d" % len(_CONFIRM % (b"x" * 36))
 _IRC_MSG = re.compile(rb"^:([^! ]+)\S* PRIVMSG \S+ :(\d+) (\d+) (\d+)$")
 # IRC without a channel: an operator's PRIVMSG to a server mask reaches every user of
@@ -52,11 +53,22 @@ class Settings:
     tls: bool = False          # tcpchatd's TLS port; every client verifies against cafile
     cafile: str | None = None
     ports: tuple[int, ...] = ()  # a cluster's nodes: client i connects to ports[i % len]
+    rooms: int = 0             # tcpchatd: rooms r0..r{rooms-1}; 0 = the default room alone
+    rooms_per_client: int = 1  # client i joins r(i), r(i+1)... of them; a sender sends to
+    #                            its rooms in turn
+    leave_default: bool = False  # ... and parts the default room once in its own
+
+    def members(self) -> int:
+        """Members of the room a message goes to (every client in every room of the run,
+        or the clients spread over the rooms)."""
+        if not self.rooms or self.rooms_per_client >= self.rooms:
+            return self.clients
+        return self.clients * self.rooms_per_client // self.rooms
 
 
 class Client:
     __slots__ = ("index", "sock", "fd", "name", "rbuf", "wbuf", "joined", "sender",
-                 "window", "seq", "next_send", "want_write")
+                 "window", "seq", "next_send", "want_write", "rooms", "awaiting")
 
     def __init__(self, index: int, sock: socket.socket, name: str) -> None:
         self.index, self.sock, self.fd, self.name = index, sock, sock.fileno(), name
@@ -67,6 +79,8 @@ class Client:
         self.seq = 0
         self.next_send = 0.0
         self.want_write = False
+        self.rooms: list[str] = []  # the rooms it talks in (none: the default room)
+        self.awaiting = 0           # answers to its room requests still due
 
 
 @dataclass
@@ -202,7 +216,12 @@ class LoadGenerator:
                 self.result.receipts += 1
                 client.window += 1
             elif b'"event":"join"' in body:
-                if not client.joined and json.loads(body).get("nickname") == client.name:
+                if not client.joined and not client.awaiting and \
+                        json.loads(body).get("nickname") == client.name:
+                    self._enter_rooms(client)
+            elif client.awaiting and b'"id":"r' in body:  # a room request's answer
+                client.awaiting -= 1
+                if not client.awaiting:
                     self._joined(client)
             elif b'"event":"undelivered"' in body:
                 # without confirms, receipts beyond pending_confirms expire: expected
@@ -244,11 +263,30 @@ class LoadGenerator:
             self._confirms = b"".join(_CONFIRM_HEADER + _CONFIRM % u for u in confirms)
         return pos
 
+    def _enter_rooms(self, client: Client) -> None:
+        """In the hall: into its rooms (and out of the default one), if the run has rooms;
+        joined once every request is answered."""
+        s = self.s
+        if not s.rooms:
+            self._joined(client)
+            return
+        client.rooms = [f"r{(client.index + k) % s.rooms}" for k in range(s.rooms_per_client)]
+        requests = [{"type": "request", "id": f"r{n}", "cmd": "join", "room": room}
+                    for n, room in enumerate(client.rooms)]
+        if s.leave_default:
+            requests.append({"type": "request", "id": "rp", "cmd": "part", "room": "general"})
+        client.awaiting = len(requests)
+        for request in requests:
+            body = json.dumps(request, separators=(",", ":")).encode()
+            self._queue(client, b"%-10d" % len(body) + body)
+
     def _send_chat(self, client: Client, now_ns: int) -> None:
         client.seq += 1
         text = f"{client.name}: {self.padding} {client.index} {client.seq} {now_ns}"
-        body = ('{"type":"message","uuid":"%s","message":"%s"}'
-                % (uuidlib.uuid4(), text)).encode()
+        room = ',"room":"%s"' % client.rooms[client.seq % len(client.rooms)] \
+            if client.rooms else ""
+        body = ('{"type":"message","uuid":"%s","message":"%s"%s}'
+                % (uuidlib.uuid4(), text, room)).encode()
         client.wbuf += b"%-10d" % len(body) + body
 
     # --- IRC protocol
@@ -408,7 +446,7 @@ class LoadGenerator:
             timeout = 0.002 if not uses_window else 0.05
             self._poll(timeout)
         self.sending_ended = time.monotonic()
-        expected = self.result.sent * (len(self.clients) - 1)
+        expected = self.result.sent * (self.s.members() - 1)
         drain_until = time.monotonic() + s.drain
         while time.monotonic() < drain_until:
             if self.result.deliveries >= expected and (

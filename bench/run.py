@@ -47,10 +47,11 @@ def measure_running(server_kind: str, settings: Settings, servers: list) -> dict
     proc = stats.report()
     alive = all(server.proc.poll() is None for server in servers)
     elapsed = getattr(generator, "elapsed", None)
-    recipients = settings.clients - 1
+    recipients = settings.members() - 1
     lat = result.latencies
     out = {
         "server": server_kind, "clients": settings.clients, "senders": settings.senders,
+        "rooms": settings.rooms, "rooms_per_client": settings.rooms_per_client,
         "window": settings.window, "rate": settings.rate,
         "confirms": settings.confirms and not settings.irc,
         "connect_join_s": round(result.connect_s, 3),
@@ -274,6 +275,60 @@ def replace_section(title: str, text: str) -> None:
         sections.insert(at, (title, text))
     with open(path, "w") as fh:
         fh.write(join_sections(head, sections))
+
+
+def rooms_comparison(args, log) -> dict:
+    """Issue 25's two measures: the CPU per delivery of a client in 5 rooms of 200 beside
+    one room of 200 (with receipts, alternated, medians); the time 10,000 clients take to
+    join one room, and to join 100 rooms (each its own, leaving the default room)."""
+    def cpu(rooms: int) -> Settings:
+        return Settings(port=0, clients=200, senders=20, window=args.window,
+                        duration=args.duration, rooms=rooms, rooms_per_client=rooms)
+    per_delivery = compare(lambda kind: cpu(5 if kind.endswith("5-rooms") else 0),
+                           [("tcpchatd/1-room", ()), ("tcpchatd/5-rooms", ())],
+                           args.repeats, log)
+    joins: dict[str, list[float]] = {"one room": [], "100 rooms": []}
+    for _ in range(args.repeats):
+        for kind in joins:
+            spread = kind == "100 rooms"
+            result = measure("tcpchatd", Settings(
+                port=0, clients=args.scale_clients, senders=1, window=1, duration=1.0,
+                rooms=100 if spread else 0, leave_default=spread),
+                ("--max-clients", str(args.scale_clients + 10)))
+            log(json.dumps({"joins": kind, **result}))
+            joins[kind].append(result["connect_join_s"])
+    return {"per_delivery": per_delivery, "joins": joins, "clients": args.scale_clients,
+            "repeats": args.repeats, "duration": args.duration}
+
+
+def rooms_text(found: dict) -> str:
+    one, five = found["per_delivery"]["tcpchatd/1-room"], found["per_delivery"]["tcpchatd/5-rooms"]
+    rows = [f"| {kind} | {r['deliveries_per_s']} | {r['cpu_us_per_delivery']} | "
+            f"{r['latency_p50_ms']} | {r['latency_p99_ms']} | {r['missing']} |"
+            for kind, r in (("200 clients, one room", one),
+                            ("200 clients, each in 5 rooms of 200", five))]
+    joins = found["joins"]
+    cheaper = five["cpu_us_per_delivery"] <= one["cpu_us_per_delivery"] * 1.05
+    faster = statistics.median(joins["100 rooms"]) <= statistics.median(joins["one room"]) * 1.05
+    return "\n".join([
+        measured(f"python -m bench rooms --repeats {found['repeats']} --duration "
+                 f"{found['duration']:g}") + " Alternated, medians of "
+        f"{found['repeats']}; with receipts; each sender sends to its rooms in turn.", "",
+        "| run | deliveries/s | CPU µs/delivery | p50 ms | p99 ms | missing |",
+        "|---|---|---|---|---|---|", *rows, "",
+        f"A client in 5 rooms of 200 costs {five['cpu_us_per_delivery']} µs of the daemon's "
+        f"CPU per delivery against {one['cpu_us_per_delivery']} in one room of 200: "
+        f"{'no more (target met)' if cheaper else 'MORE (target missed)'}. Each room has a "
+        "broadcast log of its own; a loop sends only to the connections of the rooms "
+        "that have news.", "",
+        f"{found['clients']:,} clients joining (connect, nickname, and for the spread run "
+        "a join of its room and a part of the default room), seconds: one room "
+        + " / ".join(f"{s:.2f}" for s in joins["one room"]) + "; 100 rooms "
+        + " / ".join(f"{s:.2f}" for s in joins["100 rooms"])
+        + f": {'no more time (target met)' if faster else 'MORE time (target missed)'}. "
+        "(In one room of 10,000 every join builds a names frame of announce_joins_max "
+        "nicknames; in a room of 100 it holds 100.)",
+    ]) + "\n"
 
 
 def measured(command: str) -> str:
@@ -548,6 +603,12 @@ def main(argv=None) -> int:
     one.add_argument("--no-confirms", action="store_true")
     one.add_argument("--fanout", action="store_true")
     one.add_argument("--tls", action="store_true", help="tcpchatd's TLS port")
+    one.add_argument("--rooms", type=int, default=0,
+                     help="tcpchatd: rooms r0..rN-1 (0: the default room alone)")
+    one.add_argument("--rooms-per-client", type=int, default=1,
+                     help="client i joins rooms r(i)...r(i+K-1); senders send to theirs in turn")
+    one.add_argument("--leave-default", action="store_true",
+                     help="each client parts the default room once in its own")
     one.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                      help="passed to tcpchatd (repeat: --server-arg=--io-threads --server-arg=1)")
     run = commands.add_parser("run", help="the whole comparison; writes BENCHMARKS.md")
@@ -562,6 +623,13 @@ def main(argv=None) -> int:
     up = commands.add_parser("upgrade", help="the pause of a hitless upgrade at 1,000 and "
                              "10,000 clients; rewrites BENCHMARKS.md's section")
     up.add_argument("--clients", type=int, nargs="+", default=[1000, 10_000])
+    rooms = commands.add_parser("rooms", help="a client in 5 rooms against one room, and "
+                                "10,000 joins over 100 rooms against one; rewrites "
+                                "BENCHMARKS.md's section")
+    rooms.add_argument("--duration", type=float, default=5.0)
+    rooms.add_argument("--window", type=int, default=20)
+    rooms.add_argument("--repeats", type=int, default=3)
+    rooms.add_argument("--scale-clients", type=int, default=10_000)
     two = commands.add_parser("cluster", help="two nodes through Redis against one node; "
                               "rewrites BENCHMARKS.md's section")
     two.add_argument("--duration", type=float, default=5.0)
@@ -571,6 +639,10 @@ def main(argv=None) -> int:
         raise_fd_limit()
         replace_section("Two nodes through Redis", cluster_text(
             cluster_comparison(args, measure_running, print)))
+        return 0
+    if args.cmd == "rooms":
+        raise_fd_limit()
+        replace_section("Rooms", rooms_text(rooms_comparison(args, print)))
         return 0
     if args.cmd == "upgrade":
         raise_fd_limit()
@@ -589,7 +661,9 @@ def main(argv=None) -> int:
         duration=args.duration, rate=args.rate,
         confirms=not args.no_confirms and args.server == "tcpchatd",
         irc=args.server == "ngircd", fanout=args.fanout,
-        irc_mask=args.server == "ngircd" and args.fanout, tls=args.tls), args.server_arg)
+        irc_mask=args.server == "ngircd" and args.fanout, tls=args.tls, rooms=args.rooms,
+        rooms_per_client=args.rooms_per_client, leave_default=args.leave_default),
+        args.server_arg)
     print(json.dumps(result))
     if not args.fanout:
         print(table([result]))

@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 from rawclient import RawClient  # noqa: E402
 
 from tcpchatd.service.config import Config  # noqa: E402
-from tcpchatd.chat.room import Room  # noqa: E402
+from tcpchatd.chat.hall import Hall  # noqa: E402
 from tcpchatd.cluster.local import LocalBroker  # noqa: E402
 from tcpchatd.net.listeners import ChatServer, bind_listener  # noqa: E402
 from tcpchatd.net.engine import Engine  # noqa: E402
@@ -64,7 +64,7 @@ class RecordingLog:
 @dataclass
 class ChatHandle:
     server: ChatServer
-    room: Room
+    hall: Hall
     log: RecordingLog
     port: int
     tracebacks: list = field(default_factory=list)
@@ -80,7 +80,7 @@ class ChatHandle:
 
 @pytest.fixture
 def chat():
-    """make(**settings) -> a running in-process server (room, accept loops, ticker)."""
+    """make(**settings) -> a running in-process server (hall, accept loops, ticker)."""
     handles: list[ChatHandle] = []
     stop = threading.Event()
 
@@ -90,8 +90,8 @@ def chat():
         listener = bind_listener("127.0.0.1", 0)
         handle = ChatHandle(None, None, log, listener.getsockname()[1])
         engine = Engine(config.io_threads, error_log=handle.tracebacks.append)
-        room = handle.room = Room(config, log, engine.channel(), broker=LocalBroker())
-        server = ChatServer([listener], room, log, config, engine,
+        hall = handle.hall = Hall(config, log, engine.channel, broker=LocalBroker())
+        server = ChatServer([listener], hall, log, config, engine,
                             error_log=handle.tracebacks.append)
         handle.server = server
         engine.start()
@@ -99,7 +99,7 @@ def chat():
 
         def tick() -> None:  # what the daemon's main loop does
             while not stop.wait(0.05):
-                room.expire()
+                hall.expire()
         threading.Thread(target=tick, daemon=True).start()
         handles.append(handle)
         return handle
@@ -113,6 +113,29 @@ def chat():
         handle.server.engine.stop()
         handle.server.close_listeners()
         assert handle.tracebacks == [], "a handler thread died with a traceback"
+
+
+@pytest.fixture
+def admin_chat(chat, short_tmp):
+    """make(**settings) -> (chat handle, admin socket path, admin server): an in-process
+    server with its admin socket."""
+    from tcpchatd.control import admin, commands
+    servers = []
+
+    def make(**settings):
+        h = chat(**settings)
+        path = os.path.join(short_tmp, f"admin{len(servers)}.sock")
+        sock = admin.bind_socket(path, 0o660, None)
+        server = admin.AdminServer(sock, commands.AdminCommands(h.hall, h.log).table(),
+                                   h.server.config, h.log, owned_path=path,
+                                   error_log=h.tracebacks.append)
+        server.start()
+        servers.append((server, path))
+        return h, path, server
+    yield make
+    for server, path in servers:
+        server.close()
+        assert not os.path.exists(path)  # its own socket is removed at exit
 
 
 @pytest.fixture

@@ -105,11 +105,29 @@ class RawClient:
         assert self.history is None or self.history["event"] == "history"
         return joined
 
-    def say(self, text: str, msg_uuid: str | None = None) -> str:
+    def say(self, text: str, msg_uuid: str | None = None, room: str | None = None) -> str:
         msg_uuid = msg_uuid or str(uuid.uuid4())
         self.send_raw(frame({"type": "message", "uuid": msg_uuid,
-                             "message": f"{self.nickname}: {text}"}))
+                             "message": f"{self.nickname}: {text}",
+                             **({"room": room} if room is not None else {})}))
         return msg_uuid
+
+    def request(self, cmd: str, **fields) -> str:
+        """Send a request; its id (the answer carries it)."""
+        request_id = uuid.uuid4().hex[:8]
+        self.send_raw(frame({"type": "request", "id": request_id, "cmd": cmd, **fields}))
+        return request_id
+
+    def answer(self, request_id: str) -> dict:
+        """The frame that answers a request (its names, its error...)."""
+        return self.read_until(lambda f: f.get("id") == request_id)
+
+    def enter(self, room: str) -> dict:
+        """Join a room; its names frame (then its history, if any, in self.history)."""
+        names = self.answer(self.request("join", room=room))
+        assert names["event"] == "names", names
+        self.history = self.read() if names.get("history") else None
+        return names
 
     def confirm(self, msg_uuid: str) -> None:
         self.send_raw(frame({"type": "confirm", "uuid": msg_uuid}))

@@ -50,16 +50,8 @@ def test_line_reader_bounds_the_line():
 
 
 @pytest.fixture
-def admin_server(chat, short_tmp):
-    h = chat()
-    path = os.path.join(short_tmp, "admin.sock")
-    sock = admin.bind_socket(path, 0o660, None)
-    server = admin.AdminServer(sock, commands.AdminCommands(h.room, h.log).table(), h.server.config,
-                               h.log, owned_path=path, error_log=h.tracebacks.append)
-    server.start()
-    yield h, path, server
-    server.close()
-    assert not os.path.exists(path)  # its own socket is removed at exit
+def admin_server(admin_chat):
+    return admin_chat()
 
 
 def exchange(path, *lines):
@@ -151,7 +143,7 @@ def test_idle_admin_connection_is_closed(chat, short_tmp):
     h = chat(admin_timeout=0.3)
     path = os.path.join(short_tmp, "idle.sock")
     server = admin.AdminServer(admin.bind_socket(path, 0o660, None),
-                               commands.AdminCommands(h.room, h.log).table(), h.server.config, h.log,
+                               commands.AdminCommands(h.hall, h.log).table(), h.server.config, h.log,
                                owned_path=path)
     server.start()
     try:

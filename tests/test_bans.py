@@ -205,7 +205,7 @@ def test_ban_an_address_kicks_and_refuses_at_the_door(banning):
         assert re.fullmatch(r"You were banned: spam \(until \S+Z\)", notice["message"])
         assert c.closed()
     assert ann.closed()
-    wait_for(lambda: "leave nick=ben reason=banned" in d.stderr())  # the log's own thread
+    wait_for(lambda: "leave nick=ben room=general reason=banned" in d.stderr())  # the log's own thread
     door = RawClient(port)  # loopback is exempt from limits, not from bans
     err = door.read()
     assert (err["event"], err["code"]) == ("error", "banned")

@@ -8,7 +8,7 @@ import pytest
 from rawclient import PROMPT, frame, untimed
 from test_wire import error_of
 
-FEATURES = ["request", "private", "history", "nick", "action"]
+FEATURES = ["request", "private", "history", "nick", "action", "rooms"]
 
 
 def request(client, cmd, request_id=1, **fields):
@@ -26,10 +26,10 @@ def test_a_joiner_sees_its_join_then_who_is_here_then_the_history(chat):
     joined, names, history = cy.read(), cy.read(), cy.read()
     assert joined["event"] == "join" and joined["nickname"] == "cy"
     assert names == {"type": "system", "event": "names", "nicknames": ["ann", "ben", "cy"],
-                     "features": FEATURES, "history": 1,
+                     "features": FEATURES, "history": 1, "room": "general", "topic": "",
                      "message": "In the room: ann, ben, cy (3)"}
     stamp = history["messages"][0]["time"]
-    assert history == {"type": "system", "event": "history",
+    assert history == {"type": "system", "event": "history", "room": "general",
                        "messages": [{"nickname": "ann", "time": stamp, "message": "ann: hello"}],
                        "message": f"-- 1 earlier message --\n[{stamp[11:16]}] ann: hello"}
 
@@ -68,12 +68,12 @@ def test_nick_change_is_announced_to_everyone(chat):
     ann, ben = h.client("ann"), h.client("ben")
     request(ben, "nick", 2, nickname="benny")
     expected = {"type": "system", "event": "nick", "nickname": "benny", "old": "ben",
-                "message": "ben is now benny"}
+                "message": "ben is now benny", "room": "general"}
     assert untimed(ann.read_until(lambda f: f.get("event") == "nick")) == expected
     assert untimed(ben.read_until(lambda f: f.get("event") == "nick")) == expected
     u = ben.say("renamed")  # the client still writes its old prefix: the server adds the new
     assert ann.read_until(lambda f: f.get("uuid") == u)["nickname"] == "benny"
-    assert {"old": "ben", "new": "benny"} in h.log.named("nick")
+    assert {"old": "ben", "new": "benny", "rooms": "general"} in h.log.named("nick")
     cy = h.client()
     assert cy.recv_exact(10) == PROMPT
     cy.send_raw(b"BEN")  # the old name is free again
@@ -148,7 +148,7 @@ def test_action_is_forwarded_as_an_action(chat):
 
 def test_history_keeps_the_newest_within_its_bytes_and_can_be_off(chat):
     import json
-    for limit, expected in ((16384, 3), (300, 1)):
+    for limit, expected in ((16384, 3), (330, 1)):
         h = chat(history=3, history_bytes=limit)
         ann, ben = h.client("ann"), h.client("ben")
         for i in range(5):

@@ -121,7 +121,7 @@ def test_errors_beyond_the_limit_disconnect_with_reason_errors(chat):
     assert lines[0] == {"nick": "bad", "addr": lines[0]["addr"], "code": "bad_json"}
     assert {"repeated": 5, "code": "bad_json"}.items() <= lines[1].items()
     assert len(lines) == 2
-    assert {"nick": "bad", "reason": "errors"} in h.log.named("leave")
+    assert {"nick": "bad", "room": "general", "reason": "errors"} in h.log.named("leave")
 
 
 def test_unknown_uuid_confirms_count_and_their_lines_are_coalesced(chat):
@@ -270,7 +270,8 @@ def test_three_recipients_all_confirming(chat):
     for r in rs:
         r.confirm(u)
     assert s.read() == {"type": "confirm", "uuid": u, "delivered": 3, "recipients": 3}
-    assert h.log.named("delivery") == [{"uuid": u, "delivered": 3, "recipients": 3}]
+    assert h.log.named("delivery") == [{"uuid": u, "room": "general", "delivered": 3,
+                                        "recipients": 3}]
 
 
 def test_four_recipients_two_confirming_one_leaving_one_silent(chat):
@@ -288,7 +289,8 @@ def test_four_recipients_two_confirming_one_leaving_one_silent(chat):
     assert h.log.named("delivery") == []  # the final count is not known yet
     r4.confirm(u)  # after the receipt: taken silently
     wait_for(lambda: h.log.named("delivery"))
-    assert h.log.named("delivery") == [{"uuid": u, "delivered": 3, "recipients": 4}]
+    assert h.log.named("delivery") == [{"uuid": u, "room": "general", "delivered": 3,
+                                        "recipients": 4}]
     u2 = r4.say("no error came before this")
     assert s.read_until(lambda f: f.get("type") == "message" or f.get("event") == "error") \
         ["uuid"] == u2
@@ -322,7 +324,8 @@ def test_three_recipients_timing_out_one_confirming_late(chat):
         "message": "Message not delivered: nobody confirmed it"}
     assert h.log.named("protocol_error") == []
     assert [(d["delivered"], d["recipients"]) for d in h.log.named("delivery")] == [(1, 3)]
-    assert h.log.named("undelivered") == [{"uuid": u2, "reason": "nobody_confirmed"}]
+    assert h.log.named("undelivered") == [{"uuid": u2, "room": "general",
+                                           "reason": "nobody_confirmed"}]
 
 
 def test_the_room_stays_usable_after_every_probe(chat):

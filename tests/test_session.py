@@ -4,7 +4,7 @@ transport took (issue 24: the protocol apart from the transport)."""
 
 import json
 
-from tcpchatd.chat.room import Room
+from tcpchatd.chat.hall import Hall
 from tcpchatd.cluster.local import LocalBroker
 from tcpchatd.net.engine import Engine, Timer
 from tcpchatd.net.session import CHAT, Session
@@ -54,7 +54,7 @@ class Server:
         self.config = Config(**settings)
         self.log = RecordingLog()
         self.engine = Engine(1)  # its broadcast log and channel; no thread is started
-        self.room = Room(self.config, self.log, self.engine.channel(), broker=LocalBroker())
+        self.hall = Hall(self.config, self.log, self.engine.channel, broker=LocalBroker())
         self.loop = Loop(self.engine)
         self.ended = []
 

@@ -73,7 +73,7 @@ def test_stalled_client_is_disconnected_and_the_others_lose_nothing(daemon_facto
     assert all(r["delivered"] == 1 for r in receipts.values())
     assert [untimed(leave) for leave in leaves] == [{
         "type": "system", "event": "leave", "nickname": "stalled",
-        "reason": "send_queue_exceeded", "message": "stalled left!"}]
+        "reason": "send_queue_exceeded", "message": "stalled left!", "room": "general"}]
     rss_after = d.rss_kib()
     assert rss_after - rss_before < 64 * 1024, (rss_before, rss_after)
     stalled.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
@@ -113,7 +113,7 @@ def test_a_client_that_takes_nothing_is_dropped_after_stall_timeout(daemon_facto
         talker.say("y" * 4000)
     leave = talker.read_until(lambda f: f.get("event") == "leave")
     assert (leave["nickname"], leave["reason"]) == ("mute", "stalled")
-    wait_for(lambda: re.search(r"leave nick=mute reason=stalled", d.stderr()))
+    wait_for(lambda: re.search(r"leave nick=mute room=general reason=stalled", d.stderr()))
 
 
 def test_a_client_dropped_for_its_queue_gets_whole_frames_then_the_notice(daemon_factory):

@@ -160,7 +160,8 @@ def test_scenario_lands_exactly_in_the_rule_file(daemon_factory, rsyslog):
     by_uuid = {f["uuid"]: f for e, f in events if e == "message"}
     assert set(by_uuid) == set(sent)
     for u, (nick, text) in sent.items():
-        assert by_uuid[u] == {"nick": nick, "uuid": u, "recipients": "2", "text": text}
+        assert by_uuid[u] == {"nick": nick, "room": "general", "uuid": u, "recipients": "2",
+                              "text": text}
     deliveries = [f for e, f in events if e == "delivery"]
     assert all(f["delivered"] == "2" and f["recipients"] == "2" for f in deliveries)
     assert {f["uuid"] for f in deliveries} == set(sent)
@@ -201,11 +202,14 @@ def test_undelivered_flood_leave_and_confirms_each(daemon_factory, rsyslog):
     other.confirm(other.read_until(lambda f: f.get("type") == "message")["uuid"])
     other.close()
     events = rsyslog.wait_events(lambda ev: count(ev, "leave") == 1)
-    assert ("undelivered", {"uuid": u_alone, "reason": "nobody_here"}) in events
+    # every line of what happened in a room names it
+    assert ("undelivered", {"uuid": u_alone, "room": "general", "reason": "nobody_here"}) \
+        in events
     assert ("flood", {"nick": "alone", "uuid": u}) in events
-    assert ("confirm", {"uuid": u2, "nick": "other"}) in events
-    assert ("delivery", {"uuid": u2, "delivered": "1", "recipients": "1"}) in events
-    assert ("leave", {"nick": "other", "reason": "quit"}) in events
+    assert ("confirm", {"uuid": u2, "room": "general", "nick": "other"}) in events
+    assert ("delivery", {"uuid": u2, "room": "general", "delivered": "1",
+                         "recipients": "1"}) in events
+    assert ("leave", {"nick": "other", "room": "general", "reason": "quit"}) in events
 
 
 def test_control_characters_quotes_and_newlines_land_as_one_parsable_line(daemon_factory,

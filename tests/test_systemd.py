@@ -13,8 +13,9 @@ import pytest
 
 from tcpchatd.service import systemd
 from tcpchatd.service.config import Config
-from tcpchatd.chat.room import Room
+from tcpchatd.chat.hall import Hall
 from tcpchatd.cluster.local import LocalBroker
+from tcpchatd.net.engine import Engine
 from tcpchatd.net.listeners import bind_listener
 
 from conftest import RecordingLog, client_context, lock_held_by_another_thread, status_port
@@ -318,11 +319,11 @@ def test_the_watchdog_stops_pinging_while_one_thread_of_the_real_daemon_is_wedge
     d.wait_notify("WATCHDOG=1", timeout=5)  # it turns again: the pings come back
 
 
-def test_the_watchdog_never_pings_while_the_room_lock_cannot_be_taken(notify_socket):
-    room = Room(Config(), RecordingLog(), channel=None, broker=LocalBroker())
-    watchdog = systemd.Watchdog(systemd.Notifier(), 1.0, [lambda: room.probe(0.1)])
+def test_the_watchdog_never_pings_while_the_hall_lock_cannot_be_taken(notify_socket):
+    hall = Hall(Config(), RecordingLog(), channel=Engine(1).channel, broker=LocalBroker())
+    watchdog = systemd.Watchdog(systemd.Notifier(), 1.0, [lambda: hall.probe(0.1)])
     assert watchdog.tick(1000.0) and received(notify_socket) == ["WATCHDOG=1"]
-    with lock_held_by_another_thread(room.lock):
+    with lock_held_by_another_thread(hall.lock):
         assert not watchdog.tick(1001.0) and received(notify_socket) == []
     assert watchdog.tick(1002.0) and received(notify_socket) == ["WATCHDOG=1"]
 

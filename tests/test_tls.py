@@ -45,8 +45,8 @@ def test_tls_and_plaintext_clients_chat_in_one_room(tls_daemon, certs, short_tmp
     assert [line.split()[-1] for line in table[1:]] == ["yes", "no"]
     assert d.stop() == 0
     log = d.stderr()
-    assert re.search(r"^join nick=alice addr=127\.0\.0\.1:\d+ tls=yes$", log, re.M)
-    assert re.search(r"^join nick=bob addr=127\.0\.0\.1:\d+$", log, re.M)
+    assert re.search(r"^join nick=alice room=general addr=127\.0\.0\.1:\d+ tls=yes$", log, re.M)
+    assert re.search(r"^join nick=bob room=general addr=127\.0\.0\.1:\d+$", log, re.M)
     assert "Traceback" not in log
 
 

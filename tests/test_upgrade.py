@@ -38,12 +38,24 @@ def installed_copy(short_tmp):
     return site
 
 
+STARTED: list[DaemonProcess] = []  # ended by pid after each test, passed or failed
+
+
+@pytest.fixture(autouse=True)
+def end_started_daemons():
+    yield
+    while STARTED:
+        STARTED.pop().kill()
+
+
 def start(short_tmp, *args, env=None):
     admin_path = os.path.join(short_tmp, f"u{time.monotonic_ns() % 10**6}.sock")
     d = DaemonProcess(short_tmp, ["--listen", "127.0.0.1:0", "--admin-socket", admin_path,
                                   "--log-target", "stderr", "--flood-rate", "0",
                                   "--state-dir", os.path.join(short_tmp, "st"), *args],
-                      env=env, cwd="/").ready()  # not the source tree: PYTHONPATH decides
+                      env=env, cwd="/")  # not the source tree: PYTHONPATH decides
+    STARTED.append(d)
+    d.ready()
     return d, admin_path, status_port(d)
 
 
@@ -317,7 +329,9 @@ def test_log_lines_waiting_in_the_queue_survive(short_tmp):
     d = DaemonProcess(short_tmp, ["--listen", "127.0.0.1:0", "--admin-socket", admin_path,
                                   "--syslog-address", syslog_path,
                                   "--state-dir", os.path.join(short_tmp, "st")],
-                      cwd="/").ready()
+                      cwd="/")
+    STARTED.append(d)
+    d.ready()
     port = status_port(d)
     clients = []
     for number in range(40):  # far more join lines than the socket holds unread
@@ -376,7 +390,7 @@ def test_a_client_asked_for_its_nickname_is_not_asked_twice(short_tmp):
     assert result.returncode == 0, result.stderr
     waiting.send_raw(b"patient")
     assert untimed(waiting.read()) == {"type": "system", "event": "join", "nickname": "patient",
-                              "message": "patient joined!"}
+                                       "message": "patient joined!", "room": "general"}
     assert d.stop() == 0
 
 
@@ -552,3 +566,38 @@ def test_uptime_runs_on_through_an_upgrade(short_tmp):
     stats = json.loads(ctl(admin_path, "stats", "--json").stdout)
     assert stats["upgrades"] == 1 and stats["uptime_s"] >= 1.0
     assert d.stop() == 0
+
+
+def test_the_upgrade_carries_every_room_its_members_topic_and_pending_receipts(short_tmp):
+    """Issue 25: rooms, who is in each, topics, history and a receipt still pending cross
+    the exec; the chat in each room goes on as it was."""
+    d, admin_path, port = start(short_tmp, "--confirm-timeout", "20")
+    ann, ben, cy = RawClient(port), RawClient(port), RawClient(port)
+    for client, name in ((ann, "ann"), (ben, "ben"), (cy, "cy")):
+        client.join(name)
+    ann.enter("dev")
+    ben.enter("dev")
+    ben.request("part", room="general")
+    ann.answer(ann.request("topic", room="dev", topic="ship friday"))
+    pending = ann.say("before the upgrade", room="dev")
+    assert ben.read_until(lambda f: f.get("type") == "message")["uuid"] == pending
+    result = ctl(admin_path, "upgrade")
+    assert result.returncode == 0, result.stderr
+    ben.confirm(pending)  # the receipt that waited crosses the exec, then settles
+    receipt = ann.read_until(lambda f: f.get("type") == "confirm")
+    assert receipt == {"type": "confirm", "uuid": pending, "delivered": 1, "recipients": 1}
+    rooms = json.loads(ctl(admin_path, "rooms", "--json").stdout)["rooms"]
+    assert rooms == [{"room": "dev", "members": 2, "topic": "ship friday"},
+                     {"room": "general", "members": 2, "topic": ""}]
+    after = ann.say("after the upgrade", room="dev")
+    got = ben.read_until(lambda f: f.get("type") == "message")
+    assert (got["uuid"], got["room"]) == (after, "dev")
+    late = RawClient(port)
+    late.join("late")
+    names = late.enter("dev")
+    assert names["nicknames"] == ["ann", "ben", "late"] and names["topic"] == "ship friday"
+    assert [m["message"] for m in late.history["messages"]] == [
+        "ann: before the upgrade", "ann: after the upgrade"]
+    cy.say("general still works")
+    assert ann.read_until(lambda f: f.get("type") == "message")["room"] == "general"
+    assert d.stop() == 0 and "Traceback" not in d.stderr()

@@ -15,7 +15,8 @@ def test_handshake_join_and_message_with_receipt(chat):
     alice.send_raw(b"alice")
     alice.nickname = "alice"
     assert untimed(alice.read()) == {"type": "system", "event": "join",
-                                     "nickname": "alice", "message": "alice joined!"}
+                                     "nickname": "alice", "message": "alice joined!",
+                                     "room": "general"}
     assert alice.read()["message"] == "In the room: alice (1)"
     bob = h.client("bob")
     assert alice.read()["message"] == "bob joined!"
@@ -71,7 +72,7 @@ def test_leave_is_announced_with_reason(chat):
     b.close()
     assert untimed(a.read_until(lambda f: f.get("event") == "leave")) == {
         "type": "system", "event": "leave", "nickname": "b", "reason": "quit",
-        "message": "b left!"}
+        "message": "b left!", "room": "general"}
 
 
 def test_undelivered_when_alone(chat):
@@ -304,7 +305,7 @@ def test_a_burst_reaches_everyone_in_order_and_the_sender_gets_only_receipts(cha
         receipts[f["uuid"]] = f
     assert receipts == {u: {"type": "confirm", "uuid": u, "delivered": 2, "recipients": 2}
                         for u in uuids}
-    assert h.room.pending_count() == 0
+    assert h.hall.pending_count() == 0
 
 
 def test_a_kicked_client_gets_what_was_said_before_the_kick_then_the_kick(chat):
@@ -313,8 +314,8 @@ def test_a_kicked_client_gets_what_was_said_before_the_kick_then_the_kick(chat):
     a.read_until(lambda f: f.get("nickname") == "b")
     uuids = [str(uuid.uuid4()) for _ in range(200)]
     a.send_raw(_burst(uuids))
-    wait_for(lambda: h.room.counters.messages == len(uuids))
-    h.room.kick("b", "enough")
+    wait_for(lambda: h.hall.counters.messages == len(uuids))
+    h.hall.kick("b", "enough")
     got = []
     while not got or got[-1].get("event") != "kick":
         got.append(b.read())

@@ -1,13 +1,15 @@
-"""The broker interface: what the room asks of the rest of a cluster.
+"""The broker interface: what the hall asks of the rest of a cluster.
 
-The room calls a Broker and nothing else to reach other nodes; cluster/local.py (the
-embedded room: no other node) and cluster/redis.py implement it. A broker hands the
-other nodes' events back through the room's relay (relay.py).
+The hall calls a Broker and nothing else to reach other nodes; cluster/local.py (the
+embedded hall: no other node) and cluster/redis.py implement it. A broker hands the
+other nodes' events back through the hall's relay (relay.py).
 
-Events are plain dicts with a `kind`; the broker adds the origin `node`. Kinds the room
-publishes: join, leave, nick, message, announce (everyone's), ack, confirms, tally (for
-the origin node named in `to`). Kinds the admin side publishes: kick, ban, unban,
-stats.
+Events are plain dicts with a `kind`; the broker adds the origin `node`. Kinds the hall
+publishes: join (a member in a room), part, leave (out of every room), nick, message,
+topic, announce (everyone's), ack, confirms, tally (for the origin node named in `to`);
+the room an event is in is named in `room`. The broker itself: hello (a node (re)joining:
+every node tells where its members are), bye. Kinds the admin side publishes: kick, ban,
+unban, stats.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, Protocol
 
-# claim() when no broker can be asked (it is lost): the member joins this node's room
+# claim() when no broker can be asked (it is lost): the member joins this node's hall
 # and its nickname is claimed when the broker is back.
 UNCLAIMED = ""
 
@@ -38,7 +40,7 @@ class Broker(Protocol):
 
     def publish(self, event: dict[str, Any]) -> None:
         """Send an event to every node, in the order of calls; never blocks (called
-        under the room's lock)."""
+        under the hall's lock)."""
 
     def others(self) -> frozenset[str]:
         """The other nodes alive now: each acknowledges every public message."""

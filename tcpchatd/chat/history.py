@@ -1,8 +1,8 @@
-"""The room's recent history: the last public messages, shown to a joiner in one frame.
+"""A room's recent history: the last public messages, shown to a joiner in one frame.
 
-Kept in memory (a node of a cluster takes its own from the room's stream at start). The
-frame is built once for every joiner until the next public message. Not thread-safe on
-its own: the room calls it under its lock.
+Kept in memory (a node of a cluster takes its own from the cluster's stream at start).
+The frame is built once for every joiner until the next public message. Not thread-safe
+on its own: the hall calls it under its lock.
 """
 
 from __future__ import annotations
@@ -32,12 +32,13 @@ class History:
             self._entries.popleft()
         self._frame = None
 
-    def frame(self, count: int, max_bytes: int) -> tuple[bytes | None, int]:
+    def frame(self, count: int, max_bytes: int,
+              room: str | None = None) -> tuple[bytes | None, int]:
         """(the history frame of the last `count` messages within max_bytes, how many it
         holds); (None, 0) when there is none."""
         if self._frame is None or self._built_for != (count, max_bytes):
             entries = list(self._entries)[-count:] if count else []
-            self._frame = protocol.history_frame(entries, max_bytes)
+            self._frame = protocol.history_frame(entries, max_bytes, room)
             self._built_for = (count, max_bytes)
         return self._frame
 

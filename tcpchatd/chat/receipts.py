@@ -35,6 +35,7 @@ class Pending:
     to_departed: bool = False  # settled after its sender left half-closed
     nodes: set = field(default_factory=set)  # other nodes whose tally is still due
     origin: str | None = None  # relayed: the node whose member sent it (sender is None)
+    room: Any = None  # the room it was sent in (room.py's Room); None: a private message
 
     def done(self) -> bool:
         return not self.waiting and not self.nodes
@@ -109,22 +110,25 @@ class Receipts:
         return {
             "pending": [[p.uuid, None if p.sender is None else ident(p.sender),
                          [ident(m) for m in p.waiting], p.recipients, p.deadline - now,
-                         p.delivered, p.reported, p.to_departed, sorted(p.nodes), p.origin]
+                         p.delivered, p.reported, p.to_departed, sorted(p.nodes), p.origin,
+                         None if p.room is None else p.room.key]
                         for p in self.pending.values()],
             "receipt_times": [[at - now, frame_uuid] for at, frame_uuid in self._receipt_times],
             "settled": list(self._settled),
         }
 
-    def restore(self, state: dict, now: float, member_of: Callable[[Any], Any]) -> None:
+    def restore(self, state: dict, now: float, member_of: Callable[[Any], Any],
+                room_of: Callable[[str], Any]) -> None:
+        """member_of(ident): the member or None (gone); room_of(key): the room."""
         for (frame_uuid, sender, waiting, recipients, left, delivered, reported,
-             to_departed, *relayed) in state["pending"]:
-            nodes, origin = relayed if relayed else ([], None)
+             to_departed, nodes, origin, room) in state["pending"]:
             sender = None if sender is None else member_of(sender)
             if sender is None and origin is None:
                 continue
             self.pending[frame_uuid] = Pending(
                 frame_uuid, sender, {m for m in map(member_of, waiting) if m is not None},
-                recipients, now + left, delivered, reported, to_departed, set(nodes), origin)
+                recipients, now + left, delivered, reported, to_departed, set(nodes), origin,
+                None if room is None else room_of(room))
         self._deadlines = sorted((p.deadline, p.uuid) for p in self.pending.values())
         self._receipt_times = [(now + left, frame_uuid)
                                for left, frame_uuid in state["receipt_times"]]

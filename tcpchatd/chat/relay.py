@@ -1,147 +1,244 @@
-"""The other nodes of a cluster, as the room sees them: their members, and their events
-applied in the order of the room's stream.
+"""The other nodes of a cluster, as the hall sees them: their members (each in its
+rooms), and their events applied in the order of the cluster's stream.
 
 The broker (chat/broker.py's interface, cluster/redis.py) calls a Relay and nothing else
 of the chat: the `remote_*` events, a lost node, and what it needs to (re)claim this
-node's members' nicknames. The relay works under the room's lock, through the room's
-methods for it (listeners, recipients' accounts, receipts, finish and report).
+node's members' nicknames. The relay works under the hall's lock, through the hall's
+methods for it (rooms, recipients' accounts, receipts, finish and report).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..wire import protocol
 from ..wire.nicknames import nickname_key
 from .receipts import Pending
+from .room import RemoteMember
 
 if TYPE_CHECKING:
-    from .room import Member, Room, RoomSettings
-
-
-@dataclass
-class RemoteMember:
-    """A member of another node, as its join event described it."""
-
-    nickname: str
-    node: str
-    address: str = ""       # as that node shows it: `ip:port` or `[v6]:port`
-    tls: bool = False
-    connected: float = 0.0  # time.time() when it connected
-    quiet: bool = False     # a poster: no notices, not in names
-
-    @property
-    def ip(self) -> str:
-        """The peer's address, for bans ("" when its node did not say)."""
-        host = self.address.rpartition(":")[0]
-        return host[1:-1] if host.startswith("[") else host
+    from .hall import Hall, HallSettings
+    from .room import Member, Room
 
 
 class Relay:
-    """The room's other nodes. `members`: nickname_key -> RemoteMember, read and written
-    under the room's lock."""
+    """The hall's other nodes: their members (nickname_key -> RemoteMember) and events,
+    read and written under the hall's lock."""
 
-    def __init__(self, room: Room) -> None:
-        self.room = room
-        self.members: dict[str, RemoteMember] = {}
+    def __init__(self, hall: Hall) -> None:
+        self.hall = hall
+        self._members: dict[str, RemoteMember] = {}
 
     @property
-    def config(self) -> RoomSettings:
-        return self.room.config
+    def config(self) -> HallSettings:
+        return self.hall.config
 
-    # --- other nodes' events, in the order of the room's stream
+    # --- the hall's questions (under its lock)
 
-    def remote_join(self, node: str, nickname: str, address: str = "", tls: bool = False,
-                    connected: float = 0.0, quiet: bool = False) -> None:
-        room, key = self.room, nickname_key(nickname)
-        with room.lock:
-            if room.local_member(key) is not None:
+    def has(self, key: str) -> bool:
+        return key in self._members
+
+    def member(self, key: str) -> RemoteMember | None:
+        return self._members.get(key)
+
+    def everyone(self) -> list[RemoteMember]:
+        return list(self._members.values())
+
+    def forget(self, key: str) -> None:
+        """A nickname this node's member claimed: whoever held it elsewhere has left."""
+        known = self._members.pop(key, None)
+        if known is not None:
+            for room in self._rooms_of(known):
+                room.remote.pop(key, None)
+                self.hall.close_if_empty(room)
+
+    def _rooms_of(self, remote: RemoteMember) -> list[Room]:
+        rooms = (self.hall.rooms.get(key) for key in remote.rooms)
+        return [room for room in rooms if room is not None]
+
+    # --- other nodes' events, in the order of the cluster's stream
+
+    def remote_join(self, node: str, nickname: str, room_name: str | None = None,
+                    address: str = "", tls: bool = False, connected: float = 0.0,
+                    quiet: bool = False) -> None:
+        """Another node's member is in a room (its first: it joined; or one more)."""
+        hall, key = self.hall, nickname_key(nickname)
+        with hall.lock:
+            if hall.local_member(key) is not None:
                 return  # ours: the claim decides (see the broker's re-registration)
-            known = self.members.get(key)
-            self.members[key] = RemoteMember(nickname, node, address, tls, connected, quiet)
-            if known is not None and known.node == node or quiet:
-                return  # told again (the node came back), or a poster: not news
-            if room.size() <= room.config.announce_joins_max:
-                room.channel.publish(protocol.join_frame(nickname))
+            room = hall.room_for_remote(room_name)
+            if room is None:
+                return
+            known = self._members.get(key)
+            if known is None or known.node != node:
+                if known is not None:  # the nickname went from that node to this one
+                    self.forget(key)
+                known = self._members[key] = RemoteMember(nickname, node, address, tls,
+                                                          connected, quiet)
+            elif address:  # its first room's join says more of it
+                known.address, known.tls, known.connected = address, tls, connected
+            if room.key in known.rooms:
+                return  # told again (the node came back): not news
+            known.rooms.append(room.key)
+            room.remote[key] = known
+            if known.quiet or room.size() > hall.config.announce_joins_max:
+                return  # a poster, or a very large room: not announced
+            room.channel.publish(protocol.join_frame(nickname, room.name))
+        room.channel.notify()
+
+    def remote_known(self, node: str, nickname: str, address: str = "", tls: bool = False,
+                     connected: float = 0.0, quiet: bool = False) -> None:
+        """Another node's member, known from its claim (in no room yet: the joins that
+        node tells again say which)."""
+        hall, key = self.hall, nickname_key(nickname)
+        with hall.lock:
+            known = self._members.get(key)
+            if hall.local_member(key) is not None or known is not None and known.node == node:
+                return
+            if known is not None:
+                self.forget(key)
+            self._members[key] = RemoteMember(nickname, node, address, tls, connected, quiet)
+
+    def remote_part(self, node: str, nickname: str, room_name: str | None, reason: str,
+                    detail: str | None = None) -> None:
+        """Another node's member left one room."""
+        hall = self.hall
+        with hall.lock:
+            known = self._members.get(nickname_key(nickname))
+            room = hall.room_named(room_name) if room_name is not None else hall.default
+            if known is None or known.node != node or room is None:
+                return
+            self._drop(known, room, reason, detail)
+            hall.close_if_empty(room)
         room.channel.notify()
 
     def remote_leave(self, node: str, nickname: str, reason: str,
                      detail: str | None = None) -> None:
-        with self.room.lock:
-            self._drop(node, nickname, reason, detail)
-        self.room.channel.notify()
+        """Another node's member left every room (it quit, was kicked...)."""
+        with self.hall.lock:
+            rooms = self._leave(node, nickname, reason, detail)
+        for room in rooms:
+            room.channel.notify()
 
-    def _drop(self, node: str, nickname: str, reason: str, detail: str | None = None) -> None:
+    def _leave(self, node: str, nickname: str, reason: str,
+               detail: str | None = None) -> list[Room]:
         key = nickname_key(nickname)
-        known = self.members.get(key)
+        known = self._members.get(key)
         if known is None or known.node != node:
+            return []
+        del self._members[key]
+        rooms = self._rooms_of(known)
+        for room in rooms:
+            self._drop(known, room, reason, detail)
+            self.hall.close_if_empty(room)
+        return rooms
+
+    def _drop(self, known: RemoteMember, room: Room, reason: str,
+              detail: str | None) -> None:
+        key = nickname_key(known.nickname)
+        if room.remote.pop(key, None) is None:
             return
-        del self.members[key]
-        if not known.quiet and self.room.size() < self.room.config.announce_joins_max:
-            self.room.channel.publish(protocol.leave_frame(nickname, reason, detail))
+        if room.key in known.rooms:
+            known.rooms.remove(room.key)
+        if not known.quiet and room.size() < self.hall.config.announce_joins_max:
+            room.channel.publish(protocol.leave_frame(known.nickname, reason, detail,
+                                                      room.name))
 
     def remote_nick(self, node: str, old: str, new: str) -> None:
-        room = self.room
-        with room.lock:
-            known = self.members.pop(nickname_key(old), None)
+        hall = self.hall
+        with hall.lock:
+            known = self._members.get(nickname_key(old))
             if known is None or known.node != node:
                 return
+            del self._members[nickname_key(old)]
             known.nickname = new
-            self.members[nickname_key(new)] = known
-            room.channel.publish(protocol.nick_frame(old, new))
+            self._members[nickname_key(new)] = known
+            rooms = self._rooms_of(known)
+            for room in rooms:
+                room.remote.pop(nickname_key(old), None)
+                room.remote[nickname_key(new)] = known
+                room.channel.publish(protocol.nick_frame(old, new, room.name))
+        for room in rooms:
+            room.channel.notify()
+
+    def remote_announce(self, text: str, room_name: str | None = None) -> None:
+        hall = self.hall
+        if room_name is None:  # to everyone
+            frame = protocol.announce_frame(text)
+            for member in hall.members():
+                member.deliver(frame)
+            return
+        with hall.lock:
+            room = hall.room_named(room_name)
+            if room is None:
+                return
+            room.channel.publish(protocol.announce_frame(text, room.name))
         room.channel.notify()
 
-    def remote_announce(self, text: str) -> None:
-        with self.room.lock:
-            self.room.channel.publish(protocol.announce_frame(text))
-        self.room.channel.notify()
+    def remote_topic(self, room_name: str, topic: str, by: str, at: str) -> None:
+        hall = self.hall
+        with hall.lock:
+            room = hall.room_named(room_name)
+            if room is None:
+                return
+            room.topic.text, room.topic.by, room.topic.at = topic, by, at
+            room.channel.publish(protocol.topic_frame(room.name, topic, by, at))
+        room.channel.notify()
 
     def remote_message(self, node: str, frame_uuid: str, nickname: str, text: str,
                        stamp: str, to: str | None = None, action: bool = False,
-                       at: str | None = None) -> None:
+                       at: str | None = None, room_name: str | None = None) -> None:
         """Another node's member sent a message: our members get it, and the origin our
         acknowledgement at once (with our recipient count), our confirms, our tally. A
         private one (`to`) is acknowledged by the node the origin named (`at`) alone."""
-        room = self.room
-        frame = protocol.chat_frame(frame_uuid, nickname, text, stamp, to, action)
-        target = None
-        with room.lock:
+        hall = self.hall
+        target = room = None
+        with hall.lock:
             if to is not None:
-                target = room.local_member(nickname_key(to))
+                target = hall.local_member(nickname_key(to))
                 recipients = 1 if target is not None else 0
+                frame = protocol.chat_frame(frame_uuid, nickname, text, stamp, to, action)
             else:
-                recipients = len(room.listeners())
-                room.remember(nickname, stamp, protocol.chat_text(nickname, text))
-                room.channel.publish(frame)
-            if frame_uuid in room.receipts:  # a uuid ours already uses: delivered, untracked
+                room = hall.room_named(room_name) if room_name is not None else hall.default
+                recipients = len(room.listeners) if room is not None else 0
+                if room is not None:
+                    frame = protocol.chat_frame(frame_uuid, nickname, text, stamp, None,
+                                                action, room.name)
+                    room.history.remember((nickname, stamp, protocol.chat_text(nickname, text)),
+                                          hall.config.history)
+                    room.channel.publish(frame)
+            if frame_uuid in hall.receipts:  # a uuid ours already uses: delivered, untracked
                 recipients = 0
-            room.counters.deliveries += recipients
-            if to is None or at == room.broker.node:  # a private one waits on one node
-                room.broker.publish({"kind": "ack", "to": node, "uuid": frame_uuid,
+            hall.counters.deliveries += recipients
+            if room is not None:
+                room.counters.deliveries += recipients
+            if to is None or at == hall.broker.node:  # a private one waits on one node
+                hall.broker.publish({"kind": "ack", "to": node, "uuid": frame_uuid,
                                      "recipients": recipients})
             if recipients:
-                waiting = {target} if target is not None else set(room.listeners())
-                room.receipts.add(Pending(frame_uuid, None, waiting, recipients,
-                                          time.monotonic() + room.config.confirm_timeout,
-                                          origin=node))
-                room.owe(target)
-        room.channel.notify()
+                waiting = {target} if target is not None else \
+                    set(room.listeners.values()) if room is not None else set()
+                hall.receipts.add(Pending(frame_uuid, None, waiting, recipients,
+                                          time.monotonic() + hall.config.confirm_timeout,
+                                          origin=node, room=room))
+                hall.owe(target, room)
+        if room is not None:
+            room.channel.notify()
         if target is not None:
             target.deliver(frame)
 
     def _own_pending(self, frame_uuid: str, node: str) -> Pending | None:
         """Under the lock: our message that waits on that node's word."""
-        pending = self.room.receipts.get(frame_uuid)
+        pending = self.hall.receipts.get(frame_uuid)
         if pending is None or pending.origin is not None or node not in pending.nodes:
             return None
         return pending
 
     def remote_ack(self, node: str, frame_uuid: str, recipients: int) -> None:
         finished = []
-        with self.room.lock:
+        with self.hall.lock:
             pending = self._own_pending(frame_uuid, node)
             if pending is None:
                 return
@@ -149,12 +246,12 @@ class Relay:
             if not recipients:  # nobody there: that node is done with it
                 pending.nodes.discard(node)
                 if pending.done():
-                    finished.append(self.room.finish(pending))
-        self.room.report(finished)
+                    finished.append(self.hall.finish(pending))
+        self.hall.report(finished)
 
     def remote_confirms(self, node: str, counts: dict[str, int]) -> None:
-        room = self.room
-        with room.lock:
+        hall = self.hall
+        with hall.lock:
             for frame_uuid, count in counts.items():
                 pending = self._own_pending(frame_uuid, node)
                 if pending is None:
@@ -162,63 +259,68 @@ class Relay:
                 first = pending.delivered == 0
                 pending.delivered += count
                 if first:
-                    room.receipts.wait_for_more(pending,
-                                                time.monotonic() + room.config.receipt_wait)
+                    hall.receipts.wait_for_more(pending,
+                                                time.monotonic() + hall.config.receipt_wait)
 
     def remote_tally(self, node: str, frame_uuid: str) -> None:
         """That node's recipients have all confirmed, left or timed out."""
         finished = []
-        with self.room.lock:
+        with self.hall.lock:
             pending = self._own_pending(frame_uuid, node)
             if pending is None:
                 return
             pending.nodes.discard(node)
             if pending.done():
-                finished.append(self.room.finish(pending))
-        self.room.report(finished)
+                finished.append(self.hall.finish(pending))
+        self.hall.report(finished)
 
     def nodes_lost(self, nodes: set[str] | None, reason: str = "node_lost") -> int:
         """Those nodes (None: every other node, the broker being lost) are gone: their
         members leave, and receipts stop waiting on them. Returns the members that left."""
-        room, finished = self.room, []
-        with room.lock:
-            gone = [r for r in self.members.values() if nodes is None or r.node in nodes]
+        hall, finished, rooms = self.hall, [], set()
+        with hall.lock:
+            gone = [r for r in self._members.values() if nodes is None or r.node in nodes]
             for remote in gone:
-                self._drop(remote.node, remote.nickname, reason)
-            for pending in list(room.receipts.pending.values()):
+                rooms.update(self._leave(remote.node, remote.nickname, reason))
+            for pending in list(hall.receipts.pending.values()):
                 if pending.nodes and pending.origin is None:
                     pending.nodes = set() if nodes is None else pending.nodes - nodes
                     if pending.done():
-                        finished.append(room.finish(pending))
-        room.channel.notify()
-        room.report(finished)
+                        finished.append(hall.finish(pending))
+        for room in rooms:
+            room.channel.notify()
+        hall.report(finished)
         return len(gone)
 
     # --- what the broker needs of this node's own members
 
     def claims(self) -> list[tuple[Member, str, str]]:
         """(member, nickname, claim token) of every member of this node."""
-        return self.room.claims()
+        return self.hall.claims()
+
+    def rooms_of(self, member: Member) -> list[str]:
+        """The names of the rooms this node's member is in (its joins, told again)."""
+        return self.hall.rooms_of(member)
 
     def set_claim(self, member: Member, token: str) -> None:
-        self.room.set_claim(member, token)
+        self.hall.set_claim(member, token)
 
-    def seed_history(self, entries: list[tuple[str, str, str]]) -> None:
-        self.room.seed_history(entries)
+    def seed_history(self, entries: list[tuple[str | None, str, str, str]]) -> None:
+        self.hall.seed_history(entries)
 
     def disconnect(self, member: Member, reason: str, notice: bytes,
                    detail: str | None = None) -> None:
-        self.room.disconnect(member, reason, notice, detail)
+        self.hall.disconnect(member, reason, notice, detail)
 
     # --- a hitless upgrade
 
     def export(self) -> list[list]:
-        return [[key, *dataclasses.astuple(r)] for key, r in self.members.items()]
+        return [[key, *dataclasses.astuple(r)] for key, r in self._members.items()]
 
     def restore(self, rows: list) -> None:
-        """[key, *fields]; images before the keys wrote the fields alone."""
-        for row in rows:
-            key = row.pop(0) if len(row) == len(dataclasses.fields(RemoteMember)) + 1 \
-                else None
-            remote = RemoteMember(*row)
-            self.members[key or nickname_key(remote.nickname)] = remote
+        """[key, *fields, room keys] (under the lock); each member back in its rooms."""
+        for key, *fields in rows:
+            remote = RemoteMember(*fields)
+            self._members[key] = remote
+            for room in self._rooms_of(remote):
+                room.remote[key] = remote

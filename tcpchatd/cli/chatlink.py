@@ -106,7 +106,20 @@ class Connection:
         self._send_lock = threading.Lock()
         self.nickname = ""  # once it has sent one
         self.features: frozenset[str] = frozenset()  # what the server's names frame offered
-        self.nicknames: set[str] = set()             # who is here, as far as we know
+        # the rooms it is in (a server without rooms: one, named ""), in the order joined,
+        # and who is in each, as far as we know
+        self.rooms: dict[str, set[str]] = {}
+        self.topics: dict[str, str] = {}
+
+    @property
+    def nicknames(self) -> set[str]:
+        """Everyone in the rooms it is in (for completion)."""
+        return set().union(*self.rooms.values()) if self.rooms else set()
+
+    def room_of(self, name: str) -> str | None:
+        """The room it is in of that name (`#dev`, `Dev`: the server's spelling), or None."""
+        wanted = name.lstrip("#").casefold()
+        return next((room for room in self.rooms if room.casefold() == wanted), None)
 
     def next(self) -> dict | bytes:
         """The next frame as a dict, or NICKNAME_PROMPT."""
@@ -135,19 +148,32 @@ class Connection:
             yield frame
 
     def _track(self, frame: dict) -> None:
-        """Keep the features and who is here (for completion) up to date."""
+        """Keep the features, the rooms and who is in them up to date."""
         event, nickname = frame.get("event"), frame.get("nickname")
+        room = frame["room"] if isinstance(frame.get("room"), str) else ""
         if event == "names" and isinstance(frame.get("nicknames"), list):
-            self.nicknames = {n for n in frame["nicknames"] if isinstance(n, str)}
+            if room not in self.rooms and "id" in frame and frame.get("id") != "join":
+                return  # a `who` of a room it is not in
+            self.rooms[room] = {n for n in frame["nicknames"] if isinstance(n, str)}
+            if isinstance(frame.get("topic"), str):
+                self.topics[room] = frame["topic"]
             if isinstance(frame.get("features"), list):
                 self.features = frozenset(f for f in frame["features"] if isinstance(f, str))
-        elif event == "join" and isinstance(nickname, str):
-            self.nicknames.add(nickname)
+        elif event == "join" and isinstance(nickname, str) and room in self.rooms:
+            self.rooms[room].add(nickname)
         elif event == "leave" and isinstance(nickname, str):
-            self.nicknames.discard(nickname)
+            if nickname == self.nickname and room:  # it parted
+                self.rooms.pop(room, None)
+            elif room in self.rooms:
+                self.rooms[room].discard(nickname)
+        elif event == "kick" and room:  # out of that room alone
+            self.rooms.pop(room, None)
+        elif event == "topic" and room and isinstance(frame.get("topic"), str):
+            self.topics[room] = frame["topic"]
         elif event == "nick" and isinstance(nickname, str):
-            self.nicknames.discard(frame.get("old"))
-            self.nicknames.add(nickname)
+            if room in self.rooms:
+                self.rooms[room].discard(frame.get("old"))
+                self.rooms[room].add(nickname)
             if frame.get("old") == self.nickname:
                 self.nickname = nickname
 
@@ -184,7 +210,7 @@ class Connection:
             joined = item.get("nickname") == self.nickname if "event" in item \
                 else item.get("message") == f"{self.nickname} joined!"
             if joined:
-                self.nicknames.add(self.nickname)
+                self.rooms.setdefault(str(item.get("room", "")), set()).add(self.nickname)
                 return
 
     def hello(self, nickname: str) -> None:
@@ -209,15 +235,38 @@ class Connection:
                 last_error = str(item.get("message"))
             elif item["event"] == "join":
                 self.nickname = str(item.get("nickname", nickname))
+                self.rooms.setdefault(str(item.get("room", "")), set())
                 return
 
+    def enter(self, room: str) -> str:
+        """Join a room before the conversation starts (pipe and post modes): its name as
+        the server spells it; Refused with the server's words (no such room...). Being
+        in it already is no error."""
+        if "" in self.rooms:  # its join named no room: the original server, an old tcpchatd
+            raise Refused(f"this server has no rooms: leave --room {room} out")
+        self.request("join", room=room)
+        while True:
+            item = self.next()
+            if isinstance(item, bytes) or item.get("id") != "join":
+                if isinstance(item, dict):
+                    self._track(item)
+                continue
+            if item.get("event") == "names":
+                self._track(item)
+                return str(item.get("room"))
+            if item.get("code") == errors.ALREADY_IN_ROOM:
+                return self.room_of(room) or room
+            raise Refused(str(item.get("message", "the server refused the room")))
+
     def send_message(self, text: str, to: str | None = None, action: bool = False,
-                     frame_uuid: str | None = None) -> str:
+                     frame_uuid: str | None = None, room: str | None = None) -> str:
         frame_uuid = frame_uuid or str(uuidlib.uuid4())
         frame: dict[str, Any] = {"type": "message", "uuid": frame_uuid,
                                  "message": f"{self.nickname}: {text}"}
         if to is not None:
             frame["to"] = to
+        elif room:  # "" is the one room of a server without rooms
+            frame["room"] = room
         if action:
             frame["action"] = True
         self._send(protocol.encode(frame))
@@ -310,8 +359,10 @@ def join_interactively(args: argparse.Namespace, ask_nickname: Callable[[], str]
 
 
 def reconnect(args: argparse.Namespace, nickname: str, say: Callable[[str], None],
-              stop: threading.Event) -> Connection | None:
-    """Reconnect with backoff (0.5 s doubling to 30 s) until joined or `stop` is set."""
+              stop: threading.Event, rooms: list[str] | None = None) -> Connection | None:
+    """Reconnect with backoff (0.5 s doubling to 30 s) until joined or `stop` is set;
+    then back in `rooms` (those it was in: a room that is gone is told and left out,
+    and the default room is parted if it was not among them)."""
     delay = RECONNECT_FIRST
     while not stop.is_set():
         say(f"reconnecting in {delay:g} s")
@@ -319,6 +370,8 @@ def reconnect(args: argparse.Namespace, nickname: str, say: Callable[[str], None
             return None
         try:
             conn = connect_and_join(args, nickname)
+            if rooms:
+                back_in(conn, rooms, say)
         except ServerGone as exc:
             say(str(exc))
             delay = min(delay * 2, RECONNECT_MAX)
@@ -326,6 +379,21 @@ def reconnect(args: argparse.Namespace, nickname: str, say: Callable[[str], None
         say(f"reconnected as {conn.nickname}")
         return conn
     return None
+
+
+def back_in(conn: Connection, rooms: list[str], say: Callable[[str], None]) -> None:
+    """A new connection in the rooms the last one was in (it starts in the default room,
+    which it parts if that was not among them)."""
+    default = next(iter(conn.rooms), "")
+    for room in rooms:
+        if conn.room_of(room) is None:
+            try:
+                conn.enter(room)
+            except Refused as exc:  # gone meanwhile, or no longer to be made
+                say(f"#{room}: {exc}")
+    if default and len(conn.rooms) > 1 and \
+            not any(r.casefold() == default.casefold() for r in rooms):
+        conn.request("part", room=default)
 
 
 def describe_receipt(frame: dict) -> tuple[bool, str]:

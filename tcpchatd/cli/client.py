@@ -64,6 +64,7 @@ class PipeRun:
     final: str | None = None    # why nothing more can be sent
     done: threading.Event = field(default_factory=threading.Event)
     results: list[bool] = field(default_factory=list)
+    room: str | None = None     # the room lines go to (--room); None: the default room
 
     def _finish(self, item: Outgoing, reached: bool, text: str) -> None:
         """Under the lock: a line's result, printed at once (`tail -f log | client` works)."""
@@ -93,7 +94,8 @@ class PipeRun:
             def say(text: str) -> None:
                 print(f"tcpchat-client: {text}", file=sys.stderr, flush=True)
             say(why)  # then "reconnecting in ...": the reason first
-            conn = reconnect(self.args, self.conn.nickname, say, self.done)
+            conn = reconnect(self.args, self.conn.nickname, say, self.done,
+                             [self.room] if self.room else None)
             with self.cond:
                 if conn is None:
                     self.final = self.final or why
@@ -153,7 +155,7 @@ class PipeRun:
                 item.uuid = str(uuidlib.uuid4())
                 self.pending[item.uuid] = item  # before sending: the receipt may be quick
                 try:
-                    self.conn.send_message(text, frame_uuid=item.uuid)
+                    self.conn.send_message(text, frame_uuid=item.uuid, room=self.room)
                 except ServerGone:
                     del self.pending[item.uuid]
                     unsent.append(item)  # the receiver notices and reconnects
@@ -186,10 +188,11 @@ def run_pipe(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     try:
         conn = connect_and_join(args, args.nick)
+        room = conn.enter(args.room) if args.room else None
     except ServerGone as exc:
         print(f"tcpchat-client: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    run = PipeRun(args, conn)
+    run = PipeRun(args, conn, room=room)
     try:
         return run.run(sys.stdin)
     finally:
@@ -225,6 +228,7 @@ def run_post(args: argparse.Namespace, lines: Iterable[str]) -> int:
     try:
         conn = connect(args)
         conn.hello(args.nick)
+        room = conn.enter(args.room) if args.room else None
     except ServerGone as exc:
         print(f"tcpchat-client: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -262,7 +266,7 @@ def run_post(args: argparse.Namespace, lines: Iterable[str]) -> int:
             posts[post.uuid] = post
         order.append(post)
         try:
-            conn.send_message(text, frame_uuid=post.uuid)
+            conn.send_message(text, frame_uuid=post.uuid, room=room)
         except ServerGone:
             break
     deadline = time.monotonic() + args.timeout
@@ -307,6 +311,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="trust the CA certificates in FILE instead of the system's "
                         "(implies --tls)")
     parser.add_argument("--nick", help="nickname (asked for when not given)")
+    parser.add_argument("--room", metavar="ROOM",
+                        help="join ROOM (#dev or dev; made if it does not exist and the "
+                        "server allows it) and talk there: from a pipe or with --post each "
+                        "line goes to it; in the terminal it is the room you start in "
+                        "(default: the server's default room)")
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds to connect, and in pipe mode to wait for the last "
                         "receipts (default 10)")

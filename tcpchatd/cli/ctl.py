@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
             elif arg.flag:
                 sub.add_argument(arg.flag, dest=arg.key, metavar=arg.metavar, help=arg.help)
             elif not arg.words:
-                sub.add_argument(arg.key, metavar=arg.metavar, help=arg.help)
+                sub.add_argument(arg.key, metavar=arg.metavar, help=arg.help,
+                                 nargs=None if arg.required else "?")
     return parser
 
 
@@ -103,9 +104,23 @@ def request_args(args: argparse.Namespace) -> dict:
     return values
 
 
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line; words after an option go on with the words before it
+    (`kick ann --room dev off topic`: argparse alone takes no words after --room)."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    words = [arg for arg in SPECS[args.cmd].args if arg.words]
+    if extra and words and not any(item.startswith("-") for item in extra):
+        key = f"words_{words[0].key}"
+        setattr(args, key, (getattr(args, key) or []) + extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = parse_args(argv)
     except SystemExit as exc:
         return int(exc.code or 0)
     try:

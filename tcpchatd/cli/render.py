@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import unicodedata
 import zlib
+from collections.abc import Iterable
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -26,6 +27,7 @@ NICK_COLOURS = ("ansired", "ansigreen", "ansiyellow", "ansiblue", "ansimagenta",
                 "ansibrightred", "ansibrightgreen", "ansibrightblue", "ansibrightmagenta")
 OWN_STYLE = "bold"
 NOTICE_STYLE = "ansibrightblack"
+ROOM_STYLE = "ansicyan"
 MENTION_STYLE = "reverse"
 RECEIPT_STYLES = {"full": "ansigreen", "partial": "ansiyellow", "none": "ansired"}
 TAB = "    "
@@ -123,8 +125,14 @@ def mentions(frame: dict, own: str | None) -> bool:
     return own.casefold() in str(frame.get("message", "")).casefold()
 
 
-def message(frame: dict, own: str | None) -> Fragments:
-    """A chat message: `HH:MM nick: text`, `HH:MM * nick waves`, or a private one."""
+def _in(room: str | None) -> list[tuple[str, str]]:
+    """The mark of a line from another room than the one being talked in."""
+    return [(ROOM_STYLE, f"#{visible(room)} ")] if room is not None else []
+
+
+def message(frame: dict, own: str | None, room: str | None = None) -> Fragments:
+    """A chat message: `HH:MM nick: text`, `HH:MM * nick waves`, or a private one; from
+    another `room` than the current one, `HH:MM #room nick: text`."""
     text = str(frame.get("message", ""))
     sender = frame.get("nickname")
     stamp = clock(frame.get("time"))
@@ -142,28 +150,46 @@ def message(frame: dict, own: str | None) -> Fragments:
     if frame.get("private"):
         lead = [("", f"{stamp} "), ("italic", "[private] "), who, ("", ": ")]
     elif frame.get("action"):
-        lead = [("", f"{stamp} * "), who, ("", " ")]
+        lead = [("", f"{stamp} "), *_in(room), ("", "* "), who, ("", " ")]
     else:
-        lead = [("", f"{stamp} "), who, ("", ": ")]
+        lead = [("", f"{stamp} "), *_in(room), who, ("", ": ")]
     return _body(lead, text, own)
 
 
-def notice(frame: dict) -> Fragments:
-    """A system frame: `HH:MM -- text`."""
-    return _body([(NOTICE_STYLE, f"{clock(frame.get('time'))} -- ")],
+def notice(frame: dict, room: str | None = None) -> Fragments:
+    """A system frame: `HH:MM -- text` (`HH:MM -- #room text` from another room)."""
+    return _body([(NOTICE_STYLE, f"{clock(frame.get('time'))} -- "), *_in(room)],
                  str(frame.get("message", "")), None, NOTICE_STYLE)
 
 
-def history(frame: dict, own: str | None) -> list[Fragments]:
+def history(frame: dict, own: str | None, room: str | None = None) -> list[Fragments]:
     """The history frame as the messages it holds, one block each."""
     entries = frame.get("messages")
     if not isinstance(entries, list):
-        return [notice(frame)]
+        return [notice(frame, room)]
+    where = f" in #{visible(room)}" if room is not None else ""
     blocks = [[(NOTICE_STYLE, f"-- {len(entries)} earlier message"
-                              f"{'' if len(entries) == 1 else 's'} --")]]
+                              f"{'' if len(entries) == 1 else 's'}{where} --")]]
     for entry in entries:
         if isinstance(entry, dict):
-            blocks.append(message({"type": "message", **entry}, own))
+            blocks.append(message({"type": "message", **entry}, own, room))
+    return blocks
+
+
+def rooms(listed: list, mine: Iterable[str]) -> list[Fragments]:
+    """The server's rooms: `#dev  3 members  topic`, those one is in marked `*`."""
+    mine = set(mine)
+    blocks: list[Fragments] = [[(NOTICE_STYLE, f"-- {len(listed)} room"
+                                               f"{'' if len(listed) == 1 else 's'} --")]]
+    for entry in listed:
+        if not isinstance(entry, dict) or not isinstance(entry.get("room"), str):
+            continue
+        name, count = entry["room"], entry.get("members", 0)
+        topic = visible(str(entry.get("topic") or ""))
+        blocks.append([("bold" if name in mine else "", f"{'*' if name in mine else ' '} "
+                                                        f"#{visible(name)}"),
+                       ("", f"  {count} member{'' if count == 1 else 's'}"),
+                       (NOTICE_STYLE, f"  {topic}" if topic else "")])
     return blocks
 
 

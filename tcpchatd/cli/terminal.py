@@ -36,17 +36,26 @@ from .chatlink import (
 )
 
 HELP = """commands:
-  /who              who is here
+  /who              who is in this room
   /msg NICK TEXT    a private message to NICK
   /me TEXT          an action (`* you TEXT`)
   /nick NEW         take another nickname
+  /join ROOM        join ROOM (made if it does not exist) and talk there
+  /part [ROOM]      leave ROOM (default: this one)
+  /room [ROOM]      talk in ROOM from now on (one you are in); alone: your rooms
+  /rooms            every room of the server
+  /topic [TEXT]     this room's topic; with TEXT, set it
   /quit [TEXT]      leave (saying TEXT first); Ctrl-D and Ctrl-C leave too
   /help             this list
   //TEXT            sends TEXT starting with one /
-Tab completes nicknames."""
-USAGE = {"/me": "/me TEXT", "/msg": "/msg NICK TEXT", "/nick": "/nick NEW"}
+Lines go to the room the prompt shows; messages of your other rooms are marked with
+theirs, and the status line counts those you have not seen there. Tab completes
+nicknames."""
+USAGE = {"/me": "/me TEXT", "/msg": "/msg NICK TEXT", "/nick": "/nick NEW",
+         "/join": "/join ROOM"}
 # the commands that need the server's support, by the feature its names frame announces
-NEEDS = {"/who": "request", "/msg": "private", "/nick": "nick"}
+NEEDS = {"/who": "request", "/msg": "private", "/nick": "nick", "/join": "rooms",
+         "/part": "rooms", "/room": "rooms", "/rooms": "rooms", "/topic": "rooms"}
 QUIT_GRACE = 2.0  # seconds /quit TEXT waits for TEXT to go out
 
 
@@ -58,6 +67,8 @@ class Outgoing:
     action: bool = False
     request: str | None = None
     nickname: str | None = None
+    room: str | None = None
+    topic: str | None = None
 
 
 class NoticeShown(ServerGone):
@@ -95,6 +106,54 @@ class Terminal:
         self.up.set()
         self.mine: dict[str, str] = {}     # uuid -> text of messages awaiting a receipt
         self._mine_lock = threading.Lock()
+        # the room lines go to ("": the one room of a server without rooms), and the
+        # messages not seen in each other room
+        self.current = next(iter(conn.rooms), "")
+        self.unread: dict[str, int] = {}
+
+    # --- rooms
+
+    def switch(self, room: str) -> None:
+        self.current = room
+        self.unread.pop(room, None)
+        self.session.app.invalidate()
+
+    def prompt(self) -> str:
+        return f"[#{self.current}] {self.conn.nickname}> " if self.current \
+            else f"{self.conn.nickname}> "
+
+    def status(self) -> FormattedText | None:
+        """The status line: every room it is in, the current one marked, unread counts."""
+        rooms = list(self.conn.rooms)
+        if not self.current or not rooms:
+            return None
+        parts: list[tuple[str, str]] = []
+        for room in rooms:
+            shown = f" [#{room}] " if room == self.current else f" #{room} "
+            parts.append(("reverse" if room == self.current else "", shown))
+            if self.unread.get(room):
+                parts.append(("bold", f"({self.unread[room]}) "))
+        return FormattedText(parts)
+
+    def _room_news(self, frame: dict) -> None:
+        """What a frame changes of the rooms: a join it asked for becomes the current
+        room; a part (or a kick out of one) of the current room moves it to another."""
+        event, room = frame.get("event"), frame.get("room")
+        if not isinstance(room, str):
+            return
+        if event == "names" and frame.get("id") == "join":
+            self.switch(room)
+            self.say(f"now talking in #{room}")
+        elif (event == "leave" and frame.get("nickname") == self.conn.nickname
+              or event == "kick") and room == self.current:
+            others = [r for r in self.conn.rooms if r != room]
+            if others:
+                self.switch(others[0])
+                self.say(f"now talking in #{others[0]}")
+        if frame.get("type") == "message" and room != self.current \
+                and room in self.conn.rooms:
+            self.unread[room] = self.unread.get(room, 0) + 1
+            self.session.app.invalidate()
 
     # --- output
 
@@ -124,15 +183,19 @@ class Terminal:
             self.up.clear()
             if not isinstance(why, NoticeShown):
                 self.say(f"{why}")
-            conn = reconnect(self.args, self.conn.nickname, self.say, self.stop)
+            rooms = [room for room in self.conn.rooms if room]
+            conn = reconnect(self.args, self.conn.nickname, self.say, self.stop, rooms)
             if conn is None:
                 return
             self.conn = conn
+            if self.current not in conn.rooms:
+                self.switch(next(iter(conn.rooms), ""))
             self.up.set()
 
     def _receive_from(self, conn: Connection) -> ServerGone:
         try:
             for frame in conn.incoming():
+                self._room_news(frame)
                 self._show_frame(frame)
                 refused = refusal(frame)
                 if refused is not None:
@@ -160,15 +223,23 @@ class Terminal:
                 self.show(render.receipt(0, None, text, str(frame.get("message"))))
             return
         if kind == "message":
-            self.show(render.message(frame, self.conn.nickname))
+            self.show(render.message(frame, self.conn.nickname, self._elsewhere(frame)))
             if render.mentions(frame, self.conn.nickname) and not self.args.no_bell:
                 self.session.output.bell()
                 self.session.output.flush()
         elif kind == "system" and event == "history":
-            for block in render.history(frame, self.conn.nickname):
+            for block in render.history(frame, self.conn.nickname, self._elsewhere(frame)):
+                self.show(block)
+        elif kind == "system" and event == "rooms" and isinstance(frame.get("rooms"), list):
+            for block in render.rooms(frame["rooms"], self.conn.rooms):
                 self.show(block)
         elif kind == "system" and event != "undelivered":
-            self.show(render.notice(frame))
+            self.show(render.notice(frame, self._elsewhere(frame)))
+
+    def _elsewhere(self, frame: dict) -> str | None:
+        """The room a frame is from, when it is not the current one (shown with it)."""
+        room = frame.get("room")
+        return room if isinstance(room, str) and room != self.current else None
 
     def _end(self, why: str) -> None:
         self.lost = why
@@ -204,11 +275,15 @@ class Terminal:
     def _send_one(self, item: Outgoing) -> None:
         conn = self.conn
         if item.request is not None:
-            fields = {"nickname": item.nickname} if item.nickname else {}
+            fields = {key: value for key, value in (("nickname", item.nickname),
+                                                    ("room", item.room),
+                                                    ("topic", item.topic))
+                      if value is not None}
             conn.request(item.request, **fields)
             return
         with self._mine_lock:  # a receipt may arrive before send_message returns
-            frame_uuid = conn.send_message(item.text, to=item.to, action=item.action)
+            frame_uuid = conn.send_message(item.text, to=item.to, action=item.action,
+                                           room=item.room)
             self.mine[frame_uuid] = item.text
 
     # --- the prompt
@@ -224,8 +299,8 @@ class Terminal:
         threading.Thread(target=self.send, daemon=True).start()
         while True:
             try:
-                text = self.session.prompt(lambda: f"{self.conn.nickname}> ",
-                                           pre_run=self._exit_if_lost)
+                text = self.session.prompt(self.prompt, pre_run=self._exit_if_lost,
+                                           bottom_toolbar=self.status)
             except KeyboardInterrupt:
                 break
             except EOFError:
@@ -246,7 +321,8 @@ class Terminal:
         if not text.strip():
             return False
         if not text.startswith("/") or text.startswith("//"):
-            self.outbox.put(Outgoing(text[1:] if text.startswith("//") else text))
+            self.outbox.put(Outgoing(text[1:] if text.startswith("//") else text,
+                                     room=self.current or None))
             return False
         word, _, rest = text.partition(" ")
         rest = rest.strip()
@@ -264,9 +340,35 @@ class Terminal:
         if word == "/help":
             self.say(HELP)
         elif word == "/who":
-            self.outbox.put(Outgoing(request="who"))
+            self.outbox.put(Outgoing(request="who", room=self.current or None))
         elif word == "/me" and rest:
-            self.outbox.put(Outgoing(rest, action=True))
+            self.outbox.put(Outgoing(rest, action=True, room=self.current or None))
+        elif word == "/join" and rest and " " not in rest:
+            known = self.conn.room_of(rest)
+            if known is not None:  # in it already: just talk there
+                self.switch(known)
+                self.say(f"now talking in #{known}")
+            else:
+                self.outbox.put(Outgoing(request="join", room=rest))
+        elif word == "/part":
+            self.outbox.put(Outgoing(request="part", room=rest or self.current))
+        elif word == "/room" and rest:
+            known = self.conn.room_of(rest)
+            if known is None:
+                self.say(f"you are not in #{rest.lstrip('#')}: /join it first")
+            else:
+                self.switch(known)
+                self.say(f"now talking in #{known}")
+        elif word == "/room":
+            self.say("your rooms: " + ", ".join(
+                f"#{room}" + (f" ({self.unread[room]} unread)" if self.unread.get(room)
+                              else "") + (" (current)" if room == self.current else "")
+                for room in self.conn.rooms))
+        elif word == "/rooms":
+            self.outbox.put(Outgoing(request="rooms"))
+        elif word == "/topic":
+            self.outbox.put(Outgoing(request="topic", room=self.current,
+                                     topic=rest or None))
         elif word == "/msg" and len(rest.split(" ", 1)) == 2:
             nickname, message = rest.split(" ", 1)
             self.outbox.put(Outgoing(message, to=nickname))
@@ -318,7 +420,16 @@ def run_interactive(args: argparse.Namespace) -> int:
     print(f"Joined as {conn.nickname}{' (TLS)' if args.tls else ''}. Type messages; /help "
           "lists commands; Alt+Enter starts a new line; /quit, Ctrl-D or Ctrl-C leaves.",
           flush=True)
+    if args.room:
+        try:
+            conn.enter(args.room)
+        except ServerGone as exc:
+            conn.close()
+            print(f"tcpchat-client: {exc}", file=sys.stderr)
+            return EXIT_FAILED
     terminal = Terminal(conn, session, args, colour_wanted())
+    if args.room:
+        terminal.current = conn.room_of(args.room) or terminal.current
     session.completer = NicknameCompleter(terminal)
     try:
         with patch_stdout(raw=True):

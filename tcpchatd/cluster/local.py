@@ -1,4 +1,4 @@
-"""The embedded room's broker: one process alone, nothing to reach."""
+"""The embedded hall's broker: one process alone, nothing to reach."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ NO_OTHERS: frozenset[str] = frozenset()
 
 
 class LocalBroker:
-    """Every claim is granted (the room checks its own members), nothing is sent."""
+    """Every claim is granted (the hall checks its own members), nothing is sent."""
 
     node = None
 

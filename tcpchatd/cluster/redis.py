@@ -1,7 +1,8 @@
-"""The Redis broker: one room served by several tcpchatd nodes through one Redis.
+"""The Redis broker: every room served by several tcpchatd nodes through one Redis.
 
 Keys, under `tcpchat:ROOM:`:
-  stream    the room's events (XADD with MAXLEN ~ broker_stream); every node reads it
+  stream    the cluster's events, each naming its room (XADD with MAXLEN ~ broker_stream);
+            every node reads it
             from its last id, so a reconnect or an upgrade replays what it missed. Each
             node numbers what it writes (`seq`, per epoch): a reader that finds numbers
             skipped (the stream trimmed past it while it was cut off, or a batch lost on
@@ -21,7 +22,7 @@ Threads: the reader (XREAD BLOCK; it also reconnects, with backoff), the writer
 (pipelines what publish() queued, coalescing confirms), the claimer (nickname claims, one
 round trip each: a join never waits on Redis on an event loop) and the heartbeat (which
 also sweeps while it holds the lock). publish() and claim() only append to a queue: the
-room calls them under its lock, the loops on their threads.
+hall calls them under its lock, the loops on their threads.
 
 The other nodes (which acknowledge every public message) are those whose heartbeat is
 recent, and every node whose events this node reads: a node that has just come is
@@ -41,8 +42,8 @@ from collections.abc import Callable
 from typing import Any
 
 from ..chat.broker import UNCLAIMED
+from ..chat.hall import EventLog
 from ..chat.relay import Relay
-from ..chat.room import EventLog
 from ..wire import protocol
 from ..wire.nicknames import nickname_key
 
@@ -110,7 +111,7 @@ class BrokerSetupError(Exception):
 
 
 class NodeNameInUse(Exception):
-    """Another live node of the room goes by this node's name: handled as a lost broker
+    """Another live node of the cluster goes by this node's name: handled as a lost broker
     (this node serves its own members, and retries until the name is free)."""
 
 
@@ -142,7 +143,7 @@ def read_password(path: str | None) -> str | None:
 
 
 class RedisBroker:
-    """A node of one room on one Redis; see the module's docstring."""
+    """A node of one cluster on one Redis; see the module's docstring."""
 
     def __init__(self, url: str, room_name: str, node: str, node_ttl: float,
                  stream_length: int, log: EventLog, password: str | None = None,
@@ -179,7 +180,7 @@ class RedisBroker:
         self._beat_script = self.client.register_script(HEARTBEAT)
         self._forget_name = self.client.register_script(FORGET_NAME)
         if resume and resume.get("at") != [url, room_name, node]:
-            resume = None  # another broker, room or name now: this node starts afresh there
+            resume = None  # another broker, cluster or name now: this node starts afresh there
         resume = resume or {}
         self._identity = [url, room_name, node]
         self.epoch = resume.get("epoch") or uuid.uuid4().hex[:12]  # this node's lifetime
@@ -190,7 +191,7 @@ class RedisBroker:
         # (node, epoch) -> the last number read from it (reader thread)
         self._seen: dict[tuple[str, str], int] = {
             (node_name, epoch): seq for node_name, epoch, seq in resume.get("seen", ())}
-        self.relay: Relay = None  # type: ignore[assignment]  # the room's, once attached
+        self.relay: Relay = None  # type: ignore[assignment]  # the hall's, once attached
         self.on_event: Callable[[dict], None] = lambda event: None
         self.linked = False
         self.missed = 0        # events that crossed no node while the broker was lost
@@ -238,7 +239,7 @@ class RedisBroker:
             token = self._claim_now(nickname, info)
             try:
                 done(token)
-            except Exception as exc:  # the room's; one failure must not end the claimer
+            except Exception as exc:  # the hall's; one failure must not end the claimer
                 self.error_log(f"tcpchatd: a nickname claim was not settled: {exc!r}")
 
     def _claim_now(self, nickname: str, info: dict[str, Any]) -> str | None:
@@ -307,7 +308,7 @@ class RedisBroker:
     # --- life
 
     def attach(self, relay: Relay, on_event: Callable[[dict], None]) -> None:
-        """The room's relay (chat/relay.py), which remote events go to; on_event takes the
+        """The hall's relay (chat/relay.py), which remote events go to; on_event takes the
         admin kinds (kick, ban, unban, stats)."""
         self.relay, self.on_event = relay, on_event
 
@@ -320,7 +321,7 @@ class RedisBroker:
             self._threads.append(thread)
 
     def stop(self) -> None:
-        """After the room's last leave: flush (saying `bye` last), leave the node set, end
+        """After the hall's last leave: flush (saying `bye` last), leave the node set, end
         the threads."""
         self._stopping.set()
         self.publish({"kind": "bye"})
@@ -476,19 +477,26 @@ class RedisBroker:
         if kind in ("ack", "confirms", "tally") and event.get("to") != self.node:
             return
         if kind == "join":
-            relay.remote_join(node, event["nick"], event.get("addr", ""),
-                             bool(event.get("tls")), float(event.get("since") or 0),
-                             bool(event.get("quiet")))
+            relay.remote_join(node, event["nick"], event.get("room"), event.get("addr", ""),
+                              bool(event.get("tls")), float(event.get("since") or 0),
+                              bool(event.get("quiet")))
+        elif kind == "part":
+            relay.remote_part(node, event["nick"], event.get("room"), event["reason"],
+                              event.get("detail"))
         elif kind == "leave":
             relay.remote_leave(node, event["nick"], event["reason"], event.get("detail"))
         elif kind == "nick":
             relay.remote_nick(node, event["old"], event["new"])
         elif kind == "message":
             relay.remote_message(node, event["uuid"], event["nick"], event["text"],
-                                event["stamp"], event.get("to"), bool(event.get("action")),
-                                event.get("at"))
+                                 event["stamp"], event.get("to"), bool(event.get("action")),
+                                 event.get("at"), event.get("room"))
         elif kind == "announce":
-            relay.remote_announce(event["text"])
+            relay.remote_announce(event["text"], event.get("room"))
+        elif kind == "topic":
+            relay.remote_topic(event["room"], event["topic"], event["by"], event["at"])
+        elif kind == "hello":  # a node (back) in the cluster: where our members are
+            self._tell_rooms()
         elif kind == "ack":
             relay.remote_ack(node, event["uuid"], int(event["recipients"]))
         elif kind == "confirms":
@@ -560,9 +568,8 @@ class RedisBroker:
             except ValueError:
                 continue
             if event.get("kind") == "message" and event.get("to") is None:
-                entries.append((event["nick"], event["stamp"], event["text"]))
-            if len(entries) >= max(self.relay.config.history, 0):
-                break
+                entries.append((event.get("room"), event["nick"], event["stamp"],
+                                event["text"]))
         self.relay.seed_history(entries[::-1])
 
     def _lost(self, exc: BaseException) -> None:
@@ -578,7 +585,7 @@ class RedisBroker:
             self._told_lost, self._lost_reason = True, reason
         if not again:
             self.log.event("broker_lost", broker=self.url, error=reason)
-        self.relay.nodes_lost(None)  # we reach the other nodes no more: a local room
+        self.relay.nodes_lost(None)  # we reach the other nodes no more: local rooms
 
     def _register(self) -> None:
         """(Back) in the cluster: our members' nicknames claimed again (a member whose
@@ -606,22 +613,30 @@ class RedisBroker:
             self.log.event("nickname_lost", nick=nickname)
             self.relay.disconnect(member, "kicked", protocol.kick_frame(NICKNAME_LOST),
                                  NICKNAME_LOST)
-        for member, nickname, _ in self.relay.claims():
-            self.publish({"kind": "join", "nick": nickname, "addr": member.address,
-                          "tls": member.tls, "since": member.connected,
-                          **({"quiet": True} if member.quiet else {})})
+        self._tell_rooms()
+        self.publish({"kind": "hello"})  # the other nodes tell where theirs are
         ours = {token for _, _, token in self.relay.claims()}
         for key, body in self.client.hgetall(self.nicks).items():
             claim = json.loads(body)
             if claim["node"] != self.node:
-                self.relay.remote_join(claim["node"], claim["nick"], claim.get("addr", ""),
-                                      bool(claim.get("tls")), float(claim.get("since") or 0),
-                                      bool(claim.get("quiet")))
+                self.relay.remote_known(claim["node"], claim["nick"], claim.get("addr", ""),
+                                        bool(claim.get("tls")),
+                                        float(claim.get("since") or 0),
+                                        bool(claim.get("quiet")))
             elif body not in ours:  # left while the broker was lost, or an earlier life's:
                 self._release(keys=[self.nicks], args=[key, body])  # the others hear of it
                 self.publish({"kind": "leave", "nick": claim["nick"], "reason": "quit",
                               "detail": None})
         self._registered = True  # the beat above added us: expected, not a sweep
+
+    def _tell_rooms(self) -> None:
+        """Every node hears again which rooms this node's members are in (a join per
+        member and room; a node that knew it takes it as no news)."""
+        for member, nickname, _ in self.relay.claims():
+            info = {"addr": member.address, "tls": member.tls, "since": member.connected,
+                    **({"quiet": True} if member.quiet else {})}
+            for room in self.relay.rooms_of(member):
+                self.publish({"kind": "join", "nick": nickname, "room": room, **info})
 
     def _ours(self, token: str) -> bool:
         """A claim made by this node in this life."""
@@ -666,7 +681,7 @@ class RedisBroker:
                                                int(self.node_ttl * 1000)])
         if added == -1:
             raise NodeNameInUse(f"the node name {self.node} is in use by another node of "
-                                f"room {self.relay_name}: give each node its own node_name")
+                                f"cluster {self.relay_name}: give each node its own node_name")
         with self._state:
             if self.linked:
                 now = time.monotonic()

@@ -27,7 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..chat.room import EventLog
+from ..chat.hall import EventLog
 from ..wire.protocol import MAX_JSON_DEPTH, loads_bounded
 from . import errors
 from .errors import AdminError, AdminSocketError

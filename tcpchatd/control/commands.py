@@ -13,7 +13,8 @@ from typing import Any, NoReturn, Protocol
 
 from .. import __version__
 from ..chat.bans import INVALID, UNKNOWN, Ban, BanError, BanList, iso, parse_duration
-from ..chat.room import EventLog, NoSuchMember, Room
+from ..chat.hall import EventLog, Hall, NoSuchMember, NoSuchRoom, NotInRoom
+from ..wire.errors import ProtocolError
 from . import errors
 from .admin import Caller, Command, Deferred
 from .errors import AdminError
@@ -21,6 +22,7 @@ from .specs import SPECS
 
 DEFAULT_KICK_REASON = "kicked by an operator"
 DEFAULT_BAN_REASON = "banned by an operator"
+OPERATOR = "operator"  # who set a topic from tcpchatctl
 STATS_GATHER = 1.0  # seconds `stats` waits for the other nodes of a cluster
 BAN_ERROR_CODES = {INVALID: errors.BAD_REQUEST, UNKNOWN: errors.NO_SUCH_BAN}  # else internal
 
@@ -45,6 +47,15 @@ def _flag_arg(args: dict, name: str) -> bool:
     return value
 
 
+def _room_field(room: str | None) -> dict[str, str]:
+    """A log line's room, when the command named one."""
+    return {"room": room.lstrip("#")} if room else {}
+
+
+def _no_such_room(exc: NoSuchRoom) -> NoReturn:
+    raise AdminError(errors.NO_SUCH_ROOM, f"no such room: #{exc.room.lstrip('#')}") from None
+
+
 def _ban_refused(exc: BanError) -> NoReturn:
     """A ban list's error in the admin protocol's words."""
     raise AdminError(BAN_ERROR_CODES.get(exc.code, errors.INTERNAL), exc.message) from None
@@ -62,16 +73,16 @@ class CountedLog(EventLog, Protocol):
 
 
 class AdminCommands:
-    """Every command reads live state: the room, the bans, the log's counters, the TLS
+    """Every command reads live state: the hall (its rooms), the bans, the log's counters, the TLS
     certificate in use (tls_expiry: None without TLS), the daemon's hitless upgrade
     (upgrade(conn, request_id, check) -> result) and its counts."""
 
-    def __init__(self, room: Room, log: CountedLog, bans: BanList | None = None,
+    def __init__(self, hall: Hall, log: CountedLog, bans: BanList | None = None,
                  tls_expiry: Callable[[], datetime | None] = lambda: None,
                  upgrade: Upgrade | None = None, upgrades: Callable[[], int] = lambda: 0,
                  started_at: Callable[[], float] | None = None) -> None:
-        self.room, self.log, self.bans = room, log, bans
-        self.broker = room.broker
+        self.hall, self.log, self.bans = hall, log, bans
+        self.broker = hall.broker
         self.tls_expiry, self.upgrade, self.upgrades = tls_expiry, upgrade, upgrades
         started = time.monotonic()
         self.started_at = started_at or (lambda: started)  # carried by upgrades
@@ -86,35 +97,58 @@ class AdminCommands:
 
     def do_who(self, args: dict, caller: Caller) -> dict:
         now = time.monotonic()
+        hall, room = self.hall, _optional_arg(args, "room")
+        if room is None:
+            members, remotes = hall.members(), hall.remote_members()
+        else:
+            try:
+                room, members, remotes = hall.room_members(room)
+            except NoSuchRoom as exc:
+                _no_such_room(exc)
+        names = {key: hall.rooms.get(key) for r in remotes for key in r.rooms}
         clients: list[dict[str, Any]] = [{
             "nickname": member.nickname, "address": member.address,
             "connected": _iso(member.connected), "idle_s": round(now - member.last_active, 3),
             "sent": member.sent, "received": member.received, "tls": member.tls,
-            "post": member.quiet, **self.node,
-        } for member in self.room.members()] + [{
+            "post": member.quiet, "rooms": hall.rooms_of(member), **self.node,
+        } for member in members] + [{
             "nickname": remote.nickname, "address": remote.address,
             "connected": _iso(remote.connected), "idle_s": None, "sent": None,
             "received": None, "tls": remote.tls, "post": remote.quiet, "node": remote.node,
-        } for remote in self.room.remote_members()]
+            "rooms": [r.name for r in (names.get(key) for key in list(remote.rooms))
+                      if r is not None],
+        } for remote in remotes]
         clients.sort(key=lambda c: c["nickname"].casefold())
-        return {"clients": clients}
+        return {"clients": clients, **({"room": room} if room is not None else {})}
+
+    def do_rooms(self, args: dict, caller: Caller) -> dict:
+        return {"rooms": self.hall.room_list()}
 
     def do_kick(self, args: dict, caller: Caller) -> dict:
         nickname = _string_arg(args, "nickname")
         reason = _optional_arg(args, "reason") or DEFAULT_KICK_REASON
+        room = _optional_arg(args, "room")
         try:
-            kicked = self.room.kick(nickname, reason)
-        except NoSuchMember:  # the room's error, in the admin protocol's words
-            elsewhere = self.room.node_of(nickname)
+            kicked = self.hall.kick(nickname, reason, room)
+        except NoSuchRoom as exc:
+            _no_such_room(exc)
+        except NotInRoom as exc:
+            raise AdminError(errors.NOT_IN_ROOM,
+                             f"{exc.nickname} is not in #{exc.room}") from None
+        except NoSuchMember:  # the hall's error, in the admin protocol's words
+            elsewhere = self.hall.node_of(nickname)
             if elsewhere is None:
                 raise AdminError(errors.NO_SUCH_NICKNAME,
                                  f"no such nickname: {nickname}") from None
-            self.broker.publish({"kind": "kick", "nick": nickname, "reason": reason})
-            self.log.event("kick", nick=nickname, reason=reason, uid=caller.uid,
-                           pid=caller.pid, node=elsewhere)
-            return {"kicked": nickname, "node": elsewhere}
-        self.log.event("kick", nick=kicked, reason=reason, uid=caller.uid, pid=caller.pid)
-        return {"kicked": kicked}
+            self.broker.publish({"kind": "kick", "nick": nickname, "reason": reason,
+                                 "room": room})
+            self.log.event("kick", nick=nickname, **_room_field(room), reason=reason,
+                           uid=caller.uid, pid=caller.pid, node=elsewhere)
+            return {"kicked": nickname, "node": elsewhere,
+                    **({"room": room.lstrip("#")} if room else {})}
+        self.log.event("kick", nick=kicked, **_room_field(room), reason=reason,
+                       uid=caller.uid, pid=caller.pid)
+        return {"kicked": kicked, **({"room": room.lstrip("#")} if room else {})}
 
     def do_stats(self, args: dict, caller: Caller) -> dict:
         result = self.node_stats()
@@ -127,7 +161,33 @@ class AdminCommands:
         return result
 
     def do_say(self, args: dict, caller: Caller) -> dict:
-        return {"clients": self.room.announce(_string_arg(args, "text"))}
+        room = _optional_arg(args, "room")
+        text = _string_arg(args, "text")
+        try:
+            reached = self.hall.announce(text, room)
+        except NoSuchRoom as exc:
+            _no_such_room(exc)
+        self.log.event("announce", **_room_field(room), text=text, uid=caller.uid,
+                       pid=caller.pid)
+        return {"clients": reached, **({"room": room.lstrip("#")} if room else {})}
+
+    def do_topic(self, args: dict, caller: Caller) -> dict:
+        name = _string_arg(args, "room")
+        text = _optional_arg(args, "text")
+        clear = _flag_arg(args, "clear")
+        try:
+            if text is None and not clear:
+                rooms = {r["room"]: r for r in self.hall.room_list()}
+                room = self.hall.room_named(name)
+                if room is None:
+                    raise NoSuchRoom(name)
+                return {"room": room.name, "topic": rooms[room.name]["topic"]}
+            room_name = self.hall.set_topic(name, "" if clear else text or "", OPERATOR)
+        except NoSuchRoom as exc:
+            _no_such_room(exc)
+        except ProtocolError as exc:  # too long
+            raise AdminError(errors.BAD_REQUEST, exc.message) from None
+        return {"room": room_name, "topic": "" if clear else text}
 
     def do_ban(self, args: dict, caller: Caller) -> dict:
         target = _string_arg(args, "target")
@@ -140,9 +200,9 @@ class AdminCommands:
                              caller.uid, force)
         except BanError as exc:
             _ban_refused(exc)
-        matched = sorted(self.room.matching(lambda nick, ip: bans.matches(made, nick, ip)),
+        matched = sorted(self.hall.matching(lambda nick, ip: bans.matches(made, nick, ip)),
                          key=str.casefold)
-        limit = self.room.config.ban_force_over
+        limit = self.hall.config.ban_force_over
         if len(matched) > limit and not force:  # a wide ban never kicks without asking
             shown = ", ".join(matched[:20]) + (f" and {len(matched) - 20} more"
                                                if len(matched) > 20 else "")
@@ -180,12 +240,12 @@ class AdminCommands:
     # --- shared by the commands and the other nodes' events
 
     def node_stats(self) -> dict:
-        counters = self.room.counters
+        counters = self.hall.counters
         result = {
             **self.node,
             "version": __version__,
             "uptime_s": round(time.monotonic() - self.started_at(), 3),
-            "clients": len(self.room),
+            "clients": len(self.hall),
             "messages": counters.messages,
             "deliveries": counters.deliveries,
             "confirms": counters.confirms,
@@ -193,6 +253,7 @@ class AdminCommands:
             "send_queue_disconnects": counters.send_queue_disconnects,
             "log_dropped": self.log.dropped,
             "upgrades": self.upgrades(),
+            "rooms": self.hall.room_stats(),
         }
         expires = self.tls_expiry()
         if expires is not None:
@@ -202,7 +263,7 @@ class AdminCommands:
     def _ban_out(self, ban: Ban, uid: object, pid: object) -> None:
         """Every member of this node the ban matches leaves at once, told it is a ban."""
         bans = self._banlist()
-        for nickname in self.room.ban_out(lambda nick, ip: bans.matches(ban, nick, ip),
+        for nickname in self.hall.ban_out(lambda nick, ip: bans.matches(ban, nick, ip),
                                           ban.reason, ban.how_long()):
             self.log.event("kick", nick=nickname, reason=ban.reason, uid=uid, pid=pid,
                            ban="yes")
@@ -217,10 +278,11 @@ class AdminCommands:
         kind, origin = event["kind"], event.get("node")
         if kind == "kick":
             try:
-                kicked = self.room.kick(event["nick"], event["reason"])
-            except NoSuchMember:
+                kicked = self.hall.kick(event["nick"], event["reason"], event.get("room"))
+            except (NoSuchMember, NoSuchRoom, NotInRoom):
                 return
-            self.log.event("kick", nick=kicked, reason=event["reason"], node=origin)
+            self.log.event("kick", nick=kicked, **_room_field(event.get("room")),
+                           reason=event["reason"], node=origin)
         elif kind == "ban" and self.bans is not None:
             ban = Ban(**event["ban"])
             self.bans.put(ban)  # unwritable here: the broker logs the event not applied

@@ -4,11 +4,11 @@ ctl.py's one line)."""
 
 from __future__ import annotations
 
-from ..wire.errors import NO_SUCH_NICKNAME, UNKNOWN_COMMAND, CodedError
+from ..wire.errors import NO_SUCH_NICKNAME, NO_SUCH_ROOM, NOT_IN_ROOM, UNKNOWN_COMMAND, CodedError
 
 __all__ = ["AdminError", "AdminSocketError", "BAD_REQUEST", "INTERNAL", "NO_SUCH_BAN",
-           "NO_SUCH_NICKNAME", "PERMISSION_DENIED", "UNKNOWN_COMMAND", "UPGRADE_FAILED",
-           "UPGRADE_REFUSED", "UPGRADING"]
+           "NO_SUCH_NICKNAME", "NO_SUCH_ROOM", "NOT_IN_ROOM", "PERMISSION_DENIED",
+           "UNKNOWN_COMMAND", "UPGRADE_FAILED", "UPGRADE_REFUSED", "UPGRADING"]
 
 BAD_REQUEST = "bad_request"
 NO_SUCH_BAN = "no_such_ban"

@@ -62,25 +62,46 @@ def show_who(result: dict) -> str:
     tls = any(c.get("tls") for c in clients)  # the column only where TLS is served
     post = any(c.get("post") for c in clients)  # ... this one only with posters
     node = any(c.get("node") for c in clients)  # ... and this one only in a cluster
+    # ... and the rooms where there are several (one room: what the original knew)
+    rooms = any(c.get("rooms") != clients[0].get("rooms") or len(c.get("rooms") or ()) > 1
+                for c in clients)
 
     def number(value: object, unit: str = "") -> str:
         return "-" if value is None else f"{value:.0f}{unit}" if unit else str(value)
-    return table([("NICKNAME", "ADDRESS", "CONNECTED", "IDLE", "SENT", "RECEIVED")
+    heading = f"#{result['room']}: {len(clients)} member{'' if len(clients) == 1 else 's'}\n" \
+        if result.get("room") else ""
+    return heading + table([("NICKNAME", "ADDRESS", "CONNECTED", "IDLE", "SENT", "RECEIVED")
                   + (("TLS",) if tls else ()) + (("POST",) if post else ())
-                  + (("NODE",) if node else ())] + [
+                  + (("NODE",) if node else ()) + (("ROOMS",) if rooms else ())] + [
         (c["nickname"], c["address"], c["connected"], number(c["idle_s"], "s"),
          number(c["sent"]), number(c["received"]))
         + ((("yes" if c.get("tls") else "no"),) if tls else ())
         + ((("yes" if c.get("post") else "no"),) if post else ())
         + ((c.get("node") or "",) if node else ())
+        + ((" ".join(f"#{r}" for r in c.get("rooms") or ()) or "-",) if rooms else ())
         for c in clients])
+
+
+def show_rooms(result: dict) -> str:
+    if not result["rooms"]:
+        return "no rooms"
+    return table([("ROOM", "MEMBERS", "TOPIC")] + [
+        (f"#{r['room']}", str(r["members"]), r["topic"]) for r in result["rooms"]])
 
 
 def show_stats(result: dict) -> str:
     cluster = result.get("cluster")
-    own = {key: value for key, value in result.items() if key != "cluster"}
+    rooms = result.get("rooms") or {}
+    own = {key: value for key, value in result.items() if key not in ("cluster", "rooms")}
     width = max(len(key) for key in own)
     lines = [f"{key.ljust(width)}  {value}" for key, value in own.items()]
+    if rooms:
+        lines.append("rooms:")
+        lines += ["  " + line for line in table(
+            [("ROOM", "MEMBERS", "MESSAGES", "DELIVERIES", "CONFIRMS", "UNDELIVERED")] + [
+                (f"#{name}", *(str(counts[key]) for key in (
+                    "members", "messages", "deliveries", "confirms", "undelivered")))
+                for name, counts in rooms.items()]).splitlines()]
     if cluster:
         lines.append("cluster:")
         width = max(len(key) for key in cluster)
@@ -113,26 +134,56 @@ def show_upgrade(result: dict) -> str:
 
 
 def show_say(result: dict) -> str:
-    return f"announced to {result['clients']} client{'' if result['clients'] == 1 else 's'}"
+    where = f" in #{result['room']}" if result.get("room") else ""
+    return f"announced to {result['clients']} client{'' if result['clients'] == 1 else 's'}" \
+        + where
+
+
+def show_kick(result: dict) -> str:
+    where = f" from #{result['room']}" if result.get("room") else ""
+    return f"kicked {result['kicked']}{where}" \
+        + (f" (on node {result['node']})" if result.get("node") else "")
+
+
+def show_topic(result: dict) -> str:
+    return f"topic of #{result['room']}: {result['topic']}" if result["topic"] else \
+        f"#{result['room']} has no topic"
 
 
 REASON = Arg("reason", "shown to the client and the room; also as words after the "
              "nickname (the IRC habit)", flag="--reason", words=True, required=False)
 
 SPECS = {spec.name: spec for spec in (
-    Spec("who", "list connected clients", "List connected clients, sorted by nickname (in "
-         "a cluster: every node's, with a NODE column; another node's IDLE, SENT and "
-         "RECEIVED show as -).",
-         (), show_who),
-    Spec("kick", "disconnect a client", "Disconnect a client; it and the room see the reason.",
-         (Arg("nickname", "the client's nickname (case-insensitive)"), REASON),
-         lambda result: f"kicked {result['kicked']}"
-         + (f" (on node {result['node']})" if result.get("node") else "")),
+    Spec("who", "list connected clients", "List connected clients, sorted by nickname, or "
+         "the members of one room (in a cluster: every node's, with a NODE column; another "
+         "node's IDLE, SENT and RECEIVED show as -). A ROOMS column names each client's "
+         "rooms where clients are in several.",
+         (Arg("room", "list only the members of this room (#dev or dev)", required=False),),
+         show_who),
+    Spec("rooms", "list the rooms", "List the rooms: members (every node's) and topic.",
+         (), show_rooms),
+    Spec("kick", "disconnect a client, or put it out of a room",
+         "Disconnect a client, or with --room put it out of that room alone (a kick from the "
+         "last room it is in disconnects it); it and the room see the reason.",
+         (Arg("nickname", "the client's nickname (case-insensitive)"),
+          Arg("room", "out of this room only", flag="--room", required=False,
+              metavar="ROOM"), REASON),
+         show_kick),
     Spec("stats", "show counters", "Show the daemon's counters (in a cluster, also the "
          "totals of every node, naming any node that did not answer in time).", (),
          show_stats),
-    Spec("say", "announce to every client", "Send a server announcement to every client.",
-         (Arg("text", "the announcement", words=True),), show_say),
+    Spec("say", "announce to every client, or to one room",
+         "Send a server announcement to every client (once each), or with --room to that "
+         "room's members.",
+         (Arg("room", "to this room only", flag="--room", required=False, metavar="ROOM"),
+          Arg("text", "the announcement", words=True)), show_say),
+    Spec("topic", "show or set a room's topic",
+         "Show a room's topic, or set it (every member of the room sees it, set by "
+         "`operator`), or clear it.",
+         (Arg("room", "the room (#dev or dev)"),
+          Arg("text", "the new topic", words=True, required=False),
+          Arg("clear", "clear the topic", flag="--clear", required=False, boolean=True)),
+         show_topic),
     Spec("ban", "ban an address, a network or a nickname",
          "Ban TARGET (an address or network such as 203.0.113.7 or 2001:db8::/32, else a "
          "nickname); every matching client is kicked at once. Kept on disk: bans survive "

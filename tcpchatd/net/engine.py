@@ -16,7 +16,7 @@ others), and fires its timers (handshake timeouts, final frames that do not go o
 time, departing clients' receipts). A connection in several rooms has a cursor in each
 of their channels; a room's broadcasts cost nothing to the connections of other rooms.
 
-Lock order, where two are taken: the room's lock, then a connection's or a loop's;
+Lock order, where two are taken: the hall's lock, then a connection's or a loop's;
 the broadcast log's lock last. A loop's lock and a connection's are never held
 together, and no socket I/O happens under any of them.
 """

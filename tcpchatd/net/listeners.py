@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..chat.room import EventLog, Room
+from ..chat.hall import EventLog, Hall
 from ..wire import errors, protocol
 from .engine import Engine, name_os_thread
 from .session import Session
@@ -57,7 +57,7 @@ class ChatServer:
     """Accepts clients on every listener in one thread, admits them (one hook: bans and
     limits), and hands each to the engine, whose loops serve it for life."""
 
-    def __init__(self, listeners: list[socket.socket], room: Room, log: EventLog,
+    def __init__(self, listeners: list[socket.socket], hall: Hall, log: EventLog,
                  config: NetSettings, engine: Engine,
                  error_log: Callable[[str], None] | None = None,
                  tls_listeners: tuple[socket.socket, ...] | list[socket.socket] = (),
@@ -67,8 +67,8 @@ class ChatServer:
         self.tls_listeners = list(tls_listeners) if tls is not None else []
         self._unserved = [] if tls is not None else list(tls_listeners)
         self.tls = tls
-        self.room = room
-        self.bans = room.bans
+        self.hall = hall
+        self.bans = hall.bans
         self.log = log
         self.error_log = error_log
         self._config = config

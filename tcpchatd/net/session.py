@@ -9,8 +9,8 @@ threads (another client's loop finishing a receipt, the admin server kicking, th
 thread shutting down) only call deliver() and close(), which queue under the session's
 own lock and wake its loop.
 
-Lock order, where two are taken: the room's, then a loop's, then a connection's
-(never the other way round): the room subscribes and unsubscribes members under its
+Lock order, where two are taken: the hall's, then a loop's, then a connection's
+(never the other way round): the hall subscribes and unsubscribes members under its
 lock.
 """
 
@@ -22,7 +22,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Protocol
 
-from ..chat.room import AddressBanned, EventLog, Room
+from ..chat.hall import AddressBanned, EventLog, Hall
 from ..wire import errors, nicknames, protocol
 from ..wire.confirms import take_confirms
 from ..wire.errors import ProtocolError
@@ -80,7 +80,7 @@ def count_recent(times: collections.deque[float], window: float) -> int:
 class SessionServer(Protocol):
     """What a session needs of the server that accepted it (listeners.py)."""
 
-    room: Room
+    hall: Hall
     log: EventLog
 
     @property
@@ -90,7 +90,7 @@ class SessionServer(Protocol):
 
 
 class Session:
-    """A connected client; a room Member once its nickname is accepted."""
+    """A connected client; a Member of the hall once its nickname is accepted."""
 
     def __init__(self, transport: Transport, address: tuple, server: SessionServer) -> None:
         self.transport = transport
@@ -98,12 +98,12 @@ class Session:
         self.tls_heard = False           # the peer sent something on the TLS port
         self.tls_hello_deadline = 0.0
         self.server = server
-        self.room = server.room
+        self.hall = server.hall
         self.log = server.log
         self.ip, self.port = address[0], address[1]
         self.address = (f"[{address[0]}]:{address[1]}" if ":" in address[0]
                         else f"{address[0]}:{address[1]}")
-        self.nickname = ""  # once joined (the room's key to it is kept by the room)
+        self.nickname = ""  # once joined (the hall keeps its key)
         self.connected = time.time()
         self.last_active = time.monotonic()
         self.sent = 0               # messages this client sent
@@ -145,7 +145,7 @@ class Session:
         self.joined = False
         self.closing = False        # close() was called: nothing more is queued
         self._abort = False         # ... and nothing more is sent
-        # --- counters for `who` (written under the room's lock)
+        # --- counters for `who` (written under the hall's lock)
         self.received_before = 0    # chat broadcasts of the channels it no longer reads
         self.own_chats = 0          # chat broadcasts it published
         self._resumed: dict | None = None  # its record, from the image before an upgrade
@@ -197,18 +197,18 @@ class Session:
         if self.close(errors.SEND_QUEUE_EXCEEDED, protocol.error_frame(
                 errors.SEND_QUEUE_EXCEEDED, "you are not reading: disconnected"),
                 drop_queue=True):
-            self.room.count_send_queue_disconnect()
+            self.hall.count_send_queue_disconnect()
 
     def close(self, reason: str, final_frame: bytes | None = None,
               detail: str | None = None, drop_queue: bool = False) -> bool:
-        """Leave the room and disconnect, once (False if it was closed before). With
+        """Leave the hall and disconnect, once (False if it was closed before). With
         final_frame, what is queued and then final_frame are sent first, within
         shutdown_grace; without, at once."""
         if not self._end(final_frame, flush=final_frame is not None, drop=drop_queue):
             return False
         self._flush_error_repeats()  # the count of its repeated errors, before its leave
-        if self.joined:  # the room logs the leave, in its order of events
-            self.room.leave(self, reason, detail)
+        if self.joined:  # the hall logs the leave, in its rooms' order of events
+            self.hall.leave(self, reason, detail)
         return True
 
     def _end(self, final_frame: bytes | None, flush: bool, drop: bool = False) -> bool:
@@ -239,7 +239,7 @@ class Session:
                 self.loop.schedule(self)
         return True
 
-    # --- the room's channel (the engine calls these under the room's lock)
+    # --- the rooms' channels (the engine calls these under the hall's lock)
 
     def subscribe(self, channel: Channel, position: int, chat_base: int) -> None:
         with self._lock:
@@ -565,13 +565,13 @@ class Session:
         self._join(nickname, nickname)
 
     def _join(self, nickname: str, shown: str) -> None:
-        """Ask the room for the nickname; its answer comes to _join_settled."""
+        """Ask the hall for the nickname; its answer comes to _join_settled."""
         try:
             with self._lock:
                 self._joining = (shown, False, None)
             self.state = JOINING
             self.loop.watch(self)  # nothing more is read until the claim is settled
-            self.room.join(self, nickname, self._join_settled)
+            self.hall.join(self, nickname, self._join_settled)
         except ProtocolError as exc:  # refused at once: no claim was asked for
             with self._lock:
                 self._joining = None
@@ -584,14 +584,14 @@ class Session:
                 self._nickname_refused(shown, exc)
 
     def _join_settled(self, error: ProtocolError | None) -> None:
-        """The room's answer to the join (any thread): in the room now, or refused."""
+        """The hall's answer to the join (any thread): in the default room now, or refused."""
         with self._lock:
             shown = self._joining[0] if self._joining is not None else ""
             self._joining = (shown, True, error)
             self.joined = error is None
             closed_meanwhile = self.closing and error is None
         if closed_meanwhile:  # close() saw joined=False: leave here (idempotent)
-            self.room.leave(self, "error")
+            self.hall.leave(self, "error")
             return
         if self.loop.in_thread():
             self._after_join()
@@ -694,7 +694,7 @@ class Session:
                 self.close(reason, final_frame)
 
     def _depart(self, reason: str, final_frame: bytes | None) -> None:
-        """The client leaves the room, but it may still read: it ended its side (EOF),
+        """The client leaves the hall, but it may still read: it ended its side (EOF),
         or it was disconnected for flooding after its first messages went out.
 
         Its connection stays open for writing until the receipts of its own messages
@@ -712,14 +712,14 @@ class Session:
         self._departure = (reason, final_frame)
         self.depart_deadline = time.monotonic() + self.config.shutdown_grace
         if self.joined:
-            self.room.leave(self, reason, keep_receipts=True)
-        if self.room.awaiting_receipts(self):  # receipts_done() ends it, or the deadline
+            self.hall.leave(self, reason, keep_receipts=True)
+        if self.hall.awaiting_receipts(self):  # receipts_done() ends it, or the deadline
             self._at(self.depart_deadline)
         else:
             self._departed()
 
     def receipts_done(self) -> None:
-        """The room has handed this departed member its last receipt (any thread)."""
+        """The hall has handed this departed member its last receipt (any thread)."""
         if self.loop.in_thread():
             self._departed()
         else:
@@ -738,7 +738,7 @@ class Session:
         """Log and count one recoverable error; True when the client is over error_limit."""
         self._log_error(code)
         # unknown_uuid counts too (confirms for nothing cost the loop more than frames do);
-        # a laptop that wakes after confirm_timeout is not held to it: the room takes
+        # a laptop that wakes after confirm_timeout is not held to it: the hall takes
         # confirms of what it settled recently silently
         return count_recent(self._errors, ERROR_WINDOW) > self.config.error_limit
 
@@ -772,7 +772,7 @@ class Session:
     def _confirm(self, uuids: list[str]) -> None:
         """Settle confirms read together; each for nothing is an error that counts (past
         error_limit the client leaves and the rest are not answered)."""
-        for frame_uuid in self.room.confirm_many(self, uuids):
+        for frame_uuid in self.hall.confirm_many(self, uuids):
             error = ProtocolError(errors.UNKNOWN_UUID, f"no pending message {frame_uuid} "
                                   "for you to confirm", frame_uuid)
             if self._count_error(error.code):
@@ -784,34 +784,41 @@ class Session:
         if not self._take_token():
             self._flooded(message.uuid)
             return
-        recipients = self.room.message(self, message.uuid, message.text, message.to,
-                                       message.action)
+        recipients = self.hall.message(self, message.uuid, message.text, message.to,
+                                       message.action, message.room)
         self.sent += 1
         if self.quiet:  # a poster is told at once that the server took it
             self.deliver(protocol.accepted_frame(message.uuid, recipients))
 
     def _on_request(self, request: Request) -> None:
-        """`who` and `nick`; they count against the flood limit like messages."""
+        """A request (protocol.REQUESTS); they count against the flood limit like
+        messages. The hall's refusals carry the request's id."""
         if not self._take_token():
             self._flooded(None, request.id)
             return
-        if request.cmd == "who":
-            self.deliver(self.room.names(request.id))
-        elif request.cmd == "nick":
+        hall, cmd = self.hall, request.cmd
+        if cmd == "who":
+            self.deliver(hall.names(request.id, request.room))
+        elif cmd == "rooms":
+            self.deliver(protocol.rooms_frame(hall.room_list(), request.id))
+        elif cmd == "join":
+            hall.enter(self, request.room or "", request.id)
+        elif cmd == "part":
+            hall.part(self, request.room or "", request.id)
+        elif cmd == "topic":
+            hall.topic(self, request.room or "", request.topic, request.id)
+        elif cmd == "nick":
             try:
                 new = nicknames.check_nickname((request.nickname or "").encode("utf-8",
                                                                                "replace"),
                                                self.config.max_nickname)
-                self.room.rename(self, new, lambda error: self._renamed(error, request.id))
+                hall.rename(self, new, lambda error: self._renamed(error, request.id))
             except ProtocolError as exc:
                 raise ProtocolError(exc.code, exc.message, request_id=request.id) from None
-        else:
-            raise ProtocolError(errors.UNKNOWN_COMMAND, f"unknown command {request.cmd!r}: "
-                                "this server knows 'who' and 'nick'", request_id=request.id)
 
     def _renamed(self, error: ProtocolError | None, request_id: int | str | None) -> None:
         """The broker's answer to a `nick` request (any thread): a refusal goes to the
-        asker; a rename goes to everyone (the room published it)."""
+        asker; a rename goes to everyone (the hall published it)."""
         if error is not None:
             self.deliver(protocol.error_frame(error.code, error.message,
                                               request_id=request_id))
@@ -925,8 +932,8 @@ class Session:
             self.depart_deadline = now + left
         if record["closing"]:
             self._end(None, flush=True)
-        if self.state == DEPARTING:  # the room's receipts for it came along
-            if self.room.awaiting_receipts(self):
+        if self.state == DEPARTING:  # the hall's receipts for it came along
+            if self.hall.awaiting_receipts(self):
                 self._at(self.depart_deadline)
             else:
                 self._departed()

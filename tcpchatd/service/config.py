@@ -24,6 +24,8 @@ from ..control.paths import (
     default_admin_socket,
     read_config_file,
 )
+from ..wire.errors import ProtocolError
+from ..wire.nicknames import check_room_name
 from .errors import ConfigError
 from .trafficlog import FACILITIES as SYSLOG_FACILITIES
 
@@ -171,8 +173,30 @@ def _name(value: Any) -> str | None:
 def _room(value: Any) -> str:
     text = _name(value)
     if text is None:
-        raise ValueError("a room needs a name")
+        raise ValueError("a cluster needs a name")
     return text
+
+
+# settings renamed since: their old names are still taken (files, flags, an upgrade's
+# handed-over settings)
+RENAMED = {"room": "cluster"}
+
+
+MAX_ROOM_NAME = 32  # the default of max_room_name; a declared room's name is held to it
+
+
+def _chat_room(value: Any) -> str:
+    """A chat room's name, as clients may write it (`#dev` or `dev`)."""
+    if not isinstance(value, str):
+        raise ValueError("expected a room's name")
+    try:
+        return check_room_name(value, MAX_ROOM_NAME)
+    except ProtocolError as exc:
+        raise ValueError(exc.message) from None
+
+
+def _chat_rooms(value: Any) -> tuple[str, ...]:
+    return tuple(_chat_room(item) for item in _items(value))
 
 
 def _facility(value: Any) -> str:
@@ -261,6 +285,21 @@ class Config:
         32, "levels of nested objects and arrays in a frame or admin request (checked before "
         "parsing, so deep input cannot exhaust a thread's stack)", _int(2, 64))
     max_nickname: int = setting(32, "characters of a nickname", _int(1))
+    default_room: str = setting(
+        "general", "the room every client is in when it joins (the only one the original "
+        "client sees); a change takes effect at the next start", _chat_room, metavar="ROOM")
+    rooms: tuple[str, ...] = setting(
+        (), "rooms that always exist, even empty (comma-separated, repeatable)", _chat_rooms,
+        repeat=True, metavar="ROOMS", shown="none")
+    room_create: str = setting(
+        "anyone", "who makes a room by joining one that does not exist: 'anyone', or "
+        "'admin' (only the rooms of the config exist)", _choice("anyone", "admin"))
+    max_rooms: int = setting(1000, "rooms at most (an empty room that is not declared "
+                             "goes)", _int(1))
+    max_rooms_per_client: int = setting(20, "rooms one client may be in at once", _int(1))
+    max_room_name: int = setting(MAX_ROOM_NAME, "characters of a room's name", _int(1,
+                                                                                   MAX_ROOM_NAME))
+    max_topic: int = setting(390, "bytes of a room's topic", _int(0))
     history: int = setting(20, "public messages a joiner is shown (0 = off)", _int(0))
     history_bytes: int = setting(16384, "bytes of the history frame's body at most (older "
                                  "messages left out)", _int(256))
@@ -274,15 +313,16 @@ class Config:
     io_threads: int = setting(1, "event-loop threads that own the client connections",
                               _int(1, 16))
     broker: str | None = setting(
-        None, "redis://HOST:PORT/DB (rediss:// for TLS): serve one room with every node "
+        None, "redis://HOST:PORT/DB (rediss:// for TLS): serve every room with every node "
         "on that Redis; none = this process alone", _broker, metavar="URL")
     broker_password_file: str | None = setting(
         None, "file holding the broker's password", _optional_str, metavar="PATH",
         shown="$CREDENTIALS_DIRECTORY/broker.password under systemd, else none")
     broker_ca: str | None = setting(None, "CA certificates (PEM) for a rediss:// broker",
                                     _optional_str, metavar="PATH")
-    room: str = setting("tcpchat", "the shared room's name (several rooms can share one "
-                        "Redis)", _room, metavar="NAME")
+    cluster: str = setting("tcpchat", "the cluster's name: its nodes share it (several "
+                           "clusters can share one Redis); the old name of this setting, "
+                           "room, is still taken", _room, metavar="NAME")
     node_name: str | None = setting(None, "this node's name in the cluster", _name,
                                     metavar="NAME", shown="host name + PID")
     node_ttl: float = setting(10.0, "seconds of silence after which a node is lost and its "
@@ -359,15 +399,17 @@ def add_arguments(parser: argparse.ArgumentParser, only: tuple[str, ...] | None 
         if only is not None and name not in only:
             continue
         flag = "--" + name.replace("_", "-")
+        old = [f"--{o}" for o, n in RENAMED.items() if n == name]  # hidden aliases
         meta = f.metadata
         help_text = f"{meta['help']} (default: {meta['shown'] or _show(f.default)})"
         if meta["parse"] is _bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction,
                                 default=None, help=help_text)
         else:
-            parser.add_argument(flag, dest=name, default=None, help=help_text,
-                                metavar=meta["metavar"] or name.upper(),
-                                action="append" if meta["repeat"] else "store")
+            for option, shown in ((flag, help_text), *((o, argparse.SUPPRESS) for o in old)):
+                parser.add_argument(option, dest=name, default=None, help=shown,
+                                    metavar=meta["metavar"] or name.upper(),
+                                    action="append" if meta["repeat"] else "store")
 
 
 def _show(value: Any) -> str:
@@ -390,6 +432,7 @@ def build(file_values: Mapping[str, Any], flag_values: Mapping[str, Any] | None 
     environ = os.environ if environ is None else environ
     values: dict[str, Any] = {}
     for key, raw in file_values.items():
+        key = RENAMED.get(key, key)
         if key not in SETTINGS:
             raise ConfigError(f"{source}: unknown setting {key!r}")
         values[key] = _parse(key, raw, source)
@@ -417,6 +460,7 @@ def from_record(values: Mapping[str, Any]) -> Config:
     """The settings record() wrote, checked again by this code's validators."""
     parsed: dict[str, Any] = {}
     for key, raw in values.items():
+        key = RENAMED.get(key, key)
         if key not in SETTINGS:
             raise ConfigError(f"handed-over settings: unknown setting {key!r}")
         parsed[key] = None if raw is None else _parse(key, raw, "handed-over settings")

@@ -17,7 +17,7 @@ from typing import Any
 from .. import __version__
 from ..chat.bans import BanList, BanListError
 from ..chat.broker import BrokerService
-from ..chat.room import Room
+from ..chat.hall import Hall
 from ..cluster.local import LocalBroker
 from ..control.errors import INTERNAL, UPGRADE_REFUSED, AdminError, AdminSocketError
 from ..net import handover
@@ -32,11 +32,11 @@ from .errors import ConfigError, StartupError
 from .trafficlog import TrafficLog
 
 TICK = 0.25                 # main loop period: receipts and bans expire, the watchdog
-ROOM_PROBE_TIMEOUT = 1.0    # the watchdog's bound on taking the room lock
+HALL_PROBE_TIMEOUT = 1.0    # the watchdog's bound on taking the hall's lock
 # Settings a reload does not change: sockets stay as they were bound.
 FIXED_ON_RELOAD = ("listen", "listen_tls", "admin_socket", "admin_socket_mode", "pid_file",
                    "thread_stack", "state_dir", "io_threads", "broker", "broker_password_file",
-                   "broker_ca", "room", "node_name", "node_ttl", "broker_stream")
+                   "broker_ca", "cluster", "node_name", "node_ttl", "broker_stream")
 TLS_SOCKET_NAME = "chat-tls"  # FileDescriptorName= of tcpchatd-tls.socket
 
 
@@ -249,7 +249,7 @@ class Daemon:
         from ..cluster import redis as redis_broker  # the redis package: an optional extra
         try:
             return redis_broker.RedisBroker(
-                config.broker, config.room, config.node(), config.node_ttl,
+                config.broker, config.cluster, config.node(), config.node_ttl,
                 config.broker_stream, log,
                 password=redis_broker.read_password(config.broker_password_path()),
                 ca=config.broker_ca, error_log=_error_log, resume=resume)
@@ -261,7 +261,7 @@ class Daemon:
         """The admin server (not started) and the handler of the other nodes' admin events."""
         from ..control import admin, commands  # after the loops serve: see _serve
         table = commands.AdminCommands(
-            self.room, self.log, self.bans,
+            self.hall, self.log, self.bans,
             tls_expiry=lambda: self.tls.expires if self.tls is not None else None,
             upgrade=self.request_upgrade, upgrades=lambda: self.upgrades,
             started_at=lambda: self.started_at)
@@ -309,10 +309,10 @@ class Daemon:
             log.event(name, **fields)
         engine = Engine(config.io_threads, error_log=_error_log)
         broker = self.broker = self._broker(log, (resume or {}).get("broker"))
-        room = Room(config, log, engine.channel(), self.bans, broker=broker)
-        server = ChatServer(chat_sockets, room, log, config, engine, error_log=_error_log,
+        hall = Hall(config, log, engine.channel, self.bans, broker=broker)
+        server = ChatServer(chat_sockets, hall, log, config, engine, error_log=_error_log,
                             tls_listeners=tls_sockets, tls=self.tls)
-        self.engine, self.room, self.server = engine, room, server
+        self.engine, self.hall, self.server = engine, hall, server
         hand_over = self.hand_over = upgrade.HandOver(self)
         if resume is not None:
             hand_over.adopt(resume)
@@ -325,16 +325,16 @@ class Daemon:
         admin_server, from_other_node = self._admin_side(admin_socket, owned_admin_path, resume)
         nicknames.prepare()
         if self.clustered:  # other nodes' events go to the loops as our members' do
-            broker.attach(room.relay, from_other_node)
+            broker.attach(hall.relay, from_other_node)
             broker.start()
         server.start()
         admin_server.start()
         wakeup_read = self._install_signals()  # after every thread: they keep them held
         notifier = systemd.Notifier()
-        # each part says whether it turns, by its own tick; the room whether its lock frees
+        # each part says whether it turns, by its own tick; the hall whether its lock frees
         watchdog = systemd.Watchdog(notifier, systemd.watchdog_interval(), [
             server.accepting, admin_server.answering, engine.ticking,
-            lambda: room.probe(ROOM_PROBE_TIMEOUT),
+            lambda: hall.probe(HALL_PROBE_TIMEOUT),
         ])
         listening = ",".join(server.addresses())
         if resume is None:
@@ -364,7 +364,7 @@ class Daemon:
                     break
                 while self._upgrade_requests:
                     hand_over.run(self._upgrade_requests.popleft(), notifier, False)
-                room.expire()
+                hall.expire()
                 for ended in self.bans.expire():
                     log.event("ban_expired", target=ended.target, by_uid=ended.by_uid)
                 watchdog.tick()
@@ -432,13 +432,13 @@ class Daemon:
                 pidfile.remove(pid_path)
 
     def _status(self) -> str:
-        count = len(self.room)
+        count = len(self.hall)
         noun = "client" if count == 1 else "clients"
         status = f"{count} {noun}; listening on {', '.join(self.server.addresses())}"
         if self.tls_unserved:
             status += f"; TLS not served: {self.tls_unserved}"
         if self.clustered:
-            status += f"; room {self.config.room} as node {self.broker.node}, broker " + \
+            status += f"; cluster {self.config.cluster} as node {self.broker.node}, broker " + \
                 ("linked" if self.broker.linked else "lost (serving this node's members)")
         return status
 
@@ -509,7 +509,7 @@ class Daemon:
         """Every component that reads settings gets the new ones (connections read
         the server's); the sockets keep what they were bound with (FIXED_ON_RELOAD)."""
         self.config = new
-        self.room.config = new
+        self.hall.config = new
         self.server.config = new
         self.admin_server.config = new
         self.log.reconfigure(new.log_target, new.syslog_address, new.syslog_facility,

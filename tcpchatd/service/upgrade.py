@@ -17,8 +17,8 @@ The old image (HandOver.run, on the main thread):
        the broker stops reading at a batch's end, settles the claims asked for, and
          writes everything the loops published (no event of another node is read and
          not recorded, none of ours is queued and not written);
-     then everything is recorded: connections, room, bans, settings, broker position,
-     the log's queue.
+     then everything is recorded: connections, the hall (rooms, members, receipts),
+     bans, settings, broker position, the log's queue.
   4. the state goes to a memfd (net/handover.py), exactly its fds cross the exec.
 
 The new image (main.py calls resume_config, then the daemon adopts, then served): it
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 
     from ..chat.bans import BanList
     from ..chat.broker import BrokerService
-    from ..chat.room import Room
+    from ..chat.hall import Hall
     from ..control.admin import AdminServer
     from ..net.engine import Engine
     from ..net.listeners import ChatServer
@@ -75,7 +75,7 @@ class Daemon(Protocol):
     log: TrafficLog
     server: ChatServer
     engine: Engine
-    room: Room
+    hall: Hall
     admin_server: AdminServer
     broker: BrokerService
     clustered: bool
@@ -267,7 +267,7 @@ class HandOver:
         daemon = self.daemon
         server = daemon.server
         # the broker after the loops: it writes what they published, and what its
-        # reader applied up to here is in the room and the connections recorded below
+        # reader applied up to here is in the hall and the connections recorded below
         broker_state = daemon.broker.pause() if daemon.clustered else None
         records = [conn.record() for conn in carried]
         state: dict[str, Any] = {
@@ -281,7 +281,7 @@ class HandOver:
             "reply": None if request is None else {
                 "fd": request.sock.fileno(), "id": request.request_id},
             "connections": records,
-            "room": daemon.room.export_state(lambda member: member.transport.sock.fileno()),
+            "hall": daemon.hall.export_state(lambda member: member.transport.sock.fileno()),
             "bans": daemon.bans.export_state(),
             "config": checked.settings,
             "tls_closed": tls_closed,
@@ -309,7 +309,8 @@ class HandOver:
         return chat_sockets, tls_sockets, admin_socket
 
     def adopt(self, state: dict) -> None:
-        """Before the loops start: every carried connection, then the room around them."""
+        """Before the loops start: every carried connection, then the hall around them
+        (an image before rooms recorded its one room as `room`)."""
         daemon = self.daemon
         by_fd = {}
         for record in state["connections"]:
@@ -317,7 +318,7 @@ class HandOver:
             conn = Session.resumed(record, daemon.server)
             daemon.server.adopt(conn)
             by_fd[record["fd"]] = conn
-        daemon.room.import_state(state["room"], by_fd.get)
+        daemon.hall.import_state(state.get("hall") or state["room"], by_fd.get)
 
     def served(self, state: dict) -> None:
         """The new image serves: say so in the log and to the waiting `tcpchatctl`."""

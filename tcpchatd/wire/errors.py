@@ -33,6 +33,16 @@ BAD_HELLO = "bad_hello"  # a frame in place of the nickname that is not a valid 
 TLS_HANDSHAKE = "tls_handshake"   # logged only: the peer does not speak TLS to us
 TLS_ON_PLAIN = "tls_on_plain"     # logged only: a TLS ClientHello on the plaintext port
 TLS_REQUIRED = "tls_required"     # a plaintext client on the TLS port (it sent nothing)
+# rooms
+ROOM_NAME_INVALID = "room_name_invalid"
+ROOM_NAME_TAKEN = "room_name_taken"  # it looks like the name of a room that exists
+NO_SUCH_ROOM = "no_such_room"        # also an admin error (control/errors.py)
+NOT_IN_ROOM = "not_in_room"
+ALREADY_IN_ROOM = "already_in_room"
+LAST_ROOM = "last_room"              # a client may not part the last room it is in
+TOO_MANY_ROOMS = "too_many_rooms"    # max_rooms_per_client
+ROOM_LIMIT = "room_limit"            # max_rooms: the daemon's list of rooms is full
+TOPIC_TOO_LONG = "topic_too_long"
 
 # Codes after which the byte stream cannot be resynchronised.
 FATAL_PROTOCOL_CODES = frozenset({BAD_HEADER, FRAME_TOO_LARGE})

@@ -1,4 +1,6 @@
-"""Nickname rules: what a nickname may hold and when two are the same; pure, no sockets.
+"""Nickname and room-name rules: what a name may hold and when two are the same; pure,
+no sockets. A room's name follows the nickname's rules (but for the address rule), after
+an optional `#`, which is not part of it: `#dev` and `dev` are one room.
 
 Two nicknames are the same when their keys are equal: Unicode's identifier caseless
 match (NFKC(casefold(NFKC(name)))), then the confusable skeleton of UTS #39 (from ICU's
@@ -31,6 +33,7 @@ from __future__ import annotations
 import functools
 import ipaddress
 import unicodedata
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from . import errors
@@ -109,8 +112,22 @@ def nickname_key(name: str) -> str:
     return _fold(_spoof_checker().getSkeleton(0, folded))
 
 
+def room_key(name: str) -> str:
+    """What makes two room names the same (as for nicknames)."""
+    return nickname_key(name)
+
+
+def same_spelling(one: str, other: str) -> bool:
+    """The caseless match alone: `Dev` is `dev`, but `dеv` (Cyrillic е) only looks like it."""
+    return _fold(one) == _fold(other)
+
+
 def _invalid(reason: str) -> ProtocolError:
     return ProtocolError(errors.NICKNAME_INVALID, f"nickname {reason}")
+
+
+def _room_invalid(reason: str) -> ProtocolError:
+    return ProtocolError(errors.ROOM_NAME_INVALID, f"room name {reason}")
 
 
 def check_nickname(raw: bytes, max_length: int) -> str:
@@ -119,26 +136,37 @@ def check_nickname(raw: bytes, max_length: int) -> str:
         name = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise _invalid("is not valid UTF-8") from None
-    if not name:
-        raise _invalid("is empty")
-    if len(name) > max_length:
-        raise _invalid(f"is longer than {max_length} characters")
-    if _invisible().search(name):
-        raise _invalid("may not contain spaces, control or invisible characters")
-    if name.isascii():  # Latin and Common only: no script to check
-        _refuse_address(name)
-        return name
-    if all(char in BLANK_LOOKING or unicodedata.category(char)[0] == "M" for char in name):
-        raise _invalid("looks blank")
-    if any(char in BLANK_LOOKING for char in name):
-        raise _invalid("may not contain blank-looking characters")
-    any_recommended, allowed = _script_patterns()
-    if not any_recommended.fullmatch(name):
-        raise _invalid("uses a script that nicknames may not use")
-    if not any(pattern.fullmatch(name) for pattern in allowed):
-        raise _invalid("mixes scripts that look alike (such as Latin with Cyrillic or Greek)")
+    _check_name(name, max_length, _invalid)
     _refuse_address(name)
     return name
+
+
+def check_room_name(text: str, max_length: int) -> str:
+    """The room's name (without the `#` it may be written with), or
+    ProtocolError(room_name_invalid) saying why."""
+    name = text[1:] if text.startswith("#") else text
+    _check_name(name, max_length, _room_invalid)
+    return name
+
+
+def _check_name(name: str, max_length: int, invalid: Callable[[str], ProtocolError]) -> None:
+    if not name:
+        raise invalid("is empty")
+    if len(name) > max_length:
+        raise invalid(f"is longer than {max_length} characters")
+    if _invisible().search(name):
+        raise invalid("may not contain spaces, control or invisible characters")
+    if name.isascii():  # Latin and Common only: no script to check
+        return
+    if all(char in BLANK_LOOKING or unicodedata.category(char)[0] == "M" for char in name):
+        raise invalid("looks blank")
+    if any(char in BLANK_LOOKING for char in name):
+        raise invalid("may not contain blank-looking characters")
+    any_recommended, allowed = _script_patterns()
+    if not any_recommended.fullmatch(name):
+        raise invalid("uses a script that names may not use")
+    if not any(pattern.fullmatch(name) for pattern in allowed):
+        raise invalid("mixes scripts that look alike (such as Latin with Cyrillic or Greek)")
 
 
 _ADDRESS_LIKE = frozenset("0123456789.")

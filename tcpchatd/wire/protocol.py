@@ -187,6 +187,14 @@ class ChatMessage:
     text: str
     to: str | None = None   # a private message's one recipient
     action: bool = False    # `/me waves`
+    room: str | None = None  # the room it is for (None: the default room)
+
+
+# A request's commands and the string fields each takes (`room` names a room, written
+# with or without `#`); the answer carries the request's id.
+REQUESTS = {"who": ("room",), "nick": ("nickname",), "join": ("room",), "part": ("room",),
+            "rooms": (), "topic": ("room", "topic")}
+REQUIRED = {"nick": "nickname", "join": "room", "part": "room", "topic": "room"}
 
 
 @dataclass(frozen=True)
@@ -195,6 +203,8 @@ class Request:
     id: int | str | None
     cmd: str
     nickname: str | None = None  # for `nick`
+    room: str | None = None      # for `who`, `join`, `part`, `topic`
+    topic: str | None = None     # for `topic`: the new topic (none: tell it)
 
 
 @dataclass(frozen=True)
@@ -242,11 +252,12 @@ def parse_client_frame(body: bytes, max_text: int,
         raise ProtocolError(errors.TEXT_TOO_LONG,
                             f"message text of {size} bytes is over the limit of {max_text}",
                             frame_uuid)
-    to, action = obj.get("to"), obj.get("action", False)
-    if to is not None and not isinstance(to, str) or not isinstance(action, bool):
-        raise ProtocolError(errors.BAD_JSON, "'to' must be a nickname and 'action' true or "
-                            "false", frame_uuid)
-    return ChatMessage(frame_uuid, text, to, action)
+    to, action, room = obj.get("to"), obj.get("action", False), obj.get("room")
+    if to is not None and not isinstance(to, str) or not isinstance(action, bool) or \
+            room is not None and not isinstance(room, str):
+        raise ProtocolError(errors.BAD_JSON, "'to' must be a nickname, 'room' a room's name "
+                            "and 'action' true or false", frame_uuid)
+    return ChatMessage(frame_uuid, text, to, action, room)
 
 
 def _request(obj: dict) -> Request:
@@ -256,11 +267,21 @@ def _request(obj: dict) -> Request:
     if not isinstance(cmd, str):
         raise ProtocolError(errors.UNKNOWN_COMMAND, "a request needs a 'cmd' string",
                             request_id=request_id)
-    nickname = obj.get("nickname")
-    if cmd == "nick" and not isinstance(nickname, str):
-        raise ProtocolError(errors.NICKNAME_INVALID, "'nick' needs a 'nickname' string",
+    fields = REQUESTS.get(cmd)
+    if fields is None:
+        raise ProtocolError(errors.UNKNOWN_COMMAND, f"unknown command {cmd!r}: this server "
+                            f"knows {', '.join(repr(c) for c in REQUESTS)}",
                             request_id=request_id)
-    return Request(request_id, cmd, nickname)
+    for name in fields:
+        if obj.get(name) is not None and not isinstance(obj[name], str):
+            raise ProtocolError(errors.BAD_JSON, f"{cmd!r}: {name!r} must be a string",
+                                request_id=request_id)
+    required = REQUIRED.get(cmd)
+    if required is not None and obj.get(required) is None:
+        code = errors.NICKNAME_INVALID if required == "nickname" else errors.BAD_JSON
+        raise ProtocolError(code, f"{cmd!r} needs a {required!r} string",
+                            request_id=request_id)
+    return Request(request_id, cmd, **{name: obj.get(name) for name in fields})
 
 
 _CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
@@ -345,25 +366,30 @@ def private_text(sender: str, text: str) -> str:
 
 
 def chat_frame(frame_uuid: str, sender: str, text: str, stamp: str | None = None,
-               to: str | None = None, action: bool = False) -> bytes:
-    """A message as recipients see it: stamped, its text prefixed (see chat_text)."""
+               to: str | None = None, action: bool = False, room: str | None = None) -> bytes:
+    """A message as recipients see it: stamped, its text prefixed (see chat_text); a
+    public one names its room, a private one its recipient."""
     obj: dict[str, Any] = {"type": "message", "uuid": frame_uuid,
            "message": private_text(sender, text) if to else chat_text(sender, text),
            "nickname": sender, "time": stamp or now_iso()}
     if to:
         obj["to"], obj["private"] = to, True
+    if room is not None:
+        obj["room"] = room
     if action:
         obj["action"] = True
     return encode(obj)
 
 
-FEATURES = ("request", "private", "history", "nick", "action")
+FEATURES = ("request", "private", "history", "nick", "action", "rooms")
 NAMES_SHOWN = 50  # nicknames in a names frame's `message`; the list itself is complete
 
 
 def names_frame(nicknames: list[str], total: int, request_id: int | str | None = None,
-                history: int | None = None) -> bytes:
-    """Who is here: on joining (after the join, before history), or for a `who` request.
+                history: int | None = None, room: str | None = None,
+                topic: str = "") -> bytes:
+    """Who is in a room: on joining it (after the join, before history), or for a `who`
+    request.
 
     On joining, `history` says how many messages the history frame that follows holds
     (0: none follows), so a client knows when the catching-up is over.
@@ -374,6 +400,9 @@ def names_frame(nicknames: list[str], total: int, request_id: int | str | None =
         shown += f" and {total - len(listed)} more"
     obj: dict[str, Any] = {"type": "system", "event": "names", "nicknames": nicknames,
            "features": list(FEATURES), "message": f"In the room: {shown} ({total})"}
+    if room is not None:
+        obj["room"] = room
+        obj["topic"] = topic
     if request_id is not None:
         obj["id"] = request_id
     if history is not None:
@@ -381,23 +410,30 @@ def names_frame(nicknames: list[str], total: int, request_id: int | str | None =
     return encode(obj)
 
 
-# System frames of what happens in the room carry `time` (an addition the original client
-# ignores): a client that reads them late (a laptop waking) shows when they happened.
+# System frames of what happens in a room carry `time` (an addition the original client
+# ignores): a client that reads them late (a laptop waking) shows when they happened;
+# and `room`, the room it happened in (the original client is in the default room alone).
 
-def nick_frame(old: str, new: str) -> bytes:
-    return encode({"type": "system", "event": "nick", "nickname": new, "old": old,
-                   "message": f"{old} is now {new}", "time": now_iso()})
+def _in_room(obj: dict[str, Any], room: str | None) -> dict[str, Any]:
+    if room is not None:
+        obj["room"] = room
+    return obj
 
 
-def history_frame(entries: list[tuple[str, str, str]], max_bytes: int
-                  ) -> tuple[bytes | None, int]:
+def nick_frame(old: str, new: str, room: str | None = None) -> bytes:
+    return encode(_in_room({"type": "system", "event": "nick", "nickname": new, "old": old,
+                            "message": f"{old} is now {new}", "time": now_iso()}, room))
+
+
+def history_frame(entries: list[tuple[str, str, str]], max_bytes: int,
+                  room: str | None = None) -> tuple[bytes | None, int]:
     """(frame, how many entries) for the newest (nickname, time, text) entries whose frame
     body fits max_bytes; (None, 0) if none fits. One frame: the original client reads a
     body with one recv."""
     chosen: list[tuple[str, str, str]] = []
     frame = None
     for entry in reversed(entries):
-        candidate = _history_frame([entry, *chosen])
+        candidate = _history_frame([entry, *chosen], room)
         if len(candidate) - HEADER_LENGTH > max_bytes:
             break
         chosen.insert(0, entry)
@@ -405,31 +441,69 @@ def history_frame(entries: list[tuple[str, str, str]], max_bytes: int
     return frame, len(chosen)
 
 
-def _history_frame(entries: list[tuple[str, str, str]]) -> bytes:
+def _history_frame(entries: list[tuple[str, str, str]], room: str | None) -> bytes:
     count = len(entries)
     lines = [f"-- {count} earlier message{'s' if count != 1 else ''} --"]
     # continuation lines indented, so the original client shows none as a line of its own
     lines += [f"[{stamp[11:16]}] {text}".replace("\n", "\n    ") for _, stamp, text in entries]
-    return encode({"type": "system", "event": "history",
-                   "messages": [{"nickname": nickname, "time": stamp, "message": text}
-                                for nickname, stamp, text in entries],
-                   "message": "\n".join(lines)})
+    return encode(_in_room({"type": "system", "event": "history",
+                            "messages": [{"nickname": nickname, "time": stamp, "message": text}
+                                         for nickname, stamp, text in entries],
+                            "message": "\n".join(lines)}, room))
 
 
-def join_frame(nickname: str) -> bytes:
-    return encode({"type": "system", "event": "join", "nickname": nickname,
-                   "message": f"{nickname} joined!", "time": now_iso()})
+def join_frame(nickname: str, room: str | None = None) -> bytes:
+    return encode(_in_room({"type": "system", "event": "join", "nickname": nickname,
+                            "message": f"{nickname} joined!", "time": now_iso()}, room))
 
 
 LEAVE_MESSAGES = {"kicked": "{nickname} was kicked ({detail})",
                   "banned": "{nickname} was banned ({detail})"}
 
 
-def leave_frame(nickname: str, reason: str, detail: str | None = None) -> bytes:
+def leave_frame(nickname: str, reason: str, detail: str | None = None,
+                room: str | None = None, request_id: int | str | None = None) -> bytes:
+    """A member left a room: it parted (reason `part`), quit, was kicked... With a
+    request_id: to the member that parted, its answer."""
     message = LEAVE_MESSAGES.get(reason, "{nickname} left!").format(nickname=nickname,
                                                                     detail=detail)
-    return encode({"type": "system", "event": "leave", "nickname": nickname,
-                   "reason": reason, "message": message, "time": now_iso()})
+    obj = _in_room({"type": "system", "event": "leave", "nickname": nickname,
+                    "reason": reason, "message": message, "time": now_iso()}, room)
+    if request_id is not None:
+        obj["id"] = request_id
+    return encode(obj)
+
+
+def topic_frame(room: str, topic: str, nickname: str | None = None, stamp: str | None = None,
+                request_id: int | str | None = None, asked: bool = False) -> bytes:
+    """A room's topic: set now by `nickname` (everyone in the room hears it; the setter
+    with its request's id), or `asked` for (with the request's id; `nickname` and
+    `time` say who set it and when)."""
+    if not asked:
+        message = f"{nickname} set the topic: {topic}" if topic else \
+            f"{nickname} cleared the topic"
+    else:
+        message = f"Topic of #{room}: {topic}" if topic else f"#{room} has no topic"
+    obj: dict[str, Any] = {"type": "system", "event": "topic", "room": room, "topic": topic,
+                           "message": message}
+    if nickname is not None:
+        obj["nickname"] = nickname
+    obj["time"] = stamp or now_iso()
+    if request_id is not None:
+        obj["id"] = request_id
+    return encode(obj)
+
+
+def rooms_frame(rooms: list[dict[str, Any]], request_id: int | str | None = None) -> bytes:
+    """The daemon's rooms: [{"room", "members", "topic"}], sorted by name."""
+    shown = ", ".join(f"#{r['room']} ({r['members']})" for r in rooms[:NAMES_SHOWN])
+    if len(rooms) > NAMES_SHOWN:
+        shown += f" and {len(rooms) - NAMES_SHOWN} more"
+    obj: dict[str, Any] = {"type": "system", "event": "rooms", "rooms": rooms,
+                           "message": f"Rooms: {shown}"}
+    if request_id is not None:
+        obj["id"] = request_id
+    return encode(obj)
 
 
 def receipt_frame(frame_uuid: str, delivered: int, recipients: int) -> bytes:
@@ -447,9 +521,12 @@ def undelivered_frame(frame_uuid: str, message: str, recipients: int = 0) -> byt
                    "recipients": recipients, "message": message})
 
 
-def kick_frame(reason: str) -> bytes:
-    return encode({"type": "system", "event": "kick", "reason": reason,
-                   "message": f"You were kicked: {reason}", "time": now_iso()})
+def kick_frame(reason: str, room: str | None = None) -> bytes:
+    """To a kicked member: out of the daemon, or (room) out of that room alone."""
+    message = f"You were kicked from #{room}: {reason}" if room is not None else \
+        f"You were kicked: {reason}"
+    return encode(_in_room({"type": "system", "event": "kick", "reason": reason,
+                            "message": message, "time": now_iso()}, room))
 
 
 def ban_frame(reason: str, how_long: str) -> bytes:
@@ -470,9 +547,10 @@ def restart_frame() -> bytes:
                    "message": "Server is restarting, please reconnect", "time": now_iso()})
 
 
-def announce_frame(text: str) -> bytes:
-    return encode({"type": "system", "event": "announce", "message": text,
-                   "time": now_iso()})
+def announce_frame(text: str, room: str | None = None) -> bytes:
+    """An operator's announcement: to one room, or (room None) to everyone."""
+    return encode(_in_room({"type": "system", "event": "announce", "message": text,
+                            "time": now_iso()}, room))
 
 
 def error_frame(code: str, message: str, frame_uuid: str | None = None,
