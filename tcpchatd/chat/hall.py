@@ -761,10 +761,13 @@ class Hall:
         Under load a loop finds many confirms in one read: taking the lock once for all
         of them, not once each, keeps the lock short and rarely contended.
         """
-        unknown, finished, late, confirmed = [], [], 0, 0
+        unknown, finished, late = [], [], 0
         relayed: dict[str, dict[str, int]] = {}  # origin node -> uuid -> confirms, for it
         each = self._config.log_confirms == "each"
         logged: list[tuple[str, str | None]] = []  # (uuid, room), for log_confirms = each
+        # confirms read together are mostly of one room: counted in runs, settled per run
+        run_room: Room | None = None
+        run = 0
         with self.lock:
             account = self._accounts.get(member)
             pending_by_uuid = self.receipts.pending
@@ -781,14 +784,14 @@ class Hall:
                 waiting, origin, room = pending.waiting, pending.origin, pending.room
                 waiting.discard(member)
                 pending.delivered += 1
-                confirmed += 1
+                if room is run_room:
+                    run += 1
+                else:
+                    if run:
+                        self._confirmed(account, run_room, run)
+                    run_room, run = room, 1
                 if each:
                     logged.append((frame_uuid, room.name if room is not None else None))
-                if room is None:
-                    account.private_settled += 1
-                else:
-                    account.rooms[room].settled += 1  # waiting: it is in the room
-                    room.counters.confirms += 1
                 if origin is not None:  # its sender is on another node
                     counts = relayed.setdefault(origin, {})
                     counts[frame_uuid] = counts.get(frame_uuid, 0) + 1
@@ -798,14 +801,27 @@ class Hall:
                     # the sender hears at most receipt_wait later
                     self.receipts.wait_for_more(pending,
                                                 time.monotonic() + self._config.receipt_wait)
+            if run and account is not None:
+                self._confirmed(account, run_room, run)
             for origin, counts in relayed.items():  # one event per origin, not per confirm
                 self.broker.publish({"kind": "confirms", "to": origin, "counts": counts})
-            self.counters.confirms += confirmed
+            self.counters.confirms += len(uuids) - len(unknown) - late
             for frame_uuid, room_name in logged:
                 self.log.event("confirm", uuid=frame_uuid, room=room_name,
                                nick=member.nickname)
         self.report(finished)
         return unknown
+
+    def _confirmed(self, account: Account, room: Room | None, count: int) -> None:
+        """Under the lock: `count` confirms of a member for messages of one room (None:
+        private ones)."""
+        if room is None:
+            account.private_settled += count
+            return
+        room.counters.confirms += count
+        seat = account.rooms.get(room)
+        if seat is not None:  # (it left the room with these owed: they no longer count)
+            seat.settled += count
 
     def expire(self, now: float | None = None) -> None:
         """Send the receipts whose receipt_wait has passed; settle every pending receipt

@@ -53,6 +53,12 @@ class BroadcastLog:
 
     def chunk(self, start: int, stop: int, reader: Any = None) -> bytes:
         """The frames [start, stop) joined, leaving out those `reader` published."""
+        # The common case without the lock: a range joined before for another reader
+        # (a position's frame never changes, so a cached range stays right; dict.get is
+        # atomic). A client in several rooms asks once per room that has news.
+        cached = self._chunks.get((start, stop))
+        if cached is not None and (reader is None or reader not in cached[1]):
+            return cached[0]
         with self._lock:
             if start < self.base or stop > self.end:
                 raise IndexError(f"[{start}, {stop}) is not in the log "

@@ -276,9 +276,13 @@ class EventLoop:
                 calls, self._calls = self._calls, []
                 changed, self._changed = self._changed, {}
                 dropped, self._dropped = self._dropped, []
-                # each channel's end, then who reads it: a later subscriber starts later
-                rounds = [(channel, channel.log.end, self._subscribers.get(channel))
-                          for channel in changed]
+                # each channel's end, then who reads it: a later subscriber starts later;
+                # a channel notified with nothing new since its last round has none (a
+                # join above announce_joins_max publishes nothing, yet notifies)
+                rounds = [(channel, end, self._subscribers.get(channel))
+                          for channel, end in ((channel, channel.log.end)
+                                               for channel in changed)
+                          if end != self.round_end.get(channel)]
                 subscribers = self._round(rounds)
             for conn in incoming:
                 self.connections.add(conn)

@@ -446,7 +446,9 @@ class Session:
         self.private_bytes = 0
         finished = []
         for channel, sub in subscriptions.items():
-            self._take(channel, sub, channel.log.end, parts)
+            end = channel.log.end
+            if sub.cursor < end:  # (most of a client's rooms have no news in a turn)
+                self._take(channel, sub, end, parts)
             if sub.until is not None and sub.cursor >= sub.until:
                 finished.append((channel, sub))
         for channel, sub in finished:  # out of that room, and sent all it was due of it
