@@ -281,9 +281,10 @@ def rooms_comparison(args, log) -> dict:
     """Issue 25's two measures: the CPU per delivery of a client in 5 rooms of 200 beside
     one room of 200 (with receipts, alternated, medians); the time 10,000 clients take to
     join one room, and to join 100 rooms (each its own, leaving the default room)."""
-    def cpu(rooms: int) -> Settings:
+    def cpu(rooms: int) -> Settings:  # in those rooms alone (the default room parted)
         return Settings(port=0, clients=200, senders=20, window=args.window,
-                        duration=args.duration, rooms=rooms, rooms_per_client=rooms)
+                        duration=args.duration, rooms=rooms, rooms_per_client=rooms,
+                        leave_default=rooms > 0)
     per_delivery = compare(lambda kind: cpu(5 if kind.endswith("5-rooms") else 0),
                            [("tcpchatd/1-room", ()), ("tcpchatd/5-rooms", ())],
                            args.repeats, log)

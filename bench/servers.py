@@ -60,12 +60,21 @@ class ProcStats:
     def __init__(self, pid: int) -> None:
         self.pid = pid
         self.cpu_start = self.cpu_seconds()
+        self.sys_start = self.sys_seconds()
         self.peak_threads = 0
 
-    def cpu_seconds(self) -> float:
+    def _times(self) -> tuple[int, int]:
+        """(user, system) clock ticks."""
         with open(f"/proc/{self.pid}/stat") as fh:
             fields = fh.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+        return int(fields[11]), int(fields[12])
+
+    def cpu_seconds(self) -> float:
+        return sum(self._times()) / CLOCK_TICKS
+
+    def sys_seconds(self) -> float:
+        """The kernel's share (system calls: sends, reads, epoll)."""
+        return self._times()[1] / CLOCK_TICKS
 
     def status(self) -> dict:
         values = {}
@@ -83,10 +92,12 @@ class ProcStats:
 
     def reset_cpu(self) -> None:
         self.cpu_start = self.cpu_seconds()
+        self.sys_start = self.sys_seconds()
 
     def report(self) -> dict:
         status = self.status()
         return {"server_cpu_s": round(self.cpu_seconds() - self.cpu_start, 3),
+                "server_sys_s": round(self.sys_seconds() - self.sys_start, 3),
                 "server_peak_rss_mib": round(int(status["VmHWM"].split()[0]) / 1024, 1),
                 "server_rss_mib": round(int(status["VmRSS"].split()[0]) / 1024, 1),
                 "server_threads": max(self.peak_threads, int(status["Threads"]))}

@@ -411,3 +411,25 @@ def test_an_image_from_before_rooms_is_taken_into_the_default_room():
     assert [m["message"] for m in late.frames[2]["messages"]] == ["a: before"]
     hall.message(a, U2, "after")
     assert b.frames[-1]["room"] == "general" and b.frames[-1]["uuid"] == U2
+
+
+def test_what_a_member_owes_follows_its_rooms_through_a_part():
+    """Receipts owed are one count per member, whatever its rooms: a part drops what it
+    owed in that room (its senders are told at once) and keeps the count right for the
+    rest (a leave after it settles exactly what is left)."""
+    hall, _ = make_hall()
+    a, b, c = joined(hall, "a", "b", "c")
+    hall.enter(a, "dev")
+    hall.enter(b, "dev")
+    hall.message(a, U1, "in dev", room_name="dev")  # waits on b
+    hall.message(c, U2, "in general")      # waits on a and b
+    hall.confirm(a, U2)
+    hall.part(b, "dev")                    # b never confirmed U1: a hears now
+    assert a.frames[-1]["event"] == "undelivered" and a.frames[-1]["uuid"] == U1
+    account = hall._accounts[b]
+    assert hall._owed(account) == 1        # U2, still
+    hall.message(a, U3, "general again")   # b owes two now
+    assert hall._owed(account) == 2
+    hall.leave(b, "quit")                  # both settle: c and a get their receipts
+    assert c.frames[-1] == {"type": "confirm", "uuid": U2, "delivered": 1, "recipients": 2}
+    assert hall.pending_count() == 1       # U3 waits on c alone

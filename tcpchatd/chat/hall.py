@@ -37,7 +37,6 @@ from .broker import UNCLAIMED, Broker
 from .receipts import SETTLED_MEMORY_FACTOR, Pending, Receipts
 from .relay import Relay
 from .room import Channel, Member, RemoteMember, Room
-from .room import Counters as RoomCounters
 
 __all__ = ["AddressBanned", "Hall", "Member", "NoSuchMember", "NoSuchRoom", "NotInRoom",
            "Room"]
@@ -119,29 +118,23 @@ class HallSettings(Protocol):
 
 
 @dataclass(eq=False)
-class Seat:
-    """A member's place in one room's receipts: it owes every public message of the room
-    sent since it joined, minus those settled for it (its own, its confirms, and those
-    settled without it)."""
-
-    joined_at: int      # the room's messages_sent when it joined
-    settled: int = 0
-
-
-@dataclass(eq=False)
 class Account:
     """What the hall keeps of one member: its rooms, its own pending messages and what
     it owes.
 
     The receipts a member owes are counted, not listed, so that a message costs the
-    hall O(1) per recipient in C (one set of recipients) and nothing in Python (see
-    Seat and Hall._owed).
+    hall O(1) per recipient in C (one set of recipients) and nothing in Python, and a
+    confirm one count however many rooms the member is in: it owes every public message
+    of its rooms sent since it joined each, and every private message it received, less
+    those settled for it (its own, its confirms, those settled without it); see
+    Hall._owed, and Hall._part for a room it leaves.
     """
 
-    rooms: dict[Room, Seat] = field(default_factory=dict)  # in the order it joined them
+    rooms: dict[Room, int] = field(default_factory=dict)  # room -> its messages_sent when
+    #                                                       it joined; in the order joined
+    settled: int = 0                # its own messages, confirms, receipts settled
     sent: set = field(default_factory=set)  # uuids of its pending messages
     private: int = 0                # private messages it received
-    private_settled: int = 0        # ... of them, confirmed or settled without it
     in_flight: int = 0              # departed: receipts settled, not yet handed to it
     claim: str = UNCLAIMED          # the broker's token for its nickname
     key: str = ""                   # its nickname_key, kept from its join (and carried by
@@ -149,9 +142,13 @@ class Account:
 
 
 @dataclass
-class Counters(RoomCounters):
-    """The daemon's: every room's, and what is no room's."""
+class Counters:
+    """The daemon's (each room counts its own messages, deliveries, undelivered)."""
 
+    messages: int = 0
+    deliveries: int = 0
+    confirms: int = 0
+    undelivered: int = 0
     send_queue_disconnects: int = 0
 
 
@@ -314,7 +311,7 @@ class Hall:
         join when only it hears of it, names, the history), to deliver once the lock is
         released. `info`: its first room (the other nodes learn of it with this join)."""
         key = account.key
-        account.rooms[room] = Seat(room.messages_sent)
+        account.rooms[room] = room.messages_sent
         room.members[key] = member
         if not member.quiet:  # a poster hears nothing of the room and owes no receipt
             room.listeners[key] = member
@@ -547,21 +544,23 @@ class Hall:
 
     def _part(self, member: Member, account: Account, room: Room, reason: str,
               detail: str | None) -> list[Pending]:
-        """Under the lock: out of one room, its receipts there settled."""
-        seat = account.rooms.pop(room)
-        owed = 0 if member.quiet else room.messages_sent - seat.joined_at - seat.settled
+        """Under the lock: out of one room, its receipts there settled. What it owed there
+        is not counted apart (a confirm costs one count), so the room's pending receipts
+        are looked through: O(pending), for a part (a person's act), never per message."""
+        joined_at = account.rooms.pop(room)
         self._unseat(member, account, room, reason, detail)
         self.broker.publish({"kind": "part", "nick": member.nickname, "room": room.name,
                              "reason": reason, "detail": detail})
-        emptied = []
-        for pending in self.receipts.newest_first() if owed else ():
+        emptied, owed = [], 0
+        for pending in list(self.receipts.pending.values()) if not member.quiet else ():
             if pending.room is room and member in pending.waiting:
                 pending.waiting.discard(member)
+                owed += 1
                 if pending.done():
                     emptied.append(pending)
-                owed -= 1
-                if not owed:
-                    break
+        # the room's messages since it joined leave its count: those it had settled with
+        # them (what it still owed there is no longer owed: just dropped from waiting)
+        account.settled -= room.messages_sent - joined_at - owed
         finished = [self.finish(pending) for pending in emptied]
         self._close_if_empty(room)
         return finished
@@ -692,7 +691,7 @@ class Hall:
                     self._accounts[target].private += 1
                 elif room is not None:
                     room.messages_sent += 1
-                    account.rooms[room].settled += 1  # nobody owes a receipt for their own
+                    account.settled += 1  # nobody owes a receipt for their own
                     room.channel.publish(frame, sender, chat=True)
                 if len(self.receipts) > self._config.pending_confirms:
                     finished = self._expire_oldest_for_laggards()
@@ -720,19 +719,8 @@ class Hall:
     def _owed(self, account: Account) -> int:
         """How many pending receipts wait on this member's confirm, in every room and
         privately."""
-        return sum(room.messages_sent - seat.joined_at - seat.settled
-                   for room, seat in account.rooms.items()) \
-            + account.private - account.private_settled
-
-    def _settle_for(self, account: Account, pending: Pending) -> None:
-        """Under the lock: one receipt the member owed is settled (confirmed, or without
-        it)."""
-        if pending.room is None:
-            account.private_settled += 1
-        else:
-            seat = account.rooms.get(pending.room)
-            if seat is not None:
-                seat.settled += 1
+        return sum(room.messages_sent - joined_at for room, joined_at in account.rooms.items()) \
+            + account.private - account.settled
 
     def _expire_oldest_for_laggards(self) -> list[Pending]:
         """Under the lock, with more receipts pending than one member may owe: the oldest
@@ -746,7 +734,7 @@ class Hall:
         oldest = self.receipts.oldest()
         for member in [m for m in oldest.waiting if self._owed(self._accounts[m]) > limit]:
             oldest.waiting.discard(member)
-            self._settle_for(self._accounts[member], oldest)
+            self._accounts[member].settled += 1
         return [self.finish(oldest)] if oldest.done() else []
 
     def confirm(self, member: Member, frame_uuid: str) -> None:
@@ -765,9 +753,6 @@ class Hall:
         relayed: dict[str, dict[str, int]] = {}  # origin node -> uuid -> confirms, for it
         each = self._config.log_confirms == "each"
         logged: list[tuple[str, str | None]] = []  # (uuid, room), for log_confirms = each
-        # confirms read together are mostly of one room: counted in runs, settled per run
-        run_room: Room | None = None
-        run = 0
         with self.lock:
             account = self._accounts.get(member)
             pending_by_uuid = self.receipts.pending
@@ -784,12 +769,6 @@ class Hall:
                 waiting, origin, room = pending.waiting, pending.origin, pending.room
                 waiting.discard(member)
                 pending.delivered += 1
-                if room is run_room:
-                    run += 1
-                else:
-                    if run:
-                        self._confirmed(account, run_room, run)
-                    run_room, run = room, 1
                 if each:
                     logged.append((frame_uuid, room.name if room is not None else None))
                 if origin is not None:  # its sender is on another node
@@ -801,27 +780,17 @@ class Hall:
                     # the sender hears at most receipt_wait later
                     self.receipts.wait_for_more(pending,
                                                 time.monotonic() + self._config.receipt_wait)
-            if run and account is not None:
-                self._confirmed(account, run_room, run)
             for origin, counts in relayed.items():  # one event per origin, not per confirm
                 self.broker.publish({"kind": "confirms", "to": origin, "counts": counts})
-            self.counters.confirms += len(uuids) - len(unknown) - late
+            confirmed = len(uuids) - len(unknown) - late
+            if account is not None:
+                account.settled += confirmed
+            self.counters.confirms += confirmed
             for frame_uuid, room_name in logged:
                 self.log.event("confirm", uuid=frame_uuid, room=room_name,
                                nick=member.nickname)
         self.report(finished)
         return unknown
-
-    def _confirmed(self, account: Account, room: Room | None, count: int) -> None:
-        """Under the lock: `count` confirms of a member for messages of one room (None:
-        private ones)."""
-        if room is None:
-            account.private_settled += count
-            return
-        room.counters.confirms += count
-        seat = account.rooms.get(room)
-        if seat is not None:  # (it left the room with these owed: they no longer count)
-            seat.settled += count
 
     def expire(self, now: float | None = None) -> None:
         """Send the receipts whose receipt_wait has passed; settle every pending receipt
@@ -857,7 +826,7 @@ class Hall:
         for member in pending.waiting:  # they owe it no more (timed out, sender left)
             account = self._accounts.get(member)
             if account is not None:
-                self._settle_for(account, pending)
+                account.settled += 1
 
     def report(self, finished: list[Pending]) -> None:
         """Outside the lock: tell each sender, log the final count; a departed sender that
@@ -1083,9 +1052,8 @@ class Hall:
         now = time.monotonic()
 
         def account(member: Member, a: Account) -> list:
-            return [ident(member), [[room.key, seat.joined_at, seat.settled]
-                                    for room, seat in a.rooms.items()],
-                    a.private, a.private_settled, sorted(a.sent), a.in_flight, a.claim, a.key]
+            return [ident(member), [[room.key, joined_at] for room, joined_at in a.rooms.items()],
+                    a.settled, a.private, sorted(a.sent), a.in_flight, a.claim, a.key]
         with self.lock:
             return {
                 "format": 2,  # rooms (issue 25); an image before them wrote one room
@@ -1113,17 +1081,16 @@ class Hall:
                 room.restore(record)
             for table, rows in ((self._accounts, state["accounts"]),
                                 (self._departed, state["departed"])):
-                for ident, seats, private, private_settled, sent, in_flight, claim, key \
-                        in rows:
+                for ident, seats, settled, private, sent, in_flight, claim, key in rows:
                     member = member_of(ident)
                     if member is None:
                         continue
-                    account = Account({}, set(sent), private, private_settled, in_flight,
+                    account = Account({}, settled, set(sent), private, in_flight,
                                       claim, key or nickname_key(member.nickname))
-                    for room_key_, joined_at, settled in seats:
+                    for room_key_, joined_at in seats:
                         room = self.rooms.get(room_key_)
                         if room is not None:
-                            account.rooms[room] = Seat(joined_at, settled)
+                            account.rooms[room] = joined_at
                     table[member] = account
             for ident in state["members"]:
                 member = member_of(ident)
@@ -1149,19 +1116,18 @@ def _names(rooms: Iterable[Room]) -> str:
 
 def _one_room_image(state: dict, default_key: str) -> dict:
     """An image from before rooms (one room, its members and receipts): its room is the
-    default room. What a member had settled there and privately was one count; the
-    private part is not known apart, nor which pending receipts were private: all are
-    taken as the room's (the count owed stays what it was: messages sent since it joined,
-    less settled, plus private ones received)."""
+    default room; the counts are the same (messages since joining, private ones, settled);
+    its pending receipts of private messages, not told apart, are taken as the room's
+    (which changes nothing of what anyone owes, nor who is told what)."""
     counters = dict(state["counters"])
-    room_counters = {k: counters.get(k, 0) for k in ("messages", "deliveries", "confirms",
+    room_counters = {k: counters.get(k, 0) for k in ("messages", "deliveries",
                                                      "undelivered")}
 
     def account(row: list) -> list:
         ident, joined_at, settled, sent, private, in_flight, *rest = row
         claim, key = (rest + [UNCLAIMED, ""])[:2]
-        return [ident, [[default_key, joined_at, settled - private]], 0, 0, sent,
-                in_flight, claim, key]
+        return [ident, [[default_key, joined_at]], settled, private, sent, in_flight, claim,
+                key]
     return {
         "format": 2,
         "rooms": [{"name": "", "key": default_key, "declared": True,

@@ -82,9 +82,11 @@ class RemoteMember:
 
 @dataclass
 class Counters:
+    """A room's (confirms are the daemon's alone: a confirm names no room, and counting
+    them per room would cost every delivery)."""
+
     messages: int = 0
     deliveries: int = 0
-    confirms: int = 0
     undelivered: int = 0
 
 
@@ -108,7 +110,7 @@ class Room:
         self.listeners: dict[str, Member] = {}        # ... of them, all but the posters
         self.remote: dict[str, RemoteMember] = {}     # nickname_key -> another node's
         self.history = History()
-        self.messages_sent = 0     # public messages that had recipients (see Seat)
+        self.messages_sent = 0     # public messages that had recipients (see Account)
         self.counters = Counters()
 
     def __repr__(self) -> str:
@@ -149,4 +151,5 @@ class Room:
         self.topic = Topic(*state["topic"])
         self.history.restore(state["history"])
         self.messages_sent = state["messages_sent"]
-        self.counters = Counters(**state["counters"])
+        self.counters = Counters(**{k: v for k, v in state["counters"].items()
+                                    if k in Counters.__dataclass_fields__})

@@ -98,9 +98,9 @@ def show_stats(result: dict) -> str:
     if rooms:
         lines.append("rooms:")
         lines += ["  " + line for line in table(
-            [("ROOM", "MEMBERS", "MESSAGES", "DELIVERIES", "CONFIRMS", "UNDELIVERED")] + [
+            [("ROOM", "MEMBERS", "MESSAGES", "DELIVERIES", "UNDELIVERED")] + [
                 (f"#{name}", *(str(counts[key]) for key in (
-                    "members", "messages", "deliveries", "confirms", "undelivered")))
+                    "members", "messages", "deliveries", "undelivered")))
                 for name, counts in rooms.items()]).splitlines()]
     if cluster:
         lines.append("cluster:")

@@ -172,8 +172,11 @@ class Session:
             for channel, sub in subscriptions)
 
     def _ends(self) -> tuple[tuple[Channel, int], ...]:
-        """Under the lock: where each channel it reads ends now."""
-        return tuple((channel, channel.log.end) for channel in self.subscriptions)
+        """Under the lock: where each channel it reads ends now, for those with
+        broadcasts not yet sent to it (a caught-up channel has none to go first)."""
+        ends = [(channel, end) for channel, sub in self.subscriptions.items()
+                if sub.cursor < (end := channel.log.end)]
+        return tuple(ends) if ends else ()
 
     # --- any thread
 
@@ -217,7 +220,7 @@ class Session:
             if self.closing:
                 return False
             self.closing = True
-            ends = self._ends()
+            ends = tuple((channel, channel.log.end) for channel in self.subscriptions)
             if not flush:
                 self._abort = True
             else:
@@ -446,8 +449,14 @@ class Session:
         self.private_bytes = 0
         finished = []
         for channel, sub in subscriptions.items():
-            end = channel.log.end
-            if sub.cursor < end:  # (most of a client's rooms have no news in a turn)
+            log = channel.log
+            end = log.end
+            if sub.cursor >= end:  # (most of a client's rooms have no news in a turn)
+                pass
+            elif sub.until is None and not sub.gaps:  # the common case, inline
+                parts.append(log.chunk(sub.cursor, end, self))
+                sub.cursor = end
+            else:
                 self._take(channel, sub, end, parts)
             if sub.until is not None and sub.cursor >= sub.until:
                 finished.append((channel, sub))
