@@ -23,6 +23,7 @@ from rawclient import RawClient  # noqa: E402
 
 from tcpchatd.service.config import Config  # noqa: E402
 from tcpchatd.chat.hall import Hall  # noqa: E402
+from tcpchatd.chat.logins import Logins  # noqa: E402
 from tcpchatd.cluster.local import LocalBroker  # noqa: E402
 from tcpchatd.net.listeners import ChatServer, bind_listener  # noqa: E402
 from tcpchatd.net.engine import Engine  # noqa: E402
@@ -84,13 +85,16 @@ def chat():
     handles: list[ChatHandle] = []
     stop = threading.Event()
 
-    def make(**settings) -> ChatHandle:
+    def make(accounts=None, bans=None, **settings) -> ChatHandle:
+        """`accounts`: an AccountBook (the hall then checks logins and reservations)."""
         config = Config(listen=("127.0.0.1:0",), **settings)
         log = RecordingLog()
         listener = bind_listener("127.0.0.1", 0)
         handle = ChatHandle(None, None, log, listener.getsockname()[1])
         engine = Engine(config.io_threads, error_log=handle.tracebacks.append)
-        hall = handle.hall = Hall(config, log, engine.channel, broker=LocalBroker())
+        logins = Logins(accounts, config, log) if accounts is not None else None
+        hall = handle.hall = Hall(config, log, engine.channel, bans, broker=LocalBroker(),
+                                  logins=logins)
         server = ChatServer([listener], hall, log, config, engine,
                             error_log=handle.tracebacks.append)
         handle.server = server
@@ -126,7 +130,9 @@ def admin_chat(chat, short_tmp):
         h = chat(**settings)
         path = os.path.join(short_tmp, f"admin{len(servers)}.sock")
         sock = admin.bind_socket(path, 0o660, None)
-        server = admin.AdminServer(sock, commands.AdminCommands(h.hall, h.log).table(),
+        table = commands.AdminCommands(h.hall, h.log, h.hall.bans)
+        h.hall.moderation = table  # a moderator's acts from a client, as in the daemon
+        server = admin.AdminServer(sock, table.table(),
                                    h.server.config, h.log, owned_path=path,
                                    error_log=h.tracebacks.append)
         server.start()

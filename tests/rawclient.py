@@ -105,6 +105,23 @@ class RawClient:
         assert self.history is None or self.history["event"] == "history"
         return joined
 
+    def hello(self, **fields) -> dict:
+        """Answer the prompt with a hello frame (a login: account=, password=); returns
+        the first frame that answers it (the login, or an error). On a login the join,
+        names and history follow: see joined()."""
+        assert self.recv_exact(HEADER) == PROMPT
+        self.send_raw(frame({"type": "hello", **fields}))
+        return self.read_until(lambda f: f.get("event") in ("login", "error", "join"))
+
+    def joined(self) -> dict:
+        """After a hello's login: our join, names (self.names) and history."""
+        joined = self.read_until(lambda f: f.get("event") == "join")
+        self.nickname = joined["nickname"]
+        self.names = self.read()
+        assert self.names["event"] == "names", self.names
+        self.history = self.read() if self.names["history"] else None
+        return joined
+
     def say(self, text: str, msg_uuid: str | None = None, room: str | None = None) -> str:
         msg_uuid = msg_uuid or str(uuid.uuid4())
         self.send_raw(frame({"type": "message", "uuid": msg_uuid,

@@ -8,7 +8,7 @@ import pytest
 from rawclient import PROMPT, frame, untimed
 from test_wire import error_of
 
-FEATURES = ["request", "private", "history", "nick", "action", "rooms"]
+FEATURES = ["request", "private", "history", "nick", "action", "rooms", "accounts"]
 
 
 def request(client, cmd, request_id=1, **fields):

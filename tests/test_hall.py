@@ -55,6 +55,8 @@ class FakeMember:
         self.ip = "127.0.0.1"
         self.tls = False
         self.quiet = False
+        self.account = None  # a guest
+        self.role = "guest"
         self.connected = 0.0
         self.frames = []
         self.closed = None
@@ -106,7 +108,7 @@ def test_join_is_announced_to_everyone_including_newcomer():
     assert a.frames[-1] == join_b
     assert b.frames == [join_b, {  # then who is in the room, with no history to follow
         "type": "system", "event": "names", "nicknames": ["a", "b"], "history": 0,
-        "features": ["request", "private", "history", "nick", "action", "rooms"],
+        "features": ["request", "private", "history", "nick", "action", "rooms", "accounts"],
         "message": "In the room: a, b (2)", "room": "general", "topic": ""}]
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from conftest import DaemonProcess, client_context, status_port
 from rawclient import PROMPT, RawClient, TlsRawClient, frame, wait_for, untimed
-from conftest import ctl
+from conftest import CTL, ctl
 from test_systemd import alive, read_pid
 
 PACKAGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tcpchatd")
@@ -600,4 +600,40 @@ def test_the_upgrade_carries_every_room_its_members_topic_and_pending_receipts(s
         "ann: before the upgrade", "ann: after the upgrade"]
     cy.say("general still works")
     assert ann.read_until(lambda f: f.get("type") == "message")["room"] == "general"
+    assert d.stop() == 0 and "Traceback" not in d.stderr()
+
+
+def test_the_upgrade_carries_the_accounts_and_who_is_logged_in(short_tmp):
+    """Issue 26: the accounts in force and each member's login go through; an account
+    file broken on disk is refused by the pre-flight, and the daemon runs on as it was."""
+    d, admin_path, port = start(short_tmp)
+    add = subprocess.run([*CTL, "--socket", admin_path, "account", "add", "mod",
+                          "moderator"], input="mod pass\n", text=True, capture_output=True,
+                         timeout=30)
+    assert add.returncode == 0, add.stderr
+    mod = RawClient(port)
+    assert mod.hello(account="mod", password="mod pass")["role"] == "moderator"
+    mod.joined()
+    troll = RawClient(port)
+    troll.join("troll")
+    assert ctl(admin_path, "upgrade").returncode == 0, d.stderr()[-2000:]
+    # still a moderator after the hand-over, without logging in again
+    done = mod.answer(mod.request("kick", nickname="troll", reason="carried"))
+    assert done["event"] == "done"
+    who = json.loads(ctl(admin_path, "who", "--json").stdout)["clients"]
+    assert [(c["nickname"], c["account"], c["role"]) for c in who] == [
+        ("mod", "mod", "moderator")]
+    guest = RawClient(port)  # the reservation held too
+    assert guest.recv_exact(10) == PROMPT
+    guest.send_raw(b"MOD")
+    assert guest.read()["code"] == "nickname_reserved"
+    with open(os.path.join(short_tmp, "st", "accounts.json"), "w") as fh:
+        fh.write("{broken")
+    refused = ctl(admin_path, "upgrade")
+    assert refused.returncode == 1 and "accounts" in refused.stderr \
+        and "do not parse" in refused.stderr
+    late = RawClient(port)  # the daemon runs on as it was
+    late.join("late")
+    said = mod.say("still here")
+    assert late.read_until(lambda f: f.get("uuid") == said)["message"] == "mod: still here"
     assert d.stop() == 0 and "Traceback" not in d.stderr()

@@ -112,8 +112,9 @@ class Ban:
     target: str
     until: float | None  # epoch seconds; None: until unbanned
     reason: str
-    by_uid: int
+    by_uid: int      # the operator's uid (-1: a moderator, from a chat client)
     since: float
+    by: str = ""     # the moderator's account, when a moderator made it
 
     @property
     def network(self) -> Network | None:
@@ -132,7 +133,8 @@ class Ban:
     def record(self) -> dict:
         """As `tcpchatctl bans` shows it."""
         return {"target": self.target, "until": iso(self.until), "reason": self.reason,
-                "by_uid": self.by_uid, "since": iso(self.since)}
+                "by_uid": self.by_uid, "since": iso(self.since),
+                **({"by": self.by} if self.by else {})}
 
 
 class BanList:
@@ -158,7 +160,8 @@ class BanList:
             if not isinstance(data, dict) or data.get("format") != FORMAT:
                 raise ValueError(f"not a format {FORMAT} ban list")
             bans = [Ban(str(b["target"]), _until(b["until"]), str(b["reason"]),
-                        int(b["by_uid"]), float(b["since"])) for b in data["bans"]]
+                        int(b["by_uid"]), float(b["since"]), str(b.get("by", "")))
+                    for b in data["bans"]]
         except FileNotFoundError:
             return
         except OSError as exc:
@@ -202,14 +205,14 @@ class BanList:
 
     @staticmethod
     def make(target: str, seconds: float | None, reason: str, by_uid: int,
-             force: bool = False) -> Ban:
+             force: bool = False, by: str = "") -> Ban:
         """A ban of TARGET, checked, not yet in force (see put)."""
         kept, network = parse_target(target)
         if network is not None and network.prefixlen == 0 and not force:
             raise BanError(INVALID, f"{kept} matches every address: add --force "
                              "if you mean to ban everyone")
         now = time.time()
-        return Ban(kept, None if seconds is None else now + seconds, reason, by_uid, now)
+        return Ban(kept, None if seconds is None else now + seconds, reason, by_uid, now, by)
 
     def add(self, target: str, seconds: float | None, reason: str, by_uid: int,
             force: bool = False) -> Ban:

@@ -34,6 +34,7 @@ from ..wire.errors import ProtocolError
 from ..wire.nicknames import check_room_name, nickname_key, room_key, same_spelling
 from .bans import BanList
 from .broker import UNCLAIMED, Broker
+from .logins import Logins
 from .receipts import SETTLED_MEMORY_FACTOR, Pending, Receipts
 from .relay import Relay
 from .room import Channel, Member, RemoteMember, Room
@@ -117,8 +118,15 @@ class HallSettings(Protocol):
     def max_topic(self) -> int: ...
 
 
+class Moderation(Protocol):
+    """A moderator's kick, ban and unban from a chat client, done as the operator's are."""
+
+    def moderate(self, member: Member, cmd: str, fields: dict[str, str | None]) -> str:
+        """The line the moderator is told; ProtocolError when refused."""
+
+
 @dataclass(eq=False)
-class Account:
+class Standing:
     """What the hall keeps of one member: its rooms, its own pending messages and what
     it owes.
 
@@ -157,8 +165,10 @@ class Hall:
 
     def __init__(self, config: HallSettings, log: EventLog,
                  channel: Callable[[], Channel], bans: BanList | None = None, *,
-                 broker: Broker) -> None:
+                 broker: Broker, logins: Logins | None = None) -> None:
         self.log = log
+        self.logins = logins  # the accounts, when the daemon keeps them
+        self.moderation: Moderation | None = None  # a moderator's acts (the admin side's)
         self.new_channel = channel  # a new room's channel (the engine's)
         self.bans = bans
         self.broker = broker
@@ -167,9 +177,10 @@ class Hall:
         self.counters = Counters()
         self.rooms: dict[str, Room] = {}             # room_key -> room
         self._members: dict[str, Member] = {}        # nickname_key -> member, every room's
-        self._accounts: dict[Member, Account] = {}
+        self._logged_in: dict[str, Member] = {}      # account key -> its one member (no bots)
+        self._accounts: dict[Member, Standing] = {}
         # members that left half-closed, still owed receipts for their own messages
-        self._departed: dict[Member, Account] = {}
+        self._departed: dict[Member, Standing] = {}
         self.receipts = Receipts()
         # a starting node's history of rooms that are not open here yet (seed_history)
         self._seeds: dict[str, list[tuple[str, str, str]]] = {}
@@ -277,11 +288,15 @@ class Hall:
         """
         key = nickname_key(nickname)
         self._refuse_banned(nickname, member.ip)
+        self._refuse_reserved(nickname, member)
         with self.lock:  # the cheap refusal first: no round trip to the broker
             self._refuse_taken(key, nickname)
+            self._refuse_in_use(member)
         info = {"addr": member.address, "tls": member.tls, "since": member.connected}
         if member.quiet:
             info["quiet"] = True
+        if member.account is not None:
+            info["account"], info["role"] = member.account, member.role
         self.broker.claim(nickname, info, lambda claim: settled(
             self._joined(member, nickname, key, info, claim)))
 
@@ -294,10 +309,16 @@ class Hall:
             if key in self._members:
                 self.broker.release(nickname, claim)
                 return ProtocolError(errors.NICKNAME_TAKEN, f"nickname {nickname!r} is taken")
+            try:
+                self._refuse_in_use(member)
+            except ProtocolError as exc:  # the same account, logged in meanwhile
+                self.broker.release(nickname, claim)
+                return exc
+            self._hold_account(member)
             self.relay.forget(key)  # the claim is the truth: that member has left
             member.nickname = nickname
             self._members[key] = member
-            account = self._accounts[member] = Account(claim=claim, key=key)
+            account = self._accounts[member] = Standing(claim=claim, key=key)
             room = self.default
             frames = self._seat(member, account, room, info=info)
         room.channel.notify()
@@ -305,7 +326,7 @@ class Hall:
             member.deliver(frame)
         return None
 
-    def _seat(self, member: Member, account: Account, room: Room,
+    def _seat(self, member: Member, account: Standing, room: Room,
               request_id: Any = None, info: dict | None = None) -> list[bytes]:
         """Under the lock: the member in a room; the frames for it alone, in order (its
         join when only it hears of it, names, the history), to deliver once the lock is
@@ -319,13 +340,16 @@ class Hall:
         self.broker.publish({"kind": "join", "nick": member.nickname, "room": room.name,
                              **(info or {})})
         # logged under the lock, so the log keeps the room's order of events
+        first = info is not None
         self.log.event("join", nick=member.nickname, room=room.name,
-                       addr=member.address if info is not None else None,
-                       tls="yes" if member.tls and info is not None else None,
-                       post="yes" if member.quiet else None)
+                       addr=member.address if first else None,
+                       tls="yes" if member.tls and first else None,
+                       post="yes" if member.quiet else None,
+                       account=member.account if first else None,
+                       role=member.role if first and member.account is not None else None)
         frame = protocol.join_frame(member.nickname, room.name)
-        # a very large room, or a poster: only the newcomer hears of its join
-        alone = member.quiet or room.size() > self._config.announce_joins_max
+        # a very large room, a poster or a bot: only the newcomer hears of its join
+        alone = silent(member) or room.size() > self._config.announce_joins_max
         if not alone:  # everyone hears of it, the newcomer too
             room.channel.publish(frame)
         frames = [frame] if alone else []
@@ -340,6 +364,40 @@ class Hall:
         if history is not None:
             frames.append(history)
         return frames
+
+    def _refuse_reserved(self, nickname: str, member: Member) -> None:
+        """Another account's nickname is not a guest's (nick_reservation = strict)."""
+        refusal = self.logins.reserved(nickname, member.account) if self.logins else None
+        if refusal is not None:
+            raise refusal
+
+    def _refuse_in_use(self, member: Member) -> None:
+        """Under the lock: a person's account is logged in once (a bot's, any number)."""
+        account = member.account
+        if account is None or member.role == "bot":
+            return
+        holder = self._logged_in.get(nickname_key(account))
+        if holder is not None and holder is not member:
+            raise ProtocolError(errors.ACCOUNT_IN_USE, f"account {account} is logged in "
+                                f"already (as {holder.nickname})")
+
+    def _hold_account(self, member: Member) -> None:
+        """Under the lock: the member is its account's one login (not a bot's)."""
+        if member.account is not None and member.role != "bot":
+            self._logged_in[nickname_key(member.account)] = member
+
+    def logged_in(self, member: Member) -> None:
+        """A member already in the hall has logged in (member.account is set): refused
+        (ProtocolError) when that account is logged in elsewhere."""
+        with self.lock:
+            if member not in self._accounts:
+                return  # left meanwhile
+            self._refuse_in_use(member)
+            self._hold_account(member)
+            self.log.event("login_member", nick=member.nickname, account=member.account,
+                           role=member.role)
+            self.broker.publish({"kind": "account_of", "nick": member.nickname,
+                                 "account": member.account, "role": member.role})
 
     def _refuse_taken(self, key: str, nickname: str) -> None:
         if key in self._members or self.relay.has(key):
@@ -362,6 +420,7 @@ class Hall:
         hall can tell at once are raised; settled() as for join()."""
         key = nickname_key(new)
         self._refuse_banned(new)
+        self._refuse_reserved(new, member)
         with self.lock:
             account = self._accounts.get(member)
             if account is None:
@@ -427,6 +486,9 @@ class Hall:
                 return
             del self._members[account.key]
             del self._accounts[member]
+            if member.account is not None and \
+                    self._logged_in.get(nickname_key(member.account)) is member:
+                del self._logged_in[nickname_key(member.account)]
             owed = 0 if member.quiet else self._owed(account)
             rooms = list(account.rooms)
             for room in rooms:
@@ -457,7 +519,7 @@ class Hall:
             room.channel.notify()
         self.report(finished)
 
-    def _unseat(self, member: Member, account: Account, room: Room, reason: str,
+    def _unseat(self, member: Member, account: Standing, room: Room, reason: str,
                 detail: str | None, announce: bool = True) -> None:
         """Under the lock: the member out of one room; the room hears of it (but at
         shutdown: everyone gets the shutdown notice instead of N leave notices; and a
@@ -467,7 +529,7 @@ class Hall:
         room.channel.unsubscribe(member)
         # logged under the lock, as the join is, so the log keeps the room's order
         self.log.event("leave", nick=member.nickname, room=room.name, reason=reason)
-        if announce and not member.quiet and \
+        if announce and not silent(member) and \
                 room.size() < self._config.announce_joins_max:
             room.channel.publish(protocol.leave_frame(member.nickname, reason, detail,
                                                       room.name))
@@ -542,7 +604,7 @@ class Hall:
                                             request_id))
         self.report(finished)
 
-    def _part(self, member: Member, account: Account, room: Room, reason: str,
+    def _part(self, member: Member, account: Standing, room: Room, reason: str,
               detail: str | None) -> list[Pending]:
         """Under the lock: out of one room, its receipts there settled. What it owed there
         is not counted apart (a confirm costs one count), so the room's pending receipts
@@ -716,7 +778,7 @@ class Hall:
         self.report(finished)
         return recipients
 
-    def _owed(self, account: Account) -> int:
+    def _owed(self, account: Standing) -> int:
         """How many pending receipts wait on this member's confirm, in every room and
         privately."""
         return sum(room.messages_sent - joined_at for room, joined_at in account.rooms.items()) \
@@ -1051,7 +1113,7 @@ class Hall:
         as what is left of them."""
         now = time.monotonic()
 
-        def account(member: Member, a: Account) -> list:
+        def account(member: Member, a: Standing) -> list:
             return [ident(member), [[room.key, joined_at] for room, joined_at in a.rooms.items()],
                     a.settled, a.private, sorted(a.sent), a.in_flight, a.claim, a.key]
         with self.lock:
@@ -1085,7 +1147,7 @@ class Hall:
                     member = member_of(ident)
                     if member is None:
                         continue
-                    account = Account({}, settled, set(sent), private, in_flight,
+                    account = Standing({}, settled, set(sent), private, in_flight,
                                       claim, key or nickname_key(member.nickname))
                     for room_key_, joined_at in seats:
                         room = self.rooms.get(room_key_)
@@ -1108,6 +1170,11 @@ class Hall:
             self.counters = Counters(**state["counters"])
             for room in list(self.rooms.values()):
                 self._close_if_empty(room)
+
+
+def silent(member: Member) -> bool:
+    """It joins and leaves without notices: a poster, or a bot."""
+    return member.quiet or member.role == "bot"
 
 
 def _names(rooms: Iterable[Room]) -> str:

@@ -62,7 +62,8 @@ class Relay:
 
     def remote_join(self, node: str, nickname: str, room_name: str | None = None,
                     address: str = "", tls: bool = False, connected: float = 0.0,
-                    quiet: bool = False) -> None:
+                    quiet: bool = False, account: str | None = None,
+                    role: str = "guest") -> None:
         """Another node's member is in a room (its first: it joined; or one more)."""
         hall, key = self.hall, nickname_key(nickname)
         with hall.lock:
@@ -76,15 +77,17 @@ class Relay:
                 if known is not None:  # the nickname went from that node to this one
                     self.forget(key)
                 known = self._members[key] = RemoteMember(nickname, node, address, tls,
-                                                          connected, quiet)
+                                                          connected, quiet, [], account,
+                                                          role)
             elif address:  # its first room's join says more of it
                 known.address, known.tls, known.connected = address, tls, connected
+                known.account, known.role = account, role
             if room.key in known.rooms:
                 return  # told again (the node came back): not news
             known.rooms.append(room.key)
             room.remote[key] = known
-            if known.quiet or room.size() > hall.config.announce_joins_max:
-                return  # a poster, or a very large room: not announced
+            if known.silent or room.size() > hall.config.announce_joins_max:
+                return  # a poster, a bot, or a very large room: not announced
             room.channel.publish(protocol.join_frame(nickname, room.name))
         room.channel.notify()
 
@@ -142,9 +145,16 @@ class Relay:
             return
         if room.key in known.rooms:
             known.rooms.remove(room.key)
-        if not known.quiet and room.size() < self.hall.config.announce_joins_max:
+        if not known.silent and room.size() < self.hall.config.announce_joins_max:
             room.channel.publish(protocol.leave_frame(known.nickname, reason, detail,
                                                       room.name))
+
+    def remote_account(self, nickname: str, account: str | None, role: object) -> None:
+        """Another node's member logged in (`who` shows it)."""
+        with self.hall.lock:
+            known = self._members.get(nickname_key(nickname))
+            if known is not None:
+                known.account, known.role = account, str(role or "guest")
 
     def remote_nick(self, node: str, old: str, new: str) -> None:
         hall = self.hall

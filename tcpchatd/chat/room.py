@@ -27,6 +27,8 @@ class Member(Protocol):
     connected: float  # time.time() when it connected
     last_active: float  # time.monotonic() of its last frame
     sent: int         # messages it sent
+    account: str | None  # the account it logged in to (None: a guest)
+    role: str         # its account's role (user, moderator, bot), or guest
 
     @property
     def received(self) -> int:
@@ -72,6 +74,12 @@ class RemoteMember:
     connected: float = 0.0  # time.time() when it connected
     quiet: bool = False     # a poster: no notices, not in names
     rooms: list[str] = field(default_factory=list)  # the keys of the rooms it is in
+    account: str | None = None  # the account it logged in to
+    role: str = "guest"         # ... its role (a bot comes and goes without notices)
+
+    @property
+    def silent(self) -> bool:
+        return self.quiet or self.role == "bot"
 
     @property
     def ip(self) -> str:
@@ -110,7 +118,7 @@ class Room:
         self.listeners: dict[str, Member] = {}        # ... of them, all but the posters
         self.remote: dict[str, RemoteMember] = {}     # nickname_key -> another node's
         self.history = History()
-        self.messages_sent = 0     # public messages that had recipients (see Account)
+        self.messages_sent = 0     # public messages that had recipients (see hall.Standing)
         self.counters = Counters()
 
     def __repr__(self) -> str:

@@ -26,6 +26,7 @@ NO_POST = ("this server does not take --post (the original TCPchat server, or an
            "tcpchatd?): leave --post out")
 # errors that end a connection before any nickname could help
 DOOR_REFUSALS = frozenset({errors.SERVER_FULL, errors.ADDRESS_LIMIT, errors.TLS_REQUIRED})
+PASSWORD_CREDENTIAL = "tcpchat.password"  # --account's password under systemd
 DEFAULT_RATE = 15.0  # messages a second: under the server's default flood limit (20/s)
 
 
@@ -105,6 +106,8 @@ class Connection:
         self.reader = protocol.FrameReader(self.stream.recv)
         self._send_lock = threading.Lock()
         self.nickname = ""  # once it has sent one
+        self.account: str | None = None  # once logged in
+        self.role = "guest"
         self.features: frozenset[str] = frozenset()  # what the server's names frame offered
         # the rooms it is in (a server without rooms: one, named ""), in the order joined,
         # and who is in each, as far as we know
@@ -213,18 +216,24 @@ class Connection:
                 self.rooms.setdefault(str(item.get("room", "")), set()).add(self.nickname)
                 return
 
-    def hello(self, nickname: str) -> None:
-        """Post mode: answer the prompt with a hello frame (protocol.py) and return once
-        joined, quietly, under the name the server gave (a free variant when `nickname`
-        is taken: see self.nickname); Refused with the server's words otherwise."""
+    def hello(self, nickname: str | None, mode: str = "post", account: str | None = None,
+              password: str | None = None) -> None:
+        """Answer the prompt with a hello frame (protocol.py): post mode, or a login to
+        an account; return once joined (a poster quietly), under the name the server gave
+        (a free variant when `nickname` is taken: see self.nickname); Refused with the
+        server's words otherwise (a wrong password, a reserved nickname...)."""
         sent, last_error = False, None
+        hello: dict[str, Any] = {"type": "hello", "mode": mode}
+        if nickname is not None:
+            hello["nickname"] = nickname
+        if account is not None:
+            hello.update(account=account, password=password or "")
         while True:
             item = self._next_at_the_door(last_error)
             if isinstance(item, bytes):  # the prompt
                 if sent:  # asked again: a server that knows no hello took it for a name
                     raise Refused(NO_POST)
-                self._send(protocol.encode({"type": "hello", "nickname": nickname,
-                                            "mode": "post"}))
+                self._send(protocol.encode(hello))
                 sent = True
                 continue
             if item.get("type") != "system":
@@ -233,9 +242,16 @@ class Connection:
                 raise Refused(NO_POST)
             if item["event"] == "error":
                 last_error = str(item.get("message"))
+                if mode == "chat" and item.get("code") in (errors.NICKNAME_TAKEN,
+                                                           errors.NICKNAME_INVALID,
+                                                           errors.NICKNAME_RESERVED):
+                    raise NicknameRejected(f"nickname {nickname!r} rejected: {last_error}")
+            elif item["event"] == "login":
+                self.account = str(item.get("account"))
+                self.role = str(item.get("role"))
             elif item["event"] == "join":
                 self.nickname = str(item.get("nickname", nickname))
-                self.rooms.setdefault(str(item.get("room", "")), set())
+                self.rooms.setdefault(str(item.get("room", "")), set()).add(self.nickname)
                 return
 
     def enter(self, room: str) -> str:
@@ -323,11 +339,49 @@ def connect(args: argparse.Namespace) -> Connection:
     return Connection(args.host, args.port, args.timeout, args.tls_context)
 
 
+def read_password(args: argparse.Namespace, environ: dict[str, str] | None = None) -> str:
+    """--account's password: --password-file, else the service's credential
+    $CREDENTIALS_DIRECTORY/tcpchat.password (LoadCredential=), else asked on the
+    terminal; ValueError with the reason when none can be had."""
+    import os
+    environ = dict(os.environ) if environ is None else environ
+    path = args.password_file
+    if path is None and environ.get("CREDENTIALS_DIRECTORY"):
+        candidate = os.path.join(environ["CREDENTIALS_DIRECTORY"], PASSWORD_CREDENTIAL)
+        path = candidate if os.path.exists(candidate) else None
+    if path is not None:
+        try:
+            with open(path, encoding="utf-8") as fh:
+                password = fh.readline().rstrip("\r\n")
+        except OSError as exc:
+            raise ValueError(f"cannot read the password file {path}: "
+                             f"{exc.strerror or exc}") from None
+        if not password:
+            raise ValueError(f"the password file {path} is empty")
+        return password
+    try:
+        with open("/dev/tty"):
+            pass
+    except OSError:
+        raise ValueError("--account needs a password: --password-file FILE, the credential "
+                         f"$CREDENTIALS_DIRECTORY/{PASSWORD_CREDENTIAL}, or a terminal to "
+                         "ask on") from None
+    import getpass
+    return getpass.getpass(f"password for {args.account}: ")
+
+
 def connect_and_join(args: argparse.Namespace, nickname: str,
                      tell: Callable[[str], None] = lambda _: None) -> Connection:
     """A joined connection under `nickname`; NicknameRejected when the server rejects
     it, Refused when it refuses us at the door."""
     conn = connect(args)
+    if getattr(args, "account", None):  # a login, in the hello frame (tcpchatd only)
+        try:
+            conn.hello(nickname or None, "chat", args.account, args.password)
+        except ServerGone:
+            conn.close()
+            raise
+        return conn
     rejected: list[str] = []
 
     def ask() -> str:
@@ -349,13 +403,18 @@ def join_interactively(args: argparse.Namespace, ask_nickname: Callable[[], str]
                        tell: Callable[[str], None]) -> Connection:
     """A joined connection for a person: the nickname is asked BEFORE connecting, so that
     nobody at the prompt meets the server's handshake_timeout; a rejected one is told
-    (with the server's reason) and asked again, on a new connection."""
+    (with the server's reason) and asked again, on a new connection. With --account
+    and no --nick, the account's own nickname, unasked."""
+    # with --account: its own nickname (or --nick) first, unasked
+    nickname: str | None = (args.nick or "") if getattr(args, "account", None) else None
     while True:
-        nickname = ask_nickname()
+        if nickname is None:
+            nickname = ask_nickname()
         try:
             return connect_and_join(args, nickname)
         except NicknameRejected as exc:
             tell(str(exc).split(": ", 1)[-1])
+            nickname = None
 
 
 def reconnect(args: argparse.Namespace, nickname: str, say: Callable[[str], None],

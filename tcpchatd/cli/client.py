@@ -36,6 +36,7 @@ from .chatlink import (
     connect,
     connect_and_join,
     describe_receipt,
+    read_password,
     reconnect,
     refusal,
     tls_context,
@@ -183,8 +184,9 @@ class PipeRun:
 
 
 def run_pipe(args: argparse.Namespace) -> int:
-    if not args.nick:
-        print("tcpchat-client: --nick is needed when stdin is not a terminal", file=sys.stderr)
+    if not args.nick and not args.account:
+        print("tcpchat-client: --nick (or --account) is needed when stdin is not a terminal",
+              file=sys.stderr)
         return EXIT_USAGE
     try:
         conn = connect_and_join(args, args.nick)
@@ -227,7 +229,7 @@ def run_post(args: argparse.Namespace, lines: Iterable[str]) -> int:
     --require-delivery: once each reached someone who confirmed it)."""
     try:
         conn = connect(args)
-        conn.hello(args.nick)
+        conn.hello(args.nick, "post", args.account, args.password)
         room = conn.enter(args.room) if args.room else None
     except ServerGone as exc:
         print(f"tcpchat-client: {exc}", file=sys.stderr)
@@ -287,8 +289,9 @@ def run_post(args: argparse.Namespace, lines: Iterable[str]) -> int:
         except BrokenPipeError:
             reader_left()
     conn.close()
-    if conn.nickname != args.nick:
-        print(f"tcpchat-client: {args.nick} is taken: posted as {conn.nickname}",
+    if conn.nickname != (args.nick or args.account):
+        print(f"tcpchat-client: {args.nick or args.account} is taken: posted as "
+              f"{conn.nickname}",
               file=sys.stderr)
     return EXIT_OK if results and all(results) else EXIT_FAILED
 
@@ -311,6 +314,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="trust the CA certificates in FILE instead of the system's "
                         "(implies --tls)")
     parser.add_argument("--nick", help="nickname (asked for when not given)")
+    parser.add_argument("--account", metavar="NAME",
+                        help="log in to account NAME (tcpchatd only): its nickname is yours "
+                        "(the default --nick); the password from --password-file, the "
+                        "credential $CREDENTIALS_DIRECTORY/tcpchat.password, or asked")
+    parser.add_argument("--password-file", metavar="FILE",
+                        help="read --account's password from the first line of FILE")
     parser.add_argument("--room", metavar="ROOM",
                         help="join ROOM (#dev or dev; made if it does not exist and the "
                         "server allows it) and talk there: from a pipe or with --post each "
@@ -360,9 +369,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.text and not args.post or args.require_delivery and not args.post:
         print("tcpchat-client: TEXT and --require-delivery go with --post", file=sys.stderr)
         return EXIT_USAGE
+    args.password = None
+    if args.password_file and not args.account:
+        print("tcpchat-client: --password-file goes with --account", file=sys.stderr)
+        return EXIT_USAGE
+    if args.account:
+        try:
+            args.password = read_password(args)
+        except ValueError as exc:
+            print(f"tcpchat-client: {exc}", file=sys.stderr)
+            return EXIT_USAGE
     if args.post:
-        if not args.nick:
-            print("tcpchat-client: --post needs --nick", file=sys.stderr)
+        if not args.nick and not args.account:
+            print("tcpchat-client: --post needs --nick (or --account)", file=sys.stderr)
             return EXIT_USAGE
         return run_post(args, [" ".join(args.text)] if args.text else sys.stdin)
     if not sys.stdin.isatty():

@@ -128,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
     except paths.ConfigFileError as exc:
         return fail(str(exc), EXIT_USAGE)
     cmd_args = request_args(args)
+    if args.cmd == "account":
+        try:
+            cmd_args.update(account_password(cmd_args))
+        except AccountUsage as exc:
+            return fail(str(exc), EXIT_USAGE)
     for value in (v for v in cmd_args.values() if isinstance(v, str)):
         try:
             value.encode("utf-8")
@@ -152,6 +157,41 @@ def main(argv: list[str] | None = None) -> int:
 
 class NotRunning(Exception):
     pass
+
+
+class AccountUsage(Exception):
+    pass
+
+
+ACCOUNT_ACTIONS = {"add": 1, "passwd": 1, "del": 1, "role": 2, "list": 0}  # words after
+
+
+def account_password(cmd_args: dict) -> dict:
+    """`account add|passwd`: the password, asked twice on a terminal, else one line of
+    standard input (never argv: it would show in `ps` and the shell's history)."""
+    action = cmd_args.get("action")
+    if action not in ACCOUNT_ACTIONS:
+        raise AccountUsage(f"unknown account action {action!r}: "
+                           f"{', '.join(ACCOUNT_ACTIONS)}")
+    wanted = ACCOUNT_ACTIONS[action]
+    given = ("name" in cmd_args) + ("role" in cmd_args)
+    if given < wanted or given > wanted + (action == "add"):
+        usage = {"add": "account add NAME [ROLE]", "passwd": "account passwd NAME",
+                 "del": "account del NAME", "role": "account role NAME ROLE",
+                 "list": "account list"}[action]
+        raise AccountUsage(f"usage: tcpchatctl {usage}")
+    if action not in ("add", "passwd"):
+        return {}
+    if sys.stdin.isatty():
+        import getpass
+        password = getpass.getpass(f"password for {cmd_args['name']}: ")
+        if getpass.getpass("again: ") != password:
+            raise AccountUsage("the two passwords differ; nothing was changed")
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        raise AccountUsage("the password is empty; nothing was changed")
+    return {"password": password}
 
 
 def call_first(candidates: list[str], cmd: str, cmd_args: dict, timeout: float) -> Any:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import argparse
 import os
 import queue
+import re
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from prompt_toolkit import PromptSession, print_formatted_text
 from prompt_toolkit.completion import Completer, Completion
@@ -45,6 +46,10 @@ HELP = """commands:
   /room [ROOM]      talk in ROOM from now on (one you are in); alone: your rooms
   /rooms            every room of the server
   /topic [TEXT]     this room's topic; with TEXT, set it
+  /login ACCOUNT    log in to ACCOUNT (the password is asked, not shown)
+  /kick NICK [WHY]  put NICK out of this room (moderators)
+  /ban TARGET [DURATION] [WHY]  ban a nickname or address: 90s, 15m, 2h, 7d, or until
+                    unbanned (moderators); /unban TARGET lifts it
   /quit [TEXT]      leave (saying TEXT first); Ctrl-D and Ctrl-C leave too
   /help             this list
   //TEXT            sends TEXT starting with one /
@@ -52,10 +57,13 @@ Lines go to the room the prompt shows; messages of your other rooms are marked w
 theirs, and the status line counts those you have not seen there. Tab completes
 nicknames."""
 USAGE = {"/me": "/me TEXT", "/msg": "/msg NICK TEXT", "/nick": "/nick NEW",
-         "/join": "/join ROOM"}
+         "/join": "/join ROOM", "/login": "/login ACCOUNT", "/kick": "/kick NICK [REASON]",
+         "/ban": "/ban TARGET [DURATION] [REASON]", "/unban": "/unban TARGET"}
+DURATION = re.compile(r"[1-9][0-9]*[smhd]\Z")
 # the commands that need the server's support, by the feature its names frame announces
 NEEDS = {"/who": "request", "/msg": "private", "/nick": "nick", "/join": "rooms",
-         "/part": "rooms", "/room": "rooms", "/rooms": "rooms", "/topic": "rooms"}
+         "/part": "rooms", "/room": "rooms", "/rooms": "rooms", "/topic": "rooms",
+         "/login": "accounts", "/kick": "accounts", "/ban": "accounts", "/unban": "accounts"}
 QUIT_GRACE = 2.0  # seconds /quit TEXT waits for TEXT to go out
 
 
@@ -69,6 +77,7 @@ class Outgoing:
     nickname: str | None = None
     room: str | None = None
     topic: str | None = None
+    fields: dict[str, str] = field(default_factory=dict)  # a request's other fields
 
 
 class NoticeShown(ServerGone):
@@ -279,6 +288,7 @@ class Terminal:
                                                     ("room", item.room),
                                                     ("topic", item.topic))
                       if value is not None}
+            fields.update(item.fields)
             conn.request(item.request, **fields)
             return
         with self._mine_lock:  # a receipt may arrive before send_message returns
@@ -374,6 +384,26 @@ class Terminal:
             self.outbox.put(Outgoing(message, to=nickname))
         elif word == "/nick" and rest and " " not in rest:
             self.outbox.put(Outgoing(request="nick", nickname=rest))
+        elif word == "/login" and rest and " " not in rest:
+            password = self.session.prompt(f"password for {rest}: ", is_password=True)
+            self.outbox.put(Outgoing(request="login", fields={"account": rest,
+                                                              "password": password}))
+        elif word == "/kick" and rest:
+            nickname, _, reason = rest.partition(" ")
+            self.outbox.put(Outgoing(request="kick", nickname=nickname,
+                                     room=self.current or None,
+                                     fields={"reason": reason} if reason.strip() else {}))
+        elif word == "/ban" and rest:
+            target, _, more = rest.partition(" ")
+            first, _, after = more.strip().partition(" ")
+            fields = {"target": target}
+            if DURATION.match(first):
+                fields["duration"], more = first, after
+            if more.strip():
+                fields["reason"] = more.strip()
+            self.outbox.put(Outgoing(request="ban", fields=fields))
+        elif word == "/unban" and rest and " " not in rest:
+            self.outbox.put(Outgoing(request="unban", fields={"target": rest}))
         elif word in USAGE:
             self.say(f"usage: {USAGE[word]}")
         else:
@@ -398,7 +428,7 @@ def colour_wanted() -> bool:
 
 def run_interactive(args: argparse.Namespace) -> int:
     session: PromptSession = PromptSession(key_bindings=key_bindings())
-    first = [args.nick]
+    first = [None if args.account else args.nick]  # (an account's: see join_interactively)
 
     def ask() -> str:
         if first[0]:
@@ -417,7 +447,10 @@ def run_interactive(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     except (KeyboardInterrupt, EOFError):
         return EXIT_OK
-    print(f"Joined as {conn.nickname}{' (TLS)' if args.tls else ''}. Type messages; /help "
+    account = f", logged in to {conn.account}" + ("" if conn.role == "user" else
+                                                 f" ({conn.role})") if conn.account else ""
+    print(f"Joined as {conn.nickname}{account}{' (TLS)' if args.tls else ''}. Type "
+          "messages; /help "
           "lists commands; Alt+Enter starts a new line; /quit, Ctrl-D or Ctrl-C leaves.",
           flush=True)
     if args.room:

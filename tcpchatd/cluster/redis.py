@@ -479,7 +479,8 @@ class RedisBroker:
         if kind == "join":
             relay.remote_join(node, event["nick"], event.get("room"), event.get("addr", ""),
                               bool(event.get("tls")), float(event.get("since") or 0),
-                              bool(event.get("quiet")))
+                              bool(event.get("quiet")), event.get("account"),
+                              str(event.get("role", "guest")))
         elif kind == "part":
             relay.remote_part(node, event["nick"], event.get("room"), event["reason"],
                               event.get("detail"))
@@ -503,6 +504,8 @@ class RedisBroker:
             relay.remote_confirms(node, event["counts"])
         elif kind == "tally":
             relay.remote_tally(node, event["uuid"])
+        elif kind == "account_of":  # a member of that node logged in
+            relay.remote_account(event["nick"], event.get("account"), event.get("role"))
         else:  # kick, ban, unban, stats: the admin side's
             self.on_event(event)
 

@@ -8,12 +8,17 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NoReturn, Protocol
 
 from .. import __version__
+from ..chat.accounts import EXISTS as ACCOUNT_EXISTS
+from ..chat.accounts import INVALID as ACCOUNT_INVALID
+from ..chat.accounts import UNKNOWN as ACCOUNT_UNKNOWN
+from ..chat.accounts import AccountBook, AccountError
 from ..chat.bans import INVALID, UNKNOWN, Ban, BanError, BanList, iso, parse_duration
-from ..chat.hall import EventLog, Hall, NoSuchMember, NoSuchRoom, NotInRoom
+from ..chat.hall import EventLog, Hall, Member, NoSuchMember, NoSuchRoom, NotInRoom
 from ..wire.errors import ProtocolError
 from . import errors
 from .admin import Caller, Command, Deferred
@@ -25,6 +30,8 @@ DEFAULT_BAN_REASON = "banned by an operator"
 OPERATOR = "operator"  # who set a topic from tcpchatctl
 STATS_GATHER = 1.0  # seconds `stats` waits for the other nodes of a cluster
 BAN_ERROR_CODES = {INVALID: errors.BAD_REQUEST, UNKNOWN: errors.NO_SUCH_BAN}  # else internal
+ACCOUNT_ERROR_CODES = {ACCOUNT_INVALID: errors.BAD_REQUEST, ACCOUNT_UNKNOWN: errors.NO_SUCH_ACCOUNT,
+                       ACCOUNT_EXISTS: errors.ACCOUNT_EXISTS}
 
 Upgrade = Callable[[Any, Any, bool], dict]
 
@@ -59,6 +66,21 @@ def _no_such_room(exc: NoSuchRoom) -> NoReturn:
 def _ban_refused(exc: BanError) -> NoReturn:
     """A ban list's error in the admin protocol's words."""
     raise AdminError(BAN_ERROR_CODES.get(exc.code, errors.INTERNAL), exc.message) from None
+
+
+@dataclass(frozen=True)
+class ChatCaller:
+    """A moderator acting from a chat client (the admin socket's callers are Caller)."""
+
+    nickname: str
+    account: str
+
+
+def _by(caller: Caller | ChatCaller) -> dict[str, Any]:
+    """Who did it, for the log: the operator's uid and pid, or the moderator."""
+    if isinstance(caller, ChatCaller):
+        return {"by": caller.nickname, "account": caller.account}
+    return {"uid": caller.uid, "pid": caller.pid}
 
 
 def _iso(moment: float) -> str:
@@ -111,10 +133,12 @@ class AdminCommands:
             "connected": _iso(member.connected), "idle_s": round(now - member.last_active, 3),
             "sent": member.sent, "received": member.received, "tls": member.tls,
             "post": member.quiet, "rooms": hall.rooms_of(member), **self.node,
+            "account": member.account, "role": member.role,
         } for member in members] + [{
             "nickname": remote.nickname, "address": remote.address,
             "connected": _iso(remote.connected), "idle_s": None, "sent": None,
             "received": None, "tls": remote.tls, "post": remote.quiet, "node": remote.node,
+            "account": remote.account, "role": remote.role,
             "rooms": [r.name for r in (names.get(key) for key in list(remote.rooms))
                       if r is not None],
         } for remote in remotes]
@@ -143,11 +167,11 @@ class AdminCommands:
             self.broker.publish({"kind": "kick", "nick": nickname, "reason": reason,
                                  "room": room})
             self.log.event("kick", nick=nickname, **_room_field(room), reason=reason,
-                           uid=caller.uid, pid=caller.pid, node=elsewhere)
+                           **_by(caller), node=elsewhere)
             return {"kicked": nickname, "node": elsewhere,
                     **({"room": room.lstrip("#")} if room else {})}
         self.log.event("kick", nick=kicked, **_room_field(room), reason=reason,
-                       uid=caller.uid, pid=caller.pid)
+                       **_by(caller))
         return {"kicked": kicked, **({"room": room.lstrip("#")} if room else {})}
 
     def do_stats(self, args: dict, caller: Caller) -> dict:
@@ -167,8 +191,7 @@ class AdminCommands:
             reached = self.hall.announce(text, room)
         except NoSuchRoom as exc:
             _no_such_room(exc)
-        self.log.event("announce", **_room_field(room), text=text, uid=caller.uid,
-                       pid=caller.pid)
+        self.log.event("announce", **_room_field(room), text=text, **_by(caller))
         return {"clients": reached, **({"room": room.lstrip("#")} if room else {})}
 
     def do_topic(self, args: dict, caller: Caller) -> dict:
@@ -197,7 +220,7 @@ class AdminCommands:
         bans = self._banlist()
         try:
             made = bans.make(target, parse_duration(duration) if duration else None, reason,
-                             caller.uid, force)
+                             getattr(caller, "uid", -1), force, getattr(caller, "account", ""))
         except BanError as exc:
             _ban_refused(exc)
         matched = sorted(self.hall.matching(lambda nick, ip: bans.matches(made, nick, ip)),
@@ -213,9 +236,9 @@ class AdminCommands:
         except BanError as exc:
             _ban_refused(exc)
         self.log.event("ban", target=made.target, until=iso(made.until), reason=reason,
-                       uid=caller.uid, pid=caller.pid)
+                       **_by(caller))
         self.broker.publish({"kind": "ban", "ban": dataclasses.asdict(made)})
-        self._ban_out(made, caller.uid, caller.pid)  # the other nodes disconnect theirs
+        self._ban_out(made, caller)  # the other nodes disconnect theirs
         return {"banned": made.target, "until": iso(made.until), "kicked": matched}
 
     def do_unban(self, args: dict, caller: Caller) -> dict:
@@ -223,12 +246,60 @@ class AdminCommands:
             removed = self._banlist().remove(_string_arg(args, "target"))
         except BanError as exc:
             _ban_refused(exc)
-        self.log.event("unban", target=removed.target, uid=caller.uid, pid=caller.pid)
+        self.log.event("unban", target=removed.target, **_by(caller))
         self.broker.publish({"kind": "unban", "target": removed.target})
         return {"unbanned": removed.target}
 
     def do_bans(self, args: dict, caller: Caller) -> dict:
         return {"bans": [b.record() for b in self._banlist().all()]}
+
+    def do_account(self, args: dict, caller: Caller) -> dict:
+        action = _string_arg(args, "action")
+        book = self._book()
+        try:
+            if action == "list":
+                return {"accounts": [a.record() for a in book.all()]}
+            name = _string_arg(args, "name")
+            if action == "add":
+                account = book.add(name, _string_arg(args, "password"),
+                                   _optional_arg(args, "role") or "user", caller.uid)
+            elif action == "passwd":
+                account = book.passwd(name, _string_arg(args, "password"))
+            elif action == "role":
+                account = book.set_role(name, _string_arg(args, "role"))
+            elif action == "del":
+                account = book.remove(name)
+            else:
+                raise AdminError(errors.BAD_REQUEST, f"unknown account action {action!r}: "
+                                 "add, passwd, del, list or role")
+        except AccountError as exc:
+            raise AdminError(ACCOUNT_ERROR_CODES.get(exc.code, errors.INTERNAL),
+                             exc.message) from None
+        self.log.event(f"account_{action}", account=account.name, role=account.role,
+                       **_by(caller))
+        return {"action": action, **account.record()}
+
+    def _book(self) -> AccountBook:
+        if self.hall.logins is None:
+            raise AdminError(errors.INTERNAL, "this daemon keeps no accounts")
+        return self.hall.logins.book
+
+    def moderate(self, member: Member, cmd: str, fields: dict[str, str | None]) -> str:
+        """A moderator's kick, ban or unban from a chat client, as the admin commands do
+        them (logged with the moderator's nickname and account); the line it is told.
+        ProtocolError with the admin code when refused."""
+        caller = ChatCaller(member.nickname, member.account or "")
+        args = {key: value for key, value in fields.items() if value}
+        if cmd == "ban" and "duration" in args:
+            args["for"] = args.pop("duration")
+        try:
+            result = getattr(self, f"do_{cmd}")(args, caller) \
+                if cmd in ("kick", "ban", "unban") else None
+        except AdminError as exc:
+            raise ProtocolError(exc.code, exc.message) from None
+        if result is None:
+            raise ProtocolError(errors.UNKNOWN_COMMAND, f"no moderator's command {cmd!r}")
+        return SPECS[cmd].show(result)
 
     def do_upgrade(self, args: dict, caller: Caller) -> Deferred:
         check = _flag_arg(args, "check")
@@ -260,13 +331,13 @@ class AdminCommands:
             result["tls_cert_expires"] = expires.isoformat().replace("+00:00", "Z")
         return result
 
-    def _ban_out(self, ban: Ban, uid: object, pid: object) -> None:
+    def _ban_out(self, ban: Ban, caller: Caller | ChatCaller | None) -> None:
         """Every member of this node the ban matches leaves at once, told it is a ban."""
         bans = self._banlist()
         for nickname in self.hall.ban_out(lambda nick, ip: bans.matches(ban, nick, ip),
                                           ban.reason, ban.how_long()):
-            self.log.event("kick", nick=nickname, reason=ban.reason, uid=uid, pid=pid,
-                           ban="yes")
+            self.log.event("kick", nick=nickname, reason=ban.reason,
+                           **(_by(caller) if caller is not None else {}), ban="yes")
 
     def _banlist(self) -> BanList:
         if self.bans is None:
@@ -288,7 +359,7 @@ class AdminCommands:
             self.bans.put(ban)  # unwritable here: the broker logs the event not applied
             self.log.event("ban", target=ban.target, until=iso(ban.until), reason=ban.reason,
                            node=origin)
-            self._ban_out(ban, None, None)
+            self._ban_out(ban, None)
         elif kind == "unban" and self.bans is not None:
             try:
                 self.bans.remove(event["target"])

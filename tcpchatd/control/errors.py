@@ -6,11 +6,14 @@ from __future__ import annotations
 
 from ..wire.errors import NO_SUCH_NICKNAME, NO_SUCH_ROOM, NOT_IN_ROOM, UNKNOWN_COMMAND, CodedError
 
-__all__ = ["AdminError", "AdminSocketError", "BAD_REQUEST", "INTERNAL", "NO_SUCH_BAN",
+__all__ = ["ACCOUNT_EXISTS", "NO_SUCH_ACCOUNT", "AdminError", "AdminSocketError",
+           "BAD_REQUEST", "INTERNAL", "NO_SUCH_BAN",
            "NO_SUCH_NICKNAME", "NO_SUCH_ROOM", "NOT_IN_ROOM", "PERMISSION_DENIED",
            "UNKNOWN_COMMAND", "UPGRADE_FAILED", "UPGRADE_REFUSED", "UPGRADING"]
 
 BAD_REQUEST = "bad_request"
+NO_SUCH_ACCOUNT = "no_such_account"
+ACCOUNT_EXISTS = "account_exists"
 NO_SUCH_BAN = "no_such_ban"
 UPGRADE_REFUSED = "upgrade_refused"
 UPGRADE_FAILED = "upgrade_failed"  # the new image could not start: its clients were told

@@ -62,6 +62,7 @@ def show_who(result: dict) -> str:
     tls = any(c.get("tls") for c in clients)  # the column only where TLS is served
     post = any(c.get("post") for c in clients)  # ... this one only with posters
     node = any(c.get("node") for c in clients)  # ... and this one only in a cluster
+    accounts = any(c.get("account") for c in clients)  # ... this one where some logged in
     # ... and the rooms where there are several (one room: what the original knew)
     rooms = any(c.get("rooms") != clients[0].get("rooms") or len(c.get("rooms") or ()) > 1
                 for c in clients)
@@ -72,14 +73,35 @@ def show_who(result: dict) -> str:
         if result.get("room") else ""
     return heading + table([("NICKNAME", "ADDRESS", "CONNECTED", "IDLE", "SENT", "RECEIVED")
                   + (("TLS",) if tls else ()) + (("POST",) if post else ())
-                  + (("NODE",) if node else ()) + (("ROOMS",) if rooms else ())] + [
+                  + (("NODE",) if node else ()) + (("ACCOUNT",) if accounts else ())
+                  + (("ROOMS",) if rooms else ())] + [
         (c["nickname"], c["address"], c["connected"], number(c["idle_s"], "s"),
          number(c["sent"]), number(c["received"]))
         + ((("yes" if c.get("tls") else "no"),) if tls else ())
         + ((("yes" if c.get("post") else "no"),) if post else ())
         + ((c.get("node") or "",) if node else ())
+        + ((_account_cell(c),) if accounts else ())
         + ((" ".join(f"#{r}" for r in c.get("rooms") or ()) or "-",) if rooms else ())
         for c in clients])
+
+
+def _account_cell(client: dict) -> str:
+    account = client.get("account")
+    if not account:
+        return "guest"
+    role = client.get("role")
+    return account if role in (None, "user") else f"{account} ({role})"
+
+
+def show_account(result: dict) -> str:
+    if "accounts" in result:
+        if not result["accounts"]:
+            return "no accounts"
+        return table([("ACCOUNT", "ROLE", "SINCE", "BY UID")] + [
+            (a["name"], a["role"], a["since"], str(a["by_uid"])) for a in result["accounts"]])
+    done = {"add": "added", "passwd": "changed the password of", "del": "removed",
+            "role": "changed the role of"}[result["action"]]
+    return f"{done} account {result['name']} ({result['role']})"
 
 
 def show_rooms(result: dict) -> str:
@@ -120,8 +142,9 @@ def show_ban(result: dict) -> str:
 def show_bans(result: dict) -> str:
     if not result["bans"]:
         return "no bans"
-    return table([("TARGET", "UNTIL", "SINCE", "BY UID", "REASON")] + [
-        (b["target"], b["until"] or "permanent", b["since"], str(b["by_uid"]), b["reason"])
+    return table([("TARGET", "UNTIL", "SINCE", "BY", "REASON")] + [
+        (b["target"], b["until"] or "permanent", b["since"],
+         b.get("by") or f"uid {b['by_uid']}", b["reason"])
         for b in result["bans"]])
 
 
@@ -200,6 +223,18 @@ SPECS = {spec.name: spec for spec in (
     Spec("unban", "lift a ban", "Lift the ban on TARGET.",
          (Arg("target", "as it was banned"),), lambda result: f"unbanned {result['unbanned']}"),
     Spec("bans", "list the bans", "List the bans in force.", (), show_bans),
+    Spec("account", "manage accounts: add, passwd, del, list, role",
+         "Accounts own their nicknames (nick_reservation) and carry a role: user, moderator "
+         "(may kick, ban, unban from a client) or bot (may log in from several connections, "
+         "joins without notices). `account add NAME [ROLE]` and `account passwd NAME` read "
+         "the password from the terminal (asked twice), or one line of standard input; never "
+         "from the command line. `account role NAME ROLE`, `account del NAME`, `account "
+         "list`.",
+         (Arg("action", "add, passwd, del, list or role", metavar="ACTION"),
+          Arg("name", "the account (a nickname)", required=False, metavar="NAME"),
+          Arg("role", "user, moderator or bot (for add and role)", required=False,
+              metavar="ROLE")),
+         show_account),
     Spec("upgrade", "load new code without dropping a client",
          "Re-execute the daemon in place (same PID) with the code and settings now "
          "installed, carrying every plaintext client through; TLS clients are asked to "

@@ -19,10 +19,12 @@ from __future__ import annotations
 import collections
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Protocol
 
+from ..chat.accounts import Account
 from ..chat.hall import AddressBanned, EventLog, Hall
+from ..chat.logins import GUEST
 from ..wire import errors, nicknames, protocol
 from ..wire.confirms import take_confirms
 from ..wire.errors import ProtocolError
@@ -131,6 +133,8 @@ class Session:
         self._joining: tuple[str, bool, ProtocolError | None] | None = None  # (raw nickname
         #   shown in the log, settled, the refusal) while JOINING
         self.quiet = False          # a poster (hello mode post): no notices, `accepted`
+        self.account: str | None = None  # the account it logged in to (None: a guest)
+        self.role = GUEST           # ... and that account's role
         self._variants: Iterator[str] = iter(())  # a poster's next names to try
         # --- any thread, under _lock
         self._lock = threading.Lock()
@@ -549,6 +553,11 @@ class Session:
         raw, rest = protocol.take_nickname(data)
         self.reader.buffer += rest  # the frames that came with it wait for the join
         shown = raw[:LOGGED_NICKNAME].decode("utf-8", "replace")  # attacker's input: capped
+        refusal = self.hall.logins.guest_refused() if self.hall.logins else None
+        if refusal is not None:  # require_account: the original client is told why
+            self.log.event("refused", addr=self.address, nick=shown, code=refusal.code)
+            self.close("error", protocol.error_frame(refusal.code, refusal.message))
+            return
         try:
             nickname = nicknames.check_nickname(raw, self.config.max_nickname)
         except ProtocolError as exc:
@@ -557,23 +566,97 @@ class Session:
         self._join(nickname, shown)
 
     def _hello(self) -> None:
-        """A hello frame in place of the nickname (protocol.py): a poster."""
+        """A hello frame in place of the nickname (protocol.py): a poster, or a login."""
         try:
             body = self.reader.take_body(self.config.max_frame)
             if body is None:
                 return  # the rest of it comes with the next read
             hello = protocol.parse_hello(body, self.config.max_json_depth)
+            # no nickname: the account's own, as it was registered (after the login; a
+            # name that is no account is a failed login, logged, whatever it holds)
             nickname = nicknames.check_nickname(hello.nickname.encode("utf-8", "replace"),
-                                                self.config.max_nickname)
+                                                self.config.max_nickname) \
+                if hello.nickname is not None else ""
+            refusal = self.hall.logins.guest_refused() \
+                if self.hall.logins and hello.account is None else None
+            if refusal is not None:
+                raise refusal
         except ProtocolError as exc:
             self.reader.buffer.clear()
             self.log.event("nick_rejected", addr=self.address, code=exc.code)
             self.close("error", protocol.error_frame(exc.code, exc.message))
             return
-        self.quiet = True  # it joins and leaves without notices
+        self.quiet = hello.mode == "post"  # it joins and leaves without notices
+        if self.quiet and nickname:
+            self._use_variants(nickname)
+        if hello.account is None:
+            self._join(nickname, nickname)
+            return
+        self.state = JOINING  # nothing more is read until the password is checked
+        self.loop.watch(self)
+        self._login(hello.account[:LOGGED_NICKNAME], hello.password or "", None,
+                    lambda: self._join_logged_in(nickname or self.account or ""))
+
+    def _join_logged_in(self, nickname: str) -> None:
+        if self.role == "bot" or self.quiet:  # several connections: NAME-2 ...
+            self._use_variants(nickname)
+        self._join(nickname, nickname)
+
+    def _use_variants(self, nickname: str) -> None:
+        """A poster (or a bot) whose name is taken tries NAME-2 ... NAME-9."""
         self._variants = iter([f"{nickname}-{n}" for n in range(2, POST_VARIANTS + 2)
                                if len(f"{nickname}-{n}") <= self.config.max_nickname])
-        self._join(nickname, nickname)
+
+    def _login(self, name: str, password: str, request_id: int | str | None,
+               then: Callable[[], None] | None = None) -> None:
+        """Check a login off the loop (the accounts' pool); at the hello (`then`: the
+        join that follows) or asked for by a request of a member."""
+        logins = self.hall.logins
+        if logins is None:
+            self._logged_in(None, ProtocolError(errors.LOGIN_FAILED, "this server keeps no "
+                                                "accounts", request_id=request_id),
+                            request_id, then)
+            return
+        if self.account is not None and then is None:
+            raise ProtocolError(errors.LOGIN_FAILED, f"you are logged in as {self.account} "
+                                "already", request_id=request_id)
+
+        def done(account: Account | None, refusal: ProtocolError | None) -> None:
+            self.loop.call_soon(self, lambda: self._logged_in(account, refusal, request_id,
+                                                              then))
+        logins.login(name, password, self.ip, done, request_id)
+
+    def _logged_in(self, account: Account | None, refusal: ProtocolError | None,
+                   request_id: int | str | None, then: Callable[[], None] | None) -> None:
+        """On its loop: the login's answer."""
+        if self.closing:
+            return
+        if then is not None:  # at the hello: in, or told why and closed
+            if refusal is not None or account is None:
+                refusal = refusal or ProtocolError(errors.LOGIN_FAILED, "login failed")
+                self.close("error", protocol.error_frame(refusal.code, refusal.message))
+                return
+            self.account, self.role = account.name, account.role
+            self.deliver(protocol.login_frame(account.name, account.role))
+            then()
+            return
+        if refusal is None and account is not None:
+            before = self.account, self.role
+            self.account, self.role = account.name, account.role
+            try:
+                self.hall.logged_in(self)
+            except ProtocolError as exc:
+                self.account, self.role = before
+                refusal = ProtocolError(exc.code, exc.message, request_id=request_id)
+            else:
+                self.deliver(protocol.login_frame(account.name, account.role, request_id))
+                return
+        assert refusal is not None
+        if self._count_error(refusal.code):
+            self.close("errors", self._too_many_errors(refusal))
+        else:
+            self.deliver(protocol.error_frame(refusal.code, refusal.message,
+                                              request_id=request_id))
 
     def _join(self, nickname: str, shown: str) -> None:
         """Ask the hall for the nickname; its answer comes to _join_settled."""
@@ -634,7 +717,8 @@ class Session:
     def _nickname_refused(self, shown: str, exc: ProtocolError) -> None:
         self.nickname = ""
         self.log.event("nick_rejected", addr=self.address, nick=shown, code=exc.code)
-        if self.quiet:  # a poster: the next free variant of its name, or the refusal
+        if self.quiet or self.role == "bot":  # the next free variant of its name, or the
+            #                                   refusal
             variant = next(self._variants, None) if exc.code == errors.NICKNAME_TAKEN else None
             if variant is not None:
                 self._join(variant, variant)
@@ -817,7 +901,24 @@ class Session:
         elif cmd == "part":
             hall.part(self, request.room or "", request.id)
         elif cmd == "topic":
+            if request.topic is not None and self.config.topic_by == "moderator":
+                self._moderator_only(request)
             hall.topic(self, request.room or "", request.topic, request.id)
+        elif cmd == "login":
+            self._login(request.account or "", request.password or "", request.id)
+        elif cmd in ("kick", "ban", "unban"):
+            self._moderator_only(request)
+            if hall.moderation is None:
+                raise ProtocolError(errors.NOT_PERMITTED, "moderation is not ready yet",
+                                    request_id=request.id)
+            try:
+                done = hall.moderation.moderate(self, cmd, {
+                    "nickname": request.nickname, "room": request.room,
+                    "reason": request.reason, "target": request.target,
+                    "duration": request.duration})
+            except ProtocolError as exc:
+                raise ProtocolError(exc.code, exc.message, request_id=request.id) from None
+            self.deliver(protocol.done_frame(cmd, done, request.id))
         elif cmd == "nick":
             try:
                 new = nicknames.check_nickname((request.nickname or "").encode("utf-8",
@@ -826,6 +927,12 @@ class Session:
                 hall.rename(self, new, lambda error: self._renamed(error, request.id))
             except ProtocolError as exc:
                 raise ProtocolError(exc.code, exc.message, request_id=request.id) from None
+
+    def _moderator_only(self, request: Request) -> None:
+        if self.role != "moderator":
+            raise ProtocolError(errors.NOT_PERMITTED, f"only a moderator may {request.cmd}"
+                                + ("" if self.account else ": log in to a moderator's "
+                                   "account"), request_id=request.id)
 
     def _renamed(self, error: ProtocolError | None, request_id: int | str | None) -> None:
         """The broker's answer to a `nick` request (any thread): a refusal goes to the
@@ -898,6 +1005,7 @@ class Session:
             "handshake_left": max(0.0, self.handshake_deadline - now),
             "tokens": self._tokens, "tokens_age": now - self._tokens_at,
             "departure": departure, "quiet": self.quiet,
+            "account": self.account, "role": self.role,
         }
 
     @classmethod
@@ -923,6 +1031,7 @@ class Session:
             self.private_bytes = len(unsent)
         self.attempts = record["attempts"]
         self.quiet = record.get("quiet", False)
+        self.account, self.role = record.get("account"), record.get("role", GUEST)
         self._tokens = record["tokens"]
         self._tokens_at = now - record["tokens_age"]
         if not record["fresh"]:

@@ -243,7 +243,8 @@ class Config:
                                    metavar="PATH", shown="/run/tcpchatd.pid as root, else "
                                    "beside the per-user admin socket")
     state_dir: str | None = setting(
-        None, "where lasting state (bans.json) is kept", _optional_str, metavar="PATH",
+        None, "where lasting state (bans.json, accounts.json) is kept", _optional_str,
+        metavar="PATH",
         shown="$STATE_DIRECTORY under systemd, else /var/lib/tcpchatd as root, else "
         "$XDG_STATE_HOME/tcpchatd (~/.local/state/tcpchatd)")
     syslog_facility: str = setting("local6", "syslog facility of the traffic log", _facility)
@@ -308,6 +309,22 @@ class Config:
     ban_force_over: int = setting(
         3, "members a ban may kick without --force (a wide ban names who it would kick "
         "and asks)", _int(0))
+    nick_reservation: str = setting(
+        "strict", "'strict': an account's nickname is taken only by logging in to it; "
+        "'off': accounts reserve nothing", _choice("strict", "off"))
+    require_account: bool = setting(
+        False, "let in only clients that log in to an account (guests, the original client "
+        "among them, are refused with a notice)", _bool)
+    topic_by: str = setting(
+        "anyone", "who may set a room's topic from a client: 'anyone' in the room, or "
+        "'moderator' (the admin socket always may)", _choice("anyone", "moderator"))
+    login_threads: int = setting(2, "threads that hash and check passwords (never an event "
+                                 "loop)", _int(1, 16))
+    login_free_failures: int = setting(
+        5, "failed logins from one address, or for one account, before each further "
+        "attempt must wait (1 s, doubling)", _int(1))
+    login_backoff_max: float = setting(300.0, "seconds a failing address or account waits "
+                                       "at most between attempts", _float(1))
     keepalive: bool = setting(True, "TCP keepalive on client sockets", _bool)
     shutdown_grace: float = setting(2.0, "seconds to flush clients at shutdown", _float(0))
     io_threads: int = setting(1, "event-loop threads that own the client connections",

@@ -15,9 +15,11 @@ from collections import deque
 from typing import Any
 
 from .. import __version__
+from ..chat.accounts import AccountBook, AccountFileError
 from ..chat.bans import BanList, BanListError
 from ..chat.broker import BrokerService
 from ..chat.hall import Hall
+from ..chat.logins import Logins
 from ..cluster.local import LocalBroker
 from ..control.errors import INTERNAL, UPGRADE_REFUSED, AdminError, AdminSocketError
 from ..net import handover
@@ -106,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 
 # What stops the start, by the part that found it (each error stays in its own layer;
 # here, at the boundary, they become one line and exit status 1)
-CANNOT_START = (StartupError, ListenError, AdminSocketError, BanListError,
+CANNOT_START = (StartupError, ListenError, AdminSocketError, BanListError, AccountFileError,
                 systemd.InheritedSocketError)
 
 
@@ -265,15 +267,23 @@ class Daemon:
             tls_expiry=lambda: self.tls.expires if self.tls is not None else None,
             upgrade=self.request_upgrade, upgrades=lambda: self.upgrades,
             started_at=lambda: self.started_at)
+        self.hall.moderation = table  # a moderator's kick, ban, unban from a chat client
         self.admin_server = admin.AdminServer(
             admin_socket, table.table(), self.config, self.log, owned_path=owned_admin_path,
             error_log=_error_log, inode=(resume or {}).get("admin_inode"))
         return self.admin_server, table.on_other_node
 
     def _load_bans(self) -> None:
-        """The lasting bans; a list that does not parse stops the start (exit 1)."""
+        """The lasting bans and accounts; a file that does not parse stops the start
+        (exit 1)."""
         self.bans = BanList(os.path.abspath(self.config.state_dir_path()))
         self.bans.load()
+        self.accounts = self._account_book()
+        self.accounts.load()
+
+    def _account_book(self) -> AccountBook:
+        return AccountBook(os.path.abspath(self.config.state_dir_path()),
+                           self.config.login_threads, self.config.max_nickname)
 
     def _tls_for_passed_sockets(self) -> None:
         """TLS sockets handed in (by systemd, or by the image before an upgrade): served
@@ -309,7 +319,8 @@ class Daemon:
             log.event(name, **fields)
         engine = Engine(config.io_threads, error_log=_error_log)
         broker = self.broker = self._broker(log, (resume or {}).get("broker"))
-        hall = Hall(config, log, engine.channel, self.bans, broker=broker)
+        hall = Hall(config, log, engine.channel, self.bans, broker=broker,
+                    logins=Logins(self.accounts, config, log))
         server = ChatServer(chat_sockets, hall, log, config, engine, error_log=_error_log,
                             tls_listeners=tls_sockets, tls=self.tls)
         self.engine, self.hall, self.server = engine, hall, server
@@ -417,6 +428,11 @@ class Daemon:
             self.bans.import_state(state["bans"])
         else:  # an image before these records
             self.bans.load()
+        self.accounts = self._account_book()
+        if "accounts" in state:  # likewise
+            self.accounts.import_state(state["accounts"])
+        else:
+            self.accounts.load()
         self.tls, self.tls_unserved = None, None
         if tls_sockets:
             self._tls_for_passed_sockets()
@@ -510,6 +526,8 @@ class Daemon:
         the server's); the sockets keep what they were bound with (FIXED_ON_RELOAD)."""
         self.config = new
         self.hall.config = new
+        if self.hall.logins is not None:
+            self.hall.logins.config = new
         self.server.config = new
         self.admin_server.config = new
         self.log.reconfigure(new.log_target, new.syslog_address, new.syslog_facility,

@@ -64,6 +64,12 @@ def main(argv: list[str]) -> int:
     except ConfigError as exc:
         print(f"the config does not load: {exc.message}", file=sys.stderr)
         return 1
+    from tcpchatd.chat.accounts import AccountBook, AccountFileError
+    try:  # the running book is handed over; a book that does not parse is refused here,
+        AccountBook(config.state_dir_path()).load()  # as at a start
+    except AccountFileError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
     warnings = []
     try:  # the running list is handed over, but a restart would read this file
         BanList(config.state_dir_path()).load()

@@ -55,6 +55,7 @@ from . import console, pidfile
 if TYPE_CHECKING:
     import argparse
 
+    from ..chat.accounts import AccountBook
     from ..chat.bans import BanList
     from ..chat.broker import BrokerService
     from ..chat.hall import Hall
@@ -80,6 +81,7 @@ class Daemon(Protocol):
     broker: BrokerService
     clustered: bool
     bans: BanList
+    accounts: AccountBook
     upgrades: int
     started_at: float
     serving_at: float
@@ -283,6 +285,7 @@ class HandOver:
             "connections": records,
             "hall": daemon.hall.export_state(lambda member: member.transport.sock.fileno()),
             "bans": daemon.bans.export_state(),
+            "accounts": daemon.accounts.export_state(),
             "config": checked.settings,
             "tls_closed": tls_closed,
             "broker": broker_state,

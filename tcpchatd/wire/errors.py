@@ -43,6 +43,13 @@ LAST_ROOM = "last_room"              # a client may not part the last room it is
 TOO_MANY_ROOMS = "too_many_rooms"    # max_rooms_per_client
 ROOM_LIMIT = "room_limit"            # max_rooms: the daemon's list of rooms is full
 TOPIC_TOO_LONG = "topic_too_long"
+# accounts
+LOGIN_FAILED = "login_failed"            # unknown account or wrong password (not told apart)
+LOGIN_THROTTLED = "login_throttled"      # too many failed logins from there or for it
+NICKNAME_RESERVED = "nickname_reserved"  # an account's nickname, taken by a guest
+ACCOUNT_REQUIRED = "account_required"    # require_account: guests are not let in
+ACCOUNT_IN_USE = "account_in_use"        # a person's account, logged in elsewhere
+NOT_PERMITTED = "not_permitted"          # a moderator's act asked by someone who is not
 
 # Codes after which the byte stream cannot be resynchronised.
 FATAL_PROTOCOL_CODES = frozenset({BAD_HEADER, FRAME_TOO_LARGE})

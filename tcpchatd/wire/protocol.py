@@ -193,8 +193,12 @@ class ChatMessage:
 # A request's commands and the string fields each takes (`room` names a room, written
 # with or without `#`); the answer carries the request's id.
 REQUESTS = {"who": ("room",), "nick": ("nickname",), "join": ("room",), "part": ("room",),
-            "rooms": (), "topic": ("room", "topic")}
-REQUIRED = {"nick": "nickname", "join": "room", "part": "room", "topic": "room"}
+            "rooms": (), "topic": ("room", "topic"),
+            # accounts: a guest logs in; a moderator kicks, bans and unbans
+            "login": ("account", "password"), "kick": ("nickname", "room", "reason"),
+            "ban": ("target", "duration", "reason"), "unban": ("target",)}
+REQUIRED = {"nick": "nickname", "join": "room", "part": "room", "topic": "room",
+            "login": "account", "kick": "nickname", "ban": "target", "unban": "target"}
 
 
 @dataclass(frozen=True)
@@ -205,6 +209,14 @@ class Request:
     nickname: str | None = None  # for `nick`
     room: str | None = None      # for `who`, `join`, `part`, `topic`
     topic: str | None = None     # for `topic`: the new topic (none: tell it)
+    account: str | None = None   # for `login`
+    password: str | None = None  # ... (never logged)
+    reason: str | None = None    # for `kick` and `ban`
+    target: str | None = None    # for `ban` and `unban`: an address, network or nickname
+    duration: str | None = None  # for `ban`: 90s, 15m, 2h, 7d (none: until unbanned)
+
+    def __repr__(self) -> str:  # a password never reaches a log or a traceback
+        return f"Request(id={self.id!r}, cmd={self.cmd!r})"
 
 
 @dataclass(frozen=True)
@@ -308,20 +320,28 @@ def take_nickname(data: bytes) -> tuple[bytes, bytes]:
 # --- the hello frame: a client that asks for more than the original's handshake
 #
 # In place of its raw nickname a client may send, in one write, one frame
-#   {"type":"hello","nickname":N,"mode":"post"}
+#   {"type":"hello","nickname":N,"mode":"post"|"chat","account":A,"password":P}
 # which no nickname can be mistaken for (a nickname holds no space, and a header that
 # pads fewer than ten digits holds spaces). Mode `post` (scripts, CI): the member joins and
 # leaves without notices, is listed in no `names`, takes the first free of N, N-2 ... N-9,
-# and each of its messages is answered at once with `accepted`. A client sends it only to a
-# server it knows to be tcpchatd: the original server would take it for a nickname.
+# and each of its messages is answered at once with `accepted`. Mode `chat` (the default):
+# as the raw nickname. With `account` (and its password) the client logs in before it
+# joins: the nickname may then be the account's own (the default when none is given). A
+# client sends it only to a server it knows to be tcpchatd: the original server would
+# take it for a nickname.
 
-HELLO_MODES = ("post",)
+HELLO_MODES = ("post", "chat")
 
 
 @dataclass(frozen=True)
 class Hello:
-    nickname: str
+    nickname: str | None
     mode: str
+    account: str | None = None
+    password: str | None = None
+
+    def __repr__(self) -> str:  # never the password
+        return f"Hello(nickname={self.nickname!r}, mode={self.mode!r}, account={self.account!r})"
 
 
 def looks_like_a_frame(data: bytes) -> bool:
@@ -333,11 +353,15 @@ def looks_like_a_frame(data: bytes) -> bool:
 
 def parse_hello(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> Hello:
     obj = decode(body, max_depth)
-    nickname, mode = obj.get("nickname"), obj.get("mode")
-    if obj.get("type") != "hello" or not isinstance(nickname, str) or mode not in HELLO_MODES:
+    nickname, mode = obj.get("nickname"), obj.get("mode", "chat")
+    account, password = obj.get("account"), obj.get("password")
+    if obj.get("type") != "hello" or mode not in HELLO_MODES or \
+            not all(v is None or isinstance(v, str) for v in (nickname, account, password)) \
+            or nickname is None and account is None:
         raise ProtocolError(errors.BAD_HELLO, "expected a nickname, or a frame "
-                            '{"type":"hello","nickname":NICK,"mode":"post"}')
-    return Hello(nickname, mode)
+                            '{"type":"hello","nickname":NICK,"mode":"post"|"chat"} (with '
+                            '"account":NAME,"password":PASSWORD to log in)')
+    return Hello(nickname, mode, account, password or "" if account is not None else None)
 
 
 def accepted_frame(frame_uuid: str, recipients: int) -> bytes:
@@ -381,7 +405,7 @@ def chat_frame(frame_uuid: str, sender: str, text: str, stamp: str | None = None
     return encode(obj)
 
 
-FEATURES = ("request", "private", "history", "nick", "action", "rooms")
+FEATURES = ("request", "private", "history", "nick", "action", "rooms", "accounts")
 NAMES_SHOWN = 50  # nicknames in a names frame's `message`; the list itself is complete
 
 
@@ -558,6 +582,24 @@ def error_frame(code: str, message: str, frame_uuid: str | None = None,
     obj: dict[str, Any] = {"type": "system", "event": "error", "code": code, "message": message}
     if frame_uuid is not None:
         obj["uuid"] = frame_uuid
+    if request_id is not None:
+        obj["id"] = request_id
+    return encode(obj)
+
+
+def login_frame(account: str, role: str, request_id: int | str | None = None) -> bytes:
+    """To a client whose login succeeded (at its hello, or asked for with a request)."""
+    obj: dict[str, Any] = {"type": "system", "event": "login", "account": account,
+                           "role": role, "message": f"Logged in as {account}"
+                           + ("" if role == "user" else f" ({role})")}
+    if request_id is not None:
+        obj["id"] = request_id
+    return encode(obj)
+
+
+def done_frame(cmd: str, message: str, request_id: int | str | None = None) -> bytes:
+    """To a moderator: its kick, ban or unban was done."""
+    obj: dict[str, Any] = {"type": "system", "event": "done", "cmd": cmd, "message": message}
     if request_id is not None:
         obj["id"] = request_id
     return encode(obj)
