@@ -13,6 +13,7 @@ import sys
 import time
 
 from .cluster import cluster_comparison, cluster_text
+from .logins import logins_comparison, logins_text
 from .loadgen import CONNECTS_IN_FLIGHT, IRC_SERVER_MASK, LoadGenerator, Settings
 from .servers import GroupStats, Ngircd, Tcpchatd, raise_fd_limit
 
@@ -631,6 +632,12 @@ def main(argv=None) -> int:
     rooms.add_argument("--window", type=int, default=20)
     rooms.add_argument("--repeats", type=int, default=3)
     rooms.add_argument("--scale-clients", type=int, default=10_000)
+    logins = commands.add_parser("logins", help="a pair's latency alone and beside 20 "
+                                 "logins a second; rewrites BENCHMARKS.md's section")
+    logins.add_argument("--duration", type=float, default=5.0)
+    logins.add_argument("--repeats", type=int, default=3)
+    logins.add_argument("--rate", type=float, default=20.0, help="the pair's messages/s")
+    logins.add_argument("--login-rate", type=float, default=20.0)
     two = commands.add_parser("cluster", help="two nodes through Redis against one node; "
                               "rewrites BENCHMARKS.md's section")
     two.add_argument("--duration", type=float, default=5.0)
@@ -640,6 +647,10 @@ def main(argv=None) -> int:
         raise_fd_limit()
         replace_section("Two nodes through Redis", cluster_text(
             cluster_comparison(args, measure_running, print)))
+        return 0
+    if args.cmd == "logins":
+        replace_section("Logins", logins_text(logins_comparison(args, measure_running, print),
+                                              measured))
         return 0
     if args.cmd == "rooms":
         raise_fd_limit()

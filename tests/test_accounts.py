@@ -436,3 +436,38 @@ def test_the_shipped_fail2ban_filter_finds_each_failed_login_s_address(daemon_fa
     with open(rsyslog.chat_log) as fh:
         text = fh.read()
     assert 'login_failed account="x\\" addr=10.9.9.9" addr=127.0.0.1' in text
+
+
+def test_a_kick_and_a_ban_can_name_the_account(admin_chat, book, short_tmp):
+    from tcpchatd.chat.bans import BanList
+    h, path, _ = admin_chat(accounts=book({"ci": ("bot pass 1", "bot")}),
+                            bans=BanList(os.path.join(short_tmp, "bans")))
+    ann = h.client("ann")
+    bots = []
+    for _ in range(2):
+        bot, _answer = login(h, "ci", "bot pass 1")
+        bot.joined()
+        bots.append(bot)
+    kicked = ctl(path, "kick", "--account", "ci", "build", "broke")
+    assert kicked.returncode == 0, kicked.stderr
+    assert kicked.stdout.strip() == "kicked ci, ci-2 (account ci)"
+    for bot in bots:
+        assert bot.read_until(lambda f: f.get("event") == "kick")["reason"] == "build broke"
+    assert [e["nick"] for e in h.log.named("kick")] == ["ci", "ci-2"]
+    nobody = ctl(path, "kick", "--account", "nobody")
+    assert nobody.returncode == 1 and "nobody is logged in to account nobody" in nobody.stderr
+    bot, _answer = login(h, "ci", "bot pass 1")
+    bot.joined()
+    banned = ctl(path, "ban", "--account", "ci", "--for", "1h", "leaked", "token")
+    assert banned.returncode == 0, banned.stderr
+    assert banned.stdout.startswith("banned account ci until ") and \
+        banned.stdout.strip().endswith("kicked ci")
+    assert bot.read_until(lambda f: f.get("event") in ("ban", "kick"))
+    assert "account ci" in ctl(path, "bans").stdout
+    refused_bot, answer = login(h, "ci", "bot pass 1")
+    assert answer["event"] == "login"  # the password was right ...
+    refused = refusal(refused_bot)        # ... and the account is banned
+    assert refused["code"] == "banned" and "leaked token" in refused["message"]
+    assert ctl(path, "unban", "--account", "ci").stdout.strip() == "unbanned account ci"
+    again, answer = login(h, "ci", "bot pass 1")
+    assert again.joined()["nickname"] == "ci"

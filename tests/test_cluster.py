@@ -17,8 +17,10 @@ import pytest
 
 from conftest import free_port, status_port
 from conftest import ctl
-from rawclient import RawClient, frame as json_frame, wait_for
+from rawclient import PROMPT, RawClient, frame as json_frame, wait_for
 from syslogparse import parse_message
+
+from tcpchatd.chat.accounts import AccountBook
 
 REDIS = shutil.which("redis-server")
 NODE_TTL = 1.0
@@ -831,3 +833,45 @@ def test_rooms_span_the_nodes_with_receipts_topics_and_the_admin_per_room(cluste
     wait_for(lambda: [r["room"] for r in ctl_json(c, "rooms")["rooms"]] == ["general"])
     for client in (alice, bob, carol, dave):
         client.close()
+
+
+def test_every_node_knows_every_account(cluster, short_tmp):
+    """Issue 26: an account made on one node logs in on another; a node started later
+    finds it in Redis; a role change and a removal are every node's; a node's own book
+    from before the cluster is written up when it links."""
+    from test_accounts import run_ctl
+    a, port_a = cluster("a")
+    b, port_b = cluster("b")
+    wait_for(lambda: linked(a) and linked(b), timeout=10)
+    assert run_ctl(admin_socket(a), "account", "add", "ann", password="ann pass\n") \
+        .returncode == 0
+    wait_for(lambda: log_lines(b, "account_sync"), timeout=10)
+    client = RawClient(port_b)
+    assert client.hello(account="ann", password="ann pass")["event"] == "login"
+    client.joined()
+    guest = RawClient(port_b)  # the reservation holds on b too
+    assert guest.recv_exact(10) == PROMPT
+    guest.send_raw(b"Ann")
+    assert guest.read()["code"] == "nickname_reserved"
+    assert run_ctl(admin_socket(b), "account", "role", "ann", "moderator").returncode == 0
+    wait_for(lambda: len(log_lines(a, "account_sync")) == 1, timeout=10)
+    listed = json.loads(run_ctl(admin_socket(a), "--json", "account", "list").stdout)
+    assert [(x["name"], x["role"]) for x in listed["accounts"]] == [("ann", "moderator")]
+    # a node with an account of its own, started later: it learns ann and tells its own
+    state = os.path.join(short_tmp, "c-state")
+    book = AccountBook(state)
+    book.add("cy", "cy pass", "bot", 0)
+    book.close()
+    c, port_c = cluster("c", "--state-dir", state)
+    wait_for(lambda: linked(c), timeout=10)
+    late = RawClient(port_c)
+    assert late.hello(account="ann", password="ann pass", nickname="ann2")["role"] == \
+        "moderator"
+    wait_for(lambda: [e for e in log_lines(a, "account_sync") if e.get("account") == "cy"],
+             timeout=10)
+    bot = RawClient(port_a)
+    assert bot.hello(account="cy", password="cy pass")["role"] == "bot"
+    assert run_ctl(admin_socket(c), "account", "del", "ann").returncode == 0
+    wait_for(lambda: len(log_lines(b, "account_sync")) == 3, timeout=10)
+    gone = RawClient(port_b)
+    assert gone.hello(account="ann", password="ann pass")["code"] == "login_failed"

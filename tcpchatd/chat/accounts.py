@@ -141,6 +141,27 @@ class AccountBook:
         with self._lock:
             self._accounts = {a.key: a for a in map(_account, rows)}
 
+    def merge(self, rows: list) -> list[Account]:
+        """The cluster's book (its rows) joined with this node's: theirs win for the names
+        they hold (a row that does not parse is left out); ours that they lack are
+        returned, to be written up."""
+        theirs = {}
+        for row in rows:
+            try:
+                account = _account(row)
+            except (ValueError, KeyError, TypeError):
+                continue
+            theirs[account.key] = account
+        with self._lock:
+            ours_only = [a for key, a in self._accounts.items() if key not in theirs]
+            accounts = {**self._accounts, **theirs}
+            if accounts != self._accounts:
+                try:
+                    self._change(accounts)
+                except AccountError:
+                    self._accounts = accounts  # in force here even if the file lags
+        return ours_only
+
     def put(self, account: Account | None, key: str) -> None:
         """Another node's change, kept here too (None: removed)."""
         with self._lock:
@@ -257,6 +278,16 @@ def _verify(account: Account | None, password: bytes) -> Account | None:
 def _check_role(role: str) -> None:
     if role not in ROLES:
         raise AccountError(INVALID, f"bad role {role!r}: one of {', '.join(ROLES)}")
+
+
+def row(account: Account) -> dict:
+    """An account as the cluster's stream and Redis hash carry it."""
+    return asdict(account)
+
+
+def from_row(data: dict) -> Account:
+    """... and back (ValueError, KeyError, TypeError when it does not parse)."""
+    return _account(data)
 
 
 def _account(row: dict) -> Account:

@@ -115,9 +115,12 @@ class Ban:
     by_uid: int      # the operator's uid (-1: a moderator, from a chat client)
     since: float
     by: str = ""     # the moderator's account, when a moderator made it
+    account: bool = False  # target is an account: its logins are refused, its members out
 
     @property
     def network(self) -> Network | None:
+        if self.account:
+            return None
         try:
             return ipaddress.ip_network(self.target, strict=False)
         except ValueError:
@@ -134,7 +137,8 @@ class Ban:
         """As `tcpchatctl bans` shows it."""
         return {"target": self.target, "until": iso(self.until), "reason": self.reason,
                 "by_uid": self.by_uid, "since": iso(self.since),
-                **({"by": self.by} if self.by else {})}
+                **({"by": self.by} if self.by else {}),
+                **({"account": True} if self.account else {})}
 
 
 class BanList:
@@ -147,7 +151,9 @@ class BanList:
         self._bans: dict[str, Ban] = {}  # key: the network's text or the nickname_key
 
     @staticmethod
-    def _key(target: str, network: Network | None) -> str:
+    def _key(target: str, network: Network | None, account: bool = False) -> str:
+        if account:
+            return "account:" + nickname_key(target)
         return str(network) if network is not None else "nick:" + nickname_key(target)
 
     # --- the file
@@ -160,7 +166,8 @@ class BanList:
             if not isinstance(data, dict) or data.get("format") != FORMAT:
                 raise ValueError(f"not a format {FORMAT} ban list")
             bans = [Ban(str(b["target"]), _until(b["until"]), str(b["reason"]),
-                        int(b["by_uid"]), float(b["since"]), str(b.get("by", "")))
+                        int(b["by_uid"]), float(b["since"]), str(b.get("by", "")),
+                        bool(b.get("account", False)))
                     for b in data["bans"]]
         except FileNotFoundError:
             return
@@ -171,7 +178,7 @@ class BanList:
             raise BanListError(f"the ban list {self.path} does not parse ({exc}); fix or "
                                "move it, the daemon will not start without its bans") from None
         with self._lock:
-            self._bans = {self._key(b.target, b.network): b for b in bans}
+            self._bans = {self._key(b.target, b.network, b.account): b for b in bans}
 
     def _save(self, bans: dict[str, Ban]) -> None:
         """Atomically (store/files.py): the old list or the new one, never a torn one."""
@@ -205,8 +212,16 @@ class BanList:
 
     @staticmethod
     def make(target: str, seconds: float | None, reason: str, by_uid: int,
-             force: bool = False, by: str = "") -> Ban:
-        """A ban of TARGET, checked, not yet in force (see put)."""
+             force: bool = False, by: str = "", account: bool = False) -> Ban:
+        """A ban of TARGET (an account's name with `account`), checked, not yet in force
+        (see put)."""
+        if account:
+            target = target.strip()
+            if not target:
+                raise BanError(INVALID, "an account ban needs the account's name")
+            now = time.time()
+            return Ban(target, None if seconds is None else now + seconds, reason, by_uid,
+                       now, by, True)
         kept, network = parse_target(target)
         if network is not None and network.prefixlen == 0 and not force:
             raise BanError(INVALID, f"{kept} matches every address: add --force "
@@ -224,15 +239,15 @@ class BanList:
         """A ban in force from now (made here, or by another node of the cluster: kept
         here too, as it was made)."""
         with self._lock:
-            self._change({**self._bans, self._key(ban.target, ban.network): ban})
+            self._change({**self._bans, self._key(ban.target, ban.network, ban.account): ban})
 
-    def remove(self, target: str) -> Ban:
-        kept, network = parse_target(target)
-        key = self._key(kept, network)
+    def remove(self, target: str, account: bool = False) -> Ban:
+        kept, network = (target.strip(), None) if account else parse_target(target)
+        key = self._key(kept, network, account)
         with self._lock:
             ban = self._bans.get(key)
             if ban is None:
-                raise BanError(UNKNOWN, f"no such ban: {kept}")
+                raise BanError(UNKNOWN, f"no such ban: {'account ' if account else ''}{kept}")
             self._change({k: b for k, b in self._bans.items() if k != key})
         return ban
 
@@ -268,6 +283,13 @@ class BanList:
                 return ban
         return None
 
+    def for_account(self, name: str) -> Ban | None:
+        with self._lock:
+            ban = self._bans.get("account:" + nickname_key(name))
+        if ban is not None and (ban.until is None or ban.until > time.time()):
+            return ban
+        return None
+
     def for_nickname(self, nickname: str) -> Ban | None:
         with self._lock:
             ban = self._bans.get("nick:" + nickname_key(nickname))
@@ -275,8 +297,11 @@ class BanList:
             return ban
         return None
 
-    def matches(self, ban: Ban, nickname: str | None, ip: str) -> bool:
-        """True when a connected client (nickname, address) falls under the ban."""
+    def matches(self, ban: Ban, nickname: str | None, ip: str,
+                account: str | None = None) -> bool:
+        """True when a connected client (nickname, address, account) falls under the ban."""
+        if ban.account:
+            return account is not None and nickname_key(account) == nickname_key(ban.target)
         network = ban.network
         if network is None:
             return nickname is not None and nickname_key(nickname) == nickname_key(ban.target)

@@ -287,7 +287,7 @@ class Hall:
         (names), the room's history.
         """
         key = nickname_key(nickname)
-        self._refuse_banned(nickname, member.ip)
+        self._refuse_banned(nickname, member.ip, member.account)
         self._refuse_reserved(nickname, member)
         with self.lock:  # the cheap refusal first: no round trip to the broker
             self._refuse_taken(key, nickname)
@@ -389,6 +389,8 @@ class Hall:
     def logged_in(self, member: Member) -> None:
         """A member already in the hall has logged in (member.account is set): refused
         (ProtocolError) when that account is logged in elsewhere."""
+        if member.account is not None:
+            self._refuse_banned(member.nickname, None, member.account)
         with self.lock:
             if member not in self._accounts:
                 return  # left meanwhile
@@ -403,11 +405,15 @@ class Hall:
         if key in self._members or self.relay.has(key):
             raise ProtocolError(errors.NICKNAME_TAKEN, f"nickname {nickname!r} is taken")
 
-    def _refuse_banned(self, nickname: str, ip: str | None = None) -> None:
-        """A ban on the nickname, or on the member's address (a connection accepted
-        before the ban that sends its nickname after it), refuses the join."""
+    def _refuse_banned(self, nickname: str, ip: str | None = None,
+                       account: str | None = None) -> None:
+        """A ban on the nickname, on the member's account, or on its address (a connection
+        accepted before the ban that sends its nickname after it), refuses the join."""
         if self.bans is None:
             return
+        ban = self.bans.for_account(account) if account is not None else None
+        if ban is not None:
+            raise ProtocolError(errors.BANNED, f"account {account} is {ban.describe()}")
         ban = self.bans.for_nickname(nickname)
         if ban is not None:
             raise ProtocolError(errors.BANNED, f"nickname {nickname!r} is {ban.describe()}")
@@ -1039,22 +1045,22 @@ class Hall:
         self.disconnect(member, "kicked", protocol.kick_frame(reason), reason)
         return member.nickname
 
-    def ban_out(self, banned: Callable[[str, str], bool], reason: str,
+    def ban_out(self, banned: Callable[[str, str, str | None], bool], reason: str,
                 how_long: str) -> list[str]:
-        """Every member of this node that banned(nickname, ip) says a ban matches leaves,
-        told it is a ban; their nicknames."""
-        out = [m for m in self.members() if banned(m.nickname, m.ip)]
+        """Every member of this node that banned(nickname, ip, account) says a ban matches
+        leaves, told it is a ban; their nicknames."""
+        out = [m for m in self.members() if banned(m.nickname, m.ip, m.account)]
         for member in out:
             self.disconnect(member, "banned", protocol.ban_frame(reason, how_long), reason)
         return [member.nickname for member in out]
 
-    def matching(self, predicate: Callable[[str, str], bool]) -> list[str]:
-        """The nicknames of every member (every node's) that predicate(nickname, ip)
-        picks."""
+    def matching(self, predicate: Callable[[str, str, str | None], bool]) -> list[str]:
+        """The nicknames of every member (every node's) that predicate(nickname, ip,
+        account) picks."""
         with self.lock:
             everyone: list[Member | RemoteMember] = [*self._members.values(),
                                                      *self.relay.everyone()]
-        return [m.nickname for m in everyone if predicate(m.nickname, m.ip)]
+        return [m.nickname for m in everyone if predicate(m.nickname, m.ip, m.account)]
 
     def announce(self, text: str, room_name: str | None = None) -> int:
         """An operator's announcement to one room (NoSuchRoom), or to everyone (once

@@ -128,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     except paths.ConfigFileError as exc:
         return fail(str(exc), EXIT_USAGE)
     cmd_args = request_args(args)
+    wanted = SPECS[args.cmd].one_of
+    if wanted and not any(key in cmd_args for key in wanted):
+        return fail(f"{args.cmd} needs {wanted[0].upper()} or --{wanted[1]} NAME", EXIT_USAGE)
     if args.cmd == "account":
         try:
             cmd_args.update(account_password(cmd_args))

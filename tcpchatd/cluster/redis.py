@@ -14,6 +14,9 @@ Keys, under `tcpchat:ROOM:`:
             gone with them: a second node started with a name in use stays apart (and
             says so) instead of taking the first's claims and events for its own
   stats:ID  hash: node -> its counters, for one `tcpchatctl stats`
+  accounts  hash: nickname_key -> an account (name, role, Argon2id hash...): every node's
+            book; a node reads it whenever it links, and each change is written here
+            and told in the stream (an `account` event)
 
 A stream, not PUB/SUB: PUB/SUB delivers at most once and drops a slow subscriber at its
 output-buffer limit; the stream gives every node one order and a way back.
@@ -174,6 +177,7 @@ class RedisBroker:
         self.nodes, self.sweeper, self.stats_prefix = (prefix + "nodes", prefix + "sweeper",
                                                        prefix + "stats:")
         self.name_key = f"{prefix}node:{node}"
+        self.accounts = prefix + "accounts"
         self.relay_name = room_name
         self._release = self.client.register_script(RELEASE)
         self._sweep_node = self.client.register_script(SWEEP)
@@ -404,8 +408,13 @@ class RedisBroker:
             if kind == "_release":
                 self._release(keys=[self.nicks], args=[event["key"], event["token"]],
                               client=pipe)
-            else:
-                self._xadd(pipe, event)
+                continue
+            if kind == "account":  # the cluster's book, then the news of it
+                if event["account"] is None:
+                    pipe.hdel(self.accounts, event["key"])
+                else:
+                    pipe.hset(self.accounts, event["key"], json.dumps(event["account"]))
+            self._xadd(pipe, event)
         flush_confirms()
         try:
             pipe.execute()
@@ -548,6 +557,10 @@ class RedisBroker:
                 self._heartbeat()
             else:
                 self._register()
+                # the cluster's accounts (it may have missed changes while cut off)
+                books = self.client.hgetall(self.accounts)
+                self.on_event({"kind": "accounts",
+                               "rows": [json.loads(v) for v in books.values()]})
         except self.errors as exc:
             self._lost(exc)
             return False

@@ -16,10 +16,11 @@ from .. import __version__
 from ..chat.accounts import EXISTS as ACCOUNT_EXISTS
 from ..chat.accounts import INVALID as ACCOUNT_INVALID
 from ..chat.accounts import UNKNOWN as ACCOUNT_UNKNOWN
-from ..chat.accounts import AccountBook, AccountError
+from ..chat.accounts import AccountBook, AccountError, from_row, row
 from ..chat.bans import INVALID, UNKNOWN, Ban, BanError, BanList, iso, parse_duration
 from ..chat.hall import EventLog, Hall, Member, NoSuchMember, NoSuchRoom, NotInRoom
 from ..wire.errors import ProtocolError
+from ..wire.nicknames import nickname_key
 from . import errors
 from .admin import Caller, Command, Deferred
 from .errors import AdminError
@@ -52,6 +53,18 @@ def _flag_arg(args: dict, name: str) -> bool:
     if not isinstance(value, bool):
         raise AdminError(errors.BAD_REQUEST, f"argument {name!r} must be true or false")
     return value
+
+
+def _target(args: dict, key: str) -> tuple[str, bool, str | None]:
+    """(the target, it names an account, the reason) of a kick, ban or unban: `key`'s
+    value, or with `account` the account's name (then words given where the target goes
+    begin the reason: `kick --account ann too rude`)."""
+    reason = _optional_arg(args, "reason")
+    account = _optional_arg(args, "account")
+    if account is None:
+        return _string_arg(args, key), False, reason
+    words = " ".join(w for w in (_optional_arg(args, key), reason) if w)
+    return account, True, words or None
 
 
 def _room_field(room: str | None) -> dict[str, str]:
@@ -149,8 +162,10 @@ class AdminCommands:
         return {"rooms": self.hall.room_list()}
 
     def do_kick(self, args: dict, caller: Caller) -> dict:
-        nickname = _string_arg(args, "nickname")
-        reason = _optional_arg(args, "reason") or DEFAULT_KICK_REASON
+        nickname, account, reason = _target(args, "nickname")
+        if account:  # every member logged in to it (a bot's several connections)
+            return self._kick_account(nickname, reason, args, caller)
+        reason = reason or DEFAULT_KICK_REASON
         room = _optional_arg(args, "room")
         try:
             kicked = self.hall.kick(nickname, reason, room)
@@ -173,6 +188,29 @@ class AdminCommands:
         self.log.event("kick", nick=kicked, **_room_field(room), reason=reason,
                        **_by(caller))
         return {"kicked": kicked, **({"room": room.lstrip("#")} if room else {})}
+
+    def _kick_account(self, account: str, reason: str | None, args: dict,
+                      caller: Caller) -> dict:
+        key = nickname_key(account)
+        members = sorted({nick for nick in self.hall.matching(
+            lambda nick, ip, their: their is not None and nickname_key(their) == key)},
+            key=str.casefold)
+        if not members:
+            raise AdminError(errors.NO_SUCH_NICKNAME, f"nobody is logged in to account "
+                             f"{account}")
+        kicked = []
+        for nickname in members:
+            try:
+                done = self.do_kick({**{k: v for k, v in args.items()
+                                        if k not in ("account", "nickname", "reason")},
+                                     "nickname": nickname,
+                                     **({"reason": reason} if reason else {})}, caller)
+            except AdminError:
+                continue  # left meanwhile, or not in that room
+            kicked.append(done["kicked"])
+        room = _optional_arg(args, "room")
+        return {"kicked": ", ".join(kicked), "account": account,
+                **({"room": room.lstrip("#")} if room else {})}
 
     def do_stats(self, args: dict, caller: Caller) -> dict:
         result = self.node_stats()
@@ -213,17 +251,19 @@ class AdminCommands:
         return {"room": room_name, "topic": "" if clear else text}
 
     def do_ban(self, args: dict, caller: Caller) -> dict:
-        target = _string_arg(args, "target")
+        target, account, reason = _target(args, "target")
         duration = _optional_arg(args, "for")
-        reason = _optional_arg(args, "reason") or DEFAULT_BAN_REASON
+        reason = reason or DEFAULT_BAN_REASON
         force = _flag_arg(args, "force")
         bans = self._banlist()
         try:
             made = bans.make(target, parse_duration(duration) if duration else None, reason,
-                             getattr(caller, "uid", -1), force, getattr(caller, "account", ""))
+                             getattr(caller, "uid", -1), force, getattr(caller, "account", ""),
+                             account)
         except BanError as exc:
             _ban_refused(exc)
-        matched = sorted(self.hall.matching(lambda nick, ip: bans.matches(made, nick, ip)),
+        matched = sorted(self.hall.matching(lambda nick, ip, account: bans.matches(
+                             made, nick, ip, account)),
                          key=str.casefold)
         limit = self.hall.config.ban_force_over
         if len(matched) > limit and not force:  # a wide ban never kicks without asking
@@ -235,20 +275,23 @@ class AdminCommands:
             bans.put(made)
         except BanError as exc:
             _ban_refused(exc)
-        self.log.event("ban", target=made.target, until=iso(made.until), reason=reason,
-                       **_by(caller))
+        self.log.event("ban", target=made.target, account_ban="yes" if account else None,
+                       until=iso(made.until), reason=reason, **_by(caller))
         self.broker.publish({"kind": "ban", "ban": dataclasses.asdict(made)})
         self._ban_out(made, caller)  # the other nodes disconnect theirs
-        return {"banned": made.target, "until": iso(made.until), "kicked": matched}
+        return {"banned": made.target, "until": iso(made.until), "kicked": matched,
+                **({"account": True} if account else {})}
 
     def do_unban(self, args: dict, caller: Caller) -> dict:
+        target, account, _ = _target(args, "target")
         try:
-            removed = self._banlist().remove(_string_arg(args, "target"))
+            removed = self._banlist().remove(target, account)
         except BanError as exc:
             _ban_refused(exc)
-        self.log.event("unban", target=removed.target, **_by(caller))
-        self.broker.publish({"kind": "unban", "target": removed.target})
-        return {"unbanned": removed.target}
+        self.log.event("unban", target=removed.target, account_ban="yes" if account else None,
+                       **_by(caller))
+        self.broker.publish({"kind": "unban", "target": removed.target, "account": account})
+        return {"unbanned": removed.target, **({"account": True} if account else {})}
 
     def do_bans(self, args: dict, caller: Caller) -> dict:
         return {"bans": [b.record() for b in self._banlist().all()]}
@@ -334,7 +377,8 @@ class AdminCommands:
     def _ban_out(self, ban: Ban, caller: Caller | ChatCaller | None) -> None:
         """Every member of this node the ban matches leaves at once, told it is a ban."""
         bans = self._banlist()
-        for nickname in self.hall.ban_out(lambda nick, ip: bans.matches(ban, nick, ip),
+        for nickname in self.hall.ban_out(lambda nick, ip, account: bans.matches(
+                ban, nick, ip, account),
                                           ban.reason, ban.how_long()):
             self.log.event("kick", nick=nickname, reason=ban.reason,
                            **(_by(caller) if caller is not None else {}), ban="yes")
@@ -362,9 +406,22 @@ class AdminCommands:
             self._ban_out(ban, None)
         elif kind == "unban" and self.bans is not None:
             try:
-                self.bans.remove(event["target"])
+                self.bans.remove(event["target"], bool(event.get("account")))
             except BanError:
                 return  # not here (added while this node was cut off)
             self.log.event("unban", target=event["target"], node=origin)
         elif kind == "stats":
             self.broker.reply(event["reply"], self.node_stats())
+        elif kind == "account" and self.hall.logins is not None:
+            try:
+                account = from_row(event["account"]) if event["account"] else None
+            except (ValueError, KeyError, TypeError):
+                return
+            self.hall.logins.book.put(account, str(event["key"]))
+            self.log.event("account_sync", account=account.name if account else None,
+                           key=event["key"], node=origin)
+        elif kind == "accounts" and self.hall.logins is not None:  # linked: the cluster's
+            rows = event["rows"] if isinstance(event.get("rows"), list) else []
+            for account in self.hall.logins.book.merge(rows):  # ours, written up
+                self.broker.publish({"kind": "account", "key": account.key,
+                                     "account": row(account)})

@@ -33,6 +33,7 @@ class Spec:
     description: str
     args: tuple[Arg, ...]
     show: Callable[[dict], str]
+    one_of: tuple[str, ...] = ()  # args of which one at least must be given
 
 
 # --- how results print (apart from the transport)
@@ -136,14 +137,16 @@ def show_stats(result: dict) -> str:
 def show_ban(result: dict) -> str:
     until = f"until {result['until']}" if result["until"] else "permanently (until unbanned)"
     kicked = f"; kicked {', '.join(result['kicked'])}" if result["kicked"] else ""
-    return f"banned {result['banned']} {until}{kicked}"
+    what = "account " if result.get("account") else ""
+    return f"banned {what}{result['banned']} {until}{kicked}"
 
 
 def show_bans(result: dict) -> str:
     if not result["bans"]:
         return "no bans"
     return table([("TARGET", "UNTIL", "SINCE", "BY", "REASON")] + [
-        (b["target"], b["until"] or "permanent", b["since"],
+        (f"account {b['target']}" if b.get("account") else b["target"],
+         b["until"] or "permanent", b["since"],
          b.get("by") or f"uid {b['by_uid']}", b["reason"])
         for b in result["bans"]])
 
@@ -164,6 +167,8 @@ def show_say(result: dict) -> str:
 
 def show_kick(result: dict) -> str:
     where = f" from #{result['room']}" if result.get("room") else ""
+    if result.get("account"):
+        where += f" (account {result['account']})"
     return f"kicked {result['kicked']}{where}" \
         + (f" (on node {result['node']})" if result.get("node") else "")
 
@@ -187,11 +192,14 @@ SPECS = {spec.name: spec for spec in (
          (), show_rooms),
     Spec("kick", "disconnect a client, or put it out of a room",
          "Disconnect a client, or with --room put it out of that room alone (a kick from the "
-         "last room it is in disconnects it); it and the room see the reason.",
-         (Arg("nickname", "the client's nickname (case-insensitive)"),
+         "last room it is in disconnects it); it and the room see the reason. With --account "
+         "NAME (and no NICKNAME), every member logged in to that account.",
+         (Arg("nickname", "the client's nickname (case-insensitive)", required=False),
+          Arg("account", "every member logged in to this account", flag="--account",
+              required=False, metavar="NAME"),
           Arg("room", "out of this room only", flag="--room", required=False,
               metavar="ROOM"), REASON),
-         show_kick),
+         show_kick, one_of=("nickname", "account")),
     Spec("stats", "show counters", "Show the daemon's counters (in a cluster, also the "
          "totals of every node, naming any node that did not answer in time).", (),
          show_stats),
@@ -211,7 +219,9 @@ SPECS = {spec.name: spec for spec in (
          "Ban TARGET (an address or network such as 203.0.113.7 or 2001:db8::/32, else a "
          "nickname); every matching client is kicked at once. Kept on disk: bans survive "
          "restarts.",
-         (Arg("target", "address, network or nickname"),
+         (Arg("target", "address, network or nickname", required=False),
+          Arg("account", "ban this account instead: its logins are refused and its members "
+              "kicked (no TARGET)", flag="--account", required=False, metavar="NAME"),
           Arg("for", "how long: 90s, 15m, 2h, 7d (default: until unbanned)", flag="--for",
               required=False, metavar="DURATION"),
           Arg("reason", "shown to the banned client and the room; also as words after the "
@@ -219,9 +229,13 @@ SPECS = {spec.name: spec for spec in (
           Arg("force", "needed for a ban that matches every address (0.0.0.0/0, ::/0), or "
               "that would kick more than ban_force_over members (they are named first)",
               flag="--force", required=False, boolean=True)),
-         show_ban),
-    Spec("unban", "lift a ban", "Lift the ban on TARGET.",
-         (Arg("target", "as it was banned"),), lambda result: f"unbanned {result['unbanned']}"),
+         show_ban, one_of=("target", "account")),
+    Spec("unban", "lift a ban", "Lift the ban on TARGET, or on an account.",
+         (Arg("target", "as it was banned", required=False),
+          Arg("account", "lift the ban on this account (no TARGET)", flag="--account",
+              required=False, metavar="NAME")),
+         lambda result: f"unbanned {'account ' if result.get('account') else ''}"
+                        f"{result['unbanned']}", one_of=("target", "account")),
     Spec("bans", "list the bans", "List the bans in force.", (), show_bans),
     Spec("account", "manage accounts: add, passwd, del, list, role",
          "Accounts own their nicknames (nick_reservation) and carry a role: user, moderator "

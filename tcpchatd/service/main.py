@@ -16,6 +16,7 @@ from typing import Any
 
 from .. import __version__
 from ..chat.accounts import AccountBook, AccountFileError
+from ..chat.accounts import row as account_row
 from ..chat.bans import BanList, BanListError
 from ..chat.broker import BrokerService
 from ..chat.hall import Hall
@@ -321,6 +322,10 @@ class Daemon:
         broker = self.broker = self._broker(log, (resume or {}).get("broker"))
         hall = Hall(config, log, engine.channel, self.bans, broker=broker,
                     logins=Logins(self.accounts, config, log))
+        # a change of an account is the cluster's (Redis keeps the book; the stream tells)
+        self.accounts.on_change = lambda account, removed: broker.publish(
+            {"kind": "account", "key": account.key,
+             "account": None if removed else account_row(account)})
         server = ChatServer(chat_sockets, hall, log, config, engine, error_log=_error_log,
                             tls_listeners=tls_sockets, tls=self.tls)
         self.engine, self.hall, self.server = engine, hall, server
