@@ -57,6 +57,8 @@ class Settings:
     rooms_per_client: int = 1  # client i joins r(i), r(i+1)... of them; a sender sends to
     #                            its rooms in turn
     leave_default: bool = False  # ... and parts the default room once in its own
+    hello_room: bool = False   # ... or goes straight into its first room (a hello frame
+    #                            naming it), never in the default room
 
     def members(self) -> int:
         """Members of the room a message goes to (every client in every room of the run,
@@ -199,7 +201,12 @@ class LoadGenerator:
         while len(buf) - pos >= 10:
             header = bytes(buf[pos:pos + 10])
             if header == b"_nickname_":
-                out += client.name.encode()
+                if self.s.hello_room and self.s.rooms:
+                    hello = json.dumps({"type": "hello", "nickname": client.name,
+                                        "room": f"r{client.index % self.s.rooms}"}).encode()
+                    out += b"%-10d" % len(hello) + hello
+                else:
+                    out += client.name.encode()
                 pos += 10
                 continue
             end = pos + 10 + int(header)
@@ -272,8 +279,11 @@ class LoadGenerator:
             return
         client.rooms = [f"r{(client.index + k) % s.rooms}" for k in range(s.rooms_per_client)]
         requests = [{"type": "request", "id": f"r{n}", "cmd": "join", "room": room}
-                    for n, room in enumerate(client.rooms)]
-        if s.leave_default:
+                    for n, room in enumerate(client.rooms) if not (s.hello_room and n == 0)]
+        if not requests and not s.leave_default:  # in its one room since its hello
+            self._joined(client)
+            return
+        if s.leave_default and not s.hello_room:
             requests.append({"type": "request", "id": "rp", "cmd": "part", "room": "general"})
         client.awaiting = len(requests)
         for request in requests:

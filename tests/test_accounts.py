@@ -308,6 +308,12 @@ def test_tcpchatctl_account_add_list_role_passwd_del(daemon_factory, short_tmp):
     client = RawClient(port)
     assert client.hello(account="ann", password="new one")["role"] == "bot"
     client.close()
+    # the passwords were hashed and checked on threads of their own, at nice 10
+    nice = {}
+    for tid in os.listdir(f"/proc/{d.proc.pid}/task"):
+        with open(f"/proc/{d.proc.pid}/task/{tid}/stat") as fh:
+            nice[tid] = int(fh.read().rsplit(")", 1)[1].split()[16])
+    assert nice[str(d.proc.pid)] == 0 and 10 in nice.values(), nice
     assert run_ctl(path, "account", "del", "ANN").stdout.strip() == "removed account Ann (bot)"
     lines = d.stderr()
     assert "account_add account=Ann role=user uid=" in lines

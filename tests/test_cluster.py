@@ -450,7 +450,7 @@ def test_a_node_starts_without_its_broker_and_joins_when_it_comes(cluster, redis
     wait_for(lambda: linked(b), timeout=10)
     bob = RawClient(port_b)
     bob.join("bob")
-    assert set(bob.names["nicknames"]) == {"alice", "ann", "bob"}  # claimed on return
+    assert set(bob.names["nicknames"]) == {"alice", "ann", "bob"}, a.stderr()[-3000:]
     for client in (alice, ann, bob):
         client.close()
 

@@ -342,6 +342,7 @@ def test_the_terminal_joins_switches_and_counts_unread(daemon_factory):
         term.type("/part dev\r")
         left = ben.read_until(lambda f: f.get("event") == "leave")
         assert left["room"] == "dev" and left["reason"] == "part"
+        term.expect(r"#dev ann left!")  # its own part's answer, shown (then it is out)
         term.type("/room dev\r")
         term.expect(r"you are not in #dev: /join it first")
     finally:
@@ -418,3 +419,38 @@ def test_a_reload_declares_rooms_and_undeclares_them(chat):
     assert [r["room"] for r in h.hall.room_list()] == ["general", "new", "ops"]
     h.hall.config = Config(listen=("127.0.0.1:0",))
     assert [r["room"] for r in h.hall.room_list()] == ["general"]
+
+
+def test_a_hello_may_name_the_first_room_instead_of_the_default_room(chat):
+    h = chat(room_create="anyone")
+    ann = h.client("ann")
+    ben = RawClient(h.port)
+    h.clients.append(ben)
+    joined = ben.hello(nickname="ben", room="#Dev")
+    assert joined["event"] == "join" and joined["room"] == "Dev"
+    names = ben.read()
+    assert names["event"] == "names" and names["room"] == "Dev" and names["nicknames"] == ["ben"]
+    public = ann.say("in general")
+    dev = ben.say("in dev", room="dev")
+    cy = h.client("cy")  # ann's message never reached ben, who is not in general
+    cy.enter("dev")
+    got = ben.read_until(lambda f: f.get("type") == "message" or f.get("event") == "join"
+                         and f.get("nickname") == "cy")
+    assert got["event"] == "join" and got["room"] == "Dev"
+    assert [e["uuid"] for e in h.log.named("message")] == [public, dev]
+    line = [e for e in h.log.named("join") if e["nick"] == "ben"][0]
+    assert line["room"] == "Dev"
+
+
+@pytest.mark.parametrize("room,settings,code", [
+    ("two words", {}, "room_name_invalid"),
+    ("ops", {"room_create": "admin"}, "no_such_room"),
+])
+def test_a_hello_s_room_that_cannot_be_joined_is_refused_and_closed(chat, room, settings,
+                                                                   code):
+    h = chat(**settings)
+    client = RawClient(h.port)
+    h.clients.append(client)
+    assert client.hello(nickname="ben", room=room)["code"] == code
+    assert client.closed()
+    assert len(h.hall) == 0

@@ -275,8 +275,10 @@ class Hall:
 
     # --- membership of the hall
 
-    def join(self, member: Member, nickname: str, settled: Settled) -> None:
-        """Add a member under its nickname, in the default room.
+    def join(self, member: Member, nickname: str, settled: Settled,
+             room_name: str | None = None) -> None:
+        """Add a member under its nickname, in the default room (or in `room_name`, made
+        if it may be: a hello's room).
 
         What the hall can tell at once (a ban, a nickname in use) is raised. The claim
         of the nickname in a cluster takes a round trip to the broker, made off the
@@ -297,11 +299,13 @@ class Hall:
             info["quiet"] = True
         if member.account is not None:
             info["account"], info["role"] = member.account, member.role
+        if room_name is not None:
+            check_room_name(room_name, self._config.max_room_name)  # refused before a claim
         self.broker.claim(nickname, info, lambda claim: settled(
-            self._joined(member, nickname, key, info, claim)))
+            self._joined(member, nickname, key, info, claim, room_name)))
 
     def _joined(self, member: Member, nickname: str, key: str, info: dict,
-                claim: str | None) -> ProtocolError | None:
+                claim: str | None, room_name: str | None = None) -> ProtocolError | None:
         """The join, once the broker has answered for the nickname (claim None: taken)."""
         if claim is None:
             return ProtocolError(errors.NICKNAME_TAKEN, f"nickname {nickname!r} is taken")
@@ -311,7 +315,9 @@ class Hall:
                 return ProtocolError(errors.NICKNAME_TAKEN, f"nickname {nickname!r} is taken")
             try:
                 self._refuse_in_use(member)
-            except ProtocolError as exc:  # the same account, logged in meanwhile
+                room = self.default if room_name is None else \
+                    self._room_to_join(room_name, None, nickname)
+            except ProtocolError as exc:  # the same account logged in meanwhile; the room
                 self.broker.release(nickname, claim)
                 return exc
             self._hold_account(member)
@@ -319,7 +325,6 @@ class Hall:
             member.nickname = nickname
             self._members[key] = member
             account = self._accounts[member] = Standing(claim=claim, key=key)
-            room = self.default
             frames = self._seat(member, account, room, info=info)
         room.channel.notify()
         for frame in frames:
@@ -350,9 +355,9 @@ class Hall:
         frame = protocol.join_frame(member.nickname, room.name)
         # a very large room, a poster or a bot: only the newcomer hears of its join
         alone = silent(member) or room.size() > self._config.announce_joins_max
-        if not alone:  # everyone hears of it, the newcomer too
-            room.channel.publish(frame)
-        frames = [frame] if alone else []
+        if not alone:  # everyone else hears of it in the room's order ...
+            room.channel.publish(frame, member)
+        frames = [frame]  # ... the newcomer at once (a round of notices may wait)
         if member.quiet:  # a poster catches up on nothing (but its request is answered)
             if request_id is not None:
                 frames.append(room.names_frame(self._config.announce_joins_max, request_id))

@@ -218,7 +218,7 @@ class Relay:
                                                 action, room.name)
                     room.history.remember((nickname, stamp, protocol.chat_text(nickname, text)),
                                           hall.config.history)
-                    room.channel.publish(frame)
+                    room.channel.publish(frame, chat=True)  # a chat message: never held
             if frame_uuid in hall.receipts:  # a uuid ours already uses: delivered, untracked
                 recipients = 0
             hall.counters.deliveries += recipients

@@ -37,6 +37,11 @@ from typing import Any, Protocol
 from .broadcastlog import BroadcastLog
 
 LOOP_TICK = 0.5  # the longest a loop sleeps: its heartbeat for the watchdog
+# A round of a channel whose news since its last round are notices alone (joins, leaves,
+# nick changes, topics: no chat message) waits until this long after that round: in a
+# storm of joins a member is sent them together, in one write, instead of one write each
+# (10,000 joins over 100 rooms: 500,000 sends otherwise). A chat message never waits.
+NOTICE_COALESCE = 0.25
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 _PR_SET_NAME = 15
 
@@ -69,7 +74,7 @@ class Client(Protocol):
 
     def writable(self) -> None: ...
 
-    def flush(self) -> None: ...
+    def flush(self, news: list[Channel] | None = None) -> None: ...
 
     def timer(self, now: float) -> float | None: ...
 
@@ -146,6 +151,9 @@ class EventLoop:
         self._timers: list[tuple[float, int, Timer]] = []  # heap
         self._timer_order = itertools.count()
         self.round_end: dict[Channel, int] = {}  # each channel's end at its last round
+        # ... and its count of chat messages then, and when it was (NOTICE_COALESCE)
+        self._round_chats: dict[Channel, tuple[int, float]] = {}
+        self._held: set[Channel] = set()  # channels whose notices wait (any thread reads)
         self.heartbeat = time.monotonic()
         self.thread = threading.Thread(target=self._run, name=f"io loop {index}", daemon=True)
 
@@ -200,7 +208,7 @@ class EventLoop:
 
     def published(self, channel: Channel) -> None:
         """The channel has news: a round for it in the next turn (and a wake-up)."""
-        if channel in self._changed:
+        if channel in self._changed and channel not in self._held:
             # not taken yet (a stale look at a dict the loop just swapped out is safe
             # too: it reads each channel's end after taking them)
             return
@@ -215,6 +223,7 @@ class EventLoop:
         with self._lock:
             self._subscribers.pop(channel, None)
             self._changed.pop(channel, None)
+            self._held.discard(channel)
             self._dropped.append(channel)  # the loop's own round_end: its thread's
 
     def _wake(self) -> None:
@@ -279,10 +288,7 @@ class EventLoop:
                 # each channel's end, then who reads it: a later subscriber starts later;
                 # a channel notified with nothing new since its last round has none (a
                 # join above announce_joins_max publishes nothing, yet notifies)
-                rounds = [(channel, end, self._subscribers.get(channel))
-                          for channel, end in ((channel, channel.log.end)
-                                               for channel in changed)
-                          if end != self.round_end.get(channel)]
+                rounds, held_until = self._rounds(changed, now)
                 subscribers = self._round(rounds)
             for conn in incoming:
                 self.connections.add(conn)
@@ -295,25 +301,31 @@ class EventLoop:
                     self._guard(conn, call)
             for channel in dropped:
                 self.round_end.pop(channel, None)
-            if rounds:  # a broadcast round
+                self._round_chats.pop(channel, None)
+            if rounds:  # a broadcast round: each reads the channels with news
+                news = [channel for channel, _, _, _ in rounds]
                 for conn in subscribers:
                     if not conn.want_write:
-                        self._guard(conn, conn.flush)
-                for channel, end, _ in rounds:
+                        self._guard(conn, conn.flush, news)
+                for channel, end, _, chats in rounds:
                     self.round_end[channel] = end
+                    self._round_chats[channel] = (chats, now)
             for conn in ready:
                 self._guard(conn, conn.flush)
             if rounds or ready:
-                self._settle([channel for channel, _, _ in rounds])
+                self._settle([channel for channel, _, _, _ in rounds])
             self._fire_timers(now)
             with self._lock:
                 self._sleeping = not (self._incoming or self._ready or self._new_timers
-                                      or self._calls or self._changed)
+                                      or self._calls or self._changed.keys() - self._held)
             timeout = 0.0
             if self._sleeping:
                 timeout = LOOP_TICK
                 if self._timers:
-                    timeout = max(0.0, min(timeout, self._timers[0][0] - time.monotonic()))
+                    timeout = min(timeout, self._timers[0][0] - time.monotonic())
+                if held_until is not None:
+                    timeout = min(timeout, held_until - time.monotonic())
+                timeout = max(0.0, timeout)
             try:
                 events = self.selector.select(timeout)
             except InterruptedError:
@@ -334,14 +346,39 @@ class EventLoop:
                 if mask & READ and not conn.closed:
                     self._guard(conn, conn.readable)
 
+    def _rounds(self, changed: dict[Channel, None], now: float,
+                ) -> tuple[list[tuple[Channel, int, dict[Client, None] | None, int]],
+                           float | None]:
+        """Under the loop's lock: (channel, end, its subscribers, its chat count) of each
+        channel with news, and when the first held back (notices alone, a round of it
+        NOTICE_COALESCE ago or less: see there) is due; those stay in _changed."""
+        rounds = []
+        held_until = None
+        self._held.clear()
+        for channel in changed:
+            log = channel.log
+            end, chats = log.end, log.chat_total
+            if end == self.round_end.get(channel):
+                continue
+            last = self._round_chats.get(channel)
+            if last is not None and last[0] == chats and now < last[1] + NOTICE_COALESCE:
+                self._changed[channel] = None
+                self._held.add(channel)
+                due = last[1] + NOTICE_COALESCE
+                held_until = due if held_until is None else min(held_until, due)
+                continue
+            rounds.append((channel, end, self._subscribers.get(channel), chats))
+        return rounds, held_until
+
     @staticmethod
-    def _round(rounds: list[tuple[Channel, int, dict[Client, None] | None]]) -> list[Client]:
+    def _round(rounds: list[tuple[Channel, int, dict[Client, None] | None, int]],
+               ) -> list[Client]:
         """Under the loop's lock: the connections a broadcast round sends to, each once
         however many of its channels have news."""
         if len(rounds) == 1:
             return list(rounds[0][2] or ())
         everyone: dict[Client, None] = {}
-        for _, _, subscribers in rounds:
+        for _, _, subscribers, _ in rounds:
             if subscribers:
                 everyone.update(subscribers)
         return list(everyone)

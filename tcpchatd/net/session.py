@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     Transport = PlainTransport | TlsTransport | MemoryTransport
 
 NICKNAME_ATTEMPTS = 3
+ROOM_REFUSALS = frozenset({errors.ROOM_NAME_INVALID, errors.ROOM_NAME_TAKEN,
+                           errors.NO_SUCH_ROOM, errors.ROOM_LIMIT})
 POST_VARIANTS = 8  # a poster whose name is taken tries NAME-2 ... NAME-9
 LOGGED_NICKNAME = 256  # bytes of a refused nickname the log shows (an attacker's input)
 FLOOD_STRIKES = 3          # dropped messages ...
@@ -136,6 +138,7 @@ class Session:
         self.account: str | None = None  # the account it logged in to (None: a guest)
         self.role = GUEST           # ... and that account's role
         self._variants: Iterator[str] = iter(())  # a poster's next names to try
+        self._first_room: str | None = None  # the hello's room (None: the default room)
         # --- any thread, under _lock
         self._lock = threading.Lock()
         # its own frames, each with the channels' ends when it was queued: what was
@@ -146,6 +149,7 @@ class Session:
         self.subscriptions: dict[Channel, Subscription] = {}  # the rooms' channels it reads
         self._drop_to: dict[Channel, int] | None = None
         self._scheduled = False     # on its loop's ready list
+        self._behind = False        # a send was cut short since every channel was read
         self.joined = False
         self.closing = False        # close() was called: nothing more is queued
         self._abort = False         # ... and nothing more is sent
@@ -372,8 +376,10 @@ class Session:
         self.loop.watch(self)
         self.flush()
 
-    def flush(self) -> None:
-        """Send what is due in one non-blocking send; shut down once a close is done."""
+    def flush(self, news: list[Channel] | None = None) -> None:
+        """Send what is due in one non-blocking send; shut down once a close is done.
+        `news`: a broadcast round's channels, the only ones with broadcasts it was not
+        sent yet (unless it is behind: see _collect)."""
         if self.state == CLOSED:
             return
         if self.state == TLS_HANDSHAKE:  # nothing is sent before the handshake is done
@@ -387,7 +393,7 @@ class Session:
             elif self.want_write:
                 data = b""
             else:
-                data = self._collect()
+                data = self._collect(None if self._behind else news)
         if data is None:
             self.release()
             return
@@ -403,6 +409,7 @@ class Session:
             if sent < len(data):
                 self.partial = data[sent:]
                 self.want_write = True
+                self._behind = True  # rounds pass it by: the next flush reads every channel
                 if self.stalled_since is None and self.config.stall_timeout:
                     self.stalled_since = time.monotonic()
                     self._at(self.stalled_since + self.config.stall_timeout)
@@ -431,9 +438,16 @@ class Session:
                   for channel, sub in subscriptions)
         return due + self.private_bytes + len(self.partial)
 
-    def _collect(self) -> bytes:
-        """Under the lock: the bytes due now, in order; moves the cursors past them."""
+    def _collect(self, news: list[Channel] | None = None) -> bytes:
+        """Under the lock: the bytes due now, in order; moves the cursors past them.
+
+        With `news` (a round's channels) only those are read: every other channel was
+        read to its end by the last flush, and anything published to it since brings a
+        round of its own. A client in many rooms thus costs a round what one room does.
+        Without (a private frame, a writable socket, a session behind), every channel."""
         subscriptions = self.subscriptions
+        if news is None:
+            self._behind = False
         if self._drop_to is not None:  # disconnected for not reading: skip the backlog,
             # but finish the frame the kernel took a part of (a cut frame would corrupt
             # the stream before the final notice)
@@ -452,7 +466,10 @@ class Session:
         self._private.clear()
         self.private_bytes = 0
         finished = []
-        for channel, sub in subscriptions.items():
+        reading = subscriptions.items() if news is None else \
+            [(channel, sub) for channel in news
+             if (sub := subscriptions.get(channel)) is not None]
+        for channel, sub in reading:
             log = channel.log
             end = log.end
             if sub.cursor >= end:  # (most of a client's rooms have no news in a turn)
@@ -587,6 +604,7 @@ class Session:
             self.close("error", protocol.error_frame(exc.code, exc.message))
             return
         self.quiet = hello.mode == "post"  # it joins and leaves without notices
+        self._first_room = hello.room
         if self.quiet and nickname:
             self._use_variants(nickname)
         if hello.account is None:
@@ -665,7 +683,7 @@ class Session:
                 self._joining = (shown, False, None)
             self.state = JOINING
             self.loop.watch(self)  # nothing more is read until the claim is settled
-            self.hall.join(self, nickname, self._join_settled)
+            self.hall.join(self, nickname, self._join_settled, self._first_room)
         except ProtocolError as exc:  # refused at once: no claim was asked for
             with self._lock:
                 self._joining = None
@@ -716,6 +734,10 @@ class Session:
 
     def _nickname_refused(self, shown: str, exc: ProtocolError) -> None:
         self.nickname = ""
+        if exc.code in ROOM_REFUSALS:  # the hello's room: no other nickname helps
+            self.log.event("refused", addr=self.address, nick=shown, code=exc.code)
+            self.close("error", protocol.error_frame(exc.code, exc.message))
+            return
         self.log.event("nick_rejected", addr=self.address, nick=shown, code=exc.code)
         if self.quiet or self.role == "bot":  # the next free variant of its name, or the
             #                                   refusal
@@ -1018,6 +1040,7 @@ class Session:
     def restore(self, record: dict) -> None:
         """Take the state of a record (before any loop adopts this connection)."""
         now = time.monotonic()
+        self._behind = True  # what it was due in every room: its first flush reads them all
         self.nickname = record["nickname"] or ""
         self.joined = record["joined"]
         self.connected = record["connected"]

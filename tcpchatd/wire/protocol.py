@@ -326,7 +326,8 @@ def take_nickname(data: bytes) -> tuple[bytes, bytes]:
 # leaves without notices, is listed in no `names`, takes the first free of N, N-2 ... N-9,
 # and each of its messages is answered at once with `accepted`. Mode `chat` (the default):
 # as the raw nickname. With `account` (and its password) the client logs in before it
-# joins: the nickname may then be the account's own (the default when none is given). A
+# joins: the nickname may then be the account's own (the default when none is given).
+# With `room` its first room is that one (made if it may be), not the default room. A
 # client sends it only to a server it knows to be tcpchatd: the original server would
 # take it for a nickname.
 
@@ -339,6 +340,7 @@ class Hello:
     mode: str
     account: str | None = None
     password: str | None = None
+    room: str | None = None  # its first room, in place of the default room
 
     def __repr__(self) -> str:  # never the password
         return f"Hello(nickname={self.nickname!r}, mode={self.mode!r}, account={self.account!r})"
@@ -354,14 +356,16 @@ def looks_like_a_frame(data: bytes) -> bool:
 def parse_hello(body: bytes, max_depth: int = MAX_JSON_DEPTH) -> Hello:
     obj = decode(body, max_depth)
     nickname, mode = obj.get("nickname"), obj.get("mode", "chat")
-    account, password = obj.get("account"), obj.get("password")
+    account, password, room = obj.get("account"), obj.get("password"), obj.get("room")
     if obj.get("type") != "hello" or mode not in HELLO_MODES or \
-            not all(v is None or isinstance(v, str) for v in (nickname, account, password)) \
+            not all(v is None or isinstance(v, str)
+                    for v in (nickname, account, password, room)) \
             or nickname is None and account is None:
         raise ProtocolError(errors.BAD_HELLO, "expected a nickname, or a frame "
                             '{"type":"hello","nickname":NICK,"mode":"post"|"chat"} (with '
                             '"account":NAME,"password":PASSWORD to log in)')
-    return Hello(nickname, mode, account, password or "" if account is not None else None)
+    return Hello(nickname, mode, account, password or "" if account is not None else None,
+                 room or None)
 
 
 def accepted_frame(frame_uuid: str, recipients: int) -> bytes:
