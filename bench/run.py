@@ -13,6 +13,7 @@ import sys
 import time
 
 from .cluster import cluster_comparison, cluster_text
+from .history import history_comparison, history_text
 from .logins import logins_comparison, logins_text
 from .loadgen import CONNECTS_IN_FLIGHT, IRC_SERVER_MASK, LoadGenerator, Settings
 from .servers import GroupStats, Ngircd, Tcpchatd, raise_fd_limit
@@ -640,6 +641,14 @@ def main(argv=None) -> int:
     rooms.add_argument("--window", type=int, default=20)
     rooms.add_argument("--repeats", type=int, default=3)
     rooms.add_argument("--scale-clients", type=int, default=10_000)
+    hist = commands.add_parser("history", help="CPU per delivery with the lasting history "
+                               "on and off, its writer, searches over 1,000,000 messages; "
+                               "rewrites BENCHMARKS.md's section")
+    hist.add_argument("--duration", type=float, default=5.0)
+    hist.add_argument("--window", type=int, default=20)
+    hist.add_argument("--repeats", type=int, default=3)
+    hist.add_argument("--messages", type=int, default=1_000_000)
+    hist.add_argument("--searches", type=int, default=20)
     logins = commands.add_parser("logins", help="a pair's latency alone and beside 20 "
                                  "logins a second; rewrites BENCHMARKS.md's section")
     logins.add_argument("--duration", type=float, default=5.0)
@@ -655,6 +664,11 @@ def main(argv=None) -> int:
         raise_fd_limit()
         replace_section("Two nodes through Redis", cluster_text(
             cluster_comparison(args, measure_running, print)))
+        return 0
+    if args.cmd == "history":
+        raise_fd_limit()
+        replace_section("History of messages", history_text(
+            history_comparison(args, compare, print), measured))
         return 0
     if args.cmd == "logins":
         replace_section("Logins", logins_text(logins_comparison(args, measure_running, print),

@@ -185,7 +185,10 @@ class Tcpchatd(Server):
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tcpchatd", "--listen", f"127.0.0.1:{self.port}",
              "--admin-socket", os.path.join(self.dir, "admin.sock"), "--flood-rate", "0",
-             "--log-target", "stderr", *self.extra],
+             "--log-target", "stderr",
+             # its own state (bans, accounts, history), never the machine's
+             *(() if "--state-dir" in self.extra else
+               ("--state-dir", os.path.join(self.dir, "state"))), *self.extra],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_listening(self.port, self.proc)
         return self

@@ -24,6 +24,7 @@ from rawclient import RawClient  # noqa: E402
 from tcpchatd.service.config import Config  # noqa: E402
 from tcpchatd.chat.hall import Hall  # noqa: E402
 from tcpchatd.chat.logins import Logins  # noqa: E402
+from tcpchatd.store.history import HistoryStore  # noqa: E402
 from tcpchatd.cluster.local import LocalBroker  # noqa: E402
 from tcpchatd.net.listeners import ChatServer, bind_listener  # noqa: E402
 from tcpchatd.net.engine import Engine  # noqa: E402
@@ -83,18 +84,25 @@ class ChatHandle:
 def chat():
     """make(**settings) -> a running in-process server (hall, accept loops, ticker)."""
     handles: list[ChatHandle] = []
+    stores: list = []
     stop = threading.Event()
 
-    def make(accounts=None, bans=None, **settings) -> ChatHandle:
-        """`accounts`: an AccountBook (the hall then checks logins and reservations)."""
+    def make(accounts=None, bans=None, history_dir=None, **settings) -> ChatHandle:
+        """`accounts`: an AccountBook (the hall then checks logins and reservations);
+        `history_dir`: a folder for the lasting history (store/history.py)."""
         config = Config(listen=("127.0.0.1:0",), **settings)
         log = RecordingLog()
         listener = bind_listener("127.0.0.1", 0)
         handle = ChatHandle(None, None, log, listener.getsockname()[1])
         engine = Engine(config.io_threads, error_log=handle.tracebacks.append)
         logins = Logins(accounts, config, log) if accounts is not None else None
+        store = None
+        if history_dir is not None:
+            store = HistoryStore(history_dir, log, config.history_days, config.history_max)
+            store.open()
+            stores.append(store)
         hall = handle.hall = Hall(config, log, engine.channel, bans, broker=LocalBroker(),
-                                  logins=logins)
+                                  logins=logins, history=store)
         server = ChatServer([listener], hall, log, config, engine,
                             error_log=handle.tracebacks.append)
         handle.server = server
@@ -117,6 +125,8 @@ def chat():
         handle.server.engine.stop()
         handle.server.close_listeners()
         assert handle.tracebacks == [], "a handler thread died with a traceback"
+    for store in stores:
+        store.close()
 
 
 @pytest.fixture

@@ -875,3 +875,30 @@ def test_every_node_knows_every_account(cluster, short_tmp):
     wait_for(lambda: len(log_lines(b, "account_sync")) == 3, timeout=10)
     gone = RawClient(port_b)
     assert gone.hello(account="ann", password="ann pass")["code"] == "login_failed"
+
+
+def test_every_node_keeps_the_history_of_its_rooms_from_the_stream(cluster, short_tmp):
+    """Issue 27: a message is written by each node that serves its room (once: its uuid),
+    and a node started later fills its history from the stream."""
+    from test_history import answer, rows
+    states = {name: os.path.join(short_tmp, f"h-{name}") for name in "abc"}
+    a, port_a = cluster("a", "--state-dir", states["a"])
+    b, port_b = cluster("b", "--state-dir", states["b"])
+    wait_for(lambda: linked(a) and linked(b), timeout=10)
+    alice, bob = RawClient(port_a), RawClient(port_b)
+    alice.join("alice")
+    bob.join("bob")
+    read_event(alice, "join", nickname="bob")
+    sent = [bob.say(f"note {n}") for n in range(5)]
+    for frame_uuid in sent:
+        alice.read_until(lambda f, u=frame_uuid: f.get("uuid") == u)
+    for name in "ab":
+        assert wait_for(lambda n=name: [r[0] for r in rows(states[n])] == sent, timeout=10)
+    c, port_c = cluster("c", "--state-dir", states["c"])
+    wait_for(lambda: linked(c), timeout=10)
+    assert wait_for(lambda: [r[0] for r in rows(states["c"])] == sent, timeout=10)
+    cy = RawClient(port_c)
+    cy.join("cy")
+    page = answer(cy, "history", limit=10)
+    assert [m["uuid"] for m in page["messages"]] == sent
+    assert page["messages"][0]["message"] == "bob: note 0"

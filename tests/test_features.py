@@ -8,7 +8,8 @@ import pytest
 from rawclient import PROMPT, frame, untimed
 from test_wire import error_of
 
-FEATURES = ["request", "private", "history", "nick", "action", "rooms", "accounts"]
+FEATURES = ["request", "private", "history", "nick", "action", "rooms", "accounts",
+            "scrollback"]
 
 
 def request(client, cmd, request_id=1, **fields):
@@ -30,7 +31,8 @@ def test_a_joiner_sees_its_join_then_who_is_here_then_the_history(chat):
                      "message": "In the room: ann, ben, cy (3)"}
     stamp = history["messages"][0]["time"]
     assert history == {"type": "system", "event": "history", "room": "general",
-                       "messages": [{"nickname": "ann", "time": stamp, "message": "ann: hello"}],
+                       "messages": [{"nickname": "ann", "time": stamp, "message": "ann: hello",
+                                     "uuid": u}],
                        "message": f"-- 1 earlier message --\n[{stamp[11:16]}] ann: hello"}
 
 
@@ -148,7 +150,7 @@ def test_action_is_forwarded_as_an_action(chat):
 
 def test_history_keeps_the_newest_within_its_bytes_and_can_be_off(chat):
     import json
-    for limit, expected in ((16384, 3), (330, 1)):
+    for limit, expected in ((16384, 3), (400, 1)):  # (an entry carries its uuid)
         h = chat(history=3, history_bytes=limit)
         ann, ben = h.client("ann"), h.client("ben")
         for i in range(5):

@@ -259,14 +259,18 @@ def test_every_stats_counter_after_a_scripted_session(running):
     wait_for(lambda: d.stderr().count("undelivered uuid=") == 2002, timeout=30)
     reached_stuck = len(re.findall(r"^message nick=r3 .* recipients=1 ", d.stderr(), re.M))
     assert 0 < reached_stuck < 2000
-    stats = json.loads(ctl(path, "stats", "--json").stdout)
+    # every public message is in the lasting history once its writer has had it
+    stats = wait_for(lambda: (lambda st: st if st["history_written"] == 2004 else None)(
+        json.loads(ctl(path, "stats", "--json").stdout)), timeout=30)
     del stats["uptime_s"], stats["version"]
     deliveries = 3 + 3 + 3 + reached_stuck
     assert stats == {"clients": 1, "messages": 2004, "deliveries": deliveries,
                      "confirms": 4, "undelivered": 2002, "send_queue_disconnects": 1,
                      "log_dropped": 0, "upgrades": 0, "rooms": {"general": {
                          "members": 1, "messages": 2004, "deliveries": deliveries,
-                         "undelivered": 2002}}}
+                         "undelivered": 2002}},
+                     "history_written": 2004, "history_errors": 0, "history_dropped": 0,
+                     "history_queue": 0}
 
 
 def test_a_reload_that_changes_the_listen_address_says_it_needs_a_restart(daemon_factory,

@@ -14,7 +14,7 @@ ALLOWED = {
     "store": {"wire"},  # files that last, written atomically
     "chat": {"wire", "store"},
     "net": {"chat", "wire"},
-    "control": {"chat", "wire"},
+    "control": {"chat", "store", "wire"},  # the history it shows (store/history.py)
     "cluster": {"chat", "wire"},  # implements the broker interface chat/ defines
     "service": {"net", "chat", "control", "cluster", "wire", "store", "cli"},  # docs.py reads the CLIs' parsers
     # the commands: never the daemon's settings (nor its log writer), net or chat

@@ -25,10 +25,13 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ..store.history import HistoryError, HistoryStore, Kept, parse_time
 from ..wire import errors, protocol
 from ..wire.errors import ProtocolError
 from ..wire.nicknames import check_room_name, nickname_key, room_key, same_spelling
@@ -116,6 +119,12 @@ class HallSettings(Protocol):
     def max_room_name(self) -> int: ...
     @property
     def max_topic(self) -> int: ...
+    @property
+    def history_private(self) -> bool: ...
+    @property
+    def history_page(self) -> int: ...
+    @property
+    def search_results(self) -> int: ...
 
 
 class Moderation(Protocol):
@@ -165,8 +174,10 @@ class Hall:
 
     def __init__(self, config: HallSettings, log: EventLog,
                  channel: Callable[[], Channel], bans: BanList | None = None, *,
-                 broker: Broker, logins: Logins | None = None) -> None:
+                 broker: Broker, logins: Logins | None = None,
+                 history: HistoryStore | None = None) -> None:
         self.log = log
+        self.history_store = history  # what lasts of the rooms' messages (store/history.py)
         self.logins = logins  # the accounts, when the daemon keeps them
         self.moderation: Moderation | None = None  # a moderator's acts (the admin side's)
         self.new_channel = channel  # a new room's channel (the engine's)
@@ -183,7 +194,7 @@ class Hall:
         self._departed: dict[Member, Standing] = {}
         self.receipts = Receipts()
         # a starting node's history of rooms that are not open here yet (seed_history)
-        self._seeds: dict[str, list[tuple[str, str, str]]] = {}
+        self._seeds: dict[str, list[tuple[str, ...]]] = {}
         self._config = config
         self.default = self._declare(config)
 
@@ -750,8 +761,10 @@ class Hall:
                            action="yes" if action else None, text=text)
             if room is not None:
                 room.history.remember((sender.nickname, stamp,
-                                       protocol.chat_text(sender.nickname, text)),
+                                       protocol.chat_text(sender.nickname, text), frame_uuid),
                                       self._config.history)
+            if room is not None or self._config.history_private:
+                self.keep(frame_uuid, room, sender.nickname, sender.account, text, action)
             if recipients or nodes:
                 waiting = {target} if target is not None else \
                     set(room.listeners.values()) if room is not None else set()
@@ -990,14 +1003,88 @@ class Hall:
             if account is not None:
                 account.claim = token
 
-    def seed_history(self, entries: list[tuple[str | None, str, str, str]]) -> None:
-        """The stream's last public messages (room, nickname, time, text), for a node that
-        starts empty."""
+    def keep(self, frame_uuid: str, room: Room | None, nickname: str, account: str | None,
+             text: str, action: bool = False, kind: str | None = None,
+             at: float | None = None) -> None:
+        """A message for the lasting history (its writer's queue: never waits)."""
+        store = self.history_store
+        if store is None:
+            return
+        prefix = nickname + ": "
+        store.put(Kept(frame_uuid, room.key if room is not None else None,
+                       room.name if room is not None else None, nickname,
+                       nickname_key(nickname), nickname_key(account) if account else None,
+                       at or time.time(),
+                       text[len(prefix):] if text.startswith(prefix) else text,
+                       kind or ("action" if action else "message")))
+
+    def scroll(self, member: Member, room_name: str | None, before: str | None,
+               limit: int | None, request_id: Any) -> None:
+        """A page of a room's lasting history for a member of it, delivered to it when
+        the reader has it (a `history` frame with the request's id, `more` when older
+        messages remain)."""
+        room, store = self._readable(member, room_name, request_id)
+        config = self._config
+        future = store.page(room.key, before, min(limit or config.history_page,
+                                                  config.history_page))
+
+        def done(future: Future) -> None:
+            try:
+                kept, more = future.result()
+            except HistoryError as exc:
+                member.deliver(protocol.error_frame(errors.HISTORY_FAILED, str(exc),
+                                                    request_id=request_id))
+                return
+            member.deliver(protocol.page_frame("history", room.name, [k.shown() for k in kept],
+                                               request_id, config.history_bytes, more))
+        future.add_done_callback(done)
+
+    def search(self, member: Member, room_name: str | None, words: str, raw: bool,
+               limit: int | None, request_id: Any) -> None:
+        """Search a room the member is in; its matches (newest first) delivered to it."""
+        room, store = self._readable(member, room_name, request_id)
+        config = self._config
+        future = store.search(room.key, words, min(limit or config.search_results,
+                                                   config.search_results), raw)
+
+        def done(future: Future) -> None:
+            try:
+                kept = future.result()
+            except HistoryError as exc:
+                member.deliver(protocol.error_frame(errors.HISTORY_FAILED, str(exc),
+                                                    request_id=request_id))
+                return
+            member.deliver(protocol.page_frame("search", room.name, [k.shown() for k in kept],
+                                               request_id, config.history_bytes))
+        future.add_done_callback(done)
+
+    def _readable(self, member: Member, room_name: str | None,
+                  request_id: Any) -> tuple[Room, HistoryStore]:
+        """The room named (None: the default room) and the store, for a member of it."""
+        if self.history_store is None:
+            raise ProtocolError(errors.HISTORY_OFF, "this server keeps no history",
+                                request_id=request_id)
         with self.lock:
-            by_room: dict[Room, list[tuple[str, str, str]]] = {}
-            for room_name, nickname, stamp, text in entries:
-                entry = (nickname, stamp, protocol.chat_text(nickname, text))
+            room = self._existing(room_name, request_id)
+            standing = self._accounts.get(member)
+            if standing is None or room not in standing.rooms:
+                raise ProtocolError(errors.NOT_IN_ROOM, f"you are not in #{room.name}",
+                                    request_id=request_id)
+        return room, self.history_store
+
+    def seed_history(self, entries: list[tuple[Any, ...]]) -> None:
+        """The stream's last public messages (room, nickname, time, text, uuid), for a
+        node that starts empty; the lasting history keeps those of its rooms (a uuid it
+        has is not written twice)."""
+        with self.lock:
+            by_room: dict[Room, list[tuple[str, ...]]] = {}
+            for room_name, nickname, stamp, text, *rest in entries:
+                frame_uuid = rest[0] if rest and isinstance(rest[0], str) else None
+                entry = (nickname, stamp, protocol.chat_text(nickname, text),
+                         *((frame_uuid,) if frame_uuid else ()))
                 room = self.default if room_name is None else self.room_named(room_name)
+                if room is not None and frame_uuid:
+                    self.keep(frame_uuid, room, nickname, None, text, at=parse_time(stamp))
                 if room is not None:
                     by_room.setdefault(room, []).append(entry)
                 elif isinstance(room_name, str):  # kept for when the room opens here
@@ -1086,6 +1173,7 @@ class Hall:
             room.channel.publish(protocol.announce_frame(text, room.name))
             self.broker.publish({"kind": "announce", "text": text, "room": room.name})
             reached = room.size()
+            self.keep(str(uuid.uuid4()), room, "operator", None, text, kind="announcement")
         room.channel.notify()
         return reached
 

@@ -11,7 +11,8 @@ from collections import deque
 
 from ..wire import protocol
 
-Entry = tuple[str, str, str]  # (nickname, time, text as recipients saw it)
+# (nickname, time, text as recipients saw it[, uuid]): seeds from the stream have no uuid
+Entry = tuple[str, ...]
 
 
 class History:
@@ -52,5 +53,5 @@ class History:
         return [list(entry) for entry in self._entries]
 
     def restore(self, rows: list) -> None:
-        self._entries = deque((row[0], row[1], row[2]) for row in rows)
+        self._entries = deque(tuple(row) for row in rows)
         self._frame = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..wire import protocol
 from ..wire.nicknames import nickname_key
@@ -216,8 +216,12 @@ class Relay:
                 if room is not None:
                     frame = protocol.chat_frame(frame_uuid, nickname, text, stamp, None,
                                                 action, room.name)
-                    room.history.remember((nickname, stamp, protocol.chat_text(nickname, text)),
-                                          hall.config.history)
+                    room.history.remember((nickname, stamp, protocol.chat_text(nickname, text),
+                                           frame_uuid), hall.config.history)
+                    known = self._members.get(nickname_key(nickname))  # (its uuid is
+                    hall.keep(frame_uuid, room, nickname,                # unique: a replay
+                              known.account if known is not None else None,  # writes nothing)
+                              text, action)
                     room.channel.publish(frame, chat=True)  # a chat message: never held
             if frame_uuid in hall.receipts:  # a uuid ours already uses: delivered, untracked
                 recipients = 0
@@ -315,7 +319,7 @@ class Relay:
     def set_claim(self, member: Member, token: str) -> None:
         self.hall.set_claim(member, token)
 
-    def seed_history(self, entries: list[tuple[str | None, str, str, str]]) -> None:
+    def seed_history(self, entries: list[tuple[Any, ...]]) -> None:
         self.hall.seed_history(entries)
 
     def disconnect(self, member: Member, reason: str, notice: bytes,

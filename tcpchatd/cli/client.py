@@ -188,6 +188,7 @@ def run_pipe(args: argparse.Namespace) -> int:
         print("tcpchat-client: --nick (or --account) is needed when stdin is not a terminal",
               file=sys.stderr)
         return EXIT_USAGE
+    conn: Connection | None = None
     try:
         conn = connect_and_join(args, args.nick)
         room = conn.enter(args.room) if args.room else None
@@ -296,6 +297,35 @@ def run_post(args: argparse.Namespace, lines: Iterable[str]) -> int:
     return EXIT_OK if results and all(results) else EXIT_FAILED
 
 
+def run_search(args: argparse.Namespace) -> int:
+    """Print the matches of --search WORDS in --room (or the default room), newest first,
+    one line each (`TIME NICK: text`); exit 0, or 1 with the server's reason."""
+    try:
+        conn = connect_and_join(args, args.nick)
+        room = conn.enter(args.room) if args.room else None
+        conn.request("search", words=args.search, **({"room": room} if room else {}))
+        while True:
+            frame = conn.next()
+            if isinstance(frame, dict) and frame.get("id") == "search":
+                break
+    except ServerGone as exc:
+        print(f"tcpchat-client: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    finally:
+        if conn is not None:
+            conn.close()
+    if frame.get("event") != "search":
+        print(f"tcpchat-client: {frame.get('message', 'the search failed')}", file=sys.stderr)
+        return EXIT_FAILED
+    for match in frame.get("messages") or ():
+        try:
+            print(f"{match.get('time')} {match.get('message')}", flush=True)
+        except BrokenPipeError:
+            reader_left()
+            break
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tcpchat-client", description="Chat client for tcpchatd (and the original "
@@ -338,6 +368,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "the conversation: no join or leave notices, a free variant of the "
                         "name if it is taken (NICK-2 ...), exit 0 once the server has taken "
                         "every message (tcpchatd only; for scripts and CI)")
+    parser.add_argument("--search", metavar="WORDS",
+                        help="print the messages of --room (default: the server's default "
+                        "room) that hold all of WORDS, newest first, and exit (tcpchatd "
+                        "with a lasting history)")
     parser.add_argument("--require-delivery", action="store_true",
                         help="with --post: exit 0 only once every message reached someone "
                         "who confirmed it")
@@ -379,6 +413,11 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(f"tcpchat-client: {exc}", file=sys.stderr)
             return EXIT_USAGE
+    if args.search:
+        if not args.nick and not args.account:
+            print("tcpchat-client: --search needs --nick (or --account)", file=sys.stderr)
+            return EXIT_USAGE
+        return run_search(args)
     if args.post:
         if not args.nick and not args.account:
             print("tcpchat-client: --post needs --nick (or --account)", file=sys.stderr)

@@ -176,6 +176,17 @@ def history(frame: dict, own: str | None, room: str | None = None) -> list[Fragm
     return blocks
 
 
+def search(frame: dict, own: str | None) -> list[Fragments]:
+    """A search's matches, newest first, each with its time."""
+    entries = [e for e in frame.get("messages") or () if isinstance(e, dict)]
+    room = frame.get("room")
+    where = f" in #{visible(room)}" if isinstance(room, str) else ""
+    blocks = [[(NOTICE_STYLE, f"-- {len(entries)} match{'' if len(entries) == 1 else 'es'}"
+                              f"{where} --")]]
+    blocks += [message({"type": "message", **entry}, own) for entry in entries]
+    return blocks
+
+
 def rooms(listed: list, mine: Iterable[str]) -> list[Fragments]:
     """The server's rooms: `#dev  3 members  topic`, those one is in marked `*`."""
     mine = set(mine)

@@ -15,7 +15,9 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from prompt_toolkit import PromptSession, print_formatted_text
 from prompt_toolkit.completion import Completer, Completion
@@ -46,6 +48,8 @@ HELP = """commands:
   /room [ROOM]      talk in ROOM from now on (one you are in); alone: your rooms
   /rooms            every room of the server
   /topic [TEXT]     this room's topic; with TEXT, set it
+  /history [N]      N earlier messages of this room (Page Up: the next page back)
+  /search WORDS     this room's messages with all of WORDS, newest first
   /login ACCOUNT    log in to ACCOUNT (the password is asked, not shown)
   /kick NICK [WHY]  put NICK out of this room (moderators)
   /ban TARGET [DURATION] [WHY]  ban a nickname or address: 90s, 15m, 2h, 7d, or until
@@ -57,13 +61,15 @@ Lines go to the room the prompt shows; messages of your other rooms are marked w
 theirs, and the status line counts those you have not seen there. Tab completes
 nicknames."""
 USAGE = {"/me": "/me TEXT", "/msg": "/msg NICK TEXT", "/nick": "/nick NEW",
-         "/join": "/join ROOM", "/login": "/login ACCOUNT", "/kick": "/kick NICK [REASON]",
+         "/join": "/join ROOM", "/login": "/login ACCOUNT", "/search": "/search WORDS",
+         "/history": "/history [N]", "/kick": "/kick NICK [REASON]",
          "/ban": "/ban TARGET [DURATION] [REASON]", "/unban": "/unban TARGET"}
 DURATION = re.compile(r"[1-9][0-9]*[smhd]\Z")
 # the commands that need the server's support, by the feature its names frame announces
 NEEDS = {"/who": "request", "/msg": "private", "/nick": "nick", "/join": "rooms",
          "/part": "rooms", "/room": "rooms", "/rooms": "rooms", "/topic": "rooms",
-         "/login": "accounts", "/kick": "accounts", "/ban": "accounts", "/unban": "accounts"}
+         "/login": "accounts", "/kick": "accounts", "/ban": "accounts", "/unban": "accounts",
+         "/history": "scrollback", "/search": "scrollback"}
 QUIT_GRACE = 2.0  # seconds /quit TEXT waits for TEXT to go out
 
 
@@ -77,7 +83,7 @@ class Outgoing:
     nickname: str | None = None
     room: str | None = None
     topic: str | None = None
-    fields: dict[str, str] = field(default_factory=dict)  # a request's other fields
+    fields: dict[str, Any] = field(default_factory=dict)  # a request's other fields
 
 
 class NoticeShown(ServerGone):
@@ -119,6 +125,7 @@ class Terminal:
         # messages not seen in each other room
         self.current = next(iter(conn.rooms), "")
         self.unread: dict[str, int] = {}
+        self.oldest: dict[str, str] = {}  # room -> its oldest message shown (uuid or time)
 
     # --- rooms
 
@@ -237,13 +244,38 @@ class Terminal:
                 self.session.output.bell()
                 self.session.output.flush()
         elif kind == "system" and event == "history":
+            self._oldest_seen(frame)
             for block in render.history(frame, self.conn.nickname, self._elsewhere(frame)):
+                self.show(block)
+            if frame.get("more") is False:
+                self.say("(the beginning of the room's history)")
+        elif kind == "system" and event == "search":
+            for block in render.search(frame, self.conn.nickname):
                 self.show(block)
         elif kind == "system" and event == "rooms" and isinstance(frame.get("rooms"), list):
             for block in render.rooms(frame["rooms"], self.conn.rooms):
                 self.show(block)
         elif kind == "system" and event != "undelivered":
             self.show(render.notice(frame, self._elsewhere(frame)))
+
+    def _oldest_seen(self, frame: dict) -> None:
+        """Where the next page back begins in the frame's room: its oldest message's
+        uuid, else its time (the join's history frame carries no uuids)."""
+        entries = frame.get("messages")
+        room = frame["room"] if isinstance(frame.get("room"), str) else self.current
+        if isinstance(entries, list) and entries and isinstance(entries[0], dict):
+            first = entries[0]
+            mark = first.get("uuid") or first.get("time")
+            if isinstance(mark, str):
+                self.oldest[room] = mark
+
+    def page_back(self, count: int | None = None) -> None:
+        """The page of the current room's history before the oldest message shown."""
+        fields: dict[str, Any] = {"before": self.oldest[self.current]} \
+            if self.current in self.oldest else {}
+        if count:
+            fields["limit"] = count
+        self.outbox.put(Outgoing(request="history", room=self.current or None, fields=fields))
 
     def _elsewhere(self, frame: dict) -> str | None:
         """The room a frame is from, when it is not the current one (shown with it)."""
@@ -384,6 +416,11 @@ class Terminal:
             self.outbox.put(Outgoing(message, to=nickname))
         elif word == "/nick" and rest and " " not in rest:
             self.outbox.put(Outgoing(request="nick", nickname=rest))
+        elif word == "/history" and (not rest or rest.isdigit() and int(rest) > 0):
+            self.page_back(int(rest) if rest else None)
+        elif word == "/search" and rest:
+            self.outbox.put(Outgoing(request="search", room=self.current or None,
+                                     fields={"words": rest}))
         elif word == "/login" and rest and " " not in rest:
             password = self.session.prompt(f"password for {rest}: ", is_password=True)
             self.outbox.put(Outgoing(request="login", fields={"account": rest,
@@ -411,9 +448,14 @@ class Terminal:
         return False
 
 
-def key_bindings() -> KeyBindings:
-    """Alt+Enter (Esc then Enter) adds a new line to the message; Enter sends it."""
+def key_bindings(page_up: Callable[[], None] = lambda: None) -> KeyBindings:
+    """Alt+Enter (Esc then Enter) adds a new line to the message; Enter sends it; Page Up
+    asks for the page of history before what is shown."""
     bindings = KeyBindings()
+
+    @bindings.add("pageup")
+    def _page_up(event) -> None:
+        page_up()
 
     @bindings.add("escape", "enter")
     def _new_line(event) -> None:
@@ -427,7 +469,9 @@ def colour_wanted() -> bool:
 
 
 def run_interactive(args: argparse.Namespace) -> int:
-    session: PromptSession = PromptSession(key_bindings=key_bindings())
+    shown: list[Terminal] = []  # the terminal, once there is one (Page Up before: nothing)
+    session: PromptSession = PromptSession(key_bindings=key_bindings(
+        lambda: shown[0].page_back() if shown else None))
     first = [None if args.account else args.nick]  # (an account's: see join_interactively)
 
     def ask() -> str:
@@ -461,6 +505,7 @@ def run_interactive(args: argparse.Namespace) -> int:
             print(f"tcpchat-client: {exc}", file=sys.stderr)
             return EXIT_FAILED
     terminal = Terminal(conn, session, args, colour_wanted())
+    shown.append(terminal)
     if args.room:
         terminal.current = conn.room_of(args.room) or terminal.current
     session.completer = NicknameCompleter(terminal)

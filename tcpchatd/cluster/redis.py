@@ -585,7 +585,7 @@ class RedisBroker:
                 continue
             if event.get("kind") == "message" and event.get("to") is None:
                 entries.append((event.get("room"), event["nick"], event["stamp"],
-                                event["text"]))
+                                event["text"], event.get("uuid")))
         self.relay.seed_history(entries[::-1])
 
     def _lost(self, exc: BaseException) -> None:

@@ -19,6 +19,7 @@ from ..chat.accounts import UNKNOWN as ACCOUNT_UNKNOWN
 from ..chat.accounts import AccountBook, AccountError, from_row, row
 from ..chat.bans import INVALID, UNKNOWN, Ban, BanError, BanList, iso, parse_duration
 from ..chat.hall import EventLog, Hall, Member, NoSuchMember, NoSuchRoom, NotInRoom
+from ..store.history import HistoryError, HistoryStore, parse_time
 from ..wire.errors import ProtocolError
 from ..wire.nicknames import nickname_key
 from . import errors
@@ -344,6 +345,46 @@ class AdminCommands:
             raise ProtocolError(errors.UNKNOWN_COMMAND, f"no moderator's command {cmd!r}")
         return SPECS[cmd].show(result)
 
+    def do_history(self, args: dict, caller: Caller) -> dict:
+        store = self._history()
+        name = _string_arg(args, "room")
+        room = self.hall.room_named(name)
+        if room is None:
+            raise AdminError(errors.NO_SUCH_ROOM, f"no such room: #{name.lstrip('#')}")
+        limit_text = _optional_arg(args, "limit") or str(self.hall.config.history_page)
+        if not limit_text.isdigit() or int(limit_text) < 1:
+            raise AdminError(errors.BAD_REQUEST, f"--limit must be a whole number: "
+                             f"{limit_text!r}")
+        limit = int(limit_text)
+        since = _optional_arg(args, "since")
+        try:
+            if since is None:
+                kept, _ = store.page(room.key, None, limit).result()
+            else:
+                at = parse_time(since)
+                if at is None:
+                    raise AdminError(errors.BAD_REQUEST, f"--since takes an ISO 8601 time "
+                                     f"(2026-12-06T09:00:00Z), not {since!r}")
+                kept = store.since(room.key, at, limit).result()
+        except HistoryError as exc:
+            raise AdminError(errors.INTERNAL, str(exc)) from None
+        return {"room": room.name, "messages": [k.shown() for k in kept]}
+
+    def do_forget(self, args: dict, caller: Caller) -> dict:
+        who = _string_arg(args, "who")
+        try:
+            count = self._history().forget(nickname_key(who)).result(timeout=30)
+        except HistoryError as exc:
+            raise AdminError(errors.INTERNAL, str(exc)) from None
+        self.log.event("forget", who=who, count=count, **_by(caller))
+        return {"who": who, "count": count}
+
+    def _history(self) -> HistoryStore:
+        if self.hall.history_store is None:
+            raise AdminError(errors.INTERNAL, "this daemon keeps no lasting history "
+                             "(history_store = no, or its database could not be opened)")
+        return self.hall.history_store
+
     def do_upgrade(self, args: dict, caller: Caller) -> Deferred:
         check = _flag_arg(args, "check")
         upgrade = self.upgrade
@@ -368,11 +409,19 @@ class AdminCommands:
             "log_dropped": self.log.dropped,
             "upgrades": self.upgrades(),
             "rooms": self.hall.room_stats(),
+            **self._history_stats(),
         }
         expires = self.tls_expiry()
         if expires is not None:
             result["tls_cert_expires"] = expires.isoformat().replace("+00:00", "Z")
         return result
+
+    def _history_stats(self) -> dict:
+        store = self.hall.history_store
+        if store is None:
+            return {"history": "off"}
+        return {"history_written": store.written, "history_errors": store.errors,
+                "history_dropped": store.dropped, "history_queue": store.queued()}
 
     def _ban_out(self, ban: Ban, caller: Caller | ChatCaller | None) -> None:
         """Every member of this node the ban matches leaves at once, told it is a ban."""

@@ -105,6 +105,12 @@ def show_account(result: dict) -> str:
     return f"{done} account {result['name']} ({result['role']})"
 
 
+def show_history(result: dict) -> str:
+    if not result["messages"]:
+        return f"#{result['room']}: no messages"
+    return "\n".join(f"{m['time']}  {m['message']}" for m in result["messages"])
+
+
 def show_rooms(result: dict) -> str:
     if not result["rooms"]:
         return "no rooms"
@@ -249,6 +255,21 @@ SPECS = {spec.name: spec for spec in (
           Arg("role", "user, moderator or bot (for add and role)", required=False,
               metavar="ROLE")),
          show_account),
+    Spec("history", "show a room's lasting history",
+         "Show a room's messages from the lasting history: the newest (at most --limit), "
+         "or those since a time (ISO 8601, UTC: 2026-12-06T09:00:00Z), oldest first.",
+         (Arg("room", "the room (#dev or dev)"),
+          Arg("since", "from this time on", flag="--since", required=False, metavar="TIME"),
+          Arg("limit", "messages at most (default: history_page)", flag="--limit",
+              required=False,
+              metavar="N")),
+         show_history),
+    Spec("forget", "remove a person's messages from history and search",
+         "Remove every message of NICK, or of the account NICK names, from the lasting "
+         "history and its search (logged with who asked).",
+         (Arg("who", "a nickname or an account's name", metavar="NICK"),),
+         lambda result: f"forgot {result['count']} message"
+                        f"{'' if result['count'] == 1 else 's'} of {result['who']}"),
     Spec("upgrade", "load new code without dropping a client",
          "Re-execute the daemon in place (same PID) with the code and settings now "
          "installed, carrying every plaintext client through; TLS clients are asked to "

@@ -928,6 +928,11 @@ class Session:
             hall.topic(self, request.room or "", request.topic, request.id)
         elif cmd == "login":
             self._login(request.account or "", request.password or "", request.id)
+        elif cmd == "history":
+            hall.scroll(self, request.room, request.before, request.limit, request.id)
+        elif cmd == "search":
+            hall.search(self, request.room, request.words or "", request.syntax == "fts5",
+                        request.limit, request.id)
         elif cmd in ("kick", "ban", "unban"):
             self._moderator_only(request)
             if hall.moderation is None:

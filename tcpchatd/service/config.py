@@ -302,6 +302,17 @@ class Config:
                                                                                    MAX_ROOM_NAME))
     max_topic: int = setting(390, "bytes of a room's topic", _int(0))
     history: int = setting(20, "public messages a joiner is shown (0 = off)", _int(0))
+    history_store: bool = setting(
+        True, "keep every public message in SQLite (state_dir/history.sqlite3) for "
+        "scrollback and search", _bool)
+    history_days: float = setting(365.0, "days a message is kept (0 = for ever)", _float(0))
+    history_max: int = setting(100_000, "messages kept per room at most (0 = no limit)",
+                               _int(0))
+    history_private: bool = setting(False, "keep private messages too", _bool)
+    history_page: int = setting(100, "messages in one page of scrollback at most", _int(1))
+    search_results: int = setting(50, "matches one search returns at most", _int(1))
+    history_queue: int = setting(100_000, "messages waiting for the history writer at "
+                                 "most (beyond: not kept, counted)", _int(100))
     history_bytes: int = setting(16384, "bytes of the history frame's body at most (older "
                                  "messages left out)", _int(256))
     announce_joins_max: int = setting(1000, "above this many clients joins and leaves are "

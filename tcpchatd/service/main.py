@@ -27,6 +27,7 @@ from ..net import handover
 from ..net.engine import Engine
 from ..net.listeners import ChatServer, ListenError, bind_listener
 from ..net.tls import TlsCredentials, TlsSetupError
+from ..store.history import HistoryError, HistoryStore
 from ..wire import nicknames
 from . import config as config_module
 from . import console, pidfile, systemd, upgrade
@@ -145,6 +146,7 @@ class Daemon:
         self.hand_over: upgrade.HandOver | None = None
         self.ignored_settings: list[str] = []  # settings systemd's sockets override
         self.tls: TlsCredentials | None = None
+        self.history: HistoryStore | None = None  # the lasting history, once serving
         self.tls_unserved: str | None = None  # why a TLS socket passed in is not served
 
     def run(self) -> int:
@@ -282,6 +284,24 @@ class Daemon:
         self.accounts = self._account_book()
         self.accounts.load()
 
+    def _history_store(self, log: TrafficLog, handed_over: list) -> HistoryStore | None:
+        """The lasting history, opened; None when it is off or cannot be opened (the
+        chat runs on without it: said once on stderr and in the log)."""
+        config = self.config
+        if not config.history_store:
+            return None
+        store = HistoryStore(os.path.abspath(config.state_dir_path()), log,
+                             config.history_days, config.history_max, config.history_queue,
+                             error_log=_error_log)
+        try:
+            store.open()
+        except HistoryError as exc:
+            console.say(f"tcpchatd: warning: {exc}; the chat runs without lasting history")
+            log.event("history_error", op="open", error=str(exc))
+            return None
+        store.take_over(handed_over)
+        return store
+
     def _account_book(self) -> AccountBook:
         return AccountBook(os.path.abspath(self.config.state_dir_path()),
                            self.config.login_threads, self.config.max_nickname)
@@ -320,8 +340,9 @@ class Daemon:
             log.event(name, **fields)
         engine = Engine(config.io_threads, error_log=_error_log)
         broker = self.broker = self._broker(log, (resume or {}).get("broker"))
+        self.history = self._history_store(log, (resume or {}).get("history") or [])
         hall = Hall(config, log, engine.channel, self.bans, broker=broker,
-                    logins=Logins(self.accounts, config, log))
+                    logins=Logins(self.accounts, config, log), history=self.history)
         # a change of an account is the cluster's (Redis keeps the book; the stream tells)
         self.accounts.on_change = lambda account, removed: broker.publish(
             {"kind": "account", "key": account.key,
@@ -396,6 +417,8 @@ class Daemon:
             admin_server.close()
             # what is queued goes out within shutdown_grace; a syslog too slow for that is
             # said once on stderr (the journal's), never lost without a word
+            if self.history is not None:  # what the chat still queued is written
+                self.history.close(self.config.shutdown_grace)
             unwritten = log.close(self.config.shutdown_grace)
             if unwritten:
                 console.say(f"tcpchatd: {unwritten} traffic log lines were not written: "

@@ -62,6 +62,7 @@ if TYPE_CHECKING:
     from ..control.admin import AdminServer
     from ..net.engine import Engine
     from ..net.listeners import ChatServer
+    from ..store.history import HistoryStore
     from .config import Config
     from .systemd import Notifier
     from .trafficlog import TrafficLog
@@ -82,6 +83,7 @@ class Daemon(Protocol):
     clustered: bool
     bans: BanList
     accounts: AccountBook
+    history: HistoryStore | None
     upgrades: int
     started_at: float
     serving_at: float
@@ -286,6 +288,8 @@ class HandOver:
             "hall": daemon.hall.export_state(lambda member: member.transport.sock.fileno()),
             "bans": daemon.bans.export_state(),
             "accounts": daemon.accounts.export_state(),
+            # the history writer's queue, after the loops and the broker (they feed it)
+            "history": daemon.history.hand_over() if daemon.history is not None else [],
             "config": checked.settings,
             "tls_closed": tls_closed,
             "broker": broker_state,

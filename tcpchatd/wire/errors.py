@@ -43,6 +43,9 @@ LAST_ROOM = "last_room"              # a client may not part the last room it is
 TOO_MANY_ROOMS = "too_many_rooms"    # max_rooms_per_client
 ROOM_LIMIT = "room_limit"            # max_rooms: the daemon's list of rooms is full
 TOPIC_TOO_LONG = "topic_too_long"
+# the lasting history
+HISTORY_OFF = "history_off"          # history_store = no (or the database could not open)
+HISTORY_FAILED = "history_failed"    # the database refused a read (logged, counted)
 # accounts
 LOGIN_FAILED = "login_failed"            # unknown account or wrong password (not told apart)
 LOGIN_THROTTLED = "login_throttled"      # too many failed logins from there or for it

@@ -196,9 +196,13 @@ REQUESTS = {"who": ("room",), "nick": ("nickname",), "join": ("room",), "part": 
             "rooms": (), "topic": ("room", "topic"),
             # accounts: a guest logs in; a moderator kicks, bans and unbans
             "login": ("account", "password"), "kick": ("nickname", "room", "reason"),
-            "ban": ("target", "duration", "reason"), "unban": ("target",)}
+            "ban": ("target", "duration", "reason"), "unban": ("target",),
+            # the lasting history: a page before a uuid or a time, and a search
+            "history": ("room", "before"), "search": ("room", "words", "syntax")}
+INT_FIELDS = {"history": "limit", "search": "limit"}  # a whole number, optional
 REQUIRED = {"nick": "nickname", "join": "room", "part": "room", "topic": "room",
-            "login": "account", "kick": "nickname", "ban": "target", "unban": "target"}
+            "login": "account", "kick": "nickname", "ban": "target", "unban": "target",
+            "search": "words"}
 
 
 @dataclass(frozen=True)
@@ -214,6 +218,10 @@ class Request:
     reason: str | None = None    # for `kick` and `ban`
     target: str | None = None    # for `ban` and `unban`: an address, network or nickname
     duration: str | None = None  # for `ban`: 90s, 15m, 2h, 7d (none: until unbanned)
+    before: str | None = None    # for `history`: a uuid or an ISO 8601 time
+    words: str | None = None     # for `search`
+    syntax: str | None = None    # ... "fts5": the words are SQLite FTS5's query syntax
+    limit: int | None = None     # for `history` and `search`
 
     def __repr__(self) -> str:  # a password never reaches a log or a traceback
         return f"Request(id={self.id!r}, cmd={self.cmd!r})"
@@ -293,7 +301,11 @@ def _request(obj: dict) -> Request:
         code = errors.NICKNAME_INVALID if required == "nickname" else errors.BAD_JSON
         raise ProtocolError(code, f"{cmd!r} needs a {required!r} string",
                             request_id=request_id)
-    return Request(request_id, cmd, **{name: obj.get(name) for name in fields})
+    limit = obj.get("limit") if cmd in INT_FIELDS else None
+    if limit is not None and (type(limit) is not int or limit < 1):
+        raise ProtocolError(errors.BAD_JSON, f"{cmd!r}: 'limit' must be a whole number of "
+                            "at least 1", request_id=request_id)
+    return Request(request_id, cmd, limit=limit, **{name: obj.get(name) for name in fields})
 
 
 _CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-"
@@ -409,7 +421,8 @@ def chat_frame(frame_uuid: str, sender: str, text: str, stamp: str | None = None
     return encode(obj)
 
 
-FEATURES = ("request", "private", "history", "nick", "action", "rooms", "accounts")
+FEATURES = ("request", "private", "history", "nick", "action", "rooms", "accounts",
+            "scrollback")
 NAMES_SHOWN = 50  # nicknames in a names frame's `message`; the list itself is complete
 
 
@@ -453,12 +466,12 @@ def nick_frame(old: str, new: str, room: str | None = None) -> bytes:
                             "message": f"{old} is now {new}", "time": now_iso()}, room))
 
 
-def history_frame(entries: list[tuple[str, str, str]], max_bytes: int,
+def history_frame(entries: list[tuple[str, ...]], max_bytes: int,
                   room: str | None = None) -> tuple[bytes | None, int]:
-    """(frame, how many entries) for the newest (nickname, time, text) entries whose frame
-    body fits max_bytes; (None, 0) if none fits. One frame: the original client reads a
-    body with one recv."""
-    chosen: list[tuple[str, str, str]] = []
+    """(frame, how many entries) for the newest (nickname, time, text[, uuid]) entries whose
+    frame body fits max_bytes; (None, 0) if none fits. One frame: the original client reads
+    a body with one recv. A uuid lets a client page back from the oldest (`history`)."""
+    chosen: list[tuple[str, ...]] = []
     frame = None
     for entry in reversed(entries):
         candidate = _history_frame([entry, *chosen], room)
@@ -469,14 +482,16 @@ def history_frame(entries: list[tuple[str, str, str]], max_bytes: int,
     return frame, len(chosen)
 
 
-def _history_frame(entries: list[tuple[str, str, str]], room: str | None) -> bytes:
+def _history_frame(entries: list[tuple[str, ...]], room: str | None) -> bytes:
     count = len(entries)
     lines = [f"-- {count} earlier message{'s' if count != 1 else ''} --"]
     # continuation lines indented, so the original client shows none as a line of its own
-    lines += [f"[{stamp[11:16]}] {text}".replace("\n", "\n    ") for _, stamp, text in entries]
+    lines += [f"[{entry[1][11:16]}] {entry[2]}".replace("\n", "\n    ") for entry in entries]
     return encode(_in_room({"type": "system", "event": "history",
-                            "messages": [{"nickname": nickname, "time": stamp, "message": text}
-                                         for nickname, stamp, text in entries],
+                            "messages": [{"nickname": entry[0], "time": entry[1],
+                                          "message": entry[2],
+                                          **({"uuid": entry[3]} if len(entry) > 3 else {})}
+                                         for entry in entries],
                             "message": "\n".join(lines)}, room))
 
 
@@ -607,3 +622,26 @@ def done_frame(cmd: str, message: str, request_id: int | str | None = None) -> b
     if request_id is not None:
         obj["id"] = request_id
     return encode(obj)
+
+
+def page_frame(event: str, room: str | None, messages: list[dict], request_id: Any,
+               max_bytes: int, more: bool = False) -> bytes:
+    """A page of the lasting history (`history`, oldest first: `more` says older ones
+    remain) or a search's matches (`search`, newest first); the oldest of a page, the
+    last of a search, left out until the body fits max_bytes."""
+    messages = list(messages)
+    while True:
+        obj: dict[str, Any] = {"type": "system", "event": event, "messages": messages,
+                               "id": request_id}
+        if room is not None:
+            obj["room"] = room
+        if event == "history":
+            obj["more"] = more
+        body = encode(obj)
+        if len(body) - HEADER_LENGTH <= max_bytes or not messages:
+            return body
+        if event == "history":
+            messages.pop(0)
+            more = True
+        else:
+            messages.pop()
