@@ -308,3 +308,27 @@ def test_tls_only_with_the_plaintext_socket_masked(chat_socket_masked, group_rea
     secure = TlsRawClient(units.tls_port, ssl.create_default_context(cafile=certs("ca.crt")))
     assert secure.join("secure")["nickname"] == "secure"
     assert who(units) == ["secure"]
+
+
+def test_history_and_accounts_survive_a_restart_of_the_service(units):
+    """Issues 26 and 27 under the shipped unit: the accounts and the lasting history are
+    in its StateDirectory, and `systemctl restart` keeps both."""
+    from conftest import CTL
+    from test_history import answer
+    units.systemctl("start", SERVICE)
+    added = subprocess.run([*CTL, "--socket", units.admin_path, "account", "add", "lab"],
+                           input="lab password\n", text=True, capture_output=True,
+                           timeout=30)
+    assert added.returncode == 0, added.stderr
+    ann = RawClient(units.port)
+    ann.join("ann")
+    sent = [ann.say(f"before the restart {n}") for n in range(5)]
+    wait_for(lambda: json.loads(lab_ctl(units, "stats", "--json").stdout)[
+        "history_written"] == 5, timeout=10)
+    units.systemctl("restart", SERVICE)
+    lab = RawClient(units.port)
+    assert lab.hello(account="lab", password="lab password")["event"] == "login"
+    lab.joined()
+    page = answer(lab, "history", limit=10)
+    assert [m["uuid"] for m in page["messages"]] == sent
+    assert lab_ctl(units, "account", "del", "lab").returncode == 0

@@ -556,6 +556,8 @@ class Daemon:
         self.hall.config = new
         if self.hall.logins is not None:
             self.hall.logins.config = new
+        if self.history is not None:  # retention follows the file; the writer reads them
+            self.history.days, self.history.per_room = new.history_days, new.history_max
         self.server.config = new
         self.admin_server.config = new
         self.log.reconfigure(new.log_target, new.syslog_address, new.syslog_facility,
