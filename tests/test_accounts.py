@@ -479,10 +479,12 @@ def test_a_kick_and_a_ban_can_name_the_account(admin_chat, book, short_tmp):
         banned.stdout.strip().endswith("kicked ci")
     assert bot.read_until(lambda f: f.get("event") in ("ban", "kick"))
     assert "account ci" in ctl(path, "bans").stdout
-    refused_bot, answer = login(h, "ci", "bot pass 1")
-    assert answer["event"] == "login"  # the password was right ...
-    refused = refusal(refused_bot)        # ... and the account is banned
-    assert refused["code"] == "banned" and "leaked token" in refused["message"]
+    refused_bot, answer = login(h, "ci", "bot pass 1")  # the password is right, and
+    assert answer["code"] == "banned" and "leaked token" in answer["message"]  # banned
+    assert refused_bot.closed()
+    guest = h.client("visitor")  # a login asked for later is refused likewise
+    refused = guest.answer(guest.request("login", account="ci", password="bot pass 1"))
+    assert refused["code"] == "banned"
     assert ctl(path, "unban", "--account", "ci").stdout.strip() == "unbanned account ci"
     again, answer = login(h, "ci", "bot pass 1")
     assert again.joined()["nickname"] == "ci"

@@ -387,6 +387,13 @@ class Hall:
         if refusal is not None:
             raise refusal
 
+    def account_banned(self, account: str) -> ProtocolError | None:
+        """The refusal of a login to a banned account (before it is told it logged in)."""
+        ban = self.bans.for_account(account) if self.bans is not None else None
+        if ban is None:
+            return None
+        return ProtocolError(errors.BANNED, f"account {account} is {ban.describe()}")
+
     def _refuse_in_use(self, member: Member) -> None:
         """Under the lock: a person's account is logged in once (a bot's, any number)."""
         account = member.account

@@ -649,6 +649,11 @@ class Session:
         """On its loop: the login's answer."""
         if self.closing:
             return
+        if account is not None and refusal is None:  # the password was right; a ban holds
+            refusal = self.hall.account_banned(account.name)
+            if refusal is not None:
+                account = None
+                refusal = ProtocolError(refusal.code, refusal.message, request_id=request_id)
         if then is not None:  # at the hello: in, or told why and closed
             if refusal is not None or account is None:
                 refusal = refusal or ProtocolError(errors.LOGIN_FAILED, "login failed")
