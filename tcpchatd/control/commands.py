@@ -416,6 +416,22 @@ class AdminCommands:
             result["tls_cert_expires"] = expires.isoformat().replace("+00:00", "Z")
         return result
 
+    def metrics_stats(self) -> dict:
+        """node_stats and what only metrics show: bans, accounts, failed logins, the
+        certificate's end in epoch seconds, the broker's link."""
+        result = self.node_stats()
+        result["bans"] = len(self.bans.all()) if self.bans is not None else 0
+        logins = self.hall.logins
+        if logins is not None:
+            result["accounts"] = len(logins.book)
+            result["login_failures"] = logins.failed_count
+        expires = self.tls_expiry()
+        if expires is not None:
+            result["tls_cert_expires_ts"] = expires.timestamp()
+        if self.broker.node is not None:
+            result["broker_up"] = 1 if getattr(self.broker, "linked", False) else 0
+        return result
+
     def _history_stats(self) -> dict:
         store = self.hall.history_store
         if store is None:

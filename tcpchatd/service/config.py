@@ -199,6 +199,15 @@ def _chat_rooms(value: Any) -> tuple[str, ...]:
     return tuple(_chat_room(item) for item in _items(value))
 
 
+def _optional_metrics(value: Any) -> str | None:
+    if not isinstance(value, str):
+        raise ValueError("expected HOST:PORT")
+    if not value:
+        return None
+    parse_address(value)  # ValueError: not HOST:PORT
+    return value
+
+
 def _facility(value: Any) -> str:
     if value not in SYSLOG_FACILITIES:
         raise ValueError(f"must be one of {', '.join(SYSLOG_FACILITIES)}")
@@ -357,6 +366,10 @@ class Config:
                               "members leave", _float(0.5))
     broker_stream: int = setting(10_000, "events the room's Redis stream keeps (approximate)",
                                  _int(100))
+    listen_metrics: str | None = setting(
+        None, "HOST:PORT where Prometheus scrapes /metrics (none: no metrics; keep it on "
+        "127.0.0.1 unless the scraper is elsewhere)", _optional_metrics, metavar="ADDR",
+        shown="none")
     thread_stack: int = setting(256 * 1024, "thread stack size in bytes", _int(32768))
     admin_max_line: int = setting(65536, "bytes of one admin request line", _int(256))
     admin_timeout: float = setting(60.0, "seconds an idle admin connection stays open",

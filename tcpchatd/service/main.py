@@ -271,10 +271,25 @@ class Daemon:
             upgrade=self.request_upgrade, upgrades=lambda: self.upgrades,
             started_at=lambda: self.started_at)
         self.hall.moderation = table  # a moderator's kick, ban, unban from a chat client
+        self._metrics(table)
         self.admin_server = admin.AdminServer(
             admin_socket, table.table(), self.config, self.log, owned_path=owned_admin_path,
             error_log=_error_log, inode=(resume or {}).get("admin_inode"))
         return self.admin_server, table.on_other_node
+
+    def _metrics(self, table: Any) -> None:
+        """The Prometheus endpoint, when listen_metrics names one; one warning on stderr
+        when it cannot be served (the chat runs on)."""
+        if not self.config.listen_metrics:
+            return
+        from ..control.metrics import MetricsServer, MetricsUnavailable
+        host, port = config_module.parse_address(self.config.listen_metrics)
+        try:
+            MetricsServer(host, port, table.metrics_stats).start()
+        except (MetricsUnavailable, OSError) as exc:
+            console.say(f"tcpchatd: warning: no metrics on {self.config.listen_metrics}: "
+                        f"{exc}")
+            self.log.event("metrics", ok="no", error=str(exc))
 
     def _load_bans(self) -> None:
         """The lasting bans and accounts; a file that does not parse stops the start

@@ -1,0 +1,64 @@
+"""Metrics for Prometheus (issue 30, part 1): the daemon's counters on /metrics, read
+with prometheus_client's own parser of the text format."""
+
+import socket
+import urllib.request
+
+from conftest import ctl, free_port, status_port
+from rawclient import RawClient, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def scrape(port: int) -> dict:
+    """{(name, labels as a sorted tuple): value} of every sample served."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as reply:
+        assert reply.status == 200
+        text = reply.read().decode()
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def test_the_counters_are_scraped_in_prometheus_text_format(daemon_factory):
+    metrics_port = free_port()
+    d = daemon_factory("--listen-metrics", f"127.0.0.1:{metrics_port}")
+    port = status_port(d)
+    admin = d.proc.args[d.proc.args.index("--admin-socket") + 1]
+    ann, ben = RawClient(port), RawClient(port)
+    ann.join("ann")
+    ben.join("ben")
+    ben.enter("dev")
+    for text in ("one", "two"):
+        u = ann.say(text)
+        ben.confirm(ben.read_until(lambda f, u=u: f.get("uuid") == u)["uuid"])
+    assert ctl(admin, "ban", "10.9.9.9").returncode == 0
+    samples = wait_for(lambda: (s := scrape(metrics_port))
+                       and s[("tcpchatd_history_written_total", ())] == 2 and s, timeout=10)
+    assert samples[("tcpchatd_members", ())] == 2
+    assert samples[("tcpchatd_messages_total", ())] == 2
+    assert samples[("tcpchatd_deliveries_total", ())] == 2
+    assert samples[("tcpchatd_confirms_total", ())] == 2
+    assert samples[("tcpchatd_room_members", (("room", "general"),))] == 2
+    assert samples[("tcpchatd_room_members", (("room", "dev"),))] == 1
+    assert samples[("tcpchatd_room_messages_total", (("room", "general"),))] == 2
+    assert samples[("tcpchatd_bans", ())] == 1
+    assert samples[("tcpchatd_log_dropped_total", ())] == 0
+    assert samples[("tcpchatd_history_errors_total", ())] == 0
+
+
+def test_a_metrics_port_in_use_is_one_warning_and_the_chat_runs_on(daemon_factory):
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    try:
+        d = daemon_factory("--listen-metrics", f"127.0.0.1:{taken.getsockname()[1]}")
+        assert "warning: no metrics on 127.0.0.1:" in d.stderr()
+        c = RawClient(status_port(d))
+        c.join("still-here")
+    finally:
+        taken.close()
+
+
+def test_a_bad_metrics_address_stops_the_start(daemon_factory):
+    d = daemon_factory("--listen-metrics", "nowhere", wait_ready=False)
+    assert d.proc.wait(10) == 2
+    assert "listen-metrics" in d.stderr() or "listen_metrics" in d.stderr()
