@@ -5,7 +5,7 @@ import socket
 import urllib.request
 
 from conftest import ctl, free_port, status_port
-from rawclient import RawClient, wait_for
+from rawclient import RawClient, raw_frame, wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 
@@ -62,3 +62,27 @@ def test_a_bad_metrics_address_stops_the_start(daemon_factory):
     d = daemon_factory("--listen-metrics", "nowhere", wait_ready=False)
     assert d.proc.wait(10) == 2
     assert "listen-metrics" in d.stderr() or "listen_metrics" in d.stderr()
+
+
+def test_receipts_by_outcome_and_protocol_errors_by_code(daemon_factory):
+    metrics_port = free_port()
+    d = daemon_factory("--listen-metrics", f"127.0.0.1:{metrics_port}", "--confirm-timeout",
+                       "0.5", "--receipt-wait", "0.2")
+    port = status_port(d)
+    ann, ben, cy = RawClient(port), RawClient(port), RawClient(port)
+    for client, name in ((ann, "ann"), (ben, "ben"), (cy, "cy")):
+        client.join(name)
+    everyone = ann.say("both confirm")
+    for reader in (ben, cy):
+        reader.confirm(reader.read_until(lambda f: f.get("uuid") == everyone)["uuid"])
+    some = ann.say("only ben confirms")
+    ben.confirm(ben.read_until(lambda f: f.get("uuid") == some)["uuid"])
+    cy.read_until(lambda f: f.get("uuid") == some)  # read, never confirmed
+    ann.send_raw(raw_frame(b"{not json"))  # a protocol error, answered and counted
+    assert ann.read_until(lambda f: f.get("event") == "error")["code"] == "bad_json"
+    samples = wait_for(lambda: (s := scrape(metrics_port))
+                       and s[("tcpchatd_receipts_total", (("outcome", "expired"),))] == 1
+                       and s, timeout=10)
+    assert samples[("tcpchatd_receipts_total", (("outcome", "settled"),))] == 1
+    assert samples[("tcpchatd_receipts_total", (("outcome", "partial"),))] == 1
+    assert samples[("tcpchatd_protocol_errors_total", (("code", "bad_json"),))] == 1

@@ -57,6 +57,7 @@ class Server:
         self.hall = Hall(self.config, self.log, self.engine.channel, broker=LocalBroker())
         self.loop = Loop(self.engine)
         self.ended = []
+        self.errors = {}  # protocol errors by code (SessionServer)
 
     def connection_ended(self, conn):
         self.ended.append(conn)

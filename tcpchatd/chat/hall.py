@@ -167,6 +167,9 @@ class Counters:
     confirms: int = 0
     undelivered: int = 0
     send_queue_disconnects: int = 0
+    receipts_settled: int = 0   # every recipient confirmed (metrics alone)
+    receipts_partial: int = 0   # some did, at the end
+    receipts_expired: int = 0   # settled by confirm_timeout
 
 
 class Hall:
@@ -891,6 +894,7 @@ class Hall:
         now = time.monotonic() if now is None else now
         with self.lock:
             finished = [self.finish(pending) for pending in self.receipts.timed_out(now)]
+            self.counters.receipts_expired += len(finished)
             early = self.receipts.receipts_due(now)
         for pending in early:  # delivered so far; the log line waits for the final count
             pending.sender.deliver(protocol.receipt_frame(pending.uuid, pending.delivered,
@@ -904,6 +908,11 @@ class Hall:
             self.counters.undelivered += 1
             if pending.room is not None:
                 pending.room.counters.undelivered += 1
+        elif pending.origin is None:  # its final count (metrics): everyone, or some
+            if pending.delivered >= pending.recipients:
+                self.counters.receipts_settled += 1
+            else:
+                self.counters.receipts_partial += 1
         return pending
 
     def _forget(self, pending: Pending) -> None:

@@ -116,10 +116,12 @@ class AdminCommands:
     def __init__(self, hall: Hall, log: CountedLog, bans: BanList | None = None,
                  tls_expiry: Callable[[], datetime | None] = lambda: None,
                  upgrade: Upgrade | None = None, upgrades: Callable[[], int] = lambda: 0,
-                 started_at: Callable[[], float] | None = None) -> None:
+                 started_at: Callable[[], float] | None = None,
+                 protocol_errors: Callable[[], dict[str, int]] = dict) -> None:
         self.hall, self.log, self.bans = hall, log, bans
         self.broker = hall.broker
         self.tls_expiry, self.upgrade, self.upgrades = tls_expiry, upgrade, upgrades
+        self.protocol_errors = protocol_errors
         started = time.monotonic()
         self.started_at = started_at or (lambda: started)  # carried by upgrades
         # the node column only in a cluster
@@ -421,6 +423,11 @@ class AdminCommands:
         certificate's end in epoch seconds, the broker's link."""
         result = self.node_stats()
         result["bans"] = len(self.bans.all()) if self.bans is not None else 0
+        counters = self.hall.counters
+        result["receipts"] = {"settled": counters.receipts_settled,
+                              "partial": counters.receipts_partial,
+                              "expired": counters.receipts_expired}
+        result["protocol_errors"] = dict(self.protocol_errors())
         logins = self.hall.logins
         if logins is not None:
             result["accounts"] = len(logins.book)

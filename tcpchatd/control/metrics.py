@@ -68,6 +68,18 @@ class Collector:
             room_messages.add_metric([name], counts["messages"])
         yield rooms
         yield room_messages
+        receipts = core.CounterMetricFamily(PREFIX + "receipts", "receipts at their end: "
+                                            "settled (every recipient confirmed), partial "
+                                            "(some did), expired (of either, ended by "
+                                            "confirm_timeout)", labels=["outcome"])
+        for outcome, count in (stats.get("receipts") or {}).items():
+            receipts.add_metric([outcome], count)
+        yield receipts
+        errors = core.CounterMetricFamily(PREFIX + "protocol_errors", "clients' protocol "
+                                          "errors by code", labels=["code"])
+        for code, count in sorted((stats.get("protocol_errors") or {}).items()):
+            errors.add_metric([code], count)
+        yield errors
         for key in ("bans", "accounts", "login_failures"):
             if key in stats:
                 maker = counter if key == "login_failures" else gauge

@@ -70,6 +70,7 @@ class ChatServer:
         self.hall = hall
         self.bans = hall.bans
         self.log = log
+        self.errors: dict[str, int] = {}  # protocol errors by code (the sessions count)
         self.error_log = error_log
         self._config = config
         self._exempt = self._networks(config)

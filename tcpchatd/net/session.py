@@ -86,6 +86,7 @@ class SessionServer(Protocol):
 
     hall: Hall
     log: EventLog
+    errors: dict[str, int]  # protocol errors by code, every session's (metrics)
 
     @property
     def config(self) -> NetSettings: ...
@@ -877,6 +878,7 @@ class Session:
         must not fill the traffic log's queue and push other clients' events out.
         """
         now = time.monotonic()
+        self.server.errors[code] = self.server.errors.get(code, 0) + 1  # (metrics)
         last = self._logged_error
         if last is not None and last[0] == code and now - last[1] < COALESCE_WINDOW:
             self._error_repeats += 1

@@ -269,7 +269,8 @@ class Daemon:
             self.hall, self.log, self.bans,
             tls_expiry=lambda: self.tls.expires if self.tls is not None else None,
             upgrade=self.request_upgrade, upgrades=lambda: self.upgrades,
-            started_at=lambda: self.started_at)
+            started_at=lambda: self.started_at,
+            protocol_errors=lambda: dict(self.server.errors))
         self.hall.moderation = table  # a moderator's kick, ban, unban from a chat client
         self._metrics(table)
         self.admin_server = admin.AdminServer(
