@@ -1043,17 +1043,9 @@ class Hall:
         config = self._config
         future = store.page(room.key, before, min(limit or config.history_page,
                                                   config.history_page))
-
-        def done(future: Future) -> None:
-            try:
-                kept, more = future.result()
-            except HistoryError as exc:
-                member.deliver(protocol.error_frame(errors.HISTORY_FAILED, str(exc),
-                                                    request_id=request_id))
-                return
-            member.deliver(protocol.page_frame("history", room.name, [k.shown() for k in kept],
-                                               request_id, config.history_bytes, more))
-        future.add_done_callback(done)
+        _answer(member, future, request_id, lambda page: protocol.page_frame(
+            "history", room.name, [k.shown() for k in page[0]], request_id,
+            config.history_bytes, page[1]))
 
     def search(self, member: Member, room_name: str | None, words: str, raw: bool,
                limit: int | None, request_id: Any) -> None:
@@ -1062,17 +1054,9 @@ class Hall:
         config = self._config
         future = store.search(room.key, words, min(limit or config.search_results,
                                                    config.search_results), raw)
-
-        def done(future: Future) -> None:
-            try:
-                kept = future.result()
-            except HistoryError as exc:
-                member.deliver(protocol.error_frame(errors.HISTORY_FAILED, str(exc),
-                                                    request_id=request_id))
-                return
-            member.deliver(protocol.page_frame("search", room.name, [k.shown() for k in kept],
-                                               request_id, config.history_bytes))
-        future.add_done_callback(done)
+        _answer(member, future, request_id, lambda kept: protocol.page_frame(
+            "search", room.name, [k.shown() for k in kept], request_id,
+            config.history_bytes))
 
     def _readable(self, member: Member, room_name: str | None,
                   request_id: Any) -> tuple[Room, HistoryStore]:
@@ -1285,6 +1269,21 @@ class Hall:
             self.counters = Counters(**state["counters"])
             for room in list(self.rooms.values()):
                 self._close_if_empty(room)
+
+
+def _answer(member: Member, future: Future, request_id: Any,
+            frame: Callable[[Any], bytes]) -> None:
+    """When the history's reader has it: the answer to the member's request (frame of the
+    result), or history_failed."""
+    def done(future: Future) -> None:
+        try:
+            result = future.result()
+        except HistoryError as exc:
+            member.deliver(protocol.error_frame(errors.HISTORY_FAILED, str(exc),
+                                                request_id=request_id))
+            return
+        member.deliver(frame(result))
+    future.add_done_callback(done)
 
 
 def silent(member: Member) -> bool:

@@ -413,15 +413,13 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as exc:
             print(f"tcpchat-client: {exc}", file=sys.stderr)
             return EXIT_USAGE
+    one_shot = "--search" if args.search else "--post" if args.post else None
+    if one_shot and not args.nick and not args.account:
+        print(f"tcpchat-client: {one_shot} needs --nick (or --account)", file=sys.stderr)
+        return EXIT_USAGE
     if args.search:
-        if not args.nick and not args.account:
-            print("tcpchat-client: --search needs --nick (or --account)", file=sys.stderr)
-            return EXIT_USAGE
         return run_search(args)
     if args.post:
-        if not args.nick and not args.account:
-            print("tcpchat-client: --post needs --nick (or --account)", file=sys.stderr)
-            return EXIT_USAGE
         return run_post(args, [" ".join(args.text)] if args.text else sys.stdin)
     if not sys.stdin.isatty():
         return run_pipe(args)

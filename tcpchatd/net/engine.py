@@ -74,7 +74,7 @@ class Client(Protocol):
 
     def writable(self) -> None: ...
 
-    def flush(self, news: list[Channel] | None = None) -> None: ...
+    def flush(self) -> None: ...
 
     def timer(self, now: float) -> float | None: ...
 
@@ -302,11 +302,10 @@ class EventLoop:
             for channel in dropped:
                 self.round_end.pop(channel, None)
                 self._round_chats.pop(channel, None)
-            if rounds:  # a broadcast round: each reads the channels with news
-                news = [channel for channel, _, _, _ in rounds]
+            if rounds:  # a broadcast round
                 for conn in subscribers:
                     if not conn.want_write:
-                        self._guard(conn, conn.flush, news)
+                        self._guard(conn, conn.flush)
                 for channel, end, _, chats in rounds:
                     self.round_end[channel] = end
                     self._round_chats[channel] = (chats, now)

@@ -150,7 +150,6 @@ class Session:
         self.subscriptions: dict[Channel, Subscription] = {}  # the rooms' channels it reads
         self._drop_to: dict[Channel, int] | None = None
         self._scheduled = False     # on its loop's ready list
-        self._behind = False        # a send was cut short since every channel was read
         self.joined = False
         self.closing = False        # close() was called: nothing more is queued
         self._abort = False         # ... and nothing more is sent
@@ -183,9 +182,8 @@ class Session:
     def _ends(self) -> tuple[tuple[Channel, int], ...]:
         """Under the lock: where each channel it reads ends now, for those with
         broadcasts not yet sent to it (a caught-up channel has none to go first)."""
-        ends = [(channel, end) for channel, sub in self.subscriptions.items()
-                if sub.cursor < (end := channel.log.end)]
-        return tuple(ends) if ends else ()
+        return tuple((channel, end) for channel, sub in self.subscriptions.items()
+                     if sub.cursor < (end := channel.log.end))
 
     # --- any thread
 
@@ -377,10 +375,8 @@ class Session:
         self.loop.watch(self)
         self.flush()
 
-    def flush(self, news: list[Channel] | None = None) -> None:
-        """Send what is due in one non-blocking send; shut down once a close is done.
-        `news`: a broadcast round's channels, the only ones with broadcasts it was not
-        sent yet (unless it is behind: see _collect)."""
+    def flush(self) -> None:
+        """Send what is due in one non-blocking send; shut down once a close is done."""
         if self.state == CLOSED:
             return
         if self.state == TLS_HANDSHAKE:  # nothing is sent before the handshake is done
@@ -394,7 +390,7 @@ class Session:
             elif self.want_write:
                 data = b""
             else:
-                data = self._collect(None if self._behind else news)
+                data = self._collect()
         if data is None:
             self.release()
             return
@@ -410,7 +406,6 @@ class Session:
             if sent < len(data):
                 self.partial = data[sent:]
                 self.want_write = True
-                self._behind = True  # rounds pass it by: the next flush reads every channel
                 if self.stalled_since is None and self.config.stall_timeout:
                     self.stalled_since = time.monotonic()
                     self._at(self.stalled_since + self.config.stall_timeout)
@@ -439,16 +434,9 @@ class Session:
                   for channel, sub in subscriptions)
         return due + self.private_bytes + len(self.partial)
 
-    def _collect(self, news: list[Channel] | None = None) -> bytes:
-        """Under the lock: the bytes due now, in order; moves the cursors past them.
-
-        With `news` (a round's channels) only those are read: every other channel was
-        read to its end by the last flush, and anything published to it since brings a
-        round of its own. A client in many rooms thus costs a round what one room does.
-        Without (a private frame, a writable socket, a session behind), every channel."""
+    def _collect(self) -> bytes:
+        """Under the lock: the bytes due now, in order; moves the cursors past them."""
         subscriptions = self.subscriptions
-        if news is None:
-            self._behind = False
         if self._drop_to is not None:  # disconnected for not reading: skip the backlog,
             # but finish the frame the kernel took a part of (a cut frame would corrupt
             # the stream before the final notice)
@@ -467,10 +455,7 @@ class Session:
         self._private.clear()
         self.private_bytes = 0
         finished = []
-        reading = subscriptions.items() if news is None else \
-            [(channel, sub) for channel in news
-             if (sub := subscriptions.get(channel)) is not None]
-        for channel, sub in reading:
+        for channel, sub in subscriptions.items():
             log = channel.log
             end = log.end
             if sub.cursor >= end:  # (most of a client's rooms have no news in a turn)
@@ -1052,7 +1037,6 @@ class Session:
     def restore(self, record: dict) -> None:
         """Take the state of a record (before any loop adopts this connection)."""
         now = time.monotonic()
-        self._behind = True  # what it was due in every room: its first flush reads them all
         self.nickname = record["nickname"] or ""
         self.joined = record["joined"]
         self.connected = record["connected"]
