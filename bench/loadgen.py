@@ -59,6 +59,8 @@ class Settings:
     leave_default: bool = False  # ... and parts the default room once in its own
     hello_room: bool = False   # ... or goes straight into its first room (a hello frame
     #                            naming it), never in the default room
+    web: bool = False          # tcpchatd's web port: every client a WebSocket (a browser's
+    #                            connection, without the browser)
 
     def members(self) -> int:
         """Members of the room a message goes to (every client in every room of the run,
@@ -70,7 +72,8 @@ class Settings:
 
 class Client:
     __slots__ = ("index", "sock", "fd", "name", "rbuf", "wbuf", "joined", "sender",
-                 "window", "seq", "next_send", "want_write", "rooms", "awaiting")
+                 "window", "seq", "next_send", "want_write", "rooms", "awaiting", "wsin",
+                 "wsout", "upgraded")
 
     def __init__(self, index: int, sock: socket.socket, name: str) -> None:
         self.index, self.sock, self.fd, self.name = index, sock, sock.fileno(), name
@@ -83,6 +86,59 @@ class Client:
         self.want_write = False
         self.rooms: list[str] = []  # the rooms it talks in (none: the default room)
         self.awaiting = 0           # answers to its room requests still due
+        self.wsin, self.wsout = bytearray(), bytearray()  # WebSocket bytes (web)
+        self.upgraded = False       # web: the 101 came
+
+
+# The generator's side of a WebSocket, written here for speed (it shares the cores with
+# the server it measures; the daemon's side is wsproto's). A client masks its frames: with
+# the key 0, which leaves the payload as it is. The server never fragments: one text
+# message per chat frame.
+UPGRADE = ("GET /chat HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+           "Connection: Upgrade\r\nSec-WebSocket-Key: YmVuY2ggYmVuY2ggYmVuY2g=\r\n"
+           "Sec-WebSocket-Version: 13\r\n\r\n")
+_ZERO_MASK = b"\0\0\0\0"
+
+
+def ws_client_frames(chat: bytes | bytearray) -> bytes:
+    """Each chat frame (header and body) as one masked WebSocket text frame."""
+    out, pos, size = bytearray(), 0, len(chat)
+    while pos < size:
+        length = int(chat[pos:pos + 10])
+        body = chat[pos + 10:pos + 10 + length]
+        pos += 10 + length
+        if length < 126:
+            out += bytes((0x81, 0x80 | length))
+        elif length < 65536:
+            out += bytes((0x81, 0x80 | 126)) + length.to_bytes(2, "big")
+        else:
+            out += bytes((0x81, 0x80 | 127)) + length.to_bytes(8, "big")
+        out += _ZERO_MASK
+        out += body
+    return bytes(out)
+
+
+def ws_server_messages(buf: bytearray) -> tuple[bytes, int]:
+    """The chat stream the whole WebSocket frames at the head of buf carry, and where
+    they end."""
+    out, pos, size = bytearray(), 0, len(buf)
+    while size - pos >= 2:
+        length, head = buf[pos + 1] & 0x7F, 2
+        if length == 126:
+            if size - pos < 4:
+                break
+            length, head = int.from_bytes(buf[pos + 2:pos + 4], "big"), 4
+        elif length == 127:
+            if size - pos < 10:
+                break
+            length, head = int.from_bytes(buf[pos + 2:pos + 10], "big"), 10
+        if size - pos < head + length:
+            break
+        if buf[pos] & 0x0F == 1:  # text; a close or a pong carries nothing for the chat
+            payload = buf[pos + head:pos + head + length]
+            out += payload if payload == b"_nickname_" else b"%-10d" % length + payload
+        pos += head + length
+    return bytes(out), pos
 
 
 @dataclass
@@ -124,6 +180,8 @@ class LoadGenerator:
         sock = socket.create_connection(("127.0.0.1", port), timeout=30)
         if self.tls is not None:  # the handshake blocks here: the join time includes it
             sock = self.tls.wrap_socket(sock, server_hostname="localhost")
+        if self.s.web:  # the upgrade asked at once; its 101 is read with the rest
+            sock.sendall(UPGRADE.format(port=port).encode())
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         client = Client(index, sock, f"b{index}")
@@ -144,16 +202,20 @@ class LoadGenerator:
             self.joined_count += 1
 
     def _flush(self, client: Client) -> None:
-        if client.wbuf:
+        if self.s.web and client.wbuf and client.upgraded:
+            client.wsout += ws_client_frames(client.wbuf)
+            client.wbuf.clear()
+        out = client.wsout if self.s.web else client.wbuf
+        if out:
             try:
-                sent = client.sock.send(client.wbuf)
-                del client.wbuf[:sent]
+                sent = client.sock.send(out)
+                del out[:sent]
             except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
                 pass
             except OSError:
                 self._lost(client)
                 return
-        want = bool(client.wbuf)
+        want = bool(out)
         if want != client.want_write:
             client.want_write = want
             events = selectors.EVENT_READ | (selectors.EVENT_WRITE if want else 0)
@@ -183,13 +245,32 @@ class LoadGenerator:
                     self._lost(client)
                     continue
                 if size:
-                    client.rbuf += self._recv_view[:size]
+                    if self.s.web:
+                        self._web_in(client, self._recv_view[:size])
+                    else:
+                        client.rbuf += self._recv_view[:size]
                     if self.s.irc:
                         self._irc_lines(client)
                     else:
                         self._chat_frames(client)
             if mask & selectors.EVENT_WRITE and client.fd in self.by_fd:
                 self._flush(client)
+
+    def _web_in(self, client: Client, data) -> None:
+        """WebSocket bytes in; the chat stream they carry onto rbuf."""
+        wsin = client.wsin
+        wsin += data
+        if not client.upgraded:
+            end = wsin.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            if not wsin.startswith(b"HTTP/1.1 101"):
+                raise RuntimeError(f"the web port refused the upgrade: {bytes(wsin[:40])!r}")
+            del wsin[:end + 4]
+            client.upgraded = True
+        chat, used = ws_server_messages(wsin)
+        del wsin[:used]
+        client.rbuf += chat
 
     # --- tcpchatd protocol
 
@@ -201,7 +282,10 @@ class LoadGenerator:
         while len(buf) - pos >= 10:
             header = bytes(buf[pos:pos + 10])
             if header == b"_nickname_":
-                if self.s.hello_room and self.s.rooms:
+                if self.s.web and not self.s.rooms:  # a WebSocket's answer: a hello
+                    hello = json.dumps({"type": "hello", "nickname": client.name}).encode()
+                    out += b"%-10d" % len(hello) + hello
+                elif self.s.hello_room and self.s.rooms:
                     hello = json.dumps({"type": "hello", "nickname": client.name,
                                         "room": f"r{client.index % self.s.rooms}"}).encode()
                     out += b"%-10d" % len(hello) + hello

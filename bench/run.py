@@ -31,9 +31,11 @@ def percentile(values, q: float) -> float | None:
 
 def measure(server_kind: str, settings: Settings, server_args=()) -> dict:
     """Start a server, run the generator against it, stop it; one result dict."""
-    server = Ngircd() if server_kind == "ngircd" else Tcpchatd(*server_args, tls=settings.tls)
+    server = Ngircd() if server_kind == "ngircd" else Tcpchatd(*server_args, tls=settings.tls,
+                                                                web=settings.web)
     with server:
-        settings.port = server.tls_port if settings.tls else server.port
+        settings.port = server.tls_port if settings.tls else \
+            server.web_port if settings.web else server.port
         settings.cafile = getattr(server, "cafile", None)
         return measure_running(server_kind, settings, [server])
 
@@ -340,6 +342,69 @@ def rooms_text(found: dict) -> str:
     ]) + "\n"
 
 
+def web_comparison(args, log) -> dict:
+    """Issue 28's two measures: CPU per delivery of WebSocket members beside TCP members
+    (200 clients, 20 senders, receipts; alternated, medians); the memory of 10,000 of each
+    joined (RSS, and per member above a daemon with 10 members)."""
+    per_delivery = compare(lambda kind: Settings(
+        port=0, clients=200, senders=20, window=args.window, duration=args.duration,
+        web=kind.endswith("web")), [("tcpchatd/tcp", ()), ("tcpchatd/web", ())],
+        args.repeats, log)
+    memory: dict[str, list[dict]] = {"tcp": [], "web": []}
+    for _ in range(args.repeats):
+        for kind in memory:
+            found = {}
+            for clients in (10, args.scale_clients):
+                result = measure("tcpchatd", Settings(
+                    port=0, clients=clients, senders=1, window=1, duration=1.0,
+                    web=kind == "web"), ("--max-clients", str(args.scale_clients + 10)))
+                log(json.dumps({"memory": kind, **result}))
+                found[clients] = result
+            memory[kind].append({
+                "rss_mib": found[args.scale_clients]["server_rss_mib"],
+                "join_s": found[args.scale_clients]["connect_join_s"],
+                "kib_per_member": round((found[args.scale_clients]["server_rss_mib"]
+                                         - found[10]["server_rss_mib"]) * 1024
+                                        / (args.scale_clients - 10), 2)})
+    return {"per_delivery": per_delivery, "memory": memory, "clients": args.scale_clients,
+            "repeats": args.repeats, "duration": args.duration}
+
+
+def web_text(found: dict) -> str:
+    tcp, web = found["per_delivery"]["tcpchatd/tcp"], found["per_delivery"]["tcpchatd/web"]
+    rows = [f"| {kind} | {r['deliveries_per_s']} | {r['cpu_us_per_delivery']} | "
+            f"{r['latency_p50_ms']} | {r['latency_p99_ms']} | {r['missing']} |"
+            for kind, r in (("200 TCP members", tcp), ("200 WebSocket members", web))]
+    cpu_ratio = web["cpu_us_per_delivery"] / tcp["cpu_us_per_delivery"]
+
+    def median(kind: str, key: str) -> float:
+        return statistics.median(run[key] for run in found["memory"][kind])
+    memory_rows = [f"| {found['clients']:,} {label} members | {median(kind, 'rss_mib')} | "
+                   f"{median(kind, 'kib_per_member')} | {median(kind, 'join_s'):.2f} |"
+                   for kind, label in (("tcp", "TCP"), ("web", "WebSocket"))]
+    memory_ratio = median("web", "kib_per_member") / median("tcp", "kib_per_member")
+    return "\n".join([
+        "## The browser (WebSocket members)", "",
+        measured(f"python -m bench web --repeats {found['repeats']} --duration "
+                 f"{found['duration']:g}") + " Alternated, medians of "
+        f"{found['repeats']}; with receipts. The generator's WebSocket clients do the "
+        "upgrade, mask their frames and read one text message per chat frame, as the "
+        "page does.", "",
+        "| run | deliveries/s | CPU µs/delivery | p50 ms | p99 ms | missing |",
+        "|---|---|---|---|---|---|", *rows, "",
+        f"A WebSocket member costs {cpu_ratio:.2f}× the CPU per delivery of a TCP member "
+        f"(target ≤ 1.5×: {'met' if cpu_ratio <= 1.5 else 'MISSED'}). The daemon "
+        "encodes a chunk of broadcasts into WebSocket messages once per loop and sends that "
+        "encoding to every browser due the same chunk (a server's frames are not masked), "
+        "so what a browser adds is mostly its confirms' decoding.", "",
+        "| members joined | daemon RSS MiB | KiB per member (above 10 members) | join s |",
+        "|---|---|---|---|", *memory_rows, "",
+        f"A WebSocket member takes {memory_ratio:.2f}× the memory of a TCP member (target "
+        f"≤ 1.5×: {'met' if memory_ratio <= 1.5 else 'MISSED'}): its wsproto connection "
+        "and the transport around it, beside the session both have.",
+    ]) + "\n"
+
+
 def measured(command: str) -> str:
     return f"Measured {time.strftime('%Y-%m-%d')} by `{command}`."
 
@@ -612,6 +677,7 @@ def main(argv=None) -> int:
     one.add_argument("--no-confirms", action="store_true")
     one.add_argument("--fanout", action="store_true")
     one.add_argument("--tls", action="store_true", help="tcpchatd's TLS port")
+    one.add_argument("--web", action="store_true", help="tcpchatd's web port: WebSocket clients")
     one.add_argument("--rooms", type=int, default=0,
                      help="tcpchatd: rooms r0..rN-1 (0: the default room alone)")
     one.add_argument("--rooms-per-client", type=int, default=1,
@@ -655,6 +721,12 @@ def main(argv=None) -> int:
     logins.add_argument("--repeats", type=int, default=3)
     logins.add_argument("--rate", type=float, default=20.0, help="the pair's messages/s")
     logins.add_argument("--login-rate", type=float, default=20.0)
+    web = commands.add_parser("web", help="WebSocket members beside TCP members: CPU per "
+                              "delivery and memory; rewrites BENCHMARKS.md's section")
+    web.add_argument("--duration", type=float, default=5.0)
+    web.add_argument("--window", type=int, default=20)
+    web.add_argument("--repeats", type=int, default=3)
+    web.add_argument("--scale-clients", type=int, default=10_000)
     two = commands.add_parser("cluster", help="two nodes through Redis against one node; "
                               "rewrites BENCHMARKS.md's section")
     two.add_argument("--duration", type=float, default=5.0)
@@ -673,6 +745,10 @@ def main(argv=None) -> int:
     if args.cmd == "logins":
         replace_section("Logins", logins_text(logins_comparison(args, measure_running, print),
                                               measured))
+        return 0
+    if args.cmd == "web":
+        raise_fd_limit()
+        replace_section("The browser (WebSocket members)", web_text(web_comparison(args, print)))
         return 0
     if args.cmd == "rooms":
         raise_fd_limit()
@@ -697,7 +773,7 @@ def main(argv=None) -> int:
         irc=args.server == "ngircd", fanout=args.fanout,
         irc_mask=args.server == "ngircd" and args.fanout, tls=args.tls, rooms=args.rooms,
         rooms_per_client=args.rooms_per_client, leave_default=args.leave_default,
-        hello_room=args.hello_room), args.server_arg)
+        hello_room=args.hello_room, web=args.web), args.server_arg)
     print(json.dumps(result))
     if not args.fanout:
         print(table([result]))

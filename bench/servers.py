@@ -153,10 +153,13 @@ class Server:
 class Tcpchatd(Server):
     kind = "tcpchatd"
 
-    def __init__(self, *extra: str, tls: bool = False) -> None:
+    def __init__(self, *extra: str, tls: bool = False, web: bool = False) -> None:
         super().__init__()
         self.extra = extra
         self.tls_port = free_port() if tls else None
+        self.web_port = free_port() if web else None
+        if web:
+            self.extra += ("--listen-web", f"127.0.0.1:{self.web_port}")
         self.cafile = None
         if tls:
             self.extra += self._certificates()

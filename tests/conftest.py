@@ -71,6 +71,16 @@ class ChatHandle:
     port: int
     tracebacks: list = field(default_factory=list)
     clients: list = field(default_factory=list)
+    web_port: int = 0  # the web listener's, when made with web=True
+
+    def browser(self, nickname: str | None = None, **kwargs):
+        """A WebSocket client on the web listener (wsclient.py), joined if named."""
+        from wsclient import WsClient
+        client = WsClient(self.web_port, **kwargs)
+        self.clients.append(client)
+        if nickname is not None:
+            client.join(nickname)
+        return client
 
     def client(self, nickname: str | None = None, **kwargs) -> RawClient:
         client = RawClient(self.port, **kwargs)
@@ -87,13 +97,17 @@ def chat():
     stores: list = []
     stop = threading.Event()
 
-    def make(accounts=None, bans=None, history_dir=None, **settings) -> ChatHandle:
+    def make(accounts=None, bans=None, history_dir=None, web=False, **settings) -> ChatHandle:
         """`accounts`: an AccountBook (the hall then checks logins and reservations);
-        `history_dir`: a folder for the lasting history (store/history.py)."""
+        `history_dir`: a folder for the lasting history (store/history.py); `web`: a
+        web listener too (handle.web_port)."""
         config = Config(listen=("127.0.0.1:0",), **settings)
         log = RecordingLog()
         listener = bind_listener("127.0.0.1", 0)
         handle = ChatHandle(None, None, log, listener.getsockname()[1])
+        web_listeners = [bind_listener("127.0.0.1", 0)] if web else []
+        if web:
+            handle.web_port = web_listeners[0].getsockname()[1]
         engine = Engine(config.io_threads, error_log=handle.tracebacks.append)
         logins = Logins(accounts, config, log) if accounts is not None else None
         store = None
@@ -104,7 +118,7 @@ def chat():
         hall = handle.hall = Hall(config, log, engine.channel, bans, broker=LocalBroker(),
                                   logins=logins, history=store)
         server = ChatServer([listener], hall, log, config, engine,
-                            error_log=handle.tracebacks.append)
+                            error_log=handle.tracebacks.append, web_listeners=web_listeners)
         handle.server = server
         engine.start()
         server.start()

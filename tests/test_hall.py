@@ -54,6 +54,7 @@ class FakeMember:
         self.address = "127.0.0.1:1"
         self.ip = "127.0.0.1"
         self.tls = False
+        self.via = "tcp"
         self.quiet = False
         self.account = None  # a guest
         self.role = "guest"

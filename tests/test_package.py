@@ -22,12 +22,14 @@ import pytest
 
 from rawclient import RawClient, wait_for
 from systemd_lab import Machine, UserManager
+from wsclient import WsClient, http_get
 from test_systemd_real import LAB_RESETS
 from test_upgrade import chat_through
 
 SBIN = "/usr/sbin/tcpchatd"
 UNIT_DIR = "/lib/systemd/system"
-UNITS = ("tcpchatd.service", "tcpchatd.socket", "tcpchatd-admin.socket", "tcpchatd-tls.socket")
+UNITS = ("tcpchatd.service", "tcpchatd.socket", "tcpchatd-admin.socket", "tcpchatd-tls.socket",
+         "tcpchatd-web.socket", "tcpchatd-web-tls.socket")
 DEBIAN_PYTHON = "/usr/bin/python3"
 
 
@@ -60,7 +62,8 @@ def test_the_commands_run_on_debian_s_python(installed):
                            "python3-regex"):
         assert debian_package in depends
     assert "python3-redis" in dpkg_query("Suggests")
-    assert {"rsyslog", "logrotate"} <= set(re.split(r",\s*", dpkg_query("Recommends")))
+    assert {"rsyslog", "logrotate", "python3-wsproto"} <= set(
+        re.split(r",\s*", dpkg_query("Recommends")))
 
 
 def test_user_group_units_rule_logrotate_and_conffiles(installed):
@@ -85,6 +88,8 @@ def test_user_group_units_rule_logrotate_and_conffiles(installed):
     enabled = os.listdir("/etc/systemd/system/sockets.target.wants")
     assert {"tcpchatd.socket", "tcpchatd-admin.socket"} <= set(enabled)
     assert "tcpchatd-tls.socket" not in enabled  # TLS waits for the operator's certificate
+    assert "tcpchatd-web.socket" not in enabled  # the browser client is the operator's choice
+    assert "tcpchatd-web-tls.socket" not in enabled
 
 
 def test_the_config_file_lists_every_setting_commented_and_loads(installed):
@@ -127,10 +132,12 @@ def lab(installed):
     manager = UserManager().start()
     try:
         admin_path = os.path.join(manager.base, "admin", "admin.sock")
-        with socket.socket() as s:
+        with socket.socket() as s, socket.socket() as w:
             s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        drop_ins = {"tcpchatd.service": "[Service]\nWatchdogSec=2\n" + LAB_RESETS,
+            w.bind(("127.0.0.1", 0))
+            port, web_port = s.getsockname()[1], w.getsockname()[1]
+        drop_ins = {
+            "tcpchatd-web.socket": f"[Socket]\nListenStream=\nListenStream=127.0.0.1:{web_port}\n","tcpchatd.service": "[Service]\nWatchdogSec=2\n" + LAB_RESETS,
                     "tcpchatd.socket": f"[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n",
                     "tcpchatd-admin.socket": f"[Socket]\nListenStream=\nListenStream={admin_path}\n"}
         for unit, text in drop_ins.items():
@@ -140,7 +147,7 @@ def lab(installed):
         for unit in UNITS:
             manager.systemctl("link", os.path.join(UNIT_DIR, unit))
         manager.systemctl("daemon-reload")
-        manager.port, manager.admin_path = port, admin_path
+        manager.port, manager.admin_path, manager.web_port = port, admin_path, web_port
         yield manager
     finally:
         manager.stop()
@@ -153,10 +160,22 @@ def installed_ctl(lab, *args):
 
 
 def test_the_installed_units_serve_under_systemd(lab):
-    lab.systemctl("start", "tcpchatd.socket", "tcpchatd-admin.socket")
+    lab.systemctl("start", "tcpchatd.socket", "tcpchatd-admin.socket", "tcpchatd-web.socket")
     try:
         client = RawClient(lab.port, timeout=15)  # socket activation starts the service
         assert client.join("operator")["nickname"] == "operator"
+        # the browser's page and WebSocket, on Debian's python3-wsproto and h11
+        status, _, page = http_get(lab.web_port, "/")
+        assert status == 200 and b'<script src="/app.js"' in page
+        browser = WsClient(lab.web_port)
+        browser.join("webby")
+        client.read_until(lambda f: f.get("event") == "join")
+        said = browser.say("from a browser on the installed package")
+        assert client.read_until(lambda f: f.get("type") == "message")["uuid"] == said
+        client.confirm(said)
+        assert browser.read_until(lambda f: f.get("type") == "confirm")["delivered"] == 1
+        browser.close()
+        client.read_until(lambda f: f.get("event") == "leave")
         pid = lab.main_pid("tcpchatd.service")
         with open(f"/proc/{pid}/cmdline", "rb") as fh:
             argv = fh.read().split(b"\0")

@@ -444,7 +444,7 @@ def test_daemon_mode_replaces_a_stale_pid_file(short_tmp):
 
 
 UNIT_FILES = ["tcpchatd.service", "tcpchatd.socket", "tcpchatd-admin.socket",
-              "tcpchatd-tls.socket"]
+              "tcpchatd-tls.socket", "tcpchatd-web.socket", "tcpchatd-web-tls.socket"]
 
 
 def test_systemd_analyze_verify_is_clean():
@@ -486,7 +486,8 @@ def test_units_say_what_the_design_asks():
     assert service["Requires"] == ["tcpchatd-admin.socket"]
     assert service["Wants"] == ["tcpchatd.socket"]
     assert set(service["After"][0].split()) >= {"tcpchatd.socket", "tcpchatd-admin.socket",
-                                                 "tcpchatd-tls.socket"}
+                                                 "tcpchatd-tls.socket", "tcpchatd-web.socket",
+                                                 "tcpchatd-web-tls.socket"}
     assert service["Documentation"] == ["man:tcpchatd(8) man:tcpchatctl(1)"]
     assert "RuntimeDirectory" not in service
     assert service["CapabilityBoundingSet"] == [""]
@@ -505,8 +506,14 @@ def test_units_say_what_the_design_asks():
     tls = unit_settings("tcpchatd-tls.socket")
     assert tls["ListenStream"] == ["55556"] and tls["FileDescriptorName"] == ["chat-tls"]
     assert tls["Service"] == ["tcpchatd.service"]
-    assert "tcpchatd-tls.socket" not in " ".join(service.get("Requires", []) +
-                                                  service.get("Wants", []))  # optional
+    for optional in ("tcpchatd-tls.socket", "tcpchatd-web.socket", "tcpchatd-web-tls.socket"):
+        assert optional not in " ".join(service.get("Requires", []) + service.get("Wants", []))
+    from tcpchatd.service.main import WEB_SOCKET_NAME, WEB_TLS_SOCKET_NAME
+    for name, port, fd_name in (("tcpchatd-web.socket", "55580", WEB_SOCKET_NAME),
+                                ("tcpchatd-web-tls.socket", "55581", WEB_TLS_SOCKET_NAME)):
+        web = unit_settings(name)
+        assert web["ListenStream"] == [port] and web["FileDescriptorName"] == [fd_name]
+        assert web["Service"] == ["tcpchatd.service"]
 
 
 def test_the_service_is_hardened_to_an_exposure_of_at_most_2():

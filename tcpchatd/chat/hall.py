@@ -40,7 +40,7 @@ from .broker import UNCLAIMED, Broker
 from .logins import Logins
 from .receipts import SETTLED_MEMORY_FACTOR, Pending, Receipts
 from .relay import Relay
-from .room import Channel, Member, RemoteMember, Room
+from .room import Channel, Member, RemoteMember, Room, member_info
 
 __all__ = ["AddressBanned", "Hall", "Member", "NoSuchMember", "NoSuchRoom", "NotInRoom",
            "Room"]
@@ -308,9 +308,7 @@ class Hall:
         with self.lock:  # the cheap refusal first: no round trip to the broker
             self._refuse_taken(key, nickname)
             self._refuse_in_use(member)
-        info = {"addr": member.address, "tls": member.tls, "since": member.connected}
-        if member.quiet:
-            info["quiet"] = True
+        info = member_info(member)
         if member.account is not None:
             info["account"], info["role"] = member.account, member.role
         if room_name is not None:
@@ -363,6 +361,7 @@ class Hall:
         self.log.event("join", nick=member.nickname, room=room.name,
                        addr=member.address if first else None,
                        tls="yes" if member.tls and first else None,
+                       via=member.via if first and member.via in ("web", "wss") else None,
                        post="yes" if member.quiet else None,
                        account=member.account if first else None,
                        role=member.role if first and member.account is not None else None)
@@ -463,7 +462,7 @@ class Hall:
         if claim is not None:  # another spelling of its own nickname: no new claim
             settled(self._renamed(member, new, key, claim))
             return
-        info = {"addr": member.address, "tls": member.tls, "since": member.connected}
+        info = member_info(member)
         self.broker.claim(new, info, lambda claim: settled(
             self._renamed(member, new, key, claim)))
 

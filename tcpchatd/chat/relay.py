@@ -63,7 +63,7 @@ class Relay:
     def remote_join(self, node: str, nickname: str, room_name: str | None = None,
                     address: str = "", tls: bool = False, connected: float = 0.0,
                     quiet: bool = False, account: str | None = None,
-                    role: str = "guest") -> None:
+                    role: str = "guest", via: str | None = None) -> None:
         """Another node's member is in a room (its first: it joined; or one more)."""
         hall, key = self.hall, nickname_key(nickname)
         with hall.lock:
@@ -78,10 +78,11 @@ class Relay:
                     self.forget(key)
                 known = self._members[key] = RemoteMember(nickname, node, address, tls,
                                                           connected, quiet, [], account,
-                                                          role)
+                                                          role, via or "tcp")
             elif address:  # its first room's join says more of it
                 known.address, known.tls, known.connected = address, tls, connected
                 known.account, known.role = account, role
+                known.via = via or ("tls" if tls else "tcp")
             if room.key in known.rooms:
                 return  # told again (the node came back): not news
             known.rooms.append(room.key)

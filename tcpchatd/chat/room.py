@@ -23,6 +23,7 @@ class Member(Protocol):
     address: str      # `ip:port` or `[v6]:port`, for `who` and the log
     ip: str           # the peer's address, for bans
     tls: bool         # it came in on a TLS port
+    via: str          # tcp, tls, web (a browser's WebSocket) or wss (one inside TLS)
     quiet: bool       # a poster (hello mode post): no join or leave notices, not in names
     connected: float  # time.time() when it connected
     last_active: float  # time.monotonic() of its last frame
@@ -63,6 +64,17 @@ class Channel(Protocol):
         """The room is gone."""
 
 
+def member_info(member: Member) -> dict[str, Any]:
+    """What the other nodes are told of a member that claims a nickname or joins a room."""
+    info: dict[str, Any] = {"addr": member.address, "tls": member.tls,
+                            "since": member.connected}
+    if member.via in ("web", "wss"):  # tcp and tls say themselves (`tls`)
+        info["via"] = member.via
+    if member.quiet:
+        info["quiet"] = True
+    return info
+
+
 @dataclass
 class RemoteMember:
     """A member of another node, as its join events described it."""
@@ -76,6 +88,7 @@ class RemoteMember:
     rooms: list[str] = field(default_factory=list)  # the keys of the rooms it is in
     account: str | None = None  # the account it logged in to
     role: str = "guest"         # ... its role (a bot comes and goes without notices)
+    via: str = "tcp"            # how it came in: tcp, tls, web, wss
 
     @property
     def silent(self) -> bool:

@@ -47,6 +47,7 @@ from typing import Any
 from ..chat.broker import UNCLAIMED
 from ..chat.hall import EventLog
 from ..chat.relay import Relay
+from ..chat.room import member_info
 from ..wire import protocol
 from ..wire.nicknames import nickname_key
 
@@ -489,7 +490,8 @@ class RedisBroker:
             relay.remote_join(node, event["nick"], event.get("room"), event.get("addr", ""),
                               bool(event.get("tls")), float(event.get("since") or 0),
                               bool(event.get("quiet")), event.get("account"),
-                              str(event.get("role", "guest")))
+                              str(event.get("role", "guest")),
+                              str(event.get("via") or ("tls" if event.get("tls") else "tcp")))
         elif kind == "part":
             relay.remote_part(node, event["nick"], event.get("room"), event["reason"],
                               event.get("detail"))
@@ -616,8 +618,7 @@ class RedisBroker:
             key = nickname_key(nickname)
             if token and self.client.hget(self.nicks, key) == token:
                 continue
-            info = {"addr": member.address, "tls": member.tls, "since": member.connected,
-                    **({"quiet": True} if member.quiet else {})}
+            info = member_info(member)
             token = self._token(nickname, info)
             if self.client.hsetnx(self.nicks, key, token):
                 self.relay.set_claim(member, token)
@@ -649,8 +650,7 @@ class RedisBroker:
         """Every node hears again which rooms this node's members are in (a join per
         member and room; a node that knew it takes it as no news)."""
         for member, nickname, _ in self.relay.claims():
-            info = {"addr": member.address, "tls": member.tls, "since": member.connected,
-                    **({"quiet": True} if member.quiet else {})}
+            info = member_info(member)
             for room in self.relay.rooms_of(member):
                 self.publish({"kind": "join", "nick": nickname, "room": room, **info})
 

@@ -148,12 +148,14 @@ class AdminCommands:
             "nickname": member.nickname, "address": member.address,
             "connected": _iso(member.connected), "idle_s": round(now - member.last_active, 3),
             "sent": member.sent, "received": member.received, "tls": member.tls,
+            "via": member.via,
             "post": member.quiet, "rooms": hall.rooms_of(member), **self.node,
             "account": member.account, "role": member.role,
         } for member in members] + [{
             "nickname": remote.nickname, "address": remote.address,
             "connected": _iso(remote.connected), "idle_s": None, "sent": None,
             "received": None, "tls": remote.tls, "post": remote.quiet, "node": remote.node,
+            "via": remote.via,
             "account": remote.account, "role": remote.role,
             "rooms": [r.name for r in (names.get(key) for key in list(remote.rooms))
                       if r is not None],

@@ -61,6 +61,7 @@ def show_who(result: dict) -> str:
     if not clients:
         return "no clients connected"
     tls = any(c.get("tls") for c in clients)  # the column only where TLS is served
+    via = any(c.get("via") in ("web", "wss") for c in clients)  # ... and browsers are in
     post = any(c.get("post") for c in clients)  # ... this one only with posters
     node = any(c.get("node") for c in clients)  # ... and this one only in a cluster
     accounts = any(c.get("account") for c in clients)  # ... this one where some logged in
@@ -73,12 +74,14 @@ def show_who(result: dict) -> str:
     heading = f"#{result['room']}: {len(clients)} member{'' if len(clients) == 1 else 's'}\n" \
         if result.get("room") else ""
     return heading + table([("NICKNAME", "ADDRESS", "CONNECTED", "IDLE", "SENT", "RECEIVED")
-                  + (("TLS",) if tls else ()) + (("POST",) if post else ())
+                  + (("TLS",) if tls else ()) + (("VIA",) if via else ())
+                  + (("POST",) if post else ())
                   + (("NODE",) if node else ()) + (("ACCOUNT",) if accounts else ())
                   + (("ROOMS",) if rooms else ())] + [
         (c["nickname"], c["address"], c["connected"], number(c["idle_s"], "s"),
          number(c["sent"]), number(c["received"]))
         + ((("yes" if c.get("tls") else "no"),) if tls else ())
+        + ((c.get("via") or "tcp",) if via else ())
         + ((("yes" if c.get("post") else "no"),) if post else ())
         + ((c.get("node") or "",) if node else ())
         + ((_account_cell(c),) if accounts else ())

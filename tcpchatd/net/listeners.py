@@ -1,4 +1,8 @@
-"""Chat listeners and the accept thread; admission (bans, limits); the set of connections."""
+"""Chat listeners and the accept thread; admission (bans, limits); the set of connections.
+
+Four kinds of listener, each accepted the same way: the chat (plaintext TCP), the chat
+inside TLS, the web (HTTP: the page, and WebSockets) and the web inside TLS (https,
+wss). A web connection is a session on a WebSocket transport (websocket.py)."""
 
 from __future__ import annotations
 
@@ -17,10 +21,12 @@ from typing import Any
 from ..chat.hall import EventLog, Hall
 from ..wire import errors, protocol
 from .engine import Engine, name_os_thread
+from .httpdoor import HttpDoor
 from .session import Session
 from .settings import NetSettings
 from .tls import TlsCredentials
 from .transport import PlainTransport, TlsTransport
+from .websocket import WebSocketTransport
 
 ACCEPT_TICK = 0.5  # how often an idle accept thread updates its heartbeat
 ACCEPT_BATCH = 64  # connections accepted in a row before the listeners are polled again
@@ -61,11 +67,17 @@ class ChatServer:
                  config: NetSettings, engine: Engine,
                  error_log: Callable[[str], None] | None = None,
                  tls_listeners: tuple[socket.socket, ...] | list[socket.socket] = (),
-                 tls: TlsCredentials | None = None) -> None:
+                 tls: TlsCredentials | None = None,
+                 web_listeners: tuple[socket.socket, ...] | list[socket.socket] = (),
+                 web_tls_listeners: tuple[socket.socket, ...] | list[socket.socket] = ()
+                 ) -> None:
         self.listeners = listeners
         # TLS listeners are served only with credentials (else left unserved: main.py)
         self.tls_listeners = list(tls_listeners) if tls is not None else []
+        self.web_listeners = list(web_listeners)
+        self.web_tls_listeners = list(web_tls_listeners) if tls is not None else []
         self._unserved = [] if tls is not None else list(tls_listeners)
+        self._web_unserved = [] if tls is not None else list(web_tls_listeners)
         self.tls = tls
         self.hall = hall
         self.bans = hall.bans
@@ -99,7 +111,13 @@ class ChatServer:
 
     def addresses(self) -> list[str]:
         return [describe(sock) for sock in self.listeners] + [
-            f"{describe(sock)} (tls)" for sock in self.tls_listeners]
+            f"{describe(sock)} (tls)" for sock in self.tls_listeners] + [
+            f"{describe(sock)} (web)" for sock in self.web_listeners] + [
+            f"{describe(sock)} (web, tls)" for sock in self.web_tls_listeners]
+
+    def _served(self) -> list[socket.socket]:
+        return self.listeners + self.tls_listeners + self.web_listeners + \
+            self.web_tls_listeners
 
     def start(self) -> None:
         self._thread.start()
@@ -110,7 +128,7 @@ class ChatServer:
         name_os_thread("tcpchatd accept")
         poller = select.poll()
         by_fd = {}
-        for listener in self.listeners + self.tls_listeners:
+        for listener in self._served():
             listener.setblocking(False)
             poller.register(listener, select.POLLIN)
             by_fd[listener.fileno()] = listener
@@ -126,7 +144,8 @@ class ChatServer:
                     self._accept(ready)
 
     def _accept(self, listener: socket.socket) -> None:
-        tls = listener in self.tls_listeners
+        tls = listener in self.tls_listeners or listener in self.web_tls_listeners
+        web = listener in self.web_listeners or listener in self.web_tls_listeners
         for _ in range(ACCEPT_BATCH):  # a burst of connects is taken in one wake-up
             try:
                 sock, address = listener.accept()
@@ -137,12 +156,13 @@ class ChatServer:
                     time.sleep(0.1)  # out of descriptors: let clients leave, then go on
                 return
             try:
-                self._admit(sock, address, tls)
+                self._admit(sock, address, tls, web)
             except Exception:
                 self._admission_failed()
                 sock.close()
 
-    def _admit(self, sock: socket.socket, address: tuple, tls: bool = False) -> None:
+    def _admit(self, sock: socket.socket, address: tuple, tls: bool = False,
+               web: bool = False) -> None:
         """Admission, the one hook between accept and the handshake (a TLS connection
         is wrapped by its loop with the context current now)."""
         config = self.config
@@ -158,16 +178,20 @@ class ChatServer:
                            f"too many connections from {ip} (limit {config.max_per_address})")
             else:
                 refusal = None
-                transport = TlsTransport(sock, self.tls.context) if tls and self.tls \
+                inner = TlsTransport(sock, self.tls.context) if tls and self.tls \
                     else PlainTransport(sock)
+                transport = WebSocketTransport(inner, HttpDoor(tls, config.web_origins)) \
+                    if web else inner
                 conn = Session(transport, address, self)
                 self._connections.add(conn)
                 self._per_ip[ip] += 1
         if refusal is None:
             self.engine.adopt(conn)
             return
-        self.log.event("refused", addr=ip, code=refusal[0], tls="yes" if tls else None)
-        if tls:  # the client expects a TLS handshake, not a frame: it only sees the close
+        self.log.event("refused", addr=ip, code=refusal[0], tls="yes" if tls else None,
+                       via="web" if web else None)
+        if tls or web:  # the client expects a TLS handshake or HTTP, not a frame: it
+            # only sees the close
             sock.close()
             return
         try:  # a fresh socket's send buffer has room for one small frame: never blocks
@@ -194,6 +218,9 @@ class ChatServer:
     def all_tls_listeners(self) -> list[socket.socket]:
         """Served or not: an upgrade hands them all over."""
         return self.tls_listeners + self._unserved
+
+    def all_web_tls_listeners(self) -> list[socket.socket]:
+        return self.web_tls_listeners + self._web_unserved
 
     def connection_ended(self, conn: Session) -> None:
         """Give the connection's slot back: the count and its address's count."""
@@ -248,7 +275,7 @@ class ChatServer:
         self.wait_ended(None, grace + ACCEPT_TICK)
 
     def close_listeners(self) -> None:
-        for sock in self.listeners + self.tls_listeners + self._unserved:
+        for sock in self._served() + self._unserved + self._web_unserved:
             sock.close()
         for fd in (self._wake_read, self._wake_write):
             os.close(fd)

@@ -33,12 +33,13 @@ from .handover import b64, unb64
 from .settings import NetSettings
 from .tls import CLIENT_HELLO_START
 from .transport import PlainTransport, TransportError
+from .websocket import HandshakeEnded, WebSocketTransport
 
 if TYPE_CHECKING:
     from .engine import Channel, EventLoop, Timer
     from .transport import MemoryTransport, TlsTransport
 
-    Transport = PlainTransport | TlsTransport | MemoryTransport
+    Transport = PlainTransport | TlsTransport | MemoryTransport | WebSocketTransport
 
 NICKNAME_ATTEMPTS = 3
 ROOM_REFUSALS = frozenset({errors.ROOM_NAME_INVALID, errors.ROOM_NAME_TAKEN,
@@ -100,6 +101,7 @@ class Session:
     def __init__(self, transport: Transport, address: tuple, server: SessionServer) -> None:
         self.transport = transport
         self.tls = transport.tls
+        self.via = transport.kind        # tcp, tls, web or wss (`who`, the join's log line)
         self.tls_heard = False           # the peer sent something on the TLS port
         self.tls_hello_deadline = 0.0
         self.server = server
@@ -288,8 +290,11 @@ class Session:
         self.transport.configure(self.config)
         self.handshake_deadline = time.monotonic() + self.config.handshake_timeout
         self._at(self.handshake_deadline)
-        if not self.transport.start():  # TLS: the handshake first
+        if not self.transport.start():  # TLS, a web door: the handshake first
             self.state = TLS_HANDSHAKE
+            if self.via != "tls":  # a browser asks first; its silence is the timeout's
+                self.tls_heard = True
+                return
             # a TLS client speaks first, at once; a plaintext one waits for `_nickname_`
             self.tls_hello_deadline = time.monotonic() + self.config.tls_hello_wait
             self._at(self.tls_hello_deadline)
@@ -366,6 +371,8 @@ class Session:
             self.last_active = time.monotonic()
             self.reader.buffer += data
             self._serve()
+            if self.transport.at_end and not self.closing:  # a WebSocket's close came
+                self._depart("quit", None)               # after its last messages
 
     def writable(self) -> None:
         if self.state == TLS_HANDSHAKE:
@@ -515,9 +522,13 @@ class Session:
     # --- the handshakes
 
     def _tls_handshake(self) -> None:
-        """One non-blocking step of the TLS handshake; never waits."""
+        """One non-blocking step of the transport's handshake (TLS's, then a web door's
+        HTTP request and answer); never waits."""
         try:
             done = self.transport.handshake()
+        except HandshakeEnded as ended:  # a page's file served, a refusal: the end
+            self._http_answered(ended)
+            return
         except TransportError as exc:  # plaintext, garbage, a peer that vanished
             self._tls_failed(str(exc))
             return
@@ -525,6 +536,19 @@ class Session:
             self.state = HANDSHAKE
             self.deliver(protocol.NICKNAME_PROMPT)
         self.loop.watch(self)
+        if done and self.transport.buffered():  # a WebSocket's first frames came with
+            self.readable()                     # its request: no readiness says so
+
+    def _http_answered(self, ended: HandshakeEnded) -> None:
+        """The web door's access line (none for a connection that asked nothing)."""
+        outcome = ended.outcome
+        if outcome is not None:
+            self.log.event("http", addr=self.address, method=outcome.method or None,
+                           path=(outcome.path or "")[:LOGGED_NICKNAME] or None,
+                           status=outcome.status,
+                           origin=outcome.origin[:LOGGED_NICKNAME]
+                           if outcome.origin and outcome.status == 403 else None)
+        self.close("http")
 
     def _tls_silent(self) -> None:
         """Nothing came on the TLS port within tls_hello_wait: a plaintext client waiting
@@ -537,8 +561,11 @@ class Session:
         self.close("error")
 
     def _tls_failed(self, why: str) -> None:
-        self.log.event("protocol_error", addr=self.address, code=errors.TLS_HANDSHAKE,
-                       error=str(why).lower())
+        if self.via == "web":  # no TLS: an HTTP request that never came whole
+            self.log.event("http", addr=self.address, status=408, error=str(why).lower())
+        else:
+            self.log.event("protocol_error", addr=self.address, code=errors.TLS_HANDSHAKE,
+                           error=str(why).lower())
         self.close("error")
 
     def _handshake(self, data: bytes) -> None:
@@ -1030,7 +1057,9 @@ class Session:
     @classmethod
     def resumed(cls, record: dict, server: SessionServer) -> Session:
         """The session a record describes, on the same socket (fd kept across exec)."""
-        conn = cls(PlainTransport.resumed(record), (record["ip"], record["port"]), server)
+        transport = WebSocketTransport.resumed(record) if "web" in record else \
+            PlainTransport.resumed(record)
+        conn = cls(transport, (record["ip"], record["port"]), server)
         conn.restore(record)
         return conn
 

@@ -37,7 +37,14 @@ class PlainTransport:
     """A non-blocking TCP socket."""
 
     tls = False
+    kind = "tcp"  # what `who` shows: tcp, tls, web (WebSocket) or wss (inside TLS)
     handshake_wants_write = False  # no handshake
+    at_end = False  # the peer's end came inside what recv() gave (a WebSocket's close)
+    carriable = True  # can cross an upgrade's exec
+
+    def buffered(self) -> bool:
+        """Data the handshake read beyond itself, waiting for no readiness."""
+        return False
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock  # the selector's key: the loop waits on it
@@ -116,6 +123,8 @@ class TlsTransport(PlainTransport):
     """
 
     tls = True
+    kind = "tls"
+    carriable = False
 
     def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
         super().__init__(sock)
@@ -176,7 +185,10 @@ class MemoryTransport:
     bounds what one send takes, as a kernel's buffer does; `ended` is the peer's EOF."""
 
     tls = False
+    kind = "tcp"
     handshake_wants_write = False
+    at_end = False
+    carriable = False
 
     def __init__(self, room: int = 1 << 20) -> None:
         self.incoming = bytearray()
@@ -197,6 +209,9 @@ class MemoryTransport:
 
     def handshake(self) -> bool:
         return True
+
+    def buffered(self) -> bool:
+        return False
 
     def recv(self) -> bytes | None:
         if self.incoming:

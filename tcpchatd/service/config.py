@@ -140,6 +140,18 @@ def _optional_addresses(value: Any) -> tuple[str, ...]:
     return tuple(items)
 
 
+_ORIGIN = re.compile(r"https?://[^/\s?#]+\Z")
+
+
+def _origins(value: Any) -> tuple[str, ...]:
+    """Web origins as a browser sends them: scheme and host (and port), no path."""
+    items = _items(value)
+    for item in items:
+        if not _ORIGIN.match(item):
+            raise ValueError(f"{item!r} is not an origin such as https://chat.example.com")
+    return tuple(items)
+
+
 def _networks(value: Any) -> tuple[str, ...]:
     items = _items(value)
     for item in items:
@@ -233,6 +245,18 @@ class Config:
         (), "TLS chat address HOST:PORT or [V6]:PORT (repeatable; '' for none); unused "
         "when systemd passes sockets", _optional_addresses, repeat=True, metavar="ADDR",
         shown="none")
+    listen_web: tuple[str, ...] = setting(
+        (), "HTTP address HOST:PORT of the browser client: the page and its WebSocket "
+        "(repeatable; '' for none); unused when systemd passes sockets", _optional_addresses,
+        repeat=True, metavar="ADDR", shown="none")
+    listen_web_tls: tuple[str, ...] = setting(
+        (), "HTTPS address HOST:PORT of the browser client (wss://; needs the TLS pair; "
+        "repeatable; '' for none); unused when systemd passes sockets", _optional_addresses,
+        repeat=True, metavar="ADDR", shown="none")
+    web_origins: tuple[str, ...] = setting(
+        (), "origins besides the page's own whose pages may open a WebSocket (a reverse "
+        "proxy's public address, e.g. https://chat.example.com; comma-separated)", _origins,
+        repeat=True, metavar="ORIGINS", shown="none: the page's own origin only")
     tls_cert: str | None = setting(
         None, "PEM certificate (with its chain) for the TLS port", _optional_str,
         metavar="PATH", shown="$CREDENTIALS_DIRECTORY/tls.crt under systemd, else none")
@@ -380,6 +404,12 @@ class Config:
 
     def tls_listen_addresses(self) -> list[tuple[str, int]]:
         return [parse_address(text) for text in self.listen_tls]
+
+    def web_listen_addresses(self) -> list[tuple[str, int]]:
+        return [parse_address(text) for text in self.listen_web]
+
+    def web_tls_listen_addresses(self) -> list[tuple[str, int]]:
+        return [parse_address(text) for text in self.listen_web_tls]
 
     def tls_cert_path(self, environ: Mapping[str, str] | None = None) -> str | None:
         return self.tls_cert or credential("tls.crt", environ)

@@ -38,10 +38,25 @@ from .trafficlog import TrafficLog
 TICK = 0.25                 # main loop period: receipts and bans expire, the watchdog
 HALL_PROBE_TIMEOUT = 1.0    # the watchdog's bound on taking the hall's lock
 # Settings a reload does not change: sockets stay as they were bound.
-FIXED_ON_RELOAD = ("listen", "listen_tls", "admin_socket", "admin_socket_mode", "pid_file",
-                   "thread_stack", "state_dir", "io_threads", "broker", "broker_password_file",
-                   "broker_ca", "cluster", "node_name", "node_ttl", "broker_stream")
+FIXED_ON_RELOAD = ("listen", "listen_tls", "listen_web", "listen_web_tls", "admin_socket",
+                   "admin_socket_mode", "pid_file", "thread_stack", "state_dir", "io_threads",
+                   "broker", "broker_password_file", "broker_ca", "cluster", "node_name",
+                   "node_ttl", "broker_stream")
 TLS_SOCKET_NAME = "chat-tls"  # FileDescriptorName= of tcpchatd-tls.socket
+WEB_SOCKET_NAME = "web"  # ... of tcpchatd-web.socket
+WEB_TLS_SOCKET_NAME = "web-tls"  # ... of tcpchatd-web-tls.socket
+NOT_CHAT = ("admin", TLS_SOCKET_NAME, WEB_SOCKET_NAME, WEB_TLS_SOCKET_NAME)
+
+
+def web_ready() -> None:
+    """A web listener needs wsproto (the `web` extra; Debian's python3-wsproto): said
+    at the start, not at the first browser."""
+    try:
+        import h11  # noqa: F401
+        import wsproto  # noqa: F401
+    except ImportError:
+        raise ConfigError("listen_web and listen_web_tls need wsproto: pip install "
+                          "'tcpchatd[web]' (Debian: apt install python3-wsproto)") from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -152,10 +167,11 @@ class Daemon:
     def run(self) -> int:
         threading.stack_size(self.config.thread_stack)
         inherited = systemd.listen_fds()
-        chat_sockets = [sock for name, sock in inherited
-                        if name not in ("admin", TLS_SOCKET_NAME)]
+        chat_sockets = [sock for name, sock in inherited if name not in NOT_CHAT]
         admin_sockets = [sock for name, sock in inherited if name == "admin"]
         tls_sockets = [sock for name, sock in inherited if name == TLS_SOCKET_NAME]
+        web_sockets = [sock for name, sock in inherited if name == WEB_SOCKET_NAME]
+        web_tls_sockets = [sock for name, sock in inherited if name == WEB_TLS_SOCKET_NAME]
         if self.args.daemon and not systemd.under_service_manager():
             pidfile.check(self.config.pid_file_path())
         self._load_bans()
@@ -163,19 +179,25 @@ class Daemon:
         # Sockets systemd passed (tcpchatd.socket, tcpchatd-tls.socket) are the chat's
         # listeners, all of them: none of our own is bound beside them (masking
         # tcpchatd.socket and enabling tcpchatd-tls.socket serves TLS alone).
-        passed = chat_sockets + tls_sockets
+        passed = chat_sockets + tls_sockets + web_sockets + web_tls_sockets
         self.ignored_settings = self._settings_systemd_overrides(passed)
-        if tls_sockets:  # systemd's: without a usable pair they stay unserved, chat runs on
-            self._tls_for_passed_sockets()
+        if tls_sockets or web_tls_sockets:  # systemd's: without a usable pair they stay
+            self._tls_for_passed_sockets()  # unserved, and the chat runs on
             if self.tls_unserved:
                 console.say(f"tcpchatd: TLS not served: {self.tls_unserved}")
-        elif self.config.listen_tls and not chat_sockets:  # ours: a bad pair stops the start
-            self.tls = self._tls_credentials(self.config)
+        elif (self.config.listen_tls or self.config.listen_web_tls) and not passed:
+            self.tls = self._tls_credentials(self.config)  # ours: a bad pair stops the start
             tls_sockets = [bind_listener(host, port)
                            for host, port in self.config.tls_listen_addresses()]
+            web_tls_sockets = [bind_listener(host, port)
+                               for host, port in self.config.web_tls_listen_addresses()]
         if not passed:
             chat_sockets = [bind_listener(host, port)
                             for host, port in self.config.listen_addresses()]
+            web_sockets = [bind_listener(host, port)
+                           for host, port in self.config.web_listen_addresses()]
+        if web_sockets or web_tls_sockets:
+            web_ready()
         owned_admin_path = None
         if admin_sockets:
             admin_socket = admin_sockets[0]
@@ -184,11 +206,11 @@ class Daemon:
             owned_admin_path = self.config.admin_socket_path()
             admin_socket = admin.bind_socket(owned_admin_path, self.config.admin_socket_mode,
                                              self.config.admin_group)
-        pid_path = self._detach([*chat_sockets, *tls_sockets, admin_socket]) \
-            if self.args.daemon else None
+        pid_path = self._detach([*chat_sockets, *tls_sockets, *web_sockets, *web_tls_sockets,
+                                 admin_socket]) if self.args.daemon else None
         try:
             return self._serve(chat_sockets, tls_sockets, admin_socket, owned_admin_path,
-                               pid_path)
+                               pid_path, web=(web_sockets, web_tls_sockets))
         finally:
             if pid_path:
                 pidfile.remove(pid_path)
@@ -200,7 +222,7 @@ class Daemon:
         if not passed:
             return []
         defaults = config_module.Config()
-        ignored = [name for name in ("listen", "listen_tls")
+        ignored = [name for name in ("listen", "listen_tls", "listen_web", "listen_web_tls")
                    if getattr(self.config, name) != getattr(defaults, name)]
         if ignored:
             console.say(f"tcpchatd: {' and '.join(ignored)} not used: systemd passed the "
@@ -345,7 +367,8 @@ class Daemon:
 
     def _serve(self, chat_sockets: list[socket.socket], tls_sockets: list[socket.socket],
                admin_socket: socket.socket, owned_admin_path: str | None,
-               pid_path: str | None = None, resume: dict | None = None) -> int:
+               pid_path: str | None = None, resume: dict | None = None,
+               web: tuple[list[socket.socket], list[socket.socket]] = ([], [])) -> int:
         config = self.config
         self.pid_path, self.owned_admin_path = pid_path, owned_admin_path
         log = TrafficLog(config.log_target, config.syslog_address, config.syslog_facility,
@@ -364,7 +387,8 @@ class Daemon:
             {"kind": "account", "key": account.key,
              "account": None if removed else account_row(account)})
         server = ChatServer(chat_sockets, hall, log, config, engine, error_log=_error_log,
-                            tls_listeners=tls_sockets, tls=self.tls)
+                            tls_listeners=tls_sockets, tls=self.tls,
+                            web_listeners=web[0], web_tls_listeners=web[1])
         self.engine, self.hall, self.server = engine, hall, server
         hand_over = self.hand_over = upgrade.HandOver(self)
         if resume is not None:
@@ -467,6 +491,7 @@ class Daemon:
         """The new image: adopt the sockets and the state the old one handed over."""
         threading.stack_size(self.config.thread_stack)
         chat_sockets, tls_sockets, admin_socket = upgrade.HandOver.sockets(state)
+        web = upgrade.HandOver.web_sockets(state)
         self.bans = BanList(os.path.abspath(self.config.state_dir_path()))
         if "bans" in state:  # the list the old image kept in force: the file is not read
             self.bans.import_state(state["bans"])
@@ -478,7 +503,7 @@ class Daemon:
         else:
             self.accounts.load()
         self.tls, self.tls_unserved = None, None
-        if tls_sockets:
+        if tls_sockets or web[1]:
             self._tls_for_passed_sockets()
         self.upgrades = state["upgrades"]
         self.started_at = state.get("started_at", self.started_at)
@@ -486,7 +511,7 @@ class Daemon:
         pid_path = state["pid_path"]
         try:
             return self._serve(chat_sockets, tls_sockets, admin_socket, state["admin_path"],
-                               pid_path, resume=state)
+                               pid_path, resume=state, web=web)
         finally:
             if pid_path:
                 pidfile.remove(pid_path)

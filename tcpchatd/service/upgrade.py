@@ -260,8 +260,8 @@ class HandOver:
             conn.close("restart", protocol.restart_frame())
         daemon.server.wait_ended(tls_clients, TLS_GOODBYE)
         paused_at = time.time()  # from here no client is served until the new image runs
-        carried = [conn for conn in daemon.engine.pause()
-                   if not conn.closed and not conn.tls]
+        carried = [conn for conn in daemon.engine.pause()  # not a browser still at the
+                   if not conn.closed and conn.transport.carriable]  # door (closed by exec)
         return paused_at, carried, len(tls_clients)
 
     def _record(self, request: UpgradeRequest | None, carried: list[Any],
@@ -280,6 +280,9 @@ class HandOver:
             "started_at": daemon.started_at,
             "listeners": [sock.fileno() for sock in server.listeners],
             "tls_listeners": [sock.fileno() for sock in server.all_tls_listeners()],
+            "web_listeners": [sock.fileno() for sock in server.web_listeners],
+            "web_tls_listeners": [sock.fileno()
+                                  for sock in server.all_web_tls_listeners()],
             "admin": daemon.admin_server.sock.fileno(), "admin_path": daemon.owned_admin_path,
             "admin_inode": daemon.admin_server.inode, "pid_path": daemon.pid_path,
             "reply": None if request is None else {
@@ -297,12 +300,24 @@ class HandOver:
         }
         state["log"] = daemon.log.hand_over(LOG_HANDOVER)
         state["written_at"] = time.time()
-        state["keep"] = state["listeners"] + state["tls_listeners"] + [state["admin"]] + [
+        state["keep"] = state["listeners"] + state["tls_listeners"] + \
+            state["web_listeners"] + state["web_tls_listeners"] + [state["admin"]] + [
             record["fd"] for record in records] + (
             [request.sock.fileno()] if request is not None else [])
         return state
 
     # --- the new image
+
+    @staticmethod
+    def web_sockets(state: dict) -> tuple[list[socket.socket], list[socket.socket]]:
+        """The web listeners handed over: (http, https); none from an image before them."""
+        found = []
+        for key in ("web_listeners", "web_tls_listeners"):
+            sockets = [socket.socket(fileno=fd) for fd in state.get(key, [])]
+            for sock in sockets:
+                os.set_inheritable(sock.fileno(), False)
+            found.append(sockets)
+        return found[0], found[1]
 
     @staticmethod
     def sockets(state: dict) -> tuple[list[socket.socket], list[socket.socket],
