@@ -61,6 +61,8 @@ class Settings:
     #                            naming it), never in the default room
     web: bool = False          # tcpchatd's web port: every client a WebSocket (a browser's
     #                            connection, without the browser)
+    irc_door: bool = False     # IRC to tcpchatd's IRC port: registered = in #general (no
+    #                            JOIN, no OPER); tcpchatd confirms for IRC clients itself
 
     def members(self) -> int:
         """Members of the room a message goes to (every client in every room of the run,
@@ -278,7 +280,7 @@ class LoadGenerator:
         buf = client.rbuf
         pos, out = self._chat_messages(client, buf), bytearray()
         if self.s.confirms and pos:
-            out += self._confirms
+            out += self._confirms if not self.s.web else self._bulk_confirms
         while len(buf) - pos >= 10:
             header = bytes(buf[pos:pos + 10])
             if header == b"_nickname_":
@@ -352,6 +354,9 @@ class LoadGenerator:
             if self.fanout_target:
                 self.fanout_seen += len(confirms)
             self._confirms = b"".join(_CONFIRM_HEADER + _CONFIRM % u for u in confirms)
+            if self.s.web:  # as the page does: what one read brought, in one frame
+                bulk = b'{"type":"confirm","uuids":["%s"]}' % b'","'.join(confirms)
+                self._bulk_confirms = b"%-10d" % len(bulk) + bulk
         return pos
 
     def _enter_rooms(self, client: Client) -> None:
@@ -412,7 +417,7 @@ class LoadGenerator:
             if len(parts) > 1 and parts[1] == b"001":
                 if self.s.irc_mask:
                     self._joined(client)
-                else:
+                elif not self.s.irc_door:  # (the door's own JOIN and NAMES follow)
                     out += b"JOIN #bench\r\n"
             elif len(parts) > 1 and parts[1] == b"366":  # end of NAMES: joined
                 self._joined(client)
@@ -428,7 +433,8 @@ class LoadGenerator:
 
     def _send_irc(self, client: Client, now_ns: int) -> None:
         client.seq += 1
-        target = IRC_SERVER_MASK if self.s.irc_mask else "#bench"
+        target = IRC_SERVER_MASK if self.s.irc_mask else "#general" if self.s.irc_door \
+            else "#bench"
         client.wbuf += (f"PRIVMSG {target} :{client.index} {client.seq} {now_ns}\r\n").encode()
 
     # --- shared
@@ -473,7 +479,7 @@ class LoadGenerator:
                 raise RuntimeError(f"only {sum(c.joined for c in self.clients)} of "
                                    f"{s.clients} clients joined")
         self.result.connect_s = time.monotonic() - started
-        if s.irc:
+        if s.irc and not s.irc_door:
             for client in self.clients[:s.senders]:
                 self._queue(client, f"OPER bench bench\r\nMODE {client.name} +F\r\n".encode())
         for client in self.clients[:s.senders]:

@@ -153,13 +153,17 @@ class Server:
 class Tcpchatd(Server):
     kind = "tcpchatd"
 
-    def __init__(self, *extra: str, tls: bool = False, web: bool = False) -> None:
+    def __init__(self, *extra: str, tls: bool = False, web: bool = False,
+                 irc: bool = False) -> None:
         super().__init__()
         self.extra = extra
         self.tls_port = free_port() if tls else None
         self.web_port = free_port() if web else None
+        self.irc_port = free_port() if irc else None
         if web:
             self.extra += ("--listen-web", f"127.0.0.1:{self.web_port}")
+        if irc:
+            self.extra += ("--listen-irc", f"127.0.0.1:{self.irc_port}")
         self.cafile = None
         if tls:
             self.extra += self._certificates()

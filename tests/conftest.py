@@ -72,6 +72,16 @@ class ChatHandle:
     tracebacks: list = field(default_factory=list)
     clients: list = field(default_factory=list)
     web_port: int = 0  # the web listener's, when made with web=True
+    irc_port: int = 0  # the IRC listener's, when made with irc=True
+
+    def irc(self, nickname: str | None = None, caps: str = ""):
+        """An IRC client on the IRC listener (ircclient.py), registered if named."""
+        from ircclient import IrcClient
+        client = IrcClient(self.irc_port)
+        self.clients.append(client)
+        if nickname is not None:
+            client.register(nickname, caps)
+        return client
 
     def browser(self, nickname: str | None = None, **kwargs):
         """A WebSocket client on the web listener (wsclient.py), joined if named."""
@@ -97,7 +107,8 @@ def chat():
     stores: list = []
     stop = threading.Event()
 
-    def make(accounts=None, bans=None, history_dir=None, web=False, **settings) -> ChatHandle:
+    def make(accounts=None, bans=None, history_dir=None, web=False, irc=False,
+             **settings) -> ChatHandle:
         """`accounts`: an AccountBook (the hall then checks logins and reservations);
         `history_dir`: a folder for the lasting history (store/history.py); `web`: a
         web listener too (handle.web_port)."""
@@ -105,9 +116,10 @@ def chat():
         log = RecordingLog()
         listener = bind_listener("127.0.0.1", 0)
         handle = ChatHandle(None, None, log, listener.getsockname()[1])
-        web_listeners = [bind_listener("127.0.0.1", 0)] if web else []
-        if web:
-            handle.web_port = web_listeners[0].getsockname()[1]
+        doors = {kind: [bind_listener("127.0.0.1", 0)] for kind, wanted in
+                 (("web", web), ("irc", irc)) if wanted}
+        handle.web_port = doors["web"][0].getsockname()[1] if web else 0
+        handle.irc_port = doors["irc"][0].getsockname()[1] if irc else 0
         engine = Engine(config.io_threads, error_log=handle.tracebacks.append)
         logins = Logins(accounts, config, log) if accounts is not None else None
         store = None
@@ -118,7 +130,7 @@ def chat():
         hall = handle.hall = Hall(config, log, engine.channel, bans, broker=LocalBroker(),
                                   logins=logins, history=store)
         server = ChatServer([listener], hall, log, config, engine,
-                            error_log=handle.tracebacks.append, web_listeners=web_listeners)
+                            error_log=handle.tracebacks.append, doors=doors)
         handle.server = server
         engine.start()
         server.start()

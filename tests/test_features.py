@@ -9,7 +9,7 @@ from rawclient import PROMPT, frame, untimed
 from test_wire import error_of
 
 FEATURES = ["request", "private", "history", "nick", "action", "rooms", "accounts",
-            "scrollback"]
+            "scrollback", "confirms"]
 
 
 def request(client, cmd, request_id=1, **fields):

@@ -110,7 +110,7 @@ def test_join_is_announced_to_everyone_including_newcomer():
     assert b.frames == [join_b, {  # then who is in the room, with no history to follow
         "type": "system", "event": "names", "nicknames": ["a", "b"], "history": 0,
         "features": ["request", "private", "history", "nick", "action", "rooms", "accounts",
-                     "scrollback"],
+                     "scrollback", "confirms"],
         "message": "In the room: a, b (2)", "room": "general", "topic": ""}]
 
 

@@ -29,7 +29,8 @@ from test_upgrade import chat_through
 SBIN = "/usr/sbin/tcpchatd"
 UNIT_DIR = "/lib/systemd/system"
 UNITS = ("tcpchatd.service", "tcpchatd.socket", "tcpchatd-admin.socket", "tcpchatd-tls.socket",
-         "tcpchatd-web.socket", "tcpchatd-web-tls.socket")
+         "tcpchatd-web.socket", "tcpchatd-web-tls.socket", "tcpchatd-irc.socket",
+         "tcpchatd-irc-tls.socket")
 DEBIAN_PYTHON = "/usr/bin/python3"
 
 
@@ -88,8 +89,8 @@ def test_user_group_units_rule_logrotate_and_conffiles(installed):
     enabled = os.listdir("/etc/systemd/system/sockets.target.wants")
     assert {"tcpchatd.socket", "tcpchatd-admin.socket"} <= set(enabled)
     assert "tcpchatd-tls.socket" not in enabled  # TLS waits for the operator's certificate
-    assert "tcpchatd-web.socket" not in enabled  # the browser client is the operator's choice
-    assert "tcpchatd-web-tls.socket" not in enabled
+    for door in ("web", "web-tls", "irc", "irc-tls"):  # the operator's choice
+        assert f"tcpchatd-{door}.socket" not in enabled
 
 
 def test_the_config_file_lists_every_setting_commented_and_loads(installed):

@@ -444,7 +444,8 @@ def test_daemon_mode_replaces_a_stale_pid_file(short_tmp):
 
 
 UNIT_FILES = ["tcpchatd.service", "tcpchatd.socket", "tcpchatd-admin.socket",
-              "tcpchatd-tls.socket", "tcpchatd-web.socket", "tcpchatd-web-tls.socket"]
+              "tcpchatd-tls.socket", "tcpchatd-web.socket", "tcpchatd-web-tls.socket",
+              "tcpchatd-irc.socket", "tcpchatd-irc-tls.socket"]
 
 
 def test_systemd_analyze_verify_is_clean():
@@ -487,7 +488,9 @@ def test_units_say_what_the_design_asks():
     assert service["Wants"] == ["tcpchatd.socket"]
     assert set(service["After"][0].split()) >= {"tcpchatd.socket", "tcpchatd-admin.socket",
                                                  "tcpchatd-tls.socket", "tcpchatd-web.socket",
-                                                 "tcpchatd-web-tls.socket"}
+                                                 "tcpchatd-web-tls.socket",
+                                                 "tcpchatd-irc.socket",
+                                                 "tcpchatd-irc-tls.socket"}
     assert service["Documentation"] == ["man:tcpchatd(8) man:tcpchatctl(1)"]
     assert "RuntimeDirectory" not in service
     assert service["CapabilityBoundingSet"] == [""]
@@ -506,14 +509,13 @@ def test_units_say_what_the_design_asks():
     tls = unit_settings("tcpchatd-tls.socket")
     assert tls["ListenStream"] == ["55556"] and tls["FileDescriptorName"] == ["chat-tls"]
     assert tls["Service"] == ["tcpchatd.service"]
-    for optional in ("tcpchatd-tls.socket", "tcpchatd-web.socket", "tcpchatd-web-tls.socket"):
-        assert optional not in " ".join(service.get("Requires", []) + service.get("Wants", []))
-    from tcpchatd.service.main import WEB_SOCKET_NAME, WEB_TLS_SOCKET_NAME
-    for name, port, fd_name in (("tcpchatd-web.socket", "55580", WEB_SOCKET_NAME),
-                                ("tcpchatd-web-tls.socket", "55581", WEB_TLS_SOCKET_NAME)):
-        web = unit_settings(name)
-        assert web["ListenStream"] == [port] and web["FileDescriptorName"] == [fd_name]
-        assert web["Service"] == ["tcpchatd.service"]
+    from tcpchatd.net.listeners import DOOR_KINDS
+    for kind, port in zip(DOOR_KINDS, ("55580", "55581", "6667", "6697"), strict=True):
+        name = f"tcpchatd-{kind}.socket"  # optional: the operator enables it
+        assert name not in " ".join(service.get("Requires", []) + service.get("Wants", []))
+        door = unit_settings(name)
+        assert door["ListenStream"] == [port] and door["FileDescriptorName"] == [kind]
+        assert door["Service"] == ["tcpchatd.service"]
 
 
 def test_the_service_is_hardened_to_an_exposure_of_at_most_2():

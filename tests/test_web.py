@@ -15,7 +15,7 @@ from wsproto.connection import Connection
 from wsproto.events import Message
 
 from conftest import ctl, status_port
-from rawclient import RawClient, wait_for
+from rawclient import RawClient, frame, wait_for
 from wsclient import PROMPT, Refused, WsClient, http_get
 
 
@@ -274,3 +274,42 @@ def test_a_wss_browser_is_told_to_come_back_at_an_upgrade(tls_daemon, certs, sho
     assert "tls_closed=1" in d.stderr()
     browser.close()
     again.close()
+
+
+def test_what_is_kept_for_an_upgrade_s_replay_stays_small(chat):
+    """Bytes read are kept only until a message is whole (wsproto holds nothing more):
+    a browser's connection does not grow with what it sent."""
+    from tcpchatd.net.websocket import held_by_wsproto
+    h = chat(web=True, flood_rate=0)
+    browser = h.browser("webby")
+    other = h.client("other")
+    browser.read()
+    for i in range(200):
+        browser.say(f"message {i}")
+    for _ in range(200):
+        other.read_until(lambda f: f.get("type") == "message")
+    transport = [m for m in h.hall.members() if m.nickname == "webby"][0].transport
+    assert held_by_wsproto(transport.connection) == 0  # wsproto 1.2 and 1.3 alike
+    assert len(transport._raw) == 0
+    wire = browser.ws.send(Message(data='{"type":"confirm","uuid":"x"}'))
+    browser.sock.sendall(wire[:4])  # a frame's start: held, and kept for a replay
+    wait_for(lambda: held_by_wsproto(transport.connection) == 4)
+    assert bytes(transport._raw) == wire[:4]
+
+
+def test_several_confirms_in_one_frame(chat):
+    """The `confirms` feature (the page's way): one frame for what arrived together."""
+    h = chat(receipt_wait=5)
+    ann, ben = h.client("ann"), h.client("ben")
+    assert "confirms" in ben.names["features"]
+    said = [ann.say(f"number {i}") for i in range(3)]
+    got = [ben.read_until(lambda f: f.get("type") == "message")["uuid"] for _ in said]
+    ben.send_raw(frame({"type": "confirm", "uuids": [u.upper() for u in got]}))
+    receipts = [ann.read_until(lambda f: f.get("type") == "confirm") for _ in said]
+    assert sorted(r["uuid"] for r in receipts) == sorted(said)
+    assert all((r["delivered"], r["recipients"]) == (1, 1) for r in receipts)
+    for bad in ([], ["not-a-uuid"], [said[0], 7], "x", ["%s" % said[0]] * 1001):
+        ben.send_raw(frame({"type": "confirm", "uuids": bad}))
+        assert ben.read_until(lambda f: f.get("event") == "error")["code"] == "bad_uuid"
+    ben.send_raw(frame({"type": "confirm", "uuids": [said[0]]}))  # settled before
+    assert ben.read_until(lambda f: f.get("event") == "error")["code"] == "unknown_uuid"

@@ -361,7 +361,7 @@ class Hall:
         self.log.event("join", nick=member.nickname, room=room.name,
                        addr=member.address if first else None,
                        tls="yes" if member.tls and first else None,
-                       via=member.via if first and member.via in ("web", "wss") else None,
+                       via=member.via if first and member.via not in ("tcp", "tls") else None,
                        post="yes" if member.quiet else None,
                        account=member.account if first else None,
                        role=member.role if first and member.account is not None else None)

@@ -68,7 +68,7 @@ def member_info(member: Member) -> dict[str, Any]:
     """What the other nodes are told of a member that claims a nickname or joins a room."""
     info: dict[str, Any] = {"addr": member.address, "tls": member.tls,
                             "since": member.connected}
-    if member.via in ("web", "wss"):  # tcp and tls say themselves (`tls`)
+    if member.via not in ("tcp", "tls"):  # tcp and tls say themselves (`tls`)
         info["via"] = member.via
     if member.quiet:
         info["quiet"] = True

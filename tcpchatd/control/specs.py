@@ -61,7 +61,7 @@ def show_who(result: dict) -> str:
     if not clients:
         return "no clients connected"
     tls = any(c.get("tls") for c in clients)  # the column only where TLS is served
-    via = any(c.get("via") in ("web", "wss") for c in clients)  # ... and browsers are in
+    via = any(c.get("via") not in (None, "tcp", "tls") for c in clients)  # browsers, IRC
     post = any(c.get("post") for c in clients)  # ... this one only with posters
     node = any(c.get("node") for c in clients)  # ... and this one only in a cluster
     accounts = any(c.get("account") for c in clients)  # ... this one where some logged in

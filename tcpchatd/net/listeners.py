@@ -1,8 +1,9 @@
 """Chat listeners and the accept thread; admission (bans, limits); the set of connections.
 
-Four kinds of listener, each accepted the same way: the chat (plaintext TCP), the chat
-inside TLS, the web (HTTP: the page, and WebSockets) and the web inside TLS (https,
-wss). A web connection is a session on a WebSocket transport (websocket.py)."""
+The chat's listeners (plaintext TCP, and TLS) and its doors for other protocols, each
+accepted the same way: `web` (HTTP: the page, and WebSockets) and `irc`, and each inside
+TLS (`web-tls`, `irc-tls`). A door's connection is a session on its translating
+transport (websocket.py, irctransport.py)."""
 
 from __future__ import annotations
 
@@ -16,18 +17,23 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..chat.hall import EventLog, Hall
 from ..wire import errors, protocol
 from .engine import Engine, name_os_thread
 from .httpdoor import HttpDoor
+from .irctransport import IrcTransport
 from .session import Session
 from .settings import NetSettings
 from .tls import TlsCredentials
 from .transport import PlainTransport, TlsTransport
 from .websocket import WebSocketTransport
 
+if TYPE_CHECKING:
+    from .session import Transport
+
+DOOR_KINDS = ("web", "web-tls", "irc", "irc-tls")  # also systemd's FileDescriptorName=
 ACCEPT_TICK = 0.5  # how often an idle accept thread updates its heartbeat
 ACCEPT_BATCH = 64  # connections accepted in a row before the listeners are polled again
 
@@ -68,16 +74,16 @@ class ChatServer:
                  error_log: Callable[[str], None] | None = None,
                  tls_listeners: tuple[socket.socket, ...] | list[socket.socket] = (),
                  tls: TlsCredentials | None = None,
-                 web_listeners: tuple[socket.socket, ...] | list[socket.socket] = (),
-                 web_tls_listeners: tuple[socket.socket, ...] | list[socket.socket] = ()
-                 ) -> None:
+                 doors: dict[str, list[socket.socket]] | None = None) -> None:
         self.listeners = listeners
         # TLS listeners are served only with credentials (else left unserved: main.py)
         self.tls_listeners = list(tls_listeners) if tls is not None else []
-        self.web_listeners = list(web_listeners)
-        self.web_tls_listeners = list(web_tls_listeners) if tls is not None else []
         self._unserved = [] if tls is not None else list(tls_listeners)
-        self._web_unserved = [] if tls is not None else list(web_tls_listeners)
+        doors = doors or {}
+        self.doors = {kind: list(doors.get(kind, ())) for kind in DOOR_KINDS
+                      if tls is not None or not kind.endswith("-tls")}  # served
+        self.all_doors = {kind: list(doors.get(kind, ())) for kind in DOOR_KINDS}
+        self._door_of = {sock: kind for kind, socks in self.doors.items() for sock in socks}
         self.tls = tls
         self.hall = hall
         self.bans = hall.bans
@@ -112,12 +118,11 @@ class ChatServer:
     def addresses(self) -> list[str]:
         return [describe(sock) for sock in self.listeners] + [
             f"{describe(sock)} (tls)" for sock in self.tls_listeners] + [
-            f"{describe(sock)} (web)" for sock in self.web_listeners] + [
-            f"{describe(sock)} (web, tls)" for sock in self.web_tls_listeners]
+            f"{describe(sock)} ({kind.replace('-tls', ', tls')})"
+            for kind, socks in self.doors.items() for sock in socks]
 
     def _served(self) -> list[socket.socket]:
-        return self.listeners + self.tls_listeners + self.web_listeners + \
-            self.web_tls_listeners
+        return self.listeners + self.tls_listeners + list(self._door_of)
 
     def start(self) -> None:
         self._thread.start()
@@ -144,8 +149,8 @@ class ChatServer:
                     self._accept(ready)
 
     def _accept(self, listener: socket.socket) -> None:
-        tls = listener in self.tls_listeners or listener in self.web_tls_listeners
-        web = listener in self.web_listeners or listener in self.web_tls_listeners
+        door = self._door_of.get(listener)
+        tls = listener in self.tls_listeners or door is not None and door.endswith("-tls")
         for _ in range(ACCEPT_BATCH):  # a burst of connects is taken in one wake-up
             try:
                 sock, address = listener.accept()
@@ -156,13 +161,13 @@ class ChatServer:
                     time.sleep(0.1)  # out of descriptors: let clients leave, then go on
                 return
             try:
-                self._admit(sock, address, tls, web)
+                self._admit(sock, address, tls, door)
             except Exception:
                 self._admission_failed()
                 sock.close()
 
     def _admit(self, sock: socket.socket, address: tuple, tls: bool = False,
-               web: bool = False) -> None:
+               door: str | None = None) -> None:
         """Admission, the one hook between accept and the handshake (a TLS connection
         is wrapped by its loop with the context current now)."""
         config = self.config
@@ -180,18 +185,16 @@ class ChatServer:
                 refusal = None
                 inner = TlsTransport(sock, self.tls.context) if tls and self.tls \
                     else PlainTransport(sock)
-                transport = WebSocketTransport(inner, HttpDoor(tls, config.web_origins)) \
-                    if web else inner
-                conn = Session(transport, address, self)
+                conn = Session(self._through(door, inner, address, config), address, self)
                 self._connections.add(conn)
                 self._per_ip[ip] += 1
         if refusal is None:
             self.engine.adopt(conn)
             return
         self.log.event("refused", addr=ip, code=refusal[0], tls="yes" if tls else None,
-                       via="web" if web else None)
-        if tls or web:  # the client expects a TLS handshake or HTTP, not a frame: it
-            # only sees the close
+                       via=door.removesuffix("-tls") if door else None)
+        if tls or door:  # the client expects a TLS handshake, HTTP or IRC, not a frame:
+            # it only sees the close
             sock.close()
             return
         try:  # a fresh socket's send buffer has room for one small frame: never blocks
@@ -201,6 +204,16 @@ class ChatServer:
             pass
         finally:
             sock.close()
+
+    @staticmethod
+    def _through(door: str | None, inner: PlainTransport | TlsTransport, address: tuple,
+                 config: NetSettings) -> Transport:
+        """The transport a door's protocol speaks on (none: the chat's own)."""
+        if door is None:
+            return inner
+        if door.startswith("web"):
+            return WebSocketTransport(inner, HttpDoor(inner.tls, config.web_origins))
+        return IrcTransport(inner, address[0], config)
 
     def _exempted(self, ip: str) -> bool:
         address = ipaddress.ip_address(ip)
@@ -219,8 +232,7 @@ class ChatServer:
         """Served or not: an upgrade hands them all over."""
         return self.tls_listeners + self._unserved
 
-    def all_web_tls_listeners(self) -> list[socket.socket]:
-        return self.web_tls_listeners + self._web_unserved
+
 
     def connection_ended(self, conn: Session) -> None:
         """Give the connection's slot back: the count and its address's count."""
@@ -275,7 +287,8 @@ class ChatServer:
         self.wait_ended(None, grace + ACCEPT_TICK)
 
     def close_listeners(self) -> None:
-        for sock in self._served() + self._unserved + self._web_unserved:
+        for sock in self.listeners + self.tls_listeners + self._unserved + [
+                sock for socks in self.all_doors.values() for sock in socks]:
             sock.close()
         for fd in (self._wake_read, self._wake_write):
             os.close(fd)

@@ -30,6 +30,7 @@ from ..wire.confirms import take_confirms
 from ..wire.errors import ProtocolError
 from ..wire.protocol import ChatMessage, FrameReader, Request
 from .handover import b64, unb64
+from .irctransport import IrcTransport
 from .settings import NetSettings
 from .tls import CLIENT_HELLO_START
 from .transport import PlainTransport, TransportError
@@ -39,7 +40,8 @@ if TYPE_CHECKING:
     from .engine import Channel, EventLoop, Timer
     from .transport import MemoryTransport, TlsTransport
 
-    Transport = PlainTransport | TlsTransport | MemoryTransport | WebSocketTransport
+    Transport = PlainTransport | TlsTransport | MemoryTransport | WebSocketTransport | \
+        IrcTransport
 
 NICKNAME_ATTEMPTS = 3
 ROOM_REFUSALS = frozenset({errors.ROOM_NAME_INVALID, errors.ROOM_NAME_TAKEN,
@@ -419,6 +421,8 @@ class Session:
                 self.loop.watch(self)
                 return
             self.partial = b""
+            if self.transport.buffered() and self.state == CHAT:  # frames the sending
+                self.readable()  # made (an IRC member's confirms): read now, not at a read
         if self.closing and not self.want_write and self.caught_up():
             self.release()
 
@@ -795,6 +799,9 @@ class Session:
                     if isinstance(frame, protocol.Confirm):
                         confirms.append(frame.uuid)
                         continue
+                    if isinstance(frame, protocol.Confirms):
+                        confirms += frame.uuids
+                        continue
                     if confirms:  # what was confirmed before takes effect first
                         self._confirm(confirms)
                         confirms = []
@@ -1057,7 +1064,8 @@ class Session:
     @classmethod
     def resumed(cls, record: dict, server: SessionServer) -> Session:
         """The session a record describes, on the same socket (fd kept across exec)."""
-        transport = WebSocketTransport.resumed(record) if "web" in record else \
+        transport: Transport = WebSocketTransport.resumed(record) if "web" in record else \
+            IrcTransport.resumed(record, server.config) if "irc" in record else \
             PlainTransport.resumed(record)
         conn = cls(transport, (record["ip"], record["port"]), server)
         conn.restore(record)

@@ -15,13 +15,10 @@ for a browser as for any client:
   are not masked, so one chunk of broadcasts is encoded once per loop and the encoding
   shared by every browser that is sent the same chunk.
 
-Sends keep the session's accounting: send() says how many of the session's bytes went
-out; a frame the kernel took a part of is remembered (its remaining WebSocket bytes
-and its length in the session's bytes), finished first at the next send, and counted
-then. A plaintext WebSocket crosses an upgrade's exec like a TCP socket: its record
-holds the bytes read since the last whole message (the new image replays them into a
-new wsproto connection and skips what was already given to the session) and the unsent
-rest of a frame.
+The accounting of partial sends is translating.py's. A plaintext WebSocket crosses an
+upgrade's exec like a TCP socket: its record holds the bytes read since the last whole
+message (the new image replays them into a new wsproto connection and skips what was
+already given to the session) and the unsent rest of a frame.
 """
 
 from __future__ import annotations
@@ -31,14 +28,15 @@ import threading
 from typing import TYPE_CHECKING, Any
 
 from ..wire.protocol import HEADER_LENGTH, NICKNAME_PROMPT
+from .translating import TranslatingTransport
 from .transport import PlainTransport, TransportError
 
 if TYPE_CHECKING:
     from .httpdoor import HttpDoor, Outcome
-    from .settings import NetSettings
     from .transport import TlsTransport
 
 CLOSE_NORMAL = 1000
+RAW_KEPT = 1 << 20  # bytes kept for an upgrade's replay when wsproto's own count is unknown
 OPEN: Any = None  # wsproto's ConnectionState.OPEN, set when the first transport is made
 
 
@@ -51,12 +49,22 @@ class HandshakeEnded(Exception):  # noqa: N818 (an outcome, not a failure)
         self.outcome = outcome
 
 
-_encoded = threading.local()  # per loop: (the last chunk sent to a browser, its messages)
+# per loop: the chunks of broadcasts sent to browsers lately (by identity), and their
+# messages; a room's readers at different places are sent different chunks
+_encoded = threading.local()
+ENCODED_CHUNKS = 64
+ENCODED_FRAMES = 4096  # ... and the frames lately sent to browsers, by their bytes
 
 
 def _messages(data: bytes, connection: Any) -> list[bytes]:
-    """Each frame of the session's bytes as one WebSocket text message."""
+    """Each frame of the session's bytes as one WebSocket text message. A broadcast's
+    message is made once per loop (by its bytes) for every browser it goes to, whatever
+    chunk it comes in: a sender's chunk leaves its own frames out, so the room's chunks
+    differ, and their frames do not."""
     from wsproto.events import Message
+    made = getattr(_encoded, "frames", None)
+    if made is None or len(made) >= ENCODED_FRAMES:
+        made = _encoded.frames = {}
     out = []
     position, size = 0, len(data)
     while position < size:
@@ -66,30 +74,32 @@ def _messages(data: bytes, connection: Any) -> list[bytes]:
         else:
             end = position + HEADER_LENGTH + int(header)
             body, position = data[position + HEADER_LENGTH:end], end
-        out.append(connection.send(Message(data=body.decode("utf-8"))))
+        message = made.get(body)
+        if message is None:
+            message = made[body] = connection.send(Message(data=body.decode("utf-8")))
+        out.append(message)
     return out
 
 
 def held_by_wsproto(connection: Any) -> int | None:
     """Bytes wsproto holds of a frame not yet whole (None: unknown). wsproto has no public
-    count of them; 1.2 and 1.3 keep them in the frame protocol's buffer. Unknown, every
-    byte read is kept for an upgrade's record: larger, never wrong."""
-    buffer = getattr(getattr(connection, "_proto", None), "_buffer", None)
+    count of them; 1.2 and 1.3 keep them in their frame decoder's buffer (a test holds
+    this to both). Unknown, the bytes read are kept for an upgrade's record until
+    RAW_KEPT, then the record gives up replaying (see _frames)."""
+    decoder = getattr(getattr(connection, "_proto", None), "_frame_decoder", None)
+    buffer = getattr(decoder, "buffer", None)
     return None if buffer is None else len(buffer)
 
 
-class WebSocketTransport:
+class WebSocketTransport(TranslatingTransport):
     """The chat's byte stream on WebSocket messages, over a plain or TLS transport."""
-
-    handshake_wants_write = False
 
     def __init__(self, inner: PlainTransport | TlsTransport, door: HttpDoor | None) -> None:
         global OPEN
         if OPEN is None:  # wsproto is imported only where a web listener is served
             from wsproto.connection import ConnectionState
             OPEN = ConnectionState.OPEN
-        self.inner = inner
-        self.tls = inner.tls
+        super().__init__(inner)
         self.kind = "wss" if inner.tls else "web"
         self._door = door            # None once open (or resumed)
         self._inner_ready = not inner.tls
@@ -97,37 +107,19 @@ class WebSocketTransport:
         self._reply = b""            # the door's answer, not yet all sent
         self.connection: Any = None  # wsproto's, once open
         self.origin: str | None = None
-        self._max_frame = 65536
         self._text: list[bytes] = []  # the message being received, in parts
         self._text_size = 0
         self._too_large = False      # ... is over max_frame: the rest is dropped
-        self.at_end = False          # the peer's close came: its end of stream
         self._raw = bytearray()      # read since the last whole message (an upgrade's)
         self._done = 0               # ... and the whole messages taken out of it
-        self._out = b""              # WebSocket bytes of a frame the kernel took a part of
-        self._owed = 0               # ... and that frame's length in the session's bytes
-        self._early = b""            # frames that came with the request
-
-    @property
-    def sock(self) -> Any:  # the selector's key (a TLS transport wraps its socket)
-        return self.inner.sock
 
     @property
     def carriable(self) -> bool:
         return self.connection is not None and self.inner.carriable
 
-    def configure(self, config: NetSettings) -> None:
-        self.inner.configure(config)
-        self._max_frame = config.max_frame
-
     def start(self) -> bool:
         self.inner.start()
         return self.connection is not None  # resumed: open already; else the door first
-
-    def buffered(self) -> bool:
-        """Frames came with the handshake (a client that did not wait for the 101): the
-        session reads them at once (no readiness will say so)."""
-        return bool(self._early)
 
     def handshake(self) -> bool:
         """One step: TLS's (wss), then the request read and the answer sent. True once
@@ -170,8 +162,8 @@ class WebSocketTransport:
     def recv(self) -> bytes | None:
         """Frames of the whole messages that came; None when none is whole yet; b"" at
         the end (the peer's close, or its end of the stream)."""
-        if self._early:
-            early, self._early = self._early, b""
+        early = self.take_early()  # sent with the request, before the 101
+        if early:
             return early
         if self.at_end:
             return b""
@@ -200,7 +192,8 @@ class WebSocketTransport:
                 break
             else:  # a pong
                 self._done += 1
-        if not self._text and held_by_wsproto(self.connection) == 0:
+        held = held_by_wsproto(self.connection)
+        if not self._text and (held == 0 or held is None and len(self._raw) > RAW_KEPT):
             self._raw.clear()  # at a message's end, nothing of the next one read:
             self._done = 0     # an upgrade has nothing to replay
         if not out:
@@ -231,57 +224,32 @@ class WebSocketTransport:
         return framed
 
     def _send_control(self, event: Any) -> None:
-        """A pong or the close's answer: now, before anything else is sent."""
+        """A pong or the close's answer: now (or after a frame's rest)."""
         try:
             wire = self.connection.send(event)
         except Exception:  # noqa: BLE001 (wsproto's LocalProtocolError: already closing)
             return
-        if self._out:
-            return  # a frame is half out: a control frame cannot cut into it
-        try:
-            self.inner.send(wire)
-        except TransportError:
-            pass
+        self.send_direct(wire)
 
     def send(self, data: bytes) -> int:
-        """How much of the session's `data` went out (see the module's docstring)."""
         if self.connection.state is not OPEN:  # its close came: no message may follow
             raise TransportError("the WebSocket is closed")
-        taken = 0
-        if self._out:
-            sent = self.inner.send(self._out)
-            self._out = self._out[sent:]
-            if self._out:
-                return 0
-            taken, self._owed = self._owed, 0
-            if taken >= len(data):
-                return taken
-            data = data[taken:]
-        cached = getattr(_encoded, "last", None)
-        if cached is not None and cached[0] is data:
-            messages = cached[1]
-        else:
-            messages = _messages(data, self.connection)
-            _encoded.last = (data, messages)
-        wire = messages[0] if len(messages) == 1 else b"".join(messages)
-        sent = self.inner.send(wire)
-        if sent == len(wire):
-            return taken + len(data)
-        # the kernel stopped inside a message: count the frames wholly sent
-        position = wire_end = 0
-        for message in messages:
-            frame_length = HEADER_LENGTH if data[position:position + HEADER_LENGTH] == \
-                NICKNAME_PROMPT else HEADER_LENGTH + int(data[position:position + HEADER_LENGTH])
-            if wire_end + len(message) > sent:
-                self._out = message[sent - wire_end:] if sent > wire_end else b""
-                self._owed = frame_length if self._out else 0
-                return taken + position
-            wire_end += len(message)
-            position += frame_length
-        return taken + position
+        return super().send(data)
 
-    def send_plain(self, data: bytes) -> None:
-        pass  # nothing goes out before the door has answered
+    def encode(self, data: bytes) -> list[bytes]:
+        """One text message per frame; the encoding of a chunk of broadcasts made once
+        per loop and shared by every browser sent the same chunk."""
+        chunks = getattr(_encoded, "chunks", None)
+        if chunks is None:
+            chunks = _encoded.chunks = {}
+        cached = chunks.get(id(data))
+        if cached is not None and cached[0] is data:
+            return cached[1]
+        messages = _messages(data, self.connection)
+        if len(chunks) >= ENCODED_CHUNKS:
+            chunks.clear()
+        chunks[id(data)] = (data, messages)
+        return messages
 
     def close(self) -> None:
         """The WebSocket's close, best effort (the browser then knows it was meant),
@@ -297,13 +265,8 @@ class WebSocketTransport:
     # --- an upgrade's exec
 
     def record(self) -> dict | None:
-        carried = self.inner.record() if self.carriable else None
-        if carried is None:
-            return None
-        return {**carried, "web": {
-            "raw": base64.b64encode(bytes(self._raw)).decode("ascii"), "done": self._done,
-            "out": base64.b64encode(self._out).decode("ascii"), "owed": self._owed,
-            "at_end": self.at_end}}
+        return self.record_with("web", {
+            "raw": base64.b64encode(bytes(self._raw)).decode("ascii"), "done": self._done})
 
     @classmethod
     def resumed(cls, record: dict) -> WebSocketTransport:
@@ -318,9 +281,7 @@ class WebSocketTransport:
         from wsproto.connection import Connection
         from wsproto.events import Ping, Pong
         self.connection = Connection(ConnectionType.SERVER)
-        self.at_end = web["at_end"]
-        self._out = base64.b64decode(web["out"])
-        self._owed = web["owed"]
+        self.restore_base(web)
         raw = base64.b64decode(web["raw"])
         if not raw:
             return

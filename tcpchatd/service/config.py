@@ -182,6 +182,13 @@ def _name(value: Any) -> str | None:
     return text
 
 
+def _host_name(value: Any) -> str:
+    """A name IRC puts in every prefix: letters, digits, dots and dashes."""
+    if not isinstance(value, str) or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.-]{0,62}", value):
+        raise ValueError("use 1 to 63 letters, digits, dots and dashes")
+    return value
+
+
 def _room(value: Any) -> str:
     text = _name(value)
     if text is None:
@@ -253,6 +260,17 @@ class Config:
         (), "HTTPS address HOST:PORT of the browser client (wss://; needs the TLS pair; "
         "repeatable; '' for none); unused when systemd passes sockets", _optional_addresses,
         repeat=True, metavar="ADDR", shown="none")
+    listen_irc: tuple[str, ...] = setting(
+        (), "IRC address HOST:PORT: IRC clients in the rooms as channels (repeatable; '' for "
+        "none); unused when systemd passes sockets", _optional_addresses, repeat=True,
+        metavar="ADDR", shown="none")
+    listen_irc_tls: tuple[str, ...] = setting(
+        (), "IRC over TLS address HOST:PORT (needs the TLS pair; repeatable; '' for none); "
+        "unused when systemd passes sockets", _optional_addresses, repeat=True,
+        metavar="ADDR", shown="none")
+    irc_server_name: str = setting(
+        "tcpchatd", "the server's name IRC clients see (in prefixes and numerics)",
+        _host_name, metavar="NAME")
     web_origins: tuple[str, ...] = setting(
         (), "origins besides the page's own whose pages may open a WebSocket (a reverse "
         "proxy's public address, e.g. https://chat.example.com; comma-separated)", _origins,
@@ -405,11 +423,10 @@ class Config:
     def tls_listen_addresses(self) -> list[tuple[str, int]]:
         return [parse_address(text) for text in self.listen_tls]
 
-    def web_listen_addresses(self) -> list[tuple[str, int]]:
-        return [parse_address(text) for text in self.listen_web]
-
-    def web_tls_listen_addresses(self) -> list[tuple[str, int]]:
-        return [parse_address(text) for text in self.listen_web_tls]
+    def door_addresses(self, kind: str) -> list[tuple[str, int]]:
+        """Where a door of this kind (web, web-tls, irc, irc-tls) listens."""
+        texts = getattr(self, "listen_" + kind.replace("-", "_"))
+        return [parse_address(text) for text in texts]
 
     def tls_cert_path(self, environ: Mapping[str, str] | None = None) -> str | None:
         return self.tls_cert or credential("tls.crt", environ)

@@ -25,7 +25,7 @@ from ..cluster.local import LocalBroker
 from ..control.errors import INTERNAL, UPGRADE_REFUSED, AdminError, AdminSocketError
 from ..net import handover
 from ..net.engine import Engine
-from ..net.listeners import ChatServer, ListenError, bind_listener
+from ..net.listeners import DOOR_KINDS, ChatServer, ListenError, bind_listener
 from ..net.tls import TlsCredentials, TlsSetupError
 from ..store.history import HistoryError, HistoryStore
 from ..wire import nicknames
@@ -38,19 +38,25 @@ from .trafficlog import TrafficLog
 TICK = 0.25                 # main loop period: receipts and bans expire, the watchdog
 HALL_PROBE_TIMEOUT = 1.0    # the watchdog's bound on taking the hall's lock
 # Settings a reload does not change: sockets stay as they were bound.
-FIXED_ON_RELOAD = ("listen", "listen_tls", "listen_web", "listen_web_tls", "admin_socket",
+FIXED_ON_RELOAD = ("listen", "listen_tls", "listen_web", "listen_web_tls", "listen_irc",
+                   "listen_irc_tls", "admin_socket",
                    "admin_socket_mode", "pid_file", "thread_stack", "state_dir", "io_threads",
                    "broker", "broker_password_file", "broker_ca", "cluster", "node_name",
                    "node_ttl", "broker_stream")
 TLS_SOCKET_NAME = "chat-tls"  # FileDescriptorName= of tcpchatd-tls.socket
-WEB_SOCKET_NAME = "web"  # ... of tcpchatd-web.socket
-WEB_TLS_SOCKET_NAME = "web-tls"  # ... of tcpchatd-web-tls.socket
-NOT_CHAT = ("admin", TLS_SOCKET_NAME, WEB_SOCKET_NAME, WEB_TLS_SOCKET_NAME)
+# the doors' sockets are named as their kinds: tcpchatd-web.socket's is `web`, and so on
+NOT_CHAT = ("admin", TLS_SOCKET_NAME, *DOOR_KINDS)
+
+
+def passed_or(chat: list[socket.socket], tls: list[socket.socket],
+              doors: dict[str, list[socket.socket]]) -> list[socket.socket]:
+    """Every listening socket, whatever its kind."""
+    return chat + tls + [sock for socks in doors.values() for sock in socks]
 
 
 def web_ready() -> None:
-    """A web listener needs wsproto (the `web` extra; Debian's python3-wsproto): said
-    at the start, not at the first browser."""
+    """A web door needs wsproto (the `web` extra; Debian's python3-wsproto): said at
+    the start, not at the first browser."""
     try:
         import h11  # noqa: F401
         import wsproto  # noqa: F401
@@ -170,8 +176,8 @@ class Daemon:
         chat_sockets = [sock for name, sock in inherited if name not in NOT_CHAT]
         admin_sockets = [sock for name, sock in inherited if name == "admin"]
         tls_sockets = [sock for name, sock in inherited if name == TLS_SOCKET_NAME]
-        web_sockets = [sock for name, sock in inherited if name == WEB_SOCKET_NAME]
-        web_tls_sockets = [sock for name, sock in inherited if name == WEB_TLS_SOCKET_NAME]
+        doors = {kind: [sock for name, sock in inherited if name == kind]
+                 for kind in DOOR_KINDS}
         if self.args.daemon and not systemd.under_service_manager():
             pidfile.check(self.config.pid_file_path())
         self._load_bans()
@@ -179,24 +185,25 @@ class Daemon:
         # Sockets systemd passed (tcpchatd.socket, tcpchatd-tls.socket) are the chat's
         # listeners, all of them: none of our own is bound beside them (masking
         # tcpchatd.socket and enabling tcpchatd-tls.socket serves TLS alone).
-        passed = chat_sockets + tls_sockets + web_sockets + web_tls_sockets
+        passed = chat_sockets + tls_sockets + [s for socks in doors.values() for s in socks]
         self.ignored_settings = self._settings_systemd_overrides(passed)
-        if tls_sockets or web_tls_sockets:  # systemd's: without a usable pair they stay
-            self._tls_for_passed_sockets()  # unserved, and the chat runs on
+        tls_doors = [kind for kind in DOOR_KINDS if kind.endswith("-tls")]
+        if tls_sockets or any(doors[kind] for kind in tls_doors):  # systemd's: without a
+            self._tls_for_passed_sockets()  # usable pair they stay unserved; chat runs on
             if self.tls_unserved:
                 console.say(f"tcpchatd: TLS not served: {self.tls_unserved}")
-        elif (self.config.listen_tls or self.config.listen_web_tls) and not passed:
+        elif not passed and (self.config.listen_tls or any(
+                self.config.door_addresses(kind) for kind in tls_doors)):
             self.tls = self._tls_credentials(self.config)  # ours: a bad pair stops the start
             tls_sockets = [bind_listener(host, port)
                            for host, port in self.config.tls_listen_addresses()]
-            web_tls_sockets = [bind_listener(host, port)
-                               for host, port in self.config.web_tls_listen_addresses()]
         if not passed:
             chat_sockets = [bind_listener(host, port)
                             for host, port in self.config.listen_addresses()]
-            web_sockets = [bind_listener(host, port)
-                           for host, port in self.config.web_listen_addresses()]
-        if web_sockets or web_tls_sockets:
+            doors = {kind: [bind_listener(host, port)
+                            for host, port in self.config.door_addresses(kind)]
+                     for kind in DOOR_KINDS}
+        if doors["web"] or doors["web-tls"]:
             web_ready()
         owned_admin_path = None
         if admin_sockets:
@@ -206,11 +213,11 @@ class Daemon:
             owned_admin_path = self.config.admin_socket_path()
             admin_socket = admin.bind_socket(owned_admin_path, self.config.admin_socket_mode,
                                              self.config.admin_group)
-        pid_path = self._detach([*chat_sockets, *tls_sockets, *web_sockets, *web_tls_sockets,
+        pid_path = self._detach([*passed_or(chat_sockets, tls_sockets, doors),
                                  admin_socket]) if self.args.daemon else None
         try:
             return self._serve(chat_sockets, tls_sockets, admin_socket, owned_admin_path,
-                               pid_path, web=(web_sockets, web_tls_sockets))
+                               pid_path, doors=doors)
         finally:
             if pid_path:
                 pidfile.remove(pid_path)
@@ -222,7 +229,8 @@ class Daemon:
         if not passed:
             return []
         defaults = config_module.Config()
-        ignored = [name for name in ("listen", "listen_tls", "listen_web", "listen_web_tls")
+        ignored = [name for name in ("listen", "listen_tls", "listen_web", "listen_web_tls",
+                                     "listen_irc", "listen_irc_tls")
                    if getattr(self.config, name) != getattr(defaults, name)]
         if ignored:
             console.say(f"tcpchatd: {' and '.join(ignored)} not used: systemd passed the "
@@ -368,7 +376,7 @@ class Daemon:
     def _serve(self, chat_sockets: list[socket.socket], tls_sockets: list[socket.socket],
                admin_socket: socket.socket, owned_admin_path: str | None,
                pid_path: str | None = None, resume: dict | None = None,
-               web: tuple[list[socket.socket], list[socket.socket]] = ([], [])) -> int:
+               doors: dict[str, list[socket.socket]] | None = None) -> int:
         config = self.config
         self.pid_path, self.owned_admin_path = pid_path, owned_admin_path
         log = TrafficLog(config.log_target, config.syslog_address, config.syslog_facility,
@@ -388,7 +396,7 @@ class Daemon:
              "account": None if removed else account_row(account)})
         server = ChatServer(chat_sockets, hall, log, config, engine, error_log=_error_log,
                             tls_listeners=tls_sockets, tls=self.tls,
-                            web_listeners=web[0], web_tls_listeners=web[1])
+                            doors=doors)
         self.engine, self.hall, self.server = engine, hall, server
         hand_over = self.hand_over = upgrade.HandOver(self)
         if resume is not None:
@@ -491,7 +499,7 @@ class Daemon:
         """The new image: adopt the sockets and the state the old one handed over."""
         threading.stack_size(self.config.thread_stack)
         chat_sockets, tls_sockets, admin_socket = upgrade.HandOver.sockets(state)
-        web = upgrade.HandOver.web_sockets(state)
+        doors = upgrade.HandOver.door_sockets(state)
         self.bans = BanList(os.path.abspath(self.config.state_dir_path()))
         if "bans" in state:  # the list the old image kept in force: the file is not read
             self.bans.import_state(state["bans"])
@@ -503,7 +511,7 @@ class Daemon:
         else:
             self.accounts.load()
         self.tls, self.tls_unserved = None, None
-        if tls_sockets or web[1]:
+        if tls_sockets or doors["web-tls"] or doors["irc-tls"]:
             self._tls_for_passed_sockets()
         self.upgrades = state["upgrades"]
         self.started_at = state.get("started_at", self.started_at)
@@ -511,7 +519,7 @@ class Daemon:
         pid_path = state["pid_path"]
         try:
             return self._serve(chat_sockets, tls_sockets, admin_socket, state["admin_path"],
-                               pid_path, resume=state, web=web)
+                               pid_path, resume=state, doors=doors)
         finally:
             if pid_path:
                 pidfile.remove(pid_path)

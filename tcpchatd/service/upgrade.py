@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from .. import __version__
 from ..control.errors import UPGRADE_FAILED
 from ..net import handover
+from ..net.listeners import DOOR_KINDS
 from ..net.session import Session
 from ..wire import protocol
 from . import config as config_module
@@ -280,9 +281,8 @@ class HandOver:
             "started_at": daemon.started_at,
             "listeners": [sock.fileno() for sock in server.listeners],
             "tls_listeners": [sock.fileno() for sock in server.all_tls_listeners()],
-            "web_listeners": [sock.fileno() for sock in server.web_listeners],
-            "web_tls_listeners": [sock.fileno()
-                                  for sock in server.all_web_tls_listeners()],
+            "doors": {kind: [sock.fileno() for sock in socks]
+                      for kind, socks in server.all_doors.items()},
             "admin": daemon.admin_server.sock.fileno(), "admin_path": daemon.owned_admin_path,
             "admin_inode": daemon.admin_server.inode, "pid_path": daemon.pid_path,
             "reply": None if request is None else {
@@ -300,8 +300,8 @@ class HandOver:
         }
         state["log"] = daemon.log.hand_over(LOG_HANDOVER)
         state["written_at"] = time.time()
-        state["keep"] = state["listeners"] + state["tls_listeners"] + \
-            state["web_listeners"] + state["web_tls_listeners"] + [state["admin"]] + [
+        state["keep"] = state["listeners"] + state["tls_listeners"] + [
+            fd for fds in state["doors"].values() for fd in fds] + [state["admin"]] + [
             record["fd"] for record in records] + (
             [request.sock.fileno()] if request is not None else [])
         return state
@@ -309,15 +309,17 @@ class HandOver:
     # --- the new image
 
     @staticmethod
-    def web_sockets(state: dict) -> tuple[list[socket.socket], list[socket.socket]]:
-        """The web listeners handed over: (http, https); none from an image before them."""
-        found = []
-        for key in ("web_listeners", "web_tls_listeners"):
-            sockets = [socket.socket(fileno=fd) for fd in state.get(key, [])]
-            for sock in sockets:
+    def door_sockets(state: dict) -> dict[str, list[socket.socket]]:
+        """The doors' listeners handed over, by kind (an image before them had none; one
+        of the first web doors named them web_listeners and web_tls_listeners)."""
+        fds = dict(state.get("doors") or {"web": state.get("web_listeners", []),
+                                          "web-tls": state.get("web_tls_listeners", [])})
+        doors = {kind: [socket.socket(fileno=fd) for fd in fds.get(kind, [])]
+                 for kind in DOOR_KINDS}
+        for socks in doors.values():
+            for sock in socks:
                 os.set_inheritable(sock.fileno(), False)
-            found.append(sockets)
-        return found[0], found[1]
+        return doors
 
     @staticmethod
     def sockets(state: dict) -> tuple[list[socket.socket], list[socket.socket],

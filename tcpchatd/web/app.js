@@ -204,6 +204,23 @@ function joined() {
   }
 }
 
+// What arrives together is confirmed together: one frame with every uuid (the `confirms`
+// feature), CONFIRM_BATCH ms after the first, instead of a frame per message.
+const CONFIRM_BATCH = 20;
+let unconfirmed = [];
+function confirmLater(uuid) {
+  unconfirmed.push(uuid);
+  if (unconfirmed.length === 1) setTimeout(confirmNow, CONFIRM_BATCH);
+}
+function confirmNow() {
+  const uuids = unconfirmed;
+  unconfirmed = [];
+  if (!uuids.length || !state.ws || state.ws.readyState !== WebSocket.OPEN) return;
+  const frame = uuids.length === 1 ? { type: "confirm", uuid: uuids[0] }
+    : { type: "confirm", uuids };
+  state.ws.send(JSON.stringify(frame));
+}
+
 function request(fields) {
   state.requestId += 1;
   const frame = { type: "request", id: state.requestId, ...fields };
@@ -215,7 +232,7 @@ function request(fields) {
 
 function receive(f) {
   if (f.type === "message") {
-    if (f.uuid) state.ws.send(JSON.stringify({ type: "confirm", uuid: f.uuid }));
+    if (f.uuid) confirmLater(f.uuid);
     const prefix = f.private ? `${f.nickname} (private): ` : `${f.nickname}: `;
     let text = String(f.message || "");
     if (text.startsWith(prefix)) text = text.slice(prefix.length);

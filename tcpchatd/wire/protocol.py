@@ -232,6 +232,19 @@ class Confirm:
     uuid: str
 
 
+# A client may confirm several messages in one frame: {"type":"confirm","uuids":[...]}
+# (the `confirms` feature). The browser's page does: its every frame costs the daemon a
+# WebSocket frame to decode, and it confirms what one read brought at once.
+MAX_CONFIRMS = 1000  # uuids in one such frame
+_HEX_TO_X = str.maketrans("0123456789abcdef", "x" * 16)
+_UUID_SHAPE = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
+
+
+@dataclass(frozen=True)
+class Confirms:
+    uuids: tuple[str, ...]
+
+
 # The confirm frames that real clients send, as bytes: ours compact, the original's with
 # json.dumps' default spaces. A confirm is sent once per delivery, so recognising these
 # without building a dict or a UUID object is worth it; anything else takes the full path.
@@ -241,8 +254,8 @@ CONFIRM_BODY = (rb'\{"type": ?"confirm", ?"uuid": ?"([0-9a-f]{8}-[0-9a-f]{4}-'
 _CONFIRM = re.compile(CONFIRM_BODY + rb'\Z')
 
 
-def parse_client_frame(body: bytes, max_text: int,
-                       max_depth: int = MAX_JSON_DEPTH) -> ChatMessage | Confirm | Request:
+def parse_client_frame(body: bytes, max_text: int, max_depth: int = MAX_JSON_DEPTH
+                       ) -> ChatMessage | Confirm | Confirms | Request:
     """Decode and validate one frame a client may send."""
     match = _CONFIRM.match(body)
     if match is not None:
@@ -254,6 +267,8 @@ def parse_client_frame(body: bytes, max_text: int,
     if kind not in ("message", "confirm"):
         raise ProtocolError(errors.UNKNOWN_TYPE, f"unknown frame type {kind!r}: expected "
                             "'message', 'confirm' or 'request'")
+    if kind == "confirm" and "uuids" in obj:
+        return _confirms(obj["uuids"])
     frame_uuid = canonical_uuid(obj.get("uuid"))
     if frame_uuid is None:
         raise ProtocolError(errors.BAD_UUID, f"missing or malformed uuid in {kind!r} frame: "
@@ -278,6 +293,22 @@ def parse_client_frame(body: bytes, max_text: int,
         raise ProtocolError(errors.BAD_JSON, "'to' must be a nickname, 'room' a room's name "
                             "and 'action' true or false", frame_uuid)
     return ChatMessage(frame_uuid, text, to, action, room)
+
+
+def _confirms(value: object) -> Confirms:
+    """Several confirms in one frame: every uuid well-formed, or none is taken."""
+    if not isinstance(value, list) or not value or len(value) > MAX_CONFIRMS:
+        raise ProtocolError(errors.BAD_UUID, f"'uuids' must be a list of 1 to {MAX_CONFIRMS} "
+                            "uuids")
+    # the common case at once: lower-case uuids, their shape checked as one string
+    if all(type(item) is str for item in value) and "".join(value).translate(
+            _HEX_TO_X) == _UUID_SHAPE * len(value):
+        return Confirms(tuple(value))
+    uuids = tuple(canonical_uuid(item) for item in value)
+    if None in uuids:
+        raise ProtocolError(errors.BAD_UUID, "a malformed uuid in 'uuids': expected 36 "
+                            "characters, hex digits with dashes at 8-4-4-4-12")
+    return Confirms(uuids)  # type: ignore[arg-type]
 
 
 def _request(obj: dict) -> Request:
@@ -422,7 +453,7 @@ def chat_frame(frame_uuid: str, sender: str, text: str, stamp: str | None = None
 
 
 FEATURES = ("request", "private", "history", "nick", "action", "rooms", "accounts",
-            "scrollback")
+            "scrollback", "confirms")
 NAMES_SHOWN = 50  # nicknames in a names frame's `message`; the list itself is complete
 
 
