@@ -41,8 +41,9 @@ def test_registration_welcomes_with_isupport_and_joins_the_default_room(chat):
     assert irc.line() == ":tcpchatd 421 ircy FROBNICATE :Unknown command"
     irc.send("MOTD", "MODE #general", "MODE ircy", "MODE #general +o ircy", "AWAY :lunch",
              "AWAY", "USER again 0 * :x")
-    assert [command(irc.line()) for _ in range(7)] == [
-        "422", "324", "221", "482", "306", "305", "462"]
+    answers = [command(irc.line()) for _ in range(7)]  # AWAY's come through the session
+    assert answers[:4] == ["422", "324", "221", "482"] and \
+        sorted(answers[4:]) == ["305", "306", "462"]
     join = wait_for(lambda: h.log.named("join"))[0]
     assert join["nick"] == "ircy" and join["via"] == "irc"
     assert [m.via for m in h.hall.members()] == ["irc"]
@@ -319,3 +320,52 @@ def test_a_real_irc_client_joins_talks_and_is_kicked(admin_chat, tmp_path):
     finally:
         os.killpg(proc.pid, 9)
         proc.wait(5)
+
+
+def test_away_is_answered_and_told_with_away_notify(chat):
+    h = chat(irc=True)
+    ann = h.irc("ann")
+    ben = h.irc("ben", caps="away-notify")
+    native = h.client("native")
+    ann.send("AWAY :at lunch")
+    assert ann.numeric("306") == ":tcpchatd 306 ann :You have been marked as being away"
+    assert ben.until(lambda line: command(line) == "AWAY") == ":ann!ann@tcpchatd AWAY :at lunch"
+    away = native.read_until(lambda f: f.get("event") == "away")
+    assert (away["nickname"], away["away"], away["message"]) == (
+        "ann", "at lunch", "ann is away: at lunch")
+    ann.send("AWAY")
+    assert command(ann.numeric("305")) == "305"
+    assert ben.until(lambda line: command(line) == "AWAY") == ":ann!ann@tcpchatd AWAY"
+    assert native.read_until(lambda f: f.get("event") == "away")["away"] is None
+    ann.send("PING :x")  # ann, without the capability, is told nothing of ben's
+    ben.send("AWAY :gone")
+    assert ann.until(lambda line: command(line) in ("PONG", "AWAY")).startswith(":tcpchatd PONG")
+    assert [e["text"] for e in h.log.named("away")] == ["at lunch", None, "gone"] or \
+        wait_for(lambda: [e["text"] for e in h.log.named("away")] == ["at lunch", None, "gone"])
+
+
+def test_irc_over_tls_registers_and_is_told_to_come_back_at_an_upgrade(tls_daemon, certs,
+                                                                       short_tmp):
+    from conftest import client_context
+    admin = os.path.join(short_tmp, "t.sock")
+    d, _, _ = tls_daemon("--admin-socket", admin, "--listen-irc-tls", "127.0.0.1:0")
+    status = [line for line in d.wait_notify("READY=1").splitlines()
+              if line.startswith("STATUS=")][0]
+    port = int(re.search(r"127\.0\.0\.1:(\d+) \(irc, tls\)", status).group(1))
+
+    def connect():
+        from ircclient import IrcClient
+        client = IrcClient.__new__(IrcClient)
+        raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+        client.sock = client_context(certs).wrap_socket(raw, server_hostname="localhost")
+        client.buffer, client.seen = b"", []
+        return client
+    irc = connect()
+    irc.register("secure")
+    who = json.loads(ctl(admin, "who", "--json").stdout)["clients"]
+    assert [(c["nickname"], c["via"], c["tls"]) for c in who] == [("secure", "ircs", True)]
+    assert ctl(admin, "upgrade").returncode == 0
+    assert "restarting" in irc.until(lambda line: line.startswith("ERROR"))
+    assert irc.closed()
+    again = connect()
+    again.register("secure")  # its nickname is free again at once

@@ -582,6 +582,24 @@ class Hall:
         with self.lock:
             return list(self._members.values())
 
+    def set_away(self, member: Member, text: str | None, request_id: Any = None) -> None:
+        """Away (with why) or back: every room the member is in hears of it, the member
+        with its request's id; logged. (This node's rooms: the cluster does not carry
+        it.)"""
+        text = text.strip()[:self._config.max_topic] if text and text.strip() else None
+        with self.lock:
+            account = self._accounts.get(member)
+            if account is None:
+                return
+            rooms = list(account.rooms)
+            self.log.event("away", nick=member.nickname, text=text)
+            for room in rooms:
+                room.channel.publish(protocol.away_frame(member.nickname, text, room.name),
+                                     member)
+        member.deliver(protocol.away_frame(member.nickname, text, None, request_id))
+        for room in rooms:
+            room.channel.notify()
+
     def rooms_of(self, member: Member) -> list[str]:
         """The names of the rooms a member is in, in the order it joined them."""
         with self.lock:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import re
+import threading
 import time
 import uuid
 from typing import TYPE_CHECKING
@@ -35,6 +36,8 @@ if TYPE_CHECKING:
 _MESSAGE_UUID = re.compile(rb'\A\{"type":"message","uuid":"([-0-9a-f]{36})"')
 _CONFIRM = b'{"type":"confirm","uuid":"%s"}'
 MAX_PARTIAL = MAX_LINE + MAX_TAGS  # bytes of a line not yet ended that are kept
+_lines_made = threading.local()  # per loop: a room message's lines, by (bytes, stamped)
+LINES_MADE = 4096
 
 
 def isupport(config: NetSettings) -> dict[str, str | None]:
@@ -47,6 +50,9 @@ def isupport(config: NetSettings) -> dict[str, str | None]:
 
 class IrcTransport(TranslatingTransport):
     """The chat's byte stream on IRC lines."""
+
+    __slots__ = ("translator", "_partial", "_discarding", "_rate", "_burst", "_tokens",
+                 "_tokens_at")
 
     def __init__(self, inner: PlainTransport | TlsTransport, host: str,
                  config: NetSettings) -> None:
@@ -134,18 +140,37 @@ class IrcTransport(TranslatingTransport):
     # --- out
 
     def encode(self, data: bytes) -> list[bytes]:
-        """Each frame's lines; a message handed to the connection is confirmed for it."""
+        """Each frame's lines; a message handed to the connection is confirmed for it.
+        A room's message is the same lines for every IRC member with the same
+        server-time: made once per loop (by its bytes), as a broadcast's WebSocket
+        message is."""
+        made = getattr(_lines_made, "lines", None)
+        if made is None or len(made) >= LINES_MADE:
+            made = _lines_made.lines = {}
+        translator = self.translator
+        stamped = "server-time" in translator.caps
         chunks = []
         confirms = []
         for body in session_frames(data):
-            lines = self.translator.sent(body)
-            chunks.append("".join(f"{line}\r\n" for line in lines).encode("utf-8"))
-            if body is not None and (found := _MESSAGE_UUID.match(body)) is not None:
+            found = _MESSAGE_UUID.match(body) if body is not None else None
+            if found is not None and body is not None and translator.registered and \
+                    b'"private":true' not in body:
+                chunk = made.get((body, stamped))
+                if chunk is None:
+                    chunk = made[(body, stamped)] = self._wire(translator.sent(body))
+            else:
+                chunk = self._wire(translator.sent(body))
+            chunks.append(chunk)
+            if found is not None:
                 confirm = _CONFIRM % found.group(1)
                 confirms.append(b"%-10d" % len(confirm) + confirm)
         if confirms:
             self._early += b"".join(confirms)
         return chunks
+
+    @staticmethod
+    def _wire(lines: list[str]) -> bytes:
+        return "".join(f"{line}\r\n" for line in lines).encode("utf-8")
 
     # --- an upgrade's exec
 

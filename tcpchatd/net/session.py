@@ -954,6 +954,8 @@ class Session:
             hall.topic(self, request.room or "", request.topic, request.id)
         elif cmd == "login":
             self._login(request.account or "", request.password or "", request.id)
+        elif cmd == "away":
+            hall.set_away(self, request.text, request.id)
         elif cmd == "history":
             hall.scroll(self, request.room, request.before, request.limit, request.id)
         elif cmd == "search":

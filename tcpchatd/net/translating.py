@@ -32,12 +32,14 @@ def frame_length(data: bytes, position: int) -> int:
 class TranslatingTransport:
     """The partial-send accounting and the plumbing to the transport beneath."""
 
-    handshake_wants_write = False
-    kind = "tcp"
+    __slots__ = ("inner", "tls", "kind", "handshake_wants_write", "at_end", "_max_frame",
+                 "_out", "_owed", "_early")  # one per client: no dict each
 
     def __init__(self, inner: PlainTransport | TlsTransport) -> None:
         self.inner = inner
         self.tls = inner.tls
+        self.kind = "tcp"
+        self.handshake_wants_write = False
         self.at_end = False          # the peer's end came inside what recv() gave
         self._max_frame = 65536
         self._out = b""              # bytes of a frame the kernel took a part of, and

@@ -36,6 +36,8 @@ class TransportError(Exception):
 class PlainTransport:
     """A non-blocking TCP socket."""
 
+    __slots__ = ("sock",)  # one per client: no dict each (10,000 of them)
+
     tls = False
     kind = "tcp"  # what `who` shows: tcp, tls, web (WebSocket) or wss (inside TLS)
     handshake_wants_write = False  # no handshake
@@ -122,6 +124,7 @@ class TlsTransport(PlainTransport):
     (handshake_wants_write), and the loop waits for that.
     """
 
+    __slots__ = ("_context", "handshake_wants_write")
     tls = True
     kind = "tls"
     carriable = False

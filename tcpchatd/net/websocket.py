@@ -94,6 +94,9 @@ def held_by_wsproto(connection: Any) -> int | None:
 class WebSocketTransport(TranslatingTransport):
     """The chat's byte stream on WebSocket messages, over a plain or TLS transport."""
 
+    __slots__ = ("_door", "_inner_ready", "_outcome", "_reply", "connection", "origin",
+                 "_text", "_text_size", "_too_large", "_raw", "_done")
+
     def __init__(self, inner: PlainTransport | TlsTransport, door: HttpDoor | None) -> None:
         global OPEN
         if OPEN is None:  # wsproto is imported only where a web listener is served
@@ -154,6 +157,7 @@ class WebSocketTransport(TranslatingTransport):
         if outcome.websocket is None:
             raise HandshakeEnded(outcome)
         self.connection, self.origin, self._door = outcome.websocket, outcome.origin, None
+        self._outcome = None  # nothing of the door is kept
         self._early = self._frames() or b""  # sent with the request, before the 101
         return True
 

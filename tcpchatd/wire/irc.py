@@ -160,6 +160,7 @@ class IrcTranslator:
         self.quit_seen: set[str] = set()  # nicknames a QUIT was sent for (one per quit)
         self.renamed: set[tuple[str, str]] = set()  # (old, new) NICK lines already sent
         self.quitting = False          # QUIT came: the end of its stream
+        self.away_told: dict[str, set[str]] = {}  # the last AWAY line's text -> nicknames
 
     # --- state an upgrade carries
 
@@ -416,9 +417,7 @@ class IrcTranslator:
 
     def _cmd_away(self, params: list[str], line: Line, new_uuid: NewUuid) -> Reply:
         self.away = params[0] if params and params[0] else None
-        if self.away is None:
-            return [], [self.numeric("305", "You are no longer marked as being away")]
-        return [], [self.numeric("306", "You have been marked as being away")]
+        return [self._request("away", "", **({"text": self.away} if self.away else {}))], []
 
     def _cmd_mode(self, params: list[str], line: Line, new_uuid: NewUuid) -> Reply:
         if (missing := self._need(params, 1, "MODE")) is not None:
@@ -667,6 +666,20 @@ class IrcTranslator:
             target = asked[1] if asked is not None else "*"
             return [self.numeric(numeric, target, text)]
         return self._notice(f)
+
+    def _on_away(self, f: dict[str, Any]) -> list[str]:
+        """Its own: the answer (306, 305); another member's: AWAY with away-notify."""
+        nick, text = f.get("nickname", ""), f.get("away")
+        if "id" in f or nick == self.nick:
+            self.asked.pop(str(f.get("id")), None)
+            if "id" not in f:
+                return []  # the rooms' copies of its own
+            return [self.numeric("306", "You have been marked as being away") if text
+                    else self.numeric("305", "You are no longer marked as being away")]
+        if "away-notify" not in self.caps or nick in self.away_told.get(text or "", ()):
+            return []
+        self.away_told = {text or "": {nick}}  # one line, however many rooms it shares
+        return [f":{self._source(nick)} AWAY :{text}" if text else f":{self._source(nick)} AWAY"]
 
     def _on_undelivered(self, f: dict[str, Any]) -> list[str]:
         return []  # nobody else in the room: IRC says nothing

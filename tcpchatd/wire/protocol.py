@@ -198,7 +198,9 @@ REQUESTS = {"who": ("room",), "nick": ("nickname",), "join": ("room",), "part": 
             "login": ("account", "password"), "kick": ("nickname", "room", "reason"),
             "ban": ("target", "duration", "reason"), "unban": ("target",),
             # the lasting history: a page before a uuid or a time, and a search
-            "history": ("room", "before"), "search": ("room", "words", "syntax")}
+            "history": ("room", "before"), "search": ("room", "words", "syntax"),
+            # away with a text, back without one (IRC's AWAY; its rooms hear of it)
+            "away": ("text",)}
 INT_FIELDS = {"history": "limit", "search": "limit"}  # a whole number, optional
 REQUIRED = {"nick": "nickname", "join": "room", "part": "room", "topic": "room",
             "login": "account", "kick": "nickname", "ban": "target", "unban": "target",
@@ -222,6 +224,7 @@ class Request:
     words: str | None = None     # for `search`
     syntax: str | None = None    # ... "fts5": the words are SQLite FTS5's query syntax
     limit: int | None = None     # for `history` and `search`
+    text: str | None = None      # for `away`: why (none: back)
 
     def __repr__(self) -> str:  # a password never reaches a log or a traceback
         return f"Request(id={self.id!r}, cmd={self.cmd!r})"
@@ -490,6 +493,17 @@ def _in_room(obj: dict[str, Any], room: str | None) -> dict[str, Any]:
     if room is not None:
         obj["room"] = room
     return obj
+
+
+def away_frame(nickname: str, text: str | None, room: str | None = None,
+               request_id: int | str | None = None) -> bytes:
+    """A member is away (with why), or back (text None); its rooms hear of it."""
+    obj = _in_room({"type": "system", "event": "away", "nickname": nickname, "away": text,
+                    "message": f"{nickname} is away: {text}" if text else f"{nickname} is back",
+                    "time": now_iso()}, room)
+    if request_id is not None:
+        obj["id"] = request_id
+    return encode(obj)
 
 
 def nick_frame(old: str, new: str, room: str | None = None) -> bytes:
