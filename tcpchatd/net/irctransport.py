@@ -37,7 +37,8 @@ _MESSAGE_UUID = re.compile(rb'\A\{"type":"message","uuid":"([-0-9a-f]{36})"')
 _CONFIRM = b'{"type":"confirm","uuid":"%s"}'
 MAX_PARTIAL = MAX_LINE + MAX_TAGS  # bytes of a line not yet ended that are kept
 _lines_made = threading.local()  # per loop: a room message's lines, by (bytes, stamped)
-LINES_MADE = 4096
+LINES_MADE = 1024    # ... at most this many,
+SHARED_FRAME = 1024  # ... of messages this small (at most 2 MiB of them per loop)
 
 
 def isupport(config: NetSettings) -> dict[str, str | None]:
@@ -154,7 +155,7 @@ class IrcTransport(TranslatingTransport):
         for body in session_frames(data):
             found = _MESSAGE_UUID.match(body) if body is not None else None
             if found is not None and body is not None and translator.registered and \
-                    b'"private":true' not in body:
+                    len(body) <= SHARED_FRAME and b'"private":true' not in body:
                 chunk = made.get((body, stamped))
                 if chunk is None:
                     chunk = made[(body, stamped)] = self._wire(translator.sent(body))

@@ -53,7 +53,8 @@ class HandshakeEnded(Exception):  # noqa: N818 (an outcome, not a failure)
 # messages; a room's readers at different places are sent different chunks
 _encoded = threading.local()
 ENCODED_CHUNKS = 64
-ENCODED_FRAMES = 4096  # ... and the frames lately sent to browsers, by their bytes
+ENCODED_FRAMES = 1024  # ... and the frames lately sent to browsers, by their bytes,
+SHARED_FRAME = 1024    # ... those this small (at most 2 MiB of them kept per loop)
 
 
 def _messages(data: bytes, connection: Any) -> list[bytes]:
@@ -76,7 +77,9 @@ def _messages(data: bytes, connection: Any) -> list[bytes]:
             body, position = data[position + HEADER_LENGTH:end], end
         message = made.get(body)
         if message is None:
-            message = made[body] = connection.send(Message(data=body.decode("utf-8")))
+            message = connection.send(Message(data=body.decode("utf-8")))
+            if len(body) <= SHARED_FRAME:  # a room's chat; not a joiner's names list
+                made[body] = message
         out.append(message)
     return out
 
