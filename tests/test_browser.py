@@ -271,3 +271,41 @@ def test_a_moderator_logs_in_from_the_page_and_a_wrong_password_is_said(admin_ch
         assert [m.account for m in h.hall.members()] == ["Ann"]
     finally:
         book.close()
+
+
+def test_a_tcpchat_client_reaches_two_browsers_and_rooms_are_tabs(chat, browsers):
+    """tcpchat-client (pipe mode) posts to two browsers, which confirm it; a room joined
+    in the page is a tab with its unread count; a late browser is shown the history."""
+    import subprocess
+
+    from test_daemon import CLIENT
+    h = chat(web=True, flood_rate=0)
+    page = f"http://127.0.0.1:{h.web_port}/"
+    alice, bob = browsers(page), browsers(page)
+    enter(alice, "alice")
+    enter(bob, "bob")
+    result = subprocess.run([*CLIENT, "--port", str(h.port), "--nick", "ci-bot"],
+                            input="build 1234 passed\n", capture_output=True, text=True,
+                            timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "delivered to 2 of 2: build 1234 passed\n"
+    assert line_with(alice, "build 1234 passed") and line_with(bob, "build 1234 passed")
+    type_line(alice, "/join dev")
+    wait(alice, lambda d: [t.text for t in d.find_elements(By.CSS_SELECTOR, "#rooms button")]
+         == ["#general", "#dev"])
+    assert alice.find_element(By.CSS_SELECTOR, "#rooms button.current").text == "#dev"
+    dev = h.client("devon")
+    dev.enter("dev")
+    dev.say("in dev only", room="dev")
+    assert line_with(alice, "in dev only")
+    carol = h.client("carol")
+    carol.say("meanwhile in general")  # alice looks at #dev: #general counts it unread
+    wait(alice, lambda d: d.find_element(By.CSS_SELECTOR, "#rooms button[data-room='general']")
+         .text == "#general1")
+    alice.find_element(By.CSS_SELECTOR, "#rooms button[data-room='general']").click()
+    assert line_with(alice, "meanwhile in general")
+    assert "in dev only" not in lines(alice)
+    late = browsers(page)
+    enter(late, "late")
+    earlier = line_with(late, "build 1234 passed")  # the room's history, on joining
+    assert "history" in earlier.get_attribute("class").split()
