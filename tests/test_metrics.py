@@ -19,8 +19,10 @@ def scrape(port: int) -> dict:
 
 
 def test_the_counters_are_scraped_in_prometheus_text_format(daemon_factory):
-    metrics_port = free_port()
-    d = daemon_factory("--listen-metrics", f"127.0.0.1:{metrics_port}")
+    from ircclient import IrcClient
+    metrics_port, irc_port = free_port(), free_port()
+    d = daemon_factory("--listen-metrics", f"127.0.0.1:{metrics_port}", "--listen-irc",
+                       f"127.0.0.1:{irc_port}")
     port = status_port(d)
     admin = d.proc.args[d.proc.args.index("--admin-socket") + 1]
     ann, ben = RawClient(port), RawClient(port)
@@ -34,10 +36,18 @@ def test_the_counters_are_scraped_in_prometheus_text_format(daemon_factory):
     samples = wait_for(lambda: (s := scrape(metrics_port))
                        and s[("tcpchatd_history_written_total", ())] == 2 and s, timeout=10)
     assert samples[("tcpchatd_members", ())] == 2
+    assert samples[("tcpchatd_transport_members", (("transport", "tcp"),))] == 2
+    assert samples[("tcpchatd_transport_members", (("transport", "irc"),))] == 0
+    ircy = IrcClient(irc_port)  # one by another door
+    ircy.register("ircy")
+    samples = scrape(metrics_port)
+    assert samples[("tcpchatd_transport_members", (("transport", "irc"),))] == 1
+    assert samples[("tcpchatd_transport_members", (("transport", "web"),))] == 0
+    assert samples[("tcpchatd_members", ())] == 3
     assert samples[("tcpchatd_messages_total", ())] == 2
     assert samples[("tcpchatd_deliveries_total", ())] == 2
     assert samples[("tcpchatd_confirms_total", ())] == 2
-    assert samples[("tcpchatd_room_members", (("room", "general"),))] == 2
+    assert samples[("tcpchatd_room_members", (("room", "general"),))] == 3
     assert samples[("tcpchatd_room_members", (("room", "dev"),))] == 1
     assert samples[("tcpchatd_room_messages_total", (("room", "general"),))] == 2
     assert samples[("tcpchatd_bans", ())] == 1

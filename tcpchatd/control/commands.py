@@ -425,6 +425,11 @@ class AdminCommands:
         certificate's end in epoch seconds, the broker's link."""
         result = self.node_stats()
         result["bans"] = len(self.bans.all()) if self.bans is not None else 0
+        by_transport: dict[str, int] = dict.fromkeys(("tcp", "tls", "web", "wss", "irc",
+                                                      "ircs"), 0)
+        for member in self.hall.members():
+            by_transport[member.via] = by_transport.get(member.via, 0) + 1
+        result["members_by_transport"] = by_transport
         counters = self.hall.counters
         result["receipts"] = {"settled": counters.receipts_settled,
                               "partial": counters.receipts_partial,

@@ -58,6 +58,12 @@ class Collector:
         yield counter("log_dropped", "traffic log lines dropped", stats["log_dropped"])
         yield counter("upgrades", "hitless upgrades done", stats["upgrades"])
         yield gauge("uptime_seconds", "seconds since the daemon started", stats["uptime_s"])
+        transports = core.GaugeMetricFamily(
+            PREFIX + "transport_members", "this node's members by how they came in: tcp, "
+            "tls, web (WebSocket), wss, irc, ircs", labels=["transport"])
+        for transport, count in (stats.get("members_by_transport") or {}).items():
+            transports.add_metric([transport], count)
+        yield transports
         rooms = core.GaugeMetricFamily(PREFIX + "room_members", "members of each room",
                                        labels=["room"])
         room_messages = core.CounterMetricFamily(PREFIX + "room_messages",
