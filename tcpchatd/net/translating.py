@@ -12,6 +12,7 @@ itself (an IRC PONG, a WebSocket's close) go out at once, or after that rest.
 
 from __future__ import annotations
 
+import abc
 import base64
 from typing import TYPE_CHECKING, Any
 
@@ -29,8 +30,9 @@ def frame_length(data: bytes, position: int) -> int:
     return HEADER_LENGTH if header == NICKNAME_PROMPT else HEADER_LENGTH + int(header)
 
 
-class TranslatingTransport:
-    """The partial-send accounting and the plumbing to the transport beneath."""
+class TranslatingTransport(abc.ABC):
+    """The partial-send accounting and the plumbing to the transport beneath; a subclass
+    says how frames are encoded (and reads in its own way)."""
 
     __slots__ = ("inner", "tls", "kind", "handshake_wants_write", "at_end", "_max_frame",
                  "_out", "_owed", "_early")  # one per client: no dict each
@@ -66,9 +68,9 @@ class TranslatingTransport:
         early, self._early = self._early, b""
         return early or None
 
+    @abc.abstractmethod
     def encode(self, data: bytes) -> list[bytes]:
         """One chunk of wire bytes per frame of the session's `data`."""
-        raise NotImplementedError
 
     def send_direct(self, wire: bytes) -> None:
         """Bytes the translation answers by itself: now, or after a frame's rest."""
@@ -110,8 +112,8 @@ class TranslatingTransport:
             position += length
         return taken + position
 
-    def send_plain(self, data: bytes) -> None:
-        pass  # nothing of the chat's own framing goes out raw on another protocol
+    def send_plain(self, data: bytes) -> None:  # noqa: B027 (deliberately nothing)
+        """Nothing of the chat's own framing goes out raw on another protocol."""
 
     def close(self) -> None:
         self.inner.close()
