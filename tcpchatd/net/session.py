@@ -103,7 +103,7 @@ class Session:
     def __init__(self, transport: Transport, address: tuple, server: SessionServer) -> None:
         self.transport = transport
         self.tls = transport.tls
-        self.via = transport.kind        # tcp, tls, web or wss (`who`, the join's log line)
+        self.via = transport.kind        # tcp, tls, web, wss, irc, ircs (`who`, the join line)
         self.tls_heard = False           # the peer sent something on the TLS port
         self.tls_hello_deadline = 0.0
         self.server = server
