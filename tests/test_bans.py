@@ -240,7 +240,8 @@ def test_ban_a_nickname_is_asked_again_and_nick_requests_are_refused(banning):
     bob.send_raw(frame({"type": "request", "id": 5, "cmd": "nick", "nickname": "EVE"}))
     refused = bob.read_until(lambda f: f.get("event") == "error")
     assert (refused["code"], refused["id"]) == ("banned", 5)
-    assert "nick_rejected" in d.stderr() and "code=banned" in d.stderr()
+    # the traffic log's thread writes it soon after the refusal
+    assert wait_for(lambda: "nick_rejected" in d.stderr() and "code=banned" in d.stderr())
 
 
 def test_an_address_ban_holds_for_a_connection_accepted_before_it(banning):
