@@ -300,15 +300,18 @@ def stopped(pid: int) -> bool:
 
 def test_events_trimmed_from_the_stream_while_a_node_was_paused_are_counted(
         daemon_factory, short_tmp):
+    """... in the log and in the metrics, which also show how far behind the node was."""
+    from test_metrics import scrape
     # small stream nodes and the shortest stream (100): trimming (approximate) is exact
     # to within 10 entries
     redis = RedisServer(short_tmp, "--stream-node-max-entries", "10")
+    metrics_port = free_port()
     try:
-        def node(name):
+        def node(name, *args):
             return daemon_factory("--broker", redis.url, "--room", "r", "--node-name", name,
                                   "--node-ttl", "30", "--flood-rate", "0",
-                                  "--broker-stream", "100")
-        a, b = node("a"), node("b")
+                                  "--broker-stream", "100", *args)
+        a, b = node("a"), node("b", "--listen-metrics", f"127.0.0.1:{metrics_port}")
         wait_for(lambda: linked(a) and linked(b), timeout=10)
         alice, bob = RawClient(status_port(a)), RawClient(status_port(b))
         alice.join("alice")
@@ -316,6 +319,11 @@ def test_events_trimmed_from_the_stream_while_a_node_was_paused_are_counted(
         read_event(alice, "join", nickname="bob")
         alice.say("#0")
         chat(bob, "alice")
+        before = scrape(metrics_port)
+        assert before[("tcpchatd_broker_up", ())] == 1
+        assert before[("tcpchatd_broker_events_read_total", ())] >= 3  # joins and #0
+        assert before[("tcpchatd_broker_lag_seconds", ())] < 1.0
+        assert before[("tcpchatd_broker_gap_events_total", ())] == 0
         b.signal(signal.SIGSTOP)  # cut off (not swept: node_ttl is long)
         try:
             wait_for(lambda: stopped(b.proc.pid))
@@ -323,6 +331,7 @@ def test_events_trimmed_from_the_stream_while_a_node_was_paused_are_counted(
                 alice.say(f"#{number}")
             wait_for(lambda: b"alice: #200" in redis.command("XREVRANGE", "tcpchat:r:stream",
                                                             "+", "-", "COUNT", "1"))
+            time.sleep(1.5)  # b, still stopped, falls that far behind
         finally:
             b.signal(signal.SIGCONT)
         got = []
@@ -336,6 +345,13 @@ def test_events_trimmed_from_the_stream_while_a_node_was_paused_are_counted(
         assert {g["node"] for g in gaps} == {"a"}
         # a wrote nothing but its messages meanwhile (b confirmed none): the count is exact
         assert sum(int(g["missed"]) for g in gaps) == len(missing)
+        after = scrape(metrics_port)
+        assert after[("tcpchatd_broker_gap_events_total", ())] == len(missing)
+        assert after[("tcpchatd_broker_lag_seconds", ())] >= 1.5
+        assert after[("tcpchatd_broker_events_read_total", ())] >= \
+            before[("tcpchatd_broker_events_read_total", ())] + 200 - len(missing)
+        assert after[("tcpchatd_broker_missed_total", ())] == 0
+        assert after[("tcpchatd_broker_queue", ())] == 0
         alice.close()
         bob.close()
     finally:

@@ -30,7 +30,7 @@ SBIN = "/usr/sbin/tcpchatd"
 UNIT_DIR = "/lib/systemd/system"
 UNITS = ("tcpchatd.service", "tcpchatd.socket", "tcpchatd-admin.socket", "tcpchatd-tls.socket",
          "tcpchatd-web.socket", "tcpchatd-web-tls.socket", "tcpchatd-irc.socket",
-         "tcpchatd-irc-tls.socket")
+         "tcpchatd-irc-tls.socket", "tcpchatd-metrics.socket")
 DEBIAN_PYTHON = "/usr/bin/python3"
 
 
@@ -89,7 +89,7 @@ def test_user_group_units_rule_logrotate_and_conffiles(installed):
     enabled = os.listdir("/etc/systemd/system/sockets.target.wants")
     assert {"tcpchatd.socket", "tcpchatd-admin.socket"} <= set(enabled)
     assert "tcpchatd-tls.socket" not in enabled  # TLS waits for the operator's certificate
-    for door in ("web", "web-tls", "irc", "irc-tls"):  # the operator's choice
+    for door in ("web", "web-tls", "irc", "irc-tls", "metrics"):  # the operator's choice
         assert f"tcpchatd-{door}.socket" not in enabled
 
 

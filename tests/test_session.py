@@ -58,6 +58,8 @@ class Server:
         self.loop = Loop(self.engine)
         self.ended = []
         self.errors = {}  # protocol errors by code (SessionServer)
+        self.flood_drops = self.flood_disconnects = 0
+        self.http_answers = {}
 
     def connection_ended(self, conn):
         self.ended.append(conn)

@@ -445,7 +445,7 @@ def test_daemon_mode_replaces_a_stale_pid_file(short_tmp):
 
 UNIT_FILES = ["tcpchatd.service", "tcpchatd.socket", "tcpchatd-admin.socket",
               "tcpchatd-tls.socket", "tcpchatd-web.socket", "tcpchatd-web-tls.socket",
-              "tcpchatd-irc.socket", "tcpchatd-irc-tls.socket"]
+              "tcpchatd-irc.socket", "tcpchatd-irc-tls.socket", "tcpchatd-metrics.socket"]
 
 
 def test_systemd_analyze_verify_is_clean():
@@ -490,7 +490,8 @@ def test_units_say_what_the_design_asks():
                                                  "tcpchatd-tls.socket", "tcpchatd-web.socket",
                                                  "tcpchatd-web-tls.socket",
                                                  "tcpchatd-irc.socket",
-                                                 "tcpchatd-irc-tls.socket"}
+                                                 "tcpchatd-irc-tls.socket",
+                                                 "tcpchatd-metrics.socket"}
     assert service["Documentation"] == ["man:tcpchatd(8) man:tcpchatctl(1)"]
     assert "RuntimeDirectory" not in service
     assert service["CapabilityBoundingSet"] == [""]

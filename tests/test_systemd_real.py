@@ -26,6 +26,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 UNITS = os.path.join(ROOT, "contrib", "systemd")
 SERVICE, CHAT, ADMIN = "tcpchatd.service", "tcpchatd.socket", "tcpchatd-admin.socket"
 TLS = "tcpchatd-tls.socket"
+METRICS = "tcpchatd-metrics.socket"
 # ProtectProc=, ProcSubset=, ProtectKernelTunables= and ProtectControlGroups= work for a
 # system manager only (test_package.py runs the unit as shipped under one): under this
 # per-user manager the service is never taken as ready with them, so the lab resets those.
@@ -43,24 +44,25 @@ def lab():
     manager = UserManager().start()
     try:
         admin_path = os.path.join(manager.base, "admin", "admin.sock")
-        port, tls_port = free_port(), free_port()
+        port, tls_port, metrics_port = free_port(), free_port(), free_port()
         drop_ins = {
             SERVICE: "[Service]\nExecStart=\n"
                      f"ExecStart={sys.executable} -m tcpchatd\nWatchdogSec=2\n" + LAB_RESETS,
             CHAT: f"[Socket]\nListenStream=\nListenStream=127.0.0.1:{port}\n",
             ADMIN: f"[Socket]\nListenStream=\nListenStream={admin_path}\n",
             TLS: f"[Socket]\nListenStream=\nListenStream=127.0.0.1:{tls_port}\n",
+            METRICS: f"[Socket]\nListenStream=\nListenStream=127.0.0.1:{metrics_port}\n",
         }
         for unit, text in drop_ins.items():
             directory = os.path.join(manager.unit_dir, f"{unit}.d")
             os.makedirs(directory)
             with open(os.path.join(directory, "test.conf"), "w") as fh:
                 fh.write(text)
-        for unit in (SERVICE, CHAT, ADMIN, TLS):
+        for unit in (SERVICE, CHAT, ADMIN, TLS, METRICS):
             manager.systemctl("link", os.path.join(UNITS, unit))
         manager.systemctl("daemon-reload")
         manager.port, manager.admin_path, manager.drop_ins = port, admin_path, drop_ins
-        manager.tls_port = tls_port
+        manager.tls_port, manager.metrics_port = tls_port, metrics_port
         yield manager
     finally:
         manager.stop()
@@ -69,10 +71,10 @@ def lab():
 @pytest.fixture
 def units(lab):
     """Every test starts with the three units stopped and no failure recorded."""
-    lab.systemctl("stop", SERVICE, CHAT, ADMIN, TLS, check=False)
+    lab.systemctl("stop", SERVICE, CHAT, ADMIN, TLS, METRICS, check=False)
     lab.systemctl("reset-failed", check=False)
     yield lab
-    lab.systemctl("stop", SERVICE, CHAT, ADMIN, TLS, check=False)
+    lab.systemctl("stop", SERVICE, CHAT, ADMIN, TLS, METRICS, check=False)
 
 
 def active(lab, unit):
@@ -277,6 +279,27 @@ def test_a_hitless_upgrade_under_systemd(units):
     v = b.say("and after")
     assert a.read_until(lambda f: f.get("uuid") == v)["message"] == "b: and after"
     assert json.loads(lab_ctl(units, "stats", "--json").stdout)["upgrades"] == 1
+
+
+def test_metrics_through_the_shipped_socket_and_a_hitless_upgrade(units):
+    """tcpchatd-metrics.socket: a scrape starts the daemon (socket activation), which
+    serves /metrics on the socket passed (FileDescriptorName=metrics); the same socket
+    answers through `tcpchatctl upgrade`."""
+    from test_metrics import scrape
+    units.systemctl("start", METRICS)
+    assert active(units, SERVICE) == "inactive"
+    first = scrape(units.metrics_port)  # waits in the backlog while the daemon starts
+    assert active(units, SERVICE) == "active"
+    assert first[("tcpchatd_members", ())] == 0
+    pid = units.main_pid(SERVICE)
+    client = RawClient(units.port)
+    client.join("scraped")
+    assert lab_ctl(units, "upgrade").returncode == 0
+    after = scrape(units.metrics_port)
+    assert (after[("tcpchatd_members", ())], after[("tcpchatd_upgrades_total", ())]) == (1, 1)
+    assert units.main_pid(SERVICE) == pid
+    listening = units.show(METRICS, "Listen")
+    assert f"127.0.0.1:{units.metrics_port}" in listening
 
 
 @pytest.fixture

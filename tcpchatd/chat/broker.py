@@ -52,6 +52,12 @@ class Broker(Protocol):
     def reply(self, key: str, stats: dict) -> None:
         """Answer another node's gather()."""
 
+    def health(self) -> dict[str, float]:
+        """The link's numbers for metrics (none for a process alone): broker_lag_s (how
+        old the newest event read was when read), broker_events_read, broker_queue
+        (events waiting to be written), broker_missed (events lost while cut off),
+        broker_gap_events (other nodes' events this node never read)."""
+
 
 class BrokerService(Broker, Protocol):
     """A broker as the daemon runs it (service/main.py, service/upgrade.py)."""

@@ -34,6 +34,9 @@ class LocalBroker:
     def reply(self, key: str, stats: dict) -> None:
         pass
 
+    def health(self) -> dict[str, float]:
+        return {}
+
     # --- as the daemon runs it: nothing to start, reach or hand over
     linked = True
 

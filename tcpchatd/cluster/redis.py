@@ -60,6 +60,8 @@ BACKOFF_MOST = 5.0
 HISTORY_SCAN = 1000      # newest stream entries searched for a starting node's history
 STATS_POLL = 0.02
 STATS_KEEP_S = 30        # a stats reply hash expires after this
+LAG_WINDOW_S = 10.0      # the lag reported is the largest of about this long: a scrape
+                         # every 15 s still sees a moment of falling behind
 NICKNAME_LOST = ("your nickname was taken on another node while this one was cut off "
                  "from the others; please reconnect")
 
@@ -200,6 +202,11 @@ class RedisBroker:
         self.on_event: Callable[[dict], None] = lambda event: None
         self.linked = False
         self.missed = 0        # events that crossed no node while the broker was lost
+        self.lag_s = 0.0       # how old the newest event of a batch was when read ...
+        self._lag_at = 0.0     # ... the largest of the last LAG_WINDOW_S, read then
+        self.events_read = 0
+        self.gap_events = 0    # other nodes' events trimmed from the stream unread
+        self.clock_offset = 0.0  # the Redis server's clock less ours (heartbeats measure)
         self._ever_linked = False
         self._told_lost = False
         self._lost_reason = ""
@@ -452,6 +459,24 @@ class RedisBroker:
                     for entry_id, fields in entries:
                         self.last_id = entry_id
                         self._dispatch(fields.get("e", ""))
+                    self._count_read(len(entries))
+
+    def _count_read(self, count: int) -> None:
+        """The lag: a stream id begins with the Redis server's milliseconds at XADD, so
+        the newest id read against the server's clock now (ours plus the offset the
+        heartbeats measure: nodes on other machines need not share a clock); the
+        largest of about LAG_WINDOW_S is kept."""
+        self.events_read += count
+        written_ms = int(str(self.last_id).partition("-")[0])
+        lag = max(0.0, time.time() + self.clock_offset - written_ms / 1000)
+        now = time.monotonic()
+        if lag >= self.lag_s or now - self._lag_at > LAG_WINDOW_S:
+            self.lag_s, self._lag_at = lag, now
+
+    def health(self) -> dict[str, float]:
+        return {"broker_lag_s": round(self.lag_s, 6), "broker_events_read": self.events_read,
+                "broker_queue": len(self._queue), "broker_missed": self.missed,
+                "broker_gap_events": self.gap_events}
 
     def _dispatch(self, body: str) -> None:
         try:
@@ -533,6 +558,7 @@ class RedisBroker:
         last = self._seen.get((node, epoch))
         self._seen[(node, epoch)] = seq
         if last is not None and seq > last + 1:  # see the module's docstring
+            self.gap_events += seq - last - 1
             self.log.event("broker_gap", node=node, missed=seq - last - 1)
 
     # --- linking, losing, registering
@@ -686,6 +712,9 @@ class RedisBroker:
         return seconds + micros / 1e6
 
     def _heartbeat(self) -> None:
+        before = time.time()
+        server_now = self._server_time()
+        self.clock_offset = server_now - (before + time.time()) / 2
         if self._beat() and self._registered:  # swept while silent, or Redis came back empty
             self._register()
         self._registered = True

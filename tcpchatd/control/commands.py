@@ -117,11 +117,11 @@ class AdminCommands:
                  tls_expiry: Callable[[], datetime | None] = lambda: None,
                  upgrade: Upgrade | None = None, upgrades: Callable[[], int] = lambda: 0,
                  started_at: Callable[[], float] | None = None,
-                 protocol_errors: Callable[[], dict[str, int]] = dict) -> None:
+                 traffic_counters: Callable[[], dict[str, Any]] = dict) -> None:
         self.hall, self.log, self.bans = hall, log, bans
         self.broker = hall.broker
         self.tls_expiry, self.upgrade, self.upgrades = tls_expiry, upgrade, upgrades
-        self.protocol_errors = protocol_errors
+        self.traffic_counters = traffic_counters  # the listeners' (ChatServer.counters)
         started = time.monotonic()
         self.started_at = started_at or (lambda: started)  # carried by upgrades
         # the node column only in a cluster
@@ -434,7 +434,7 @@ class AdminCommands:
         result["receipts"] = {"settled": counters.receipts_settled,
                               "partial": counters.receipts_partial,
                               "expired": counters.receipts_expired}
-        result["protocol_errors"] = dict(self.protocol_errors())
+        result.update(self.traffic_counters())  # protocol errors, floods, HTTP answers
         logins = self.hall.logins
         if logins is not None:
             result["accounts"] = len(logins.book)
@@ -444,6 +444,7 @@ class AdminCommands:
             result["tls_cert_expires_ts"] = expires.timestamp()
         if self.broker.node is not None:
             result["broker_up"] = 1 if getattr(self.broker, "linked", False) else 0
+            result.update(self.broker.health())
         return result
 
     def _history_stats(self) -> dict:

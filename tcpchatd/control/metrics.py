@@ -1,6 +1,7 @@
 """Metrics for Prometheus: the daemon's own counters, read when scraped.
 
-prometheus_client's exposition does the format and the HTTP (its small threaded server);
+prometheus_client's exposition does the format and the HTTP (its request handler, on the
+stdlib's threaded HTTP server);
 what is exposed is a collector over `stats()` (the counters `tcpchatctl stats` shows), so
 nothing on the chat's hot path knows metrics exist. Off unless `listen_metrics` names an
 address (127.0.0.1:9155, say): the numbers are no secret, but nobody outside should
@@ -9,7 +10,12 @@ reach them unless an operator says so.
 
 from __future__ import annotations
 
+import os
+import selectors
+import socket
+import threading
 from collections.abc import Callable, Iterator
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 PREFIX = "tcpchatd_"
@@ -102,29 +108,72 @@ class Collector:
         if "tls_cert_expires_ts" in stats:
             yield gauge("tls_cert_expiry_timestamp_seconds", "when the TLS certificate "
                         "in use expires (epoch seconds)", stats["tls_cert_expires_ts"])
+        yield counter("flood_drops", "messages and IRC lines dropped over the flood limit",
+                      stats.get("flood_drops", 0))
+        yield counter("flood_disconnects", "clients disconnected for flooding",
+                      stats.get("flood_disconnects", 0))
+        answers = core.CounterMetricFamily(PREFIX + "http_answers", "the web door's answers "
+                                           "that end at it, by status: 200 (a file of the "
+                                           "page), 403 (an origin refused), 400, 404, 405, "
+                                           "408 (nothing whole came), 431; a WebSocket "
+                                           "opened is a member", labels=["status"])
+        for status, count in sorted((stats.get("http_answers") or {}).items()):
+            answers.add_metric([str(status)], count)
+        yield answers
         if "broker_up" in stats:
             yield gauge("broker_up", "1 while this node is linked to the cluster's broker",
                         stats["broker_up"])
+            yield gauge("broker_lag_seconds", "how old the newest event of a read of the "
+                        "cluster's stream was when this node read it, the largest of the "
+                        "last 10 s (by the Redis server's clock)",
+                        stats.get("broker_lag_s", 0.0))
+            yield counter("broker_events_read", "events read from the cluster's stream",
+                          stats.get("broker_events_read", 0))
+            yield gauge("broker_queue", "events waiting to be written to the stream",
+                        stats.get("broker_queue", 0))
+            yield counter("broker_missed", "events of this node lost while the broker was lost",
+                          stats.get("broker_missed", 0))
+            yield counter("broker_gap_events", "other nodes' events trimmed from the stream "
+                          "before this node read them", stats.get("broker_gap_events", 0))
 
 
 class MetricsServer:
-    """The HTTP endpoint (`/metrics`) on its own thread."""
+    """The HTTP endpoint (`/metrics`) on a listening socket of its own thread: one bound
+    from `listen_metrics`, or tcpchatd-metrics.socket's (systemd), or the one a hitless
+    upgrade carried, so that the port never closes while the daemon lives."""
 
-    def __init__(self, host: str, port: int, stats: Callable[[], dict]) -> None:
+    def __init__(self, sock: socket.socket, stats: Callable[[], dict]) -> None:
         prometheus_client, core = _client()
-        self.registry = core.CollectorRegistry()
-        self.registry.register(Collector(stats))
-        self.host, self.port = host, port
-        self._start = lambda: prometheus_client.start_http_server(port, host,
-                                                                  registry=self.registry)
-        self._server: Any = None
+        registry = core.CollectorRegistry()
+        registry.register(Collector(stats))
+        handler = prometheus_client.exposition.MetricsHandler.factory(registry)
+        server = ThreadingHTTPServer(sock.getsockname()[:2], handler,
+                                     bind_and_activate=False)
+        server.socket.close()  # the one socketserver made: ours is already listening
+        server.socket = sock
+        server.daemon_threads = True  # a scrape in progress never holds up an exit
+        server.timeout = 1.0  # handle_request's wait, should a connection vanish meanwhile
+        self.server, self.sock = server, sock
 
     def start(self) -> None:
-        started = self._start()
-        # prometheus_client >= 0.17 returns (server, thread); 0.16 (Debian 12) returns None
-        self._server = started[0] if isinstance(started, tuple) else None
+        self._wake_read, self._wake_write = os.pipe()
+        self._thread = threading.Thread(target=self._serve, name="metrics", daemon=True)
+        self._thread.start()
 
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
+    def _serve(self) -> None:
+        """serve_forever's loop, but stopped at once by the pipe (its shutdown() waits
+        up to a poll interval, which an upgrade's pause would pay)."""
+        with selectors.DefaultSelector() as selector:
+            selector.register(self.sock, selectors.EVENT_READ)
+            selector.register(self._wake_read, selectors.EVENT_READ)
+            while True:
+                for key, _ in selector.select():
+                    if key.fileobj == self._wake_read:
+                        return
+                self.server.handle_request()  # accepts it; a thread of its own answers
+
+    def stop_serving(self) -> None:
+        """No more accepting (an upgrade): the socket stays open and what connects
+        waits in its backlog for the new image."""
+        os.write(self._wake_write, b"x")
+        self._thread.join()

@@ -25,6 +25,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING
 
+from ..wire import errors
 from ..wire.irc import MAX_LINE, MAX_TAGS, IrcTranslator, session_frames
 from .translating import TranslatingTransport
 
@@ -91,7 +92,7 @@ class IrcTransport(TranslatingTransport):
         for raw in self._lines(data, replies):
             if not self._take_token():
                 replies.append(f"ERROR :Closing Link: {self.translator.host} (Excess Flood)")
-                self.at_end = True
+                self.at_end, self.end_code = True, errors.FLOOD
                 break
             more, said = self.translator.received(raw, lambda: str(uuid.uuid4()))
             frames += more

@@ -88,7 +88,12 @@ class ChatServer:
         self.hall = hall
         self.bans = hall.bans
         self.log = log
-        self.errors: dict[str, int] = {}  # protocol errors by code (the sessions count)
+        # what the sessions count for metrics (from every loop: a lost increment in a
+        # race costs one count, a lock would cost every flood and error)
+        self.errors: dict[str, int] = {}  # protocol errors by code
+        self.flood_drops = 0              # messages and IRC lines over the flood limit
+        self.flood_disconnects = 0
+        self.http_answers: dict[int, int] = {}  # the web door's answers that end at it
         self.error_log = error_log
         self._config = config
         self._exempt = self._networks(config)
@@ -114,6 +119,12 @@ class ChatServer:
     @staticmethod
     def _networks(config: NetSettings) -> list:
         return [ipaddress.ip_network(n, strict=False) for n in config.exempt_addresses]
+
+    def counters(self) -> dict:
+        """The sessions' counts, for metrics."""
+        return {"protocol_errors": dict(self.errors), "flood_drops": self.flood_drops,
+                "flood_disconnects": self.flood_disconnects,
+                "http_answers": dict(self.http_answers)}
 
     def addresses(self) -> list[str]:
         return [describe(sock) for sock in self.listeners] + [

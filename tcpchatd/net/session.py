@@ -90,6 +90,9 @@ class SessionServer(Protocol):
     hall: Hall
     log: EventLog
     errors: dict[str, int]  # protocol errors by code, every session's (metrics)
+    flood_drops: int
+    flood_disconnects: int
+    http_answers: dict[int, int]  # the web door's answers that end at it, by status
 
     @property
     def config(self) -> NetSettings: ...
@@ -368,13 +371,24 @@ class Session:
         if self.state == HANDSHAKE:
             self._handshake(data)
         elif not data:  # the end of its stream: a frame cut short is an error
-            self._depart("error" if self.reader.buffer else "quit", None)
+            self._peer_ended()
         else:
             self.last_active = time.monotonic()
             self.reader.buffer += data
             self._serve()
             if self.transport.at_end and not self.closing:  # a WebSocket's close came
-                self._depart("quit", None)               # after its last messages
+                self._peer_ended()                       # after its last messages
+
+    def _peer_ended(self) -> None:
+        """Its end of the stream; a transport that ended it itself says why (an IRC
+        client over its lines' flood limit)."""
+        if self.transport.end_code == errors.FLOOD:
+            self.log.event("flood", nick=self.nickname or None, transport=self.via)
+            self.server.flood_drops += 1
+            self.server.flood_disconnects += 1
+            self._depart("flood", None)
+        else:
+            self._depart("error" if self.reader.buffer else "quit", None)
 
     def writable(self) -> None:
         if self.state == TLS_HANDSHAKE:
@@ -547,6 +561,8 @@ class Session:
         """The web door's access line (none for a connection that asked nothing)."""
         outcome = ended.outcome
         if outcome is not None:
+            answers = self.server.http_answers
+            answers[outcome.status] = answers.get(outcome.status, 0) + 1
             self.log.event("http", addr=self.address, method=outcome.method or None,
                            path=(outcome.path or "")[:LOGGED_NICKNAME] or None,
                            status=outcome.status,
@@ -566,6 +582,8 @@ class Session:
 
     def _tls_failed(self, why: str) -> None:
         if self.via == "web":  # no TLS: an HTTP request that never came whole
+            answers = self.server.http_answers
+            answers[408] = answers.get(408, 0) + 1
             self.log.event("http", addr=self.address, status=408, error=str(why).lower())
         else:
             self.log.event("protocol_error", addr=self.address, code=errors.TLS_HANDSHAKE,
@@ -999,7 +1017,9 @@ class Session:
     def _flooded(self, frame_uuid: str | None, request_id: int | str | None = None) -> None:
         """A message or request over the flood limit: dropped; three in 10 s disconnect."""
         self.log.event("flood", nick=self.nickname or None, uuid=frame_uuid)
+        self.server.flood_drops += 1
         if count_recent(self._flood_strikes, FLOOD_STRIKE_WINDOW) >= FLOOD_STRIKES:
+            self.server.flood_disconnects += 1
             self._ending = ("flood", protocol.error_frame(
                 errors.FLOOD, "too many messages: disconnected", frame_uuid, request_id))
         else:

@@ -34,7 +34,8 @@ class TranslatingTransport(abc.ABC):
     """The partial-send accounting and the plumbing to the transport beneath; a subclass
     says how frames are encoded (and reads in its own way)."""
 
-    __slots__ = ("inner", "tls", "kind", "handshake_wants_write", "at_end", "_max_frame",
+    __slots__ = ("inner", "tls", "kind", "handshake_wants_write", "at_end", "end_code",
+                 "_max_frame",
                  "_out", "_owed", "_early")  # one per client: no dict each
 
     def __init__(self, inner: PlainTransport | TlsTransport) -> None:
@@ -43,6 +44,7 @@ class TranslatingTransport(abc.ABC):
         self.kind = "tcp"
         self.handshake_wants_write = False
         self.at_end = False          # the peer's end came inside what recv() gave
+        self.end_code: str | None = None  # ... or the transport ended it: why
         self._max_frame = 65536
         self._out = b""              # bytes of a frame the kernel took a part of, and
         self._owed = 0               # ... that frame's length in the session's bytes

@@ -42,6 +42,7 @@ class PlainTransport:
     kind = "tcp"  # what `who` shows: tcp, tls, web (WebSocket) or wss (inside TLS)
     handshake_wants_write = False  # no handshake
     at_end = False  # the peer's end came inside what recv() gave (a WebSocket's close)
+    end_code: str | None = None  # why the transport ended the stream itself (an error code)
     carriable = True  # can cross an upgrade's exec
 
     def buffered(self) -> bool:
@@ -191,6 +192,7 @@ class MemoryTransport:
     kind = "tcp"
     handshake_wants_write = False
     at_end = False
+    end_code: str | None = None
     carriable = False
 
     def __init__(self, room: int = 1 << 20) -> None:

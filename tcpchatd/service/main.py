@@ -44,8 +44,9 @@ FIXED_ON_RELOAD = ("listen", "listen_tls", "listen_web", "listen_web_tls", "list
                    "broker", "broker_password_file", "broker_ca", "cluster", "node_name",
                    "node_ttl", "broker_stream")
 TLS_SOCKET_NAME = "chat-tls"  # FileDescriptorName= of tcpchatd-tls.socket
+METRICS_SOCKET_NAME = "metrics"  # of tcpchatd-metrics.socket
 # the doors' sockets are named as their kinds: tcpchatd-web.socket's is `web`, and so on
-NOT_CHAT = ("admin", TLS_SOCKET_NAME, *DOOR_KINDS)
+NOT_CHAT = ("admin", TLS_SOCKET_NAME, METRICS_SOCKET_NAME, *DOOR_KINDS)
 
 
 def passed_or(chat: list[socket.socket], tls: list[socket.socket],
@@ -169,6 +170,10 @@ class Daemon:
         self.tls: TlsCredentials | None = None
         self.history: HistoryStore | None = None  # the lasting history, once serving
         self.tls_unserved: str | None = None  # why a TLS socket passed in is not served
+        # tcpchatd-metrics.socket's, or the one an upgrade carried; else bound from
+        # listen_metrics once the admin side is up
+        self.metrics_socket: socket.socket | None = None
+        self.metrics_server: Any = None
 
     def run(self) -> int:
         threading.stack_size(self.config.thread_stack)
@@ -178,6 +183,12 @@ class Daemon:
         tls_sockets = [sock for name, sock in inherited if name == TLS_SOCKET_NAME]
         doors = {kind: [sock for name, sock in inherited if name == kind]
                  for kind in DOOR_KINDS}
+        self.metrics_socket = next((sock for name, sock in inherited
+                                    if name == METRICS_SOCKET_NAME), None)
+        if self.metrics_socket is not None and self.config.listen_metrics:
+            console.say("tcpchatd: listen_metrics not used: systemd passed the metrics "
+                        "socket (change ListenStream= in a drop-in for "
+                        "tcpchatd-metrics.socket instead)")
         if self.args.daemon and not systemd.under_service_manager():
             pidfile.check(self.config.pid_file_path())
         self._load_bans()
@@ -214,7 +225,8 @@ class Daemon:
             admin_socket = admin.bind_socket(owned_admin_path, self.config.admin_socket_mode,
                                              self.config.admin_group)
         pid_path = self._detach([*passed_or(chat_sockets, tls_sockets, doors),
-                                 admin_socket]) if self.args.daemon else None
+                                 admin_socket, *([self.metrics_socket] if self.metrics_socket
+                                                 else [])]) if self.args.daemon else None
         try:
             return self._serve(chat_sockets, tls_sockets, admin_socket, owned_admin_path,
                                pid_path, doors=doors)
@@ -300,7 +312,7 @@ class Daemon:
             tls_expiry=lambda: self.tls.expires if self.tls is not None else None,
             upgrade=self.request_upgrade, upgrades=lambda: self.upgrades,
             started_at=lambda: self.started_at,
-            protocol_errors=lambda: dict(self.server.errors))
+            traffic_counters=self.server.counters)
         self.hall.moderation = table  # a moderator's kick, ban, unban from a chat client
         self._metrics(table)
         self.admin_server = admin.AdminServer(
@@ -309,17 +321,22 @@ class Daemon:
         return self.admin_server, table.on_other_node
 
     def _metrics(self, table: Any) -> None:
-        """The Prometheus endpoint, when listen_metrics names one; one warning on stderr
+        """The Prometheus endpoint: on tcpchatd-metrics.socket's socket (or the one an
+        upgrade carried), else on listen_metrics when it names one; one warning on stderr
         when it cannot be served (the chat runs on)."""
-        if not self.config.listen_metrics:
+        sock, where = self.metrics_socket, self.config.listen_metrics
+        if sock is None and not where:
             return
         from ..control.metrics import MetricsServer, MetricsUnavailable
-        host, port = config_module.parse_address(self.config.listen_metrics)
         try:
-            MetricsServer(host, port, table.metrics_stats).start()
-        except (MetricsUnavailable, OSError) as exc:
-            console.say(f"tcpchatd: warning: no metrics on {self.config.listen_metrics}: "
-                        f"{exc}")
+            if sock is None:
+                host, port = config_module.parse_address(where or "")
+                sock = self.metrics_socket = bind_listener(host, port)
+            self.metrics_server = MetricsServer(sock, table.metrics_stats)
+            self.metrics_server.start()
+        except (MetricsUnavailable, ListenError, OSError) as exc:
+            shown = where if self.metrics_socket is None else "the metrics socket"
+            console.say(f"tcpchatd: warning: no metrics on {shown}: {exc}")
             self.log.event("metrics", ok="no", error=str(exc))
 
     def _load_bans(self) -> None:
@@ -500,6 +517,7 @@ class Daemon:
         threading.stack_size(self.config.thread_stack)
         chat_sockets, tls_sockets, admin_socket = upgrade.HandOver.sockets(state)
         doors = upgrade.HandOver.door_sockets(state)
+        self.metrics_socket = upgrade.HandOver.metrics_socket(state)
         self.bans = BanList(os.path.abspath(self.config.state_dir_path()))
         if "bans" in state:  # the list the old image kept in force: the file is not read
             self.bans.import_state(state["bans"])

@@ -80,6 +80,8 @@ class Daemon(Protocol):
     engine: Engine
     hall: Hall
     admin_server: AdminServer
+    metrics_socket: socket.socket | None
+    metrics_server: Any
     broker: BrokerService
     clustered: bool
     bans: BanList
@@ -253,6 +255,8 @@ class HandOver:
         clients' pause began, the connections carried, the TLS clients told)."""
         daemon = self.daemon
         daemon.server.stop_accepting()
+        if daemon.metrics_server is not None:  # scrapes wait in the backlog meanwhile
+            daemon.metrics_server.stop_serving()
         if not daemon.admin_server.quiesce(ADMIN_QUIESCE):
             daemon.log.event("upgrade", warning="an admin request did not finish in "
                              f"{ADMIN_QUIESCE:g} s; handing over without it")
@@ -284,6 +288,8 @@ class HandOver:
             "doors": {kind: [sock.fileno() for sock in socks]
                       for kind, socks in server.all_doors.items()},
             "admin": daemon.admin_server.sock.fileno(), "admin_path": daemon.owned_admin_path,
+            # the metrics port stays open through the exec: a scrape waits, never fails
+            "metrics": daemon.metrics_socket.fileno() if daemon.metrics_socket else None,
             "admin_inode": daemon.admin_server.inode, "pid_path": daemon.pid_path,
             "reply": None if request is None else {
                 "fd": request.sock.fileno(), "id": request.request_id},
@@ -301,7 +307,8 @@ class HandOver:
         state["log"] = daemon.log.hand_over(LOG_HANDOVER)
         state["written_at"] = time.time()
         state["keep"] = state["listeners"] + state["tls_listeners"] + [
-            fd for fds in state["doors"].values() for fd in fds] + [state["admin"]] + [
+            fd for fds in state["doors"].values() for fd in fds] + [state["admin"]] + (
+            [state["metrics"]] if state["metrics"] is not None else []) + [
             record["fd"] for record in records] + (
             [request.sock.fileno()] if request is not None else [])
         return state
@@ -320,6 +327,17 @@ class HandOver:
             for sock in socks:
                 os.set_inheritable(sock.fileno(), False)
         return doors
+
+    @staticmethod
+    def metrics_socket(state: dict) -> socket.socket | None:
+        """The metrics endpoint's listener handed over (none: no metrics, or an image
+        before it was carried, whose port the exec closed: bound again)."""
+        fd = state.get("metrics")
+        if fd is None:
+            return None
+        sock = socket.socket(fileno=fd)
+        os.set_inheritable(fd, False)
+        return sock
 
     @staticmethod
     def sockets(state: dict) -> tuple[list[socket.socket], list[socket.socket],
