@@ -198,6 +198,11 @@ cd "$root"
 pivot_root . .oldroot
 umount -l /.oldroot
 rmdir /.oldroot
+# shared inside the machine, as systemd-nspawn leaves a container's root (systemd makes it
+# so itself only when not in a container): a service's credentials, mounted by a helper
+# in a namespace of its own, must propagate back. The host's mounts are not peers of
+# these (unshare made the copies private), so nothing reaches the host.
+mount --make-rshared /
 exec env -i container=tcpchatd-lab PATH=/usr/sbin:/usr/bin:/sbin:/bin \
     "$0" --unit=tcpchatd-lab.target
 """

@@ -512,6 +512,112 @@ def test_an_upgraded_node_misses_nothing_and_repeats_nothing(cluster):
         client.close()
 
 
+class SlowLink:
+    """A TCP proxy to Redis whose NEW connections, once `delay` is set, wait that long
+    before any byte passes: a node whose link is slow to come up (a password's round
+    trip, a slower machine), while the connections it already has stay fast."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream, self.delay = upstream_port, 0.0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"redis://127.0.0.1:{self.listener.getsockname()[1]}/0"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                near, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._link, args=(near, self.delay), daemon=True).start()
+
+    def _link(self, near: socket.socket, delay: float) -> None:
+        try:
+            far = socket.create_connection(("127.0.0.1", self.upstream))
+        except OSError:  # Redis stopped (the test's end)
+            near.close()
+            return
+        time.sleep(delay)
+        for src, dst in ((near, far), (far, near)):
+            threading.Thread(target=self._pump, args=(src, dst), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        for sock in (src, dst):
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_what_a_member_of_an_upgraded_node_says_as_it_resumes_reaches_the_others(
+        cluster, redis_server):
+    """The new image serves its carried members before its broker has linked: what they
+    say meanwhile waits for the link instead of counting as missed (found by the cluster
+    under systemd, where a message said in that moment never reached the other node).
+    Here the new image's link is made slow by a proxy."""
+    slow = SlowLink(redis_server.port)
+    try:
+        (a, port_a), (b, port_b) = cluster("a", broker=slow.url), cluster("b")
+        wait_for(lambda: linked(a) and linked(b), timeout=10)
+        carol, bob = RawClient(port_a), RawClient(port_b)
+        carol.join("carol")
+        bob.join("bob")
+        read_event(carol, "join", nickname="bob")
+        time.sleep(NODE_TTL / 2)
+        _say_through_an_upgrade(a, carol, bob, slow)
+    finally:
+        slow.close()
+
+
+def _say_through_an_upgrade(a, carol, bob, slow) -> None:
+    """carol says numbered messages before, through and after a's upgrade (the pre-flight
+    takes a second: she goes on until the new image has served her 20 more)."""
+    sent, upgraded = [], threading.Event()
+
+    def send():
+        n, after = 0, 0
+        while after < 20:
+            sent.append(carol.say(f"n={n}"))
+            n += 1
+            time.sleep(0.01)
+            if n == 20:
+                slow.delay = 0.6  # the new image's connections (the old one's stay)
+                a.signal(signal.SIGUSR2)
+            if upgraded.is_set():
+                after += 1
+    sender = threading.Thread(target=send)
+    sender.start()
+    try:
+        wait_for(lambda: log_lines(a, "upgrade"), timeout=20)
+    finally:
+        upgraded.set()
+        sender.join()
+    assert [u["ok"] for u in log_lines(a, "upgrade")] == ["yes"]
+    seen = []
+    while len(seen) < len(sent):
+        got = chat(bob, "carol")
+        seen.append(int(got["message"].rsplit("=", 1)[1]))
+        bob.confirm(got["uuid"])
+    assert seen == list(range(len(sent)))
+    receipts = {}
+    while len(receipts) < len(sent):
+        receipt = carol.read_until(lambda f: f.get("type") == "confirm")
+        receipts[receipt["uuid"]] = (receipt["delivered"], receipt["recipients"])
+    assert set(receipts) == set(sent) and set(receipts.values()) == {(1, 1)}
+    assert not log_lines(a, "broker_lost")
+    for client in (carol, bob):
+        client.close()
+
+
 def test_a_tls_broker_with_a_password(daemon_factory, short_tmp, certs):
     """rediss:// verified against broker_ca, the password from a file or from systemd's
     credentials (never in argv);

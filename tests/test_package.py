@@ -84,6 +84,9 @@ def test_user_group_units_rule_logrotate_and_conffiles(installed):
     for path in ("/etc/rsyslog.d/30-tcpchatd.conf", "/etc/logrotate.d/tcpchatd",
                  "/etc/tcpchatd/tcpchatd.toml"):
         assert os.path.exists(path) and path in conffiles
+    # the drop-in that makes this machine a node of a cluster (test_cluster_systemd.py)
+    with open("/usr/share/doc/tcpchatd/examples/cluster-node.conf") as fh:
+        assert "LoadCredential=broker.password:" in fh.read()
     with open("/usr/lib/sysusers.d/tcpchatd.conf") as fh:
         assert "tcpchatd-admin" in fh.read()
     enabled = os.listdir("/etc/systemd/system/sockets.target.wants")

@@ -88,11 +88,14 @@ class Chatter:
 
 
 def chat_through(port: int, upgrade, senders=3, readers=3, count=120, connect=RawClient,
-                 interval=0.004):
+                 interval=0.004, ready=None):
     """Senders send `count` numbered messages each, one every `interval` seconds, while
-    `upgrade()` runs halfway; `connect(port, timeout=)` makes each client."""
+    `upgrade()` runs halfway; `connect(port, timeout=)` makes each client; `ready(names)`,
+    if given, waits until every member is known everywhere (a cluster's nodes)."""
     names = [f"s{i}" for i in range(senders)] + [f"r{i}" for i in range(readers)]
     chatters = {name: Chatter(port, name, connect) for name in names}
+    if ready is not None:
+        ready(names)
     sent: dict[str, list[str]] = {name: [] for name in names[:senders]}
     halfway = threading.Barrier(senders + 1, timeout=60)  # a sender that died: no hang
 

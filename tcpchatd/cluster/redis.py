@@ -60,6 +60,7 @@ BACKOFF_MOST = 5.0
 HISTORY_SCAN = 1000      # newest stream entries searched for a starting node's history
 STATS_POLL = 0.02
 STATS_KEEP_S = 30        # a stats reply hash expires after this
+LINK_WAIT_S = 4 * IO_TIMEOUT  # the writer waits this long at most for the first link
 LAG_WINDOW_S = 10.0      # the lag reported is the largest of about this long: a scrape
                          # every 15 s still sees a moment of falling behind
 NICKNAME_LOST = ("your nickname was taken on another node while this one was cut off "
@@ -227,6 +228,10 @@ class RedisBroker:
         self._stopping = threading.Event()  # the reader and the heartbeat end
         self._claims_end = threading.Event()  # the claimer ends once its queue is empty
         self._writer_end = threading.Event()  # ... then the writer, once its is
+        # the reader's first try to link is over: until then the writer holds what the
+        # members publish (an upgrade's new image serves its clients before it links:
+        # their first messages would otherwise count as missed, lost to the other nodes)
+        self._tried = threading.Event()
         self._threads: list[threading.Thread] = []
 
     # --- the Broker interface (chat/broker.py)
@@ -272,7 +277,7 @@ class RedisBroker:
                            "token": token})
 
     def publish(self, event: dict[str, Any]) -> None:
-        if not self.linked:
+        if not self.linked and self._tried.is_set():  # before the first try: held
             self.missed += 1
             return
         self._enqueue(event)
@@ -388,6 +393,7 @@ class RedisBroker:
                     self._wake.wait()
                 batch, self._queue = self._queue, deque()
             if batch:
+                self._tried.wait(LINK_WAIT_S)
                 self._write(batch)
             if self._writer_end.is_set():
                 with self._wake:
@@ -440,7 +446,9 @@ class RedisBroker:
         backoff = BACKOFF_FIRST
         while not self._stopping.is_set():
             if not self.linked:
-                if not self._link():
+                linked = self._link()
+                self._tried.set()
+                if not linked:
                     self._stopping.wait(backoff)
                     # back before the others' sweeper would count this node lost
                     backoff = min(backoff * 2, BACKOFF_MOST, self.node_ttl / 2)
