@@ -63,6 +63,8 @@ class Settings:
     #                            connection, without the browser)
     irc_door: bool = False     # IRC to tcpchatd's IRC port: registered = in #general (no
     #                            JOIN, no OPER); tcpchatd confirms for IRC clients itself
+    name_prefix: str = "b"     # nicknames PREFIX0, PREFIX1...: several generators, one room
+    join_deadline: float = 120.0  # seconds the joins may take once every client connected
 
     def members(self) -> int:
         """Members of the room a message goes to (every client in every room of the run,
@@ -186,7 +188,7 @@ class LoadGenerator:
             sock.sendall(UPGRADE.format(port=port).encode())
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client = Client(index, sock, f"b{index}")
+        client = Client(index, sock, f"{self.s.name_prefix}{index}")
         self.clients.append(client)
         self.by_fd[client.fd] = client
         self.sel.register(sock, selectors.EVENT_READ, client)
@@ -462,6 +464,17 @@ class LoadGenerator:
             self.sel.close()
 
     def _run(self) -> Result:
+        self.join_all()
+        self.arm()
+        if self.s.fanout:
+            return self._fanout()
+        if self.on_tick:
+            self.on_tick("start")
+        self._load_phase()
+        return self.result
+
+    def join_all(self) -> None:
+        """Every client connected and in the room (result.connect_s)."""
         s = self.s
         started = time.monotonic()
         for index in range(s.clients):
@@ -472,13 +485,17 @@ class LoadGenerator:
             self._poll(0)
             while index + 1 - self.joined_count >= CONNECTS_IN_FLIGHT:
                 self._poll(0.01)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + s.join_deadline
         while not all(c.joined for c in self.clients):
             self._poll(0.05)
             if time.monotonic() > deadline or self.result.disconnects:
                 raise RuntimeError(f"only {sum(c.joined for c in self.clients)} of "
                                    f"{s.clients} clients joined")
         self.result.connect_s = time.monotonic() - started
+
+    def arm(self) -> None:
+        """The senders given their windows, the observer chosen; half a second settles."""
+        s = self.s
         if s.irc and not s.irc_door:
             for client in self.clients[:s.senders]:
                 self._queue(client, f"OPER bench bench\r\nMODE {client.name} +F\r\n".encode())
@@ -489,12 +506,11 @@ class LoadGenerator:
         settle = time.monotonic() + 0.5
         while time.monotonic() < settle:
             self._poll(0.05)
-        if s.fanout:
-            return self._fanout()
-        if self.on_tick:
-            self.on_tick("start")
-        self._load_phase()
-        return self.result
+
+    def listen_until(self, moment: float, done=None) -> None:
+        """Read (and confirm) until the monotonic clock passes `moment`, or done()."""
+        while time.monotonic() < moment and not (done and done()):
+            self._poll(0.02)
 
     def _fanout(self) -> Result:
         self.fanout_target = len(self.clients) - 1

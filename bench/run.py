@@ -13,6 +13,7 @@ import sys
 import time
 
 from .cluster import cluster_comparison, cluster_text
+from .scale import members_text, members_run
 from .history import history_comparison, history_text
 from .logins import logins_comparison, logins_text
 from .loadgen import CONNECTS_IN_FLIGHT, IRC_SERVER_MASK, LoadGenerator, Settings
@@ -804,7 +805,25 @@ def main(argv=None) -> int:
                               "rewrites BENCHMARKS.md's section")
     two.add_argument("--duration", type=float, default=5.0)
     two.add_argument("--scale-clients", type=int, default=10_000)
+    two.add_argument("--members", type=int, default=0,
+                     help="instead: this many members across --nodes nodes, one Redis and "
+                     "--generators generator processes (join, one message to all, steady "
+                     "--rates); rewrites BENCHMARKS.md's section for that many")
+    two.add_argument("--nodes", type=int, default=6)
+    two.add_argument("--generators", type=int, default=6)
+    two.add_argument("--rates", type=float, nargs="+", default=[2.0, 200.0],
+                     help="messages a second in the room, one steady phase each")
+    two.add_argument("--drain", type=float, default=10.0)
     args = parser.parse_args(argv)
+    if args.cmd == "cluster" and args.members:
+        raise_fd_limit()
+        row = members_run(args, print)
+        print(json.dumps(row))
+        command = (f"python -m bench cluster --members {args.members} --nodes {args.nodes} "
+                   f"--generators {args.generators} --rates "
+                   f"{' '.join(f'{r:g}' for r in args.rates)} --duration {args.duration:g}")
+        replace_section(f"{args.members:,} members across nodes", members_text(row, command))
+        return 0
     if args.cmd == "cluster":
         raise_fd_limit()
         replace_section("Two nodes through Redis", cluster_text(

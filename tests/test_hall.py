@@ -437,3 +437,34 @@ def test_what_a_member_owes_follows_its_rooms_through_a_part():
     hall.leave(b, "quit")                  # both settle: c and a get their receipts
     assert c.frames[-1] == {"type": "confirm", "uuid": U2, "delivered": 1, "recipients": 2}
     assert hall.pending_count() == 1       # U3 waits on c alone
+
+
+def test_names_count_and_list_leave_out_posters_of_this_node_and_of_others():
+    """Counted without a scan of the room (100,000 members made every join scan them):
+    posters here and on other nodes, through joins, parts and renames."""
+    hall, _ = make_hall(announce_joins_max=5)
+    a, = joined(hall, "a")
+    poster = FakeMember(hall)
+    poster.quiet = True
+    join(hall, poster, "p")
+    hall.relay.remote_join("n2", "rb")
+    hall.relay.remote_join("n2", "rpost", quiet=True)
+
+    def names_of(member):
+        return next(f for f in member.frames if f["event"] == "names")
+    b, = joined(hall, "b")
+    assert names_of(b)["message"] == "In the room: a, b, rb (3)"
+    hall.relay.remote_join("n2", "rc")
+    hall.relay.remote_nick("n2", "rb", "rbb")
+    c, = joined(hall, "c")
+    assert names_of(c)["message"] == "In the room: a, b, c, rbb, rc (5)"
+    hall.relay.remote_join("n2", "rd")
+    d, = joined(hall, "d")  # past the limit: the first 5 as they come, the count whole
+    listed = names_of(d)["nicknames"]
+    assert len(listed) == 5 and set(listed) < {"a", "b", "c", "d", "rbb", "rc", "rd"}
+    assert names_of(d)["message"].endswith("(7)")
+    hall.relay.remote_part("n2", "rpost", None, "quit")  # a poster: the count is the same
+    hall.relay.remote_part("n2", "rc", None, "quit")
+    e, = joined(hall, "e")
+    assert names_of(e)["message"].endswith("(7)")  # rc left, e came
+    assert [room.summary()["members"] for room in hall.rooms.values()] == [7]

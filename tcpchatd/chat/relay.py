@@ -51,7 +51,7 @@ class Relay:
         known = self._members.pop(key, None)
         if known is not None:
             for room in self._rooms_of(known):
-                room.remote.pop(key, None)
+                room.pop_remote(key)
                 self.hall.close_if_empty(room)
 
     def _rooms_of(self, remote: RemoteMember) -> list[Room]:
@@ -86,7 +86,7 @@ class Relay:
             if room.key in known.rooms:
                 return  # told again (the node came back): not news
             known.rooms.append(room.key)
-            room.remote[key] = known
+            room.add_remote(key, known)
             if known.silent or room.size() > hall.config.announce_joins_max:
                 return  # a poster, a bot, or a very large room: not announced
             room.channel.publish(protocol.join_frame(nickname, room.name))
@@ -142,7 +142,7 @@ class Relay:
     def _drop(self, known: RemoteMember, room: Room, reason: str,
               detail: str | None) -> None:
         key = nickname_key(known.nickname)
-        if room.remote.pop(key, None) is None:
+        if room.pop_remote(key) is None:
             return
         if room.key in known.rooms:
             known.rooms.remove(room.key)
@@ -168,8 +168,8 @@ class Relay:
             self._members[nickname_key(new)] = known
             rooms = self._rooms_of(known)
             for room in rooms:
-                room.remote.pop(nickname_key(old), None)
-                room.remote[nickname_key(new)] = known
+                room.pop_remote(nickname_key(old))
+                room.add_remote(nickname_key(new), known)
                 room.channel.publish(protocol.nick_frame(old, new, room.name))
         for room in rooms:
             room.channel.notify()
@@ -338,4 +338,4 @@ class Relay:
             remote = RemoteMember(*fields)
             self._members[key] = remote
             for room in self._rooms_of(remote):
-                room.remote[key] = remote
+                room.add_remote(key, remote)

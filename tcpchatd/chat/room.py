@@ -9,6 +9,8 @@ member is in the hall once, under its nickname, and in one or more rooms.
 from __future__ import annotations
 
 import dataclasses
+import itertools
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -130,6 +132,7 @@ class Room:
         self.members: dict[str, Member] = {}          # nickname_key -> this node's member
         self.listeners: dict[str, Member] = {}        # ... of them, all but the posters
         self.remote: dict[str, RemoteMember] = {}     # nickname_key -> another node's
+        self.remote_posters = 0    # ... of them, the posters (add_remote, pop_remote)
         self.history = History()
         self.messages_sent = 0     # public messages that had recipients (see hall.Standing)
         self.counters = Counters()
@@ -144,21 +147,39 @@ class Room:
     def empty(self) -> bool:
         return not self.members and not self.remote
 
+    def add_remote(self, key: str, member: RemoteMember) -> None:
+        self.pop_remote(key)
+        self.remote[key] = member
+        self.remote_posters += member.quiet
+
+    def pop_remote(self, key: str) -> RemoteMember | None:
+        member = self.remote.pop(key, None)
+        if member is not None:
+            self.remote_posters -= member.quiet
+        return member
+
+    def heard(self) -> int:
+        """Its members on every node but the posters, counted without a scan: every join
+        tells it (names_frame), and a scan of 100,000 members each made joining them all
+        quadratic."""
+        return len(self.listeners) + len(self.remote) - self.remote_posters
+
     def names_frame(self, limit: int, request_id: int | str | None = None,
                     history: int | None = None) -> bytes:
-        """Who is here (on every node), sorted; the list complete up to `limit`."""
-        everyone: list[Any] = [*self.members.values(), *self.remote.values()]
-        members = [m for m in everyone if not m.quiet]
-        names = sorted((m.nickname for m in members), key=str.casefold) \
-            if len(members) <= limit else [m.nickname for m in members[:limit]]
-        return protocol.names_frame(names, len(members), request_id, history, self.name,
+        """Who is here (on every node), sorted; the list complete up to `limit`, else
+        its first `limit` names as they come."""
+        count = self.heard()
+        everyone: Iterator[Any] = itertools.chain(self.listeners.values(),
+                                                  self.remote.values())
+        others = (m for m in everyone if not m.quiet)
+        names = sorted((m.nickname for m in others), key=str.casefold) if count <= limit \
+            else [m.nickname for m in itertools.islice(others, limit)]
+        return protocol.names_frame(names, count, request_id, history, self.name,
                                     self.topic.text)
 
     def summary(self) -> dict[str, Any]:
         """For the rooms list (clients and `tcpchatctl rooms`)."""
-        everyone: list[Any] = [*self.members.values(), *self.remote.values()]
-        return {"room": self.name, "members": sum(not m.quiet for m in everyone),
-                "topic": self.topic.text}
+        return {"room": self.name, "members": self.heard(), "topic": self.topic.text}
 
     # --- a hitless upgrade: what is the room's own (its members are the hall's)
 
