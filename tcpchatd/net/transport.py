@@ -16,16 +16,17 @@ process) and says so.
 from __future__ import annotations
 
 import socket
-import ssl
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .settings import NetSettings
 
+# The stdlib's ssl, imported by the first TLS connection (TlsTransport): a daemon that
+# serves no TLS never loads it (4.6 MiB of memory). The `except` clauses below name it
+# only when an exception is raised, by which time a TLS transport exists.
+ssl: Any = None
 RECV_SIZE = 65536
 SEND_FLAGS = socket.MSG_NOSIGNAL
-# SSLSocket.send takes no flags, and its non-blocking calls say "try again" with these
-TLS_AGAIN = (ssl.SSLWantReadError, ssl.SSLWantWriteError)
 KEEPALIVE = (60, 10, 6)  # idle seconds, interval, probes
 
 
@@ -130,9 +131,13 @@ class TlsTransport(PlainTransport):
     kind = "tls"
     carriable = False
 
-    def __init__(self, sock: socket.socket, context: ssl.SSLContext) -> None:
+    def __init__(self, sock: socket.socket, context: Any) -> None:
+        global ssl
+        if ssl is None:
+            import ssl as stdlib_ssl
+            ssl = stdlib_ssl
         super().__init__(sock)
-        self._context: ssl.SSLContext | None = context  # wrapped with on start
+        self._context: Any = context  # an ssl.SSLContext, wrapped with on start
         self.handshake_wants_write = False
 
     def start(self) -> bool:
@@ -165,7 +170,9 @@ class TlsTransport(PlainTransport):
             while data and self.sock.pending():  # type: ignore[attr-defined]
                 data += self.sock.recv(RECV_SIZE)  # decrypted, not yet taken
             return data
-        except (BlockingIOError, InterruptedError, *TLS_AGAIN):
+        # SSLSocket's non-blocking calls say "try again" with these two
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
+                ssl.SSLWantWriteError):
             return None
         except ssl.SSLZeroReturnError:  # the peer's TLS close_notify: its end of stream
             return b""
@@ -175,7 +182,9 @@ class TlsTransport(PlainTransport):
     def send(self, data: bytes) -> int:
         try:
             return self.sock.send(data)
-        except (BlockingIOError, InterruptedError, *TLS_AGAIN):
+        # SSLSocket's non-blocking calls say "try again" with these two
+        except (BlockingIOError, InterruptedError, ssl.SSLWantReadError,
+                ssl.SSLWantWriteError):
             return 0
         except OSError as exc:
             raise TransportError(exc.strerror or str(exc)) from None

@@ -58,6 +58,8 @@ class FrameReader:
     `buffer` themselves and cut frames with take_body, which never reads.
     """
 
+    __slots__ = ("_recv", "buffer")  # one per client
+
     def __init__(self, recv: Callable[[int], bytes] | None = None,
                  initial: bytes = b"") -> None:
         self._recv = recv
