@@ -64,6 +64,8 @@ class Settings:
     irc_door: bool = False     # IRC to tcpchatd's IRC port: registered = in #general (no
     #                            JOIN, no OPER); tcpchatd confirms for IRC clients itself
     name_prefix: str = "b"     # nicknames PREFIX0, PREFIX1...: several generators, one room
+    index_base: int = 0        # its clients' numbers start here (several generators: a
+    #                            sender's number in a text names one client of all)
     join_deadline: float = 120.0  # seconds the joins may take once every client connected
 
     def members(self) -> int:
@@ -477,13 +479,13 @@ class LoadGenerator:
         """Every client connected and in the room (result.connect_s)."""
         s = self.s
         started = time.monotonic()
-        for index in range(s.clients):
-            self._connect(index)
+        for position in range(s.clients):
+            self._connect(s.index_base + position)
             # At most CONNECTS_IN_FLIGHT clients connected and not yet joined: a server's
             # listen backlog is finite (ngircd listens with a backlog of 10, and every connect
             # past it waits a second for a SYN retry); `_nickname_` is answered promptly.
             self._poll(0)
-            while index + 1 - self.joined_count >= CONNECTS_IN_FLIGHT:
+            while position + 1 - self.joined_count >= CONNECTS_IN_FLIGHT:
                 self._poll(0.01)
         deadline = time.monotonic() + s.join_deadline
         while not all(c.joined for c in self.clients):

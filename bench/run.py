@@ -13,6 +13,7 @@ import sys
 import time
 
 from .cluster import cluster_comparison, cluster_text
+from .independent import independent_comparison, independent_text
 from .scale import members_text, members_run
 from .history import history_comparison, history_text
 from .logins import logins_comparison, logins_text
@@ -814,7 +815,19 @@ def main(argv=None) -> int:
     two.add_argument("--rates", type=float, nargs="+", default=[2.0, 200.0],
                      help="messages a second in the room, one steady phase each")
     two.add_argument("--drain", type=float, default=10.0)
+    alone = commands.add_parser("independent", help="p99 at 20 x 20 msg/s with the senders "
+                                "and the readers in processes of their own, beside "
+                                "ngircd; rewrites BENCHMARKS.md's section")
+    alone.add_argument("--duration", type=float, default=5.0)
+    alone.add_argument("--drain", type=float, default=3.0)
+    alone.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args(argv)
+    if args.cmd == "independent":
+        command = (f"python -m bench independent --repeats {args.repeats} "
+                   f"--duration {args.duration:g}")
+        replace_section("p99 on an independent generator", independent_text(
+            independent_comparison(args, print), command))
+        return 0
     if args.cmd == "cluster" and args.members:
         raise_fd_limit()
         row = members_run(args, print)
