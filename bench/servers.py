@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from typing import Any
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -189,6 +190,12 @@ class Tcpchatd(Server):
         compile_package()
         # flood limit off (a benchmark floods on purpose); traffic log formatted and written
         # to stderr -> /dev/null, so its cost is measured but no syslog daemon competes
+        # (TCPCHATD_BENCH_LOGS=DIR keeps each daemon's log there instead, to look into a run)
+        logs = os.environ.get("TCPCHATD_BENCH_LOGS")
+        stderr: Any = subprocess.DEVNULL
+        if logs:
+            os.makedirs(logs, exist_ok=True)
+            stderr = open(os.path.join(logs, f"tcpchatd-{self.port}.log"), "wb")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "tcpchatd", "--listen", f"127.0.0.1:{self.port}",
              "--admin-socket", os.path.join(self.dir, "admin.sock"), "--flood-rate", "0",
@@ -196,7 +203,7 @@ class Tcpchatd(Server):
              # its own state (bans, accounts, history), never the machine's
              *(() if "--state-dir" in self.extra else
                ("--state-dir", os.path.join(self.dir, "state"))), *self.extra],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
         wait_listening(self.port, self.proc)
         return self
 
