@@ -15,6 +15,7 @@ import time
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -54,7 +55,10 @@ def browsers(tmp_path):
 
 
 def wait(driver, condition, timeout: float = 10.0):
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(
+    # an element read while the page renders it again (the room tabs) is stale: the
+    # condition is asked again at the next poll (CI once failed on it)
+    return WebDriverWait(driver, timeout, poll_frequency=0.05,
+                         ignored_exceptions=(StaleElementReferenceException,)).until(
         lambda d: condition(d))
 
 
