@@ -28,6 +28,13 @@ NO_POST = ("this server does not take --post (the original TCPchat server, or an
 DOOR_REFUSALS = frozenset({errors.SERVER_FULL, errors.ADDRESS_LIMIT, errors.TLS_REQUIRED})
 PASSWORD_CREDENTIAL = "tcpchat.password"  # --account's password under systemd
 DEFAULT_RATE = 15.0  # messages a second: under the server's default flood limit (20/s)
+# TCP keepalive: a connection silent this many seconds is probed, then every
+# KEEPALIVE_INTERVAL, KEEPALIVE_PROBES times: a server that dropped us without a word
+# (our answers to its probes lost, its reset too) answers a probe with a reset, and a
+# listener that never sends learns it is gone instead of waiting forever
+KEEPALIVE_IDLE = 60
+KEEPALIVE_INTERVAL = 10
+KEEPALIVE_PROBES = 6
 
 
 class ServerGone(Exception):
@@ -92,11 +99,17 @@ class Connection:
     """A chat connection: handshake, then frames both ways; inside TLS with `tls`."""
 
     def __init__(self, host: str, port: int, timeout: float = 10.0,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, keepalive: int = KEEPALIVE_IDLE) -> None:
         try:
             self.sock = socket.create_connection((host, port), timeout=timeout)
         except OSError as exc:
             raise ServerGone(f"cannot connect to {host}:{port}: {exc.strerror or exc}") from None
+        if keepalive:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, keepalive)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL,
+                                 min(keepalive, KEEPALIVE_INTERVAL))
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_PROBES)
         self.stream: socket.socket | TlsStream = self.sock
         if tls is not None:
             self.sock = self._tls_handshake(tls, host, port)
@@ -336,7 +349,8 @@ def refusal(frame: dict) -> str | None:
 
 def connect(args: argparse.Namespace) -> Connection:
     """The one way every mode connects: plaintext, or TLS (verified) with --tls."""
-    return Connection(args.host, args.port, args.timeout, args.tls_context)
+    return Connection(args.host, args.port, args.timeout, args.tls_context,
+                      getattr(args, "keepalive", KEEPALIVE_IDLE))
 
 
 def read_password(args: argparse.Namespace, environ: dict[str, str] | None = None) -> str:

@@ -30,6 +30,7 @@ from .chatlink import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_USAGE,
+    KEEPALIVE_IDLE,
     TLS_PORT,
     Connection,
     ServerGone,
@@ -326,6 +327,17 @@ def run_search(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _seconds(text: str) -> int:
+    """--keepalive's whole seconds (the kernel's unit), 0 to 32767."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected whole seconds, not {text!r}") from None
+    if not 0 <= value <= 32767:
+        raise argparse.ArgumentTypeError("must be 0 (off) to 32767 seconds")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tcpchat-client", description="Chat client for tcpchatd (and the original "
@@ -358,6 +370,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--timeout", type=float, default=10.0,
                         help="seconds to connect, and in pipe mode to wait for the last "
                         "receipts (default 10)")
+    parser.add_argument("--keepalive", type=_seconds, default=KEEPALIVE_IDLE, metavar="S",
+                        help="TCP keepalive: probe the server after S silent seconds, so "
+                        "that a connection the server dropped unheard is noticed "
+                        f"(default {KEEPALIVE_IDLE}; 0 = off)")
     parser.add_argument("--rate", type=float, default=DEFAULT_RATE,
                         help="messages per second, under the server's flood limit "
                         f"(default {DEFAULT_RATE:g}; 0 = no pacing)")

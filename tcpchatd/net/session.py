@@ -383,8 +383,8 @@ class Session:
             return
         try:
             data = self.transport.recv()
-        except TransportError:
-            self.close("error")
+        except TransportError as exc:
+            self.close("timeout" if exc.timed_out else "error")
             return
         if data is None:  # nothing after all (a TLS record not yet whole)
             return
@@ -443,8 +443,8 @@ class Session:
         if data:
             try:
                 sent = self.transport.send(data)
-            except TransportError:  # the peer is gone
-                self.close("error")
+            except TransportError as exc:  # the peer is gone
+                self.close("timeout" if exc.timed_out else "error")
                 self.release()
                 return
             if sent:

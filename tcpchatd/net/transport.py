@@ -15,6 +15,7 @@ process) and says so.
 
 from __future__ import annotations
 
+import errno
 import socket
 from typing import TYPE_CHECKING, Any
 
@@ -27,11 +28,20 @@ if TYPE_CHECKING:
 ssl: Any = None
 RECV_SIZE = 65536
 SEND_FLAGS = socket.MSG_NOSIGNAL
-KEEPALIVE = (60, 10, 6)  # idle seconds, interval, probes
 
 
 class TransportError(Exception):
-    """The connection failed (reset, a broken TLS record): why, in a few words."""
+    """The connection failed (reset, a broken TLS record): why, in a few words.
+    timed_out: its peer stopped answering (keepalive's probes, or the retransmissions of
+    what was sent, went unanswered), where an error is something the peer did."""
+
+    def __init__(self, why: str, timed_out: bool = False) -> None:
+        super().__init__(why)
+        self.timed_out = timed_out
+
+
+def _failed(exc: OSError) -> TransportError:
+    return TransportError(exc.strerror or str(exc), exc.errno == errno.ETIMEDOUT)
 
 
 class PlainTransport:
@@ -62,11 +72,11 @@ class PlainTransport:
             # not the 4 MiB that autotuning grows to
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, config.send_buffer)
         if config.keepalive:
-            idle, interval, probes = KEEPALIVE
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, probes)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, config.keepalive_idle)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL,
+                            config.keepalive_interval)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, config.keepalive_probes)
 
     def start(self) -> bool:
         """Ready for the protocol at once (True), or a handshake first (False)."""
@@ -82,7 +92,7 @@ class PlainTransport:
         except (BlockingIOError, InterruptedError):
             return None
         except OSError as exc:
-            raise TransportError(exc.strerror or str(exc)) from None
+            raise _failed(exc) from None
 
     def send(self, data: bytes) -> int:
         """How much of `data` the kernel took now (0 when its buffer is full)."""
@@ -91,7 +101,7 @@ class PlainTransport:
         except (BlockingIOError, InterruptedError):
             return 0
         except OSError as exc:
-            raise TransportError(exc.strerror or str(exc)) from None
+            raise _failed(exc) from None
 
     def send_plain(self, data: bytes) -> None:
         """A few bytes before any handshake, best effort (a refusal at the door)."""
@@ -177,7 +187,7 @@ class TlsTransport(PlainTransport):
         except ssl.SSLZeroReturnError:  # the peer's TLS close_notify: its end of stream
             return b""
         except OSError as exc:
-            raise TransportError(exc.strerror or str(exc)) from None
+            raise _failed(exc) from None
 
     def send(self, data: bytes) -> int:
         try:
@@ -187,7 +197,7 @@ class TlsTransport(PlainTransport):
                 ssl.SSLWantWriteError):
             return 0
         except OSError as exc:
-            raise TransportError(exc.strerror or str(exc)) from None
+            raise _failed(exc) from None
 
     def record(self) -> dict | None:
         return None  # the keys cannot cross an exec

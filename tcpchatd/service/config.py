@@ -388,6 +388,12 @@ class Config:
     login_backoff_max: float = setting(300.0, "seconds a failing address or account waits "
                                        "at most between attempts", _float(1))
     keepalive: bool = setting(True, "TCP keepalive on client sockets", _bool)
+    keepalive_idle: int = setting(60, "seconds a client connection is silent before TCP "
+                                  "keepalive asks its peer", _int(1, 32767))
+    keepalive_interval: int = setting(10, "seconds between keepalive probes", _int(1, 32767))
+    keepalive_probes: int = setting(6, "keepalive probes unanswered before a client is "
+                                    "taken for gone (it leaves with reason timeout)",
+                                    _int(1, 127))
     shutdown_grace: float = setting(2.0, "seconds to flush clients at shutdown", _float(0))
     io_threads: int = setting(1, "event-loop threads that own the client connections",
                               _int(1, 16))
