@@ -227,6 +227,51 @@ def test_pending_receipts_per_recipient_are_bounded_oldest_first():
     assert hall.pending_count() == 1
 
 
+def test_a_member_that_never_confirms_owes_at_most_the_bound_in_batches():
+    # pending_confirms 32: over it, the oldest expire for whoever owes more than 30
+    # (32 less 32/16), at once; then no check is needed for 3 messages
+    hall, _ = make_hall(pending_confirms=32)
+    a, silent, reader = joined(hall, "a", "silent", "reader")
+    sent = [f"{i:08d}-0000-4000-8000-000000000000" for i in range(100)]
+    counts = []
+    for u in sent:
+        hall.message(a, u, "x")
+        hall.confirm(reader, u)  # the reader confirms each at once: it never lags
+        counts.append(hall.pending_count())
+    assert max(counts) == 32  # never more than the bound is owed
+    assert counts[32:40] == [30, 31, 32, 30, 31, 32, 30, 31]  # 33 pending: 3 expire
+    receipts = {f["uuid"]: f for f in a.frames if f.get("type") == "confirm"}
+    settled = 100 - counts[-1]
+    assert list(receipts) == sent[:settled]  # the oldest first, each counted once
+    assert {(f["delivered"], f["recipients"]) for f in receipts.values()} == {(1, 2)}
+    assert not reader.closed and not silent.closed
+    for frame in [f for f in silent.frames if f.get("type") == "message"]:
+        hall.confirm(silent, frame["uuid"])  # late for the settled (silence), in time
+    receipts = [f for f in a.frames if f.get("type") == "confirm"]
+    assert [f["uuid"] for f in receipts[settled:]] == sent[settled:]
+    assert {(f["delivered"], f["recipients"]) for f in receipts[settled:]} == {(2, 2)}
+    assert hall.pending_count() == 0
+
+
+def test_senders_that_never_confirm_are_held_to_the_bound_too():
+    # a and b talk, c listens; nobody confirms. c owes every message, a and b half of
+    # them: the bound's check finds them under it for a while (and skips until one can
+    # be over it), then holds each to it as well
+    hall, _ = make_hall(pending_confirms=20)
+    a, b, c = joined(hall, "a", "b", "c")
+
+    def owed(member):
+        return sum(member in p.waiting for p in hall.receipts.pending.values())
+
+    for n in range(200):
+        speaker = (a, b)[n % 2]
+        hall.message(speaker, f"{n:08d}-0000-4000-8000-000000000000", f"m{n}")
+        assert max(owed(a), owed(b), owed(c)) <= 20
+    assert owed(c) >= 19 and owed(a) >= 9 and owed(b) >= 9  # (only what was over went)
+    undelivered = [f for f in a.frames + b.frames if f.get("event") == "undelivered"]
+    assert len(undelivered) == 200 - hall.pending_count()
+
+
 def test_reused_pending_uuid_is_bad_uuid():
     hall, _ = make_hall()
     a, b = joined(hall, "a", "b")

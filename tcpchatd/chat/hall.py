@@ -22,7 +22,9 @@ sockets.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
+import itertools
 import threading
 import time
 import uuid
@@ -44,6 +46,11 @@ from .room import Channel, Member, RemoteMember, Room, member_info
 
 __all__ = ["AddressBanned", "Hall", "Member", "NoSuchMember", "NoSuchRoom", "NotInRoom",
            "Room"]
+
+# Over pending_confirms, a member's oldest receipts expire until it owes the bound less
+# 1/EXPIRY_BATCH of it (at least one less): one that never confirms owes between that
+# and the bound, never more, and the bound is checked once per that many messages
+EXPIRY_BATCH = 16
 
 # join() and rename() report the broker's answer through this: None, or the refusal
 Settled = Callable[[ProtocolError | None], None]
@@ -813,7 +820,8 @@ class Hall:
                     room.messages_sent += 1
                     account.settled += 1  # nobody owes a receipt for their own
                     room.channel.publish(frame, sender, chat=True)
-                if len(self.receipts) > self._config.pending_confirms:
+                if len(self.receipts) > self._config.pending_confirms \
+                        and self.receipts.bound_check_due():
                     finished = self._expire_oldest_for_laggards()
             else:
                 self.counters.undelivered += 1
@@ -843,31 +851,43 @@ class Hall:
             + account.private - account.settled
 
     def _expire_oldest_for_laggards(self) -> list[Pending]:
-        """Under the lock, with more receipts pending than one member may owe: the oldest
-        expires for every member that owes more than pending_confirms.
+        """Under the lock, with more receipts pending than one member may owe: whoever
+        owes more than `keep` (pending_confirms less 1/EXPIRY_BATCH of it) has its oldest
+        receipts expire until it owes `keep` at most. Then nobody can owe more than the
+        bound before another bound - keep receipts are added: the next check waits for
+        them, so a room whose members never confirm (clients that know nothing of
+        receipts) pays for this once per that many messages, not at each.
 
-        Only a member that owes the oldest receipt can owe that many (it would have to
-        confirm the oldest and leave a thousand newer ones unconfirmed otherwise, which
-        no reading client does); that keeps this O(those members), not O(hall).
+        Only a member waiting on one of the oldest (pending - keep) receipts can owe more
+        than `keep` (else all it owes are among the newest `keep`), so those are the ones
+        looked at, once each; each loses every one of those it waits on, by set
+        operations (C), not one look per recipient of every message (BENCHMARKS.md).
         """
         limit = self._config.pending_confirms
-        oldest = self.receipts.oldest()
+        keep = limit - limit // EXPIRY_BATCH
+        batch = self.receipts.oldest(len(self.receipts) - keep)
+        self.receipts.no_bound_check_for(limit - keep + 1)
         accounts = self._accounts
-        laggards = []
-        for member in oldest.waiting:  # _owed, inline: this runs per recipient, per message
-            account = accounts[member]
+        laggards = set()
+        for member in set().union(*[pending.waiting for pending in batch]):
+            account = accounts[member]  # _owed, inline: the hot path of a silent room
             rooms = account.rooms
             if len(rooms) == 1:
                 for room, joined_at in rooms.items():
                     owed = room.messages_sent - joined_at
             else:
                 owed = sum(room.messages_sent - joined_at for room, joined_at in rooms.items())
-            if owed + account.private - account.settled > limit:
-                laggards.append(member)
-        for member in laggards:
-            oldest.waiting.discard(member)
-            accounts[member].settled += 1
-        return [self.finish(oldest)] if oldest.done() else []
+            if owed + account.private - account.settled > keep:
+                laggards.add(member)
+        if not laggards:
+            return []
+        expired = collections.Counter(itertools.chain.from_iterable(
+            [pending.waiting & laggards for pending in batch]))
+        for pending in batch:
+            pending.waiting -= laggards
+        for member, count in expired.items():
+            accounts[member].settled += count
+        return [self.finish(pending) for pending in batch if pending.done()]
 
     def confirm(self, member: Member, frame_uuid: str) -> None:
         """A recipient confirms a message; only once, and only if it was sent to it."""

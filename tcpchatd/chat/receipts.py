@@ -10,6 +10,7 @@ before old ones. Not thread-safe on its own: the room calls it under its lock.
 from __future__ import annotations
 
 import heapq
+import itertools
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -47,6 +48,11 @@ class Receipts:
         self._deadlines: list[tuple[float, str]] = []      # heap: confirm_timeout
         self._receipt_times: list[tuple[float, str]] = []  # heap: receipt_wait
         self._settled: OrderedDict[str, None] = OrderedDict()
+        # after the bound's check (Hall._expire_oldest_for_laggards) nobody can be over
+        # it before this many receipts were added (each adds at most one to what a member
+        # owes; a receipt settled only lowers it)
+        self._added = 0
+        self._check_at = 0
 
     def __len__(self) -> int:
         return len(self.pending)
@@ -60,11 +66,20 @@ class Receipts:
     def newest_first(self) -> Iterator[Pending]:
         return reversed(self.pending.values())
 
-    def oldest(self) -> Pending:
-        return next(iter(self.pending.values()))
+    def bound_check_due(self) -> bool:
+        return self._added >= self._check_at
+
+    def no_bound_check_for(self, added: int) -> None:
+        """Nobody can be over the bound until `added` more receipts are added."""
+        self._check_at = self._added + added
+
+    def oldest(self, count: int = 1) -> list[Pending]:
+        """The `count` oldest pending messages (fewer when fewer are pending)."""
+        return list(itertools.islice(self.pending.values(), count))
 
     def add(self, pending: Pending) -> None:
         self.pending[pending.uuid] = pending
+        self._added += 1
         heapq.heappush(self._deadlines, (pending.deadline, pending.uuid))
 
     def wait_for_more(self, pending: Pending, until: float) -> None:
