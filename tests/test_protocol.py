@@ -249,6 +249,30 @@ def test_a_buffer_of_confirms_is_taken_whole_and_a_partial_frame_stays(spaced):
     assert not reader.has_frame() and take_confirms(reader) == []
 
 
+@pytest.mark.parametrize("spaced", [False, True])
+@pytest.mark.parametrize("change", [
+    ("6a8e", "6x8e"),            # an x where a hex digit belongs (the mask's own letter)
+    ('"confirm"', '"aonfirm"'),  # a hex digit of the frame itself changed for another
+    ("-4c55-", "-4c55x"),        # a dash where a dash belongs, replaced
+])
+def test_a_buffer_of_confirms_with_one_frame_spelt_wrong_is_not_taken_whole(spaced, change):
+    uuids = [f"{i:08d}-6a8e-4c55-9d43-3f7b5fd0c1a{i % 10}" for i in range(20)]
+    sep, colon = (", ", ": ") if spaced else (",", ":")
+    frames = [f'{{"type"{colon}"confirm"{sep}"uuid"{colon}"{u}"}}' for u in uuids]
+    frames[7] = frames[7].replace(*change, 1)
+    assert frames[7] != frames[6].replace(uuids[6], uuids[7])
+    data = b"".join(b"%-10d" % len(f) + f.encode() for f in frames)
+    reader = protocol.FrameReader(lambda n: b"", initial=data)
+    assert take_confirms(reader) == uuids[:7]  # the regex path stops at the bad one
+    if change[1] == '"aonfirm"':  # not a confirm: the frame-by-frame path says why
+        with pytest.raises(ProtocolError):
+            protocol.parse_client_frame(reader.next_body(1000), 4096)
+    else:
+        with pytest.raises(ProtocolError) as info:
+            protocol.parse_client_frame(reader.next_body(1000), 4096)
+        assert info.value.code == "bad_uuid"
+
+
 @pytest.mark.parametrize("bad", [
     "0b7f5c8e-6a8e-4c55-9d43-3f7b5fd0c1aZ",     # not hex
     "0b7f5c8e-6a8e-4c55-9d43-3f7b5fd0c1a",      # short ...

@@ -881,12 +881,14 @@ class Hall:
                 laggards.add(member)
         if not laggards:
             return []
-        expired = collections.Counter(itertools.chain.from_iterable(
-            [pending.waiting & laggards for pending in batch]))
+        # what each laggard waited on of the batch: all of it but what it did not (few:
+        # its own messages, those sent before it joined or that it confirmed)
+        missed = collections.Counter(itertools.chain.from_iterable(
+            [laggards - pending.waiting for pending in batch]))
         for pending in batch:
             pending.waiting -= laggards
-        for member, count in expired.items():
-            accounts[member].settled += count
+        for member in laggards:
+            accounts[member].settled += len(batch) - missed[member]
         return [self.finish(pending) for pending in batch if pending.done()]
 
     def confirm(self, member: Member, frame_uuid: str) -> None:
