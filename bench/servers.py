@@ -7,6 +7,7 @@ import compileall
 import functools
 import os
 import resource
+import shlex
 import shutil
 import signal
 import socket
@@ -190,7 +191,8 @@ class Tcpchatd(Server):
         compile_package()
         # flood limit off (a benchmark floods on purpose); traffic log formatted and written
         # to stderr -> /dev/null, so its cost is measured but no syslog daemon competes
-        # (TCPCHATD_BENCH_LOGS=DIR keeps each daemon's log there instead, to look into a run)
+        # (TCPCHATD_BENCH_LOGS=DIR keeps each daemon's log there instead, to look into a run;
+        # TCPCHATD_BENCH_ARGS adds flags, to measure what a setting costs)
         logs = os.environ.get("TCPCHATD_BENCH_LOGS")
         stderr: Any = subprocess.DEVNULL
         if logs:
@@ -202,7 +204,8 @@ class Tcpchatd(Server):
              "--log-target", "stderr",
              # its own state (bans, accounts, history), never the machine's
              *(() if "--state-dir" in self.extra else
-               ("--state-dir", os.path.join(self.dir, "state"))), *self.extra],
+               ("--state-dir", os.path.join(self.dir, "state"))), *self.extra,
+             *shlex.split(os.environ.get("TCPCHATD_BENCH_ARGS", ""))],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
         wait_listening(self.port, self.proc)
         return self

@@ -111,8 +111,12 @@ def split_text(prefix: str, text: str, limit: int = MAX_LINE - 2) -> list[str]:
     return out
 
 
+# made once: json.dumps with arguments makes an encoder at every call
+_dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
 def frame(obj: dict[str, Any]) -> bytes:
-    body = json.dumps(obj, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    body = _dumps(obj).encode("utf-8")
     return b"%-10d" % len(body) + body
 
 
