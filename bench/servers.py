@@ -7,7 +7,6 @@ import compileall
 import functools
 import os
 import resource
-import shlex
 import shutil
 import signal
 import socket
@@ -191,8 +190,7 @@ class Tcpchatd(Server):
         compile_package()
         # flood limit off (a benchmark floods on purpose); traffic log formatted and written
         # to stderr -> /dev/null, so its cost is measured but no syslog daemon competes
-        # (TCPCHATD_BENCH_LOGS=DIR keeps each daemon's log there instead, to look into a run;
-        # TCPCHATD_BENCH_ARGS adds flags, to measure what a setting costs)
+        # (TCPCHATD_BENCH_LOGS=DIR keeps each daemon's log there instead, to look into a run)
         logs = os.environ.get("TCPCHATD_BENCH_LOGS")
         stderr: Any = subprocess.DEVNULL
         if logs:
@@ -204,8 +202,7 @@ class Tcpchatd(Server):
              "--log-target", "stderr",
              # its own state (bans, accounts, history), never the machine's
              *(() if "--state-dir" in self.extra else
-               ("--state-dir", os.path.join(self.dir, "state"))), *self.extra,
-             *shlex.split(os.environ.get("TCPCHATD_BENCH_ARGS", ""))],
+               ("--state-dir", os.path.join(self.dir, "state"))), *self.extra],
             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
         wait_listening(self.port, self.proc)
         return self
