@@ -85,7 +85,8 @@ redis.call('SET', KEYS[2], ARGV[3], 'PX', ARGV[4])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local added = redis.call('ZADD', KEYS[1], now, ARGV[1])
-return {added, redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[2]), '+inf')}
+return {added, redis.call('ZRANGEBYSCORE', KEYS[1], now - tonumber(ARGV[2]), '+inf'),
+        t[1], t[2]}
 """
 
 # Our name given up at a stop, if it is still ours.
@@ -720,18 +721,21 @@ class RedisBroker:
         return seconds + micros / 1e6
 
     def _heartbeat(self) -> None:
-        before = time.time()
-        server_now = self._server_time()
-        self.clock_offset = server_now - (before + time.time()) / 2
         if self._beat() and self._registered:  # swept while silent, or Redis came back empty
             self._register()
         self._registered = True
 
     def _beat(self) -> bool:
-        """One heartbeat; the nodes alive learned. True if it added this node to the set."""
-        added, alive = self._beat_script(keys=[self.nodes, self.name_key],
-                                         args=[self.node, self.node_ttl, self.epoch,
-                                               int(self.node_ttl * 1000)])
+        """One heartbeat; the nodes alive learned, and the offset of the Redis server's
+        clock to ours (the time it read, against the middle of the round trip). True if
+        it added this node to the set."""
+        before = time.time()
+        added, alive, *server_time = self._beat_script(
+            keys=[self.nodes, self.name_key],
+            args=[self.node, self.node_ttl, self.epoch, int(self.node_ttl * 1000)])
+        if server_time:
+            seconds, micros = server_time
+            self.clock_offset = int(seconds) + int(micros) / 1e6 - (before + time.time()) / 2
         if added == -1:
             raise NodeNameInUse(f"the node name {self.node} is in use by another node of "
                                 f"cluster {self.relay_name}: give each node its own node_name")
