@@ -352,6 +352,10 @@ def test_events_trimmed_from_the_stream_while_a_node_was_paused_are_counted(
             before[("tcpchatd_broker_events_read_total", ())] + 200 - len(missing)
         assert after[("tcpchatd_broker_missed_total", ())] == 0
         assert after[("tcpchatd_broker_queue", ())] == 0
+        # caught up, and quiet: once the lag's window (10 s) has passed, no lag (not the
+        # last event's lag kept for ever)
+        wait_for(lambda: scrape(metrics_port)[("tcpchatd_broker_lag_seconds", ())] == 0,
+                 timeout=15)
         alice.close()
         bob.close()
     finally:

@@ -469,6 +469,8 @@ class RedisBroker:
                         self.last_id = entry_id
                         self._dispatch(fields.get("e", ""))
                     self._count_read(len(entries))
+                if not reply:  # nothing new for a whole block: caught up
+                    self._caught_up()
 
     def _count_read(self, count: int) -> None:
         """The lag: a stream id begins with the Redis server's milliseconds at XADD, so
@@ -481,6 +483,12 @@ class RedisBroker:
         now = time.monotonic()
         if lag >= self.lag_s or now - self._lag_at > LAG_WINDOW_S:
             self.lag_s, self._lag_at = lag, now
+
+    def _caught_up(self) -> None:
+        """A read found the stream's end: no lag now. Kept a window like any lag (an
+        alert's scrape sees the largest), then 0, not the last event's lag for ever."""
+        if time.monotonic() - self._lag_at > LAG_WINDOW_S:
+            self.lag_s, self._lag_at = 0.0, time.monotonic()
 
     def health(self) -> dict[str, float]:
         return {"broker_lag_s": round(self.lag_s, 6), "broker_events_read": self.events_read,
