@@ -444,6 +444,12 @@ class RedisBroker:
                     approximate=True)
 
     def _read_loop(self) -> None:
+        try:
+            self._read_until_stopped()
+        finally:  # stopped before its first try to link: the writer waits for it no more
+            self._tried.set()
+
+    def _read_until_stopped(self) -> None:
         backoff = BACKOFF_FIRST
         while not self._stopping.is_set():
             if not self.linked:
