@@ -114,6 +114,31 @@ def test_join_is_announced_to_everyone_including_newcomer():
         "message": "In the room: a, b (2)", "room": "general", "topic": ""}]
 
 
+def test_another_node_s_join_never_comes_between_a_newcomer_s_join_and_names():
+    # CI once saw it: bob joined on node b, and alice's join, relayed from node a at that
+    # moment, reached bob between its join and its names
+    import threading
+    hall, _ = make_hall()
+    relayed = []
+
+    class Newcomer(FakeMember):
+        def deliver(self, frame):
+            if not relayed:  # the relay's thread comes in while bob is being seated
+                thread = threading.Thread(
+                    target=hall.relay.remote_join, args=("a", "alice", "general"))
+                relayed.append(thread)
+                thread.start()
+                thread.join(0.3)  # (it waits for the hall's lock, or is done)
+            super().deliver(frame)
+
+    bob = Newcomer(hall)
+    join(hall, bob, "bob")
+    relayed[0].join(5)
+    assert [(f["event"], f.get("nickname")) for f in bob.frames] == [
+        ("join", "bob"), ("names", None), ("join", "alice")]
+    assert bob.frames[1]["nicknames"] == ["bob"]
+
+
 def test_nickname_taken_in_another_case():
     hall, _ = make_hall()
     joined(hall, "Alice")

@@ -349,16 +349,24 @@ class Hall:
             self._members[key] = member
             account = self._accounts[member] = Standing(claim=claim, key=key)
             frames = self._seat(member, account, room, info=info)
+            self._hand_seat(member, frames)
         room.channel.notify()
+        return None
+
+    @staticmethod
+    def _hand_seat(member: Member, frames: list[bytes]) -> None:
+        """Under the lock: the newcomer's own frames queued where it was seated, so that
+        nothing published in the room in between (another node's join, relayed at that
+        moment) comes between its join and its names. (A member's queue takes its own
+        lock, which is taken under this one already: the channel's subscribe.)"""
         for frame in frames:
             member.deliver(frame)
-        return None
 
     def _seat(self, member: Member, account: Standing, room: Room,
               request_id: Any = None, info: dict | None = None) -> list[bytes]:
         """Under the lock: the member in a room; the frames for it alone, in order (its
-        join when only it hears of it, names, the history), to deliver once the lock is
-        released. `info`: its first room (the other nodes learn of it with this join)."""
+        join when only it hears of it, names, the history), for _hand_seat. `info`: its
+        first room (the other nodes learn of it with this join)."""
         key = account.key
         account.rooms[room] = room.messages_sent
         room.members[key] = member
@@ -639,9 +647,8 @@ class Hall:
                                     "rooms, the most allowed: part one first",
                                     request_id=request_id)
             frames = self._seat(member, account, room, request_id)
+            self._hand_seat(member, frames)
         room.channel.notify()
-        for frame in frames:
-            member.deliver(frame)
 
     def part(self, member: Member, name: str, request_id: Any = None) -> None:
         """A member leaves a room (not its last: it would be in none); it gets its own
