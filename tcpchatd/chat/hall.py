@@ -875,8 +875,18 @@ class Hall:
         batch = self.receipts.oldest(len(self.receipts) - keep)
         self.receipts.no_bound_check_for(limit - keep + 1)
         accounts = self._accounts
+        # who waits on any of them: their rooms' listeners (a set each, not the union of a
+        # set per message), and a private message's one recipient
+        candidates: set[Member] = set()
+        seen: set[Room] = set()
+        for pending in batch:
+            if pending.room is None:
+                candidates |= pending.waiting
+            elif pending.room not in seen:
+                seen.add(pending.room)
+                candidates.update(pending.room.listeners.values())
         laggards = set()
-        for member in set().union(*[pending.waiting for pending in batch]):
+        for member in candidates:
             account = accounts[member]  # _owed, inline: the hot path of a silent room
             rooms = account.rooms
             if len(rooms) == 1:
