@@ -5,6 +5,10 @@ reading delays its sends and stamps, and its latencies carry its queueing. Here 
 senders are one process and the 180 readers another, each on its own event loop: the
 senders keep their rate whatever the readers do, and the latencies are the readers'
 alone (a message's send time, stamped in it, against its arrival; one clock for both).
+The readers stamp every delivery of a poll before they send the poll's confirms
+(`confirm_after_reads`): a reader's own confirm sends would otherwise delay the stamps of
+the deliveries read after them, a cost of the generator that ngircd's readers (no
+confirms) do not pay.
 Each at 20 senders x 20 msg/s to 200 members: tcpchatd with receipts, tcpchatd without
 confirms, and ngircd (IRC, no receipts).
 """
@@ -61,7 +65,8 @@ def _once(kind: str, duration: float, drain: float) -> dict:
             settings = Settings(port=server.port, clients=count,
                                 senders=SENDERS if sends else 0, rate=RATE,
                                 duration=duration, confirms=confirms, irc=irc,
-                                name_prefix=prefix, index_base=base)
+                                name_prefix=prefix, index_base=base,
+                                confirm_after_reads=True)
             parent, child = context.Pipe()
             process = context.Process(target=_side, args=(settings, sends, child),
                                       daemon=True)

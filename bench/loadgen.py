@@ -67,6 +67,9 @@ class Settings:
     index_base: int = 0        # its clients' numbers start here (several generators: a
     #                            sender's number in a text names one client of all)
     join_deadline: float = 120.0  # seconds the joins may take once every client connected
+    confirm_after_reads: bool = False  # a poll's replies (its confirms) are sent after all
+    #                            of its reads: each delivery is stamped before the replies to
+    #                            the ones read before it (bench independent's readers)
 
     def members(self) -> int:
         """Members of the room a message goes to (every client in every room of the run,
@@ -168,6 +171,7 @@ class LoadGenerator:
         self.joined_count = 0
         # one buffer for every read: recv(256 KiB) would allocate (and map) 256 KiB a call
         self._recv_buffer = bytearray(RECV_SIZE)
+        self._replies: dict[int, Client] | None = None  # confirm_after_reads: who has some
         self._recv_view = memoryview(self._recv_buffer)
         self.by_fd: dict[int, Client] = {}
         self.result = Result()
@@ -200,7 +204,10 @@ class LoadGenerator:
 
     def _queue(self, client: Client, data: bytes) -> None:
         client.wbuf += data
-        self._flush(client)
+        if self._replies is not None:  # confirm_after_reads: at the poll's end
+            self._replies[client.fd] = client
+        else:
+            self._flush(client)
 
     def _joined(self, client: Client) -> None:
         if not client.joined:
@@ -235,6 +242,17 @@ class LoadGenerator:
             client.sock.close()
 
     def _poll(self, timeout: float) -> None:
+        if self.s.confirm_after_reads:
+            self._replies = {}
+        try:
+            self._read_events(timeout)
+        finally:
+            replies, self._replies = self._replies, None
+        for fd, client in (replies or {}).items():
+            if fd in self.by_fd:
+                self._flush(client)
+
+    def _read_events(self, timeout: float) -> None:
         for key, mask in self.sel.select(timeout):
             client = key.data
             if mask & selectors.EVENT_READ:

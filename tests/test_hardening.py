@@ -308,6 +308,23 @@ def test_three_recipients_two_confirming_one_leaving_is_immediate(chat):
         "type": "confirm", "uuid": u, "delivered": 2, "recipients": 3}
 
 
+def test_a_confirm_sent_just_before_the_close_counts(chat):
+    """A read of confirms alone is served after the loop's next round (messages first);
+    the recipient's end, read in a later turn, never overtakes it (five rounds)."""
+    h = chat(receipt_wait=30, confirm_timeout=60)
+    s, r = chatting(h, "s", "r")
+    for round_ in range(5):
+        u = s.say(f"x{round_}")
+        receive([r], u)
+        r.confirm(u)
+        r.close()
+        assert s.read_until(lambda f: f.get("uuid") == u) == {
+            "type": "confirm", "uuid": u, "delivered": 1, "recipients": 1}
+        s.read_until(lambda f: f.get("event") == "leave")
+        r = h.client("r")
+        s.read_until(lambda f: f.get("event") == "join")
+
+
 def test_three_recipients_timing_out_one_confirming_late(chat):
     h = chat(receipt_wait=30, confirm_timeout=0.5)
     s, r1, r2, r3 = chatting(h, "s", "r1", "r2", "r3")

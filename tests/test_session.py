@@ -33,6 +33,9 @@ class Loop:
     def call_soon(self, conn, call):
         call()
 
+    def serve_later(self, conn):
+        conn.serve_deferred()  # no rounds here: at once
+
     def in_thread(self):
         return True
 

@@ -115,8 +115,8 @@ class Session:
 
     # One per client (10,000 and more): with more than 30 attributes an instance's dict
     # cannot share its keys with the others', and cost 1.6 KiB a client.
-    __slots__ = ("_abort", "_departure", "_drop_to", "_ending", "_error_repeats", "_errors",
-                 "_first_room", "_flood_strikes", "_joining", "_lock", "_logged_error",
+    __slots__ = ("_abort", "_deferred", "_departure", "_drop_to", "_ending", "_error_repeats",
+                 "_errors", "_first_room", "_flood_strikes", "_joining", "_lock", "_logged_error",
                  "_private", "_resumed", "_scheduled", "_timers", "_tokens", "_tokens_at",
                  "_variants", "account", "address", "attempts", "close_deadline", "closing",
                  "connected", "depart_deadline", "hall", "handshake_deadline", "ip", "joined",
@@ -178,6 +178,7 @@ class Session:
         self.subscriptions: dict[Channel, Subscription] = {}  # the rooms' channels it reads
         self._drop_to: dict[Channel, int] | None = None
         self._scheduled = False     # on its loop's ready list
+        self._deferred = False      # on its loop's list of reads served after the round
         self.joined = False
         self.closing = False        # close() was called: nothing more is queued
         self._abort = False         # ... and nothing more is sent
@@ -397,8 +398,15 @@ class Session:
             self._peer_ended()
         else:
             self.last_active = time.monotonic()
-            self.reader.buffer += data
-            self._serve()
+            reader = self.reader
+            reader.buffer += data
+            # a read without a chat message in it (confirms, mostly) is served after the
+            # loop's next round, so that the messages read beside it go out first
+            if reader.buffer.find(b'"message"') >= 0 or self.transport.at_end:
+                self._serve()
+            elif not self._deferred:
+                self._deferred = True
+                self.loop.serve_later(self)
             if self.transport.at_end and not self.closing:  # a WebSocket's close came
                 self._peer_ended()                       # after its last messages
 
@@ -821,9 +829,17 @@ class Session:
 
     # --- frames
 
+    def serve_deferred(self) -> None:
+        """Its loop's turn for what readable() left to after the round."""
+        if self._deferred:
+            self._deferred = False
+            if self.state == CHAT and not self.closing:
+                self._serve()
+
     def _serve(self) -> None:
         """Take every whole frame buffered; whatever was valid before an end takes
         effect (the confirms read with a fatal frame are settled first)."""
+        self._deferred = False  # all of the buffer, what was deferred too
         config = self.config  # the settings now: a reload may change them
         reader = self.reader
         confirms: list[str] = []  # confirms read together are settled together

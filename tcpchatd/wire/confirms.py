@@ -87,6 +87,7 @@ class _ConfirmSpelling:
 # ours (compact) and the original client's (json.dumps' default spaces), with the
 # header as both write it
 _CONFIRM_SPELLINGS = (_ConfirmSpelling(":", ","), _ConfirmSpelling(": ", ", "))
+_RUN_AT_LEAST = 2 * min(spelling.size for spelling in _CONFIRM_SPELLINGS)
 
 
 def take_confirms(reader: FrameReader) -> list[str]:
@@ -96,10 +97,11 @@ def take_confirms(reader: FrameReader) -> list[str]:
     confirm written another way) stops the run and is left for next_body.
     """
     buf = reader.buffer
-    for spelling in _CONFIRM_SPELLINGS:  # the common case: the buffer holds one kind
-        uuids = spelling.take_all(buf)
-        if uuids:
-            return uuids
+    if len(buf) >= _RUN_AT_LEAST:  # a run of two or more (one frame: the regex path)
+        for spelling in _CONFIRM_SPELLINGS:  # the common case: the buffer holds one kind
+            uuids = spelling.take_all(buf)
+            if uuids:
+                return uuids
     pos, uuids = 0, []
     match, headers = _CONFIRM_FRAME.match, _CONFIRM_HEADERS
     while True:
