@@ -288,8 +288,8 @@ class EventLoop:
             self._turns()
         finally:  # what was read is served before an upgrade records the connections
             deferred, self._deferred = self._deferred, []
-            for conn in deferred:
-                self._guard(conn, conn.serve_deferred)
+            if deferred:
+                self.engine.serve_reads(deferred, self._guard)
 
     def _turns(self) -> None:
         while not self._stopping:
@@ -334,8 +334,8 @@ class EventLoop:
             # first made each message wait for all of them. A connection's deferred frames
             # are served before its next read (the next turn's), so its order is kept.
             deferred, self._deferred = self._deferred, []
-            for conn in deferred:
-                self._guard(conn, conn.serve_deferred)
+            if deferred:
+                self.engine.serve_reads(deferred, self._guard)
             if rounds or ready:
                 self._settle([channel for channel, _, _, _ in rounds])
             self._fire_timers(now)
@@ -489,12 +489,20 @@ class EventLoop:
         return kept if keep_connections else []
 
 
+def _serve_each(conns: list[Client], guard: Callable[..., None]) -> None:
+    for conn in conns:
+        guard(conn, conn.serve_deferred)
+
+
 class Engine:
     """The loops, and the channels (each room's broadcasts) into them."""
 
     def __init__(self, io_threads: int,
                  error_log: Callable[[str], None] | None = None) -> None:
         self.error_log = error_log
+        # a loop's deferred reads, served after its round: each on its own unless the
+        # server of the connections serves them together (session.serve_deferred_reads)
+        self.serve_reads: Callable[[list[Client], Callable[..., None]], None] = _serve_each
         self.loops = [EventLoop(self, index) for index in range(io_threads)]
 
     def channel(self) -> Channel:

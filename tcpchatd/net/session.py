@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..chat.accounts import Account
 from ..chat.hall import AddressBanned, EventLog, Hall
@@ -836,13 +836,14 @@ class Session:
             if self.state == CHAT and not self.closing:
                 self._serve()
 
-    def _serve(self) -> None:
+    def _serve(self, confirms: list[str] | None = None) -> None:
         """Take every whole frame buffered; whatever was valid before an end takes
-        effect (the confirms read with a fatal frame are settled first)."""
+        effect (the confirms read with a fatal frame are settled first). `confirms`:
+        taken from the head of the buffer already (serve_deferred_reads)."""
         self._deferred = False  # all of the buffer, what was deferred too
         config = self.config  # the settings now: a reload may change them
         reader = self.reader
-        confirms: list[str] = []  # confirms read together are settled together
+        confirms = confirms or []  # confirms read together are settled together
         ending: tuple[str, bytes | None] | None = None
         try:
             while ending is None and not self.closing:
@@ -886,11 +887,14 @@ class Session:
         if ending is None:
             ending = self._ending
         if ending is not None:
-            reason, final_frame = ending
-            if reason == "flood":  # it may still read the receipts of what it sent
-                self._depart(reason, final_frame)
-            else:
-                self.close(reason, final_frame)
+            self._end_with(ending)
+
+    def _end_with(self, ending: tuple[str, bytes | None]) -> None:
+        reason, final_frame = ending
+        if reason == "flood":  # it may still read the receipts of what it sent
+            self._depart(reason, final_frame)
+        else:
+            self.close(reason, final_frame)
 
     def _depart(self, reason: str, final_frame: bytes | None) -> None:
         """The client leaves the hall, but it may still read: it ended its side (EOF),
@@ -973,7 +977,10 @@ class Session:
     def _confirm(self, uuids: list[str]) -> None:
         """Settle confirms read together; each for nothing is an error that counts (past
         error_limit the client leaves and the rest are not answered)."""
-        for frame_uuid in self.hall.confirm_many(self, uuids):
+        self._unknown_confirms(self.hall.confirm_many(self, uuids))
+
+    def _unknown_confirms(self, unknown: list[str]) -> None:
+        for frame_uuid in unknown:
             error = ProtocolError(errors.UNKNOWN_UUID, f"no pending message {frame_uuid} "
                                   "for you to confirm", frame_uuid)
             if self._count_error(error.code):
@@ -1181,3 +1188,33 @@ class Session:
         if self.state == CHAT and self.reader.has_frame():  # a whole frame came meanwhile
             self._serve()
 
+
+def serve_deferred_reads(sessions: Sequence[Any], guard: Callable[..., None]) -> None:
+    """A loop's deferred reads (EventLoop.serve_later), served after its round: the
+    confirms alone that most of them hold are settled together, in one call to the
+    hall; a session with other frames besides has them served after its confirms.
+    `guard(session, method, *args)` runs a session's handler (a failure ends it alone)."""
+    batch: list[tuple[Session, list[str]]] = []
+    others: list[tuple[Session, list[str]]] = []
+    for session in sessions:
+        if not session._deferred:
+            continue
+        session._deferred = False
+        if session.state != CHAT or session.closing:
+            continue
+        uuids = take_confirms(session.reader)
+        if session.reader.buffer:  # a frame of another kind, or one not yet whole
+            others.append((session, uuids))
+        elif uuids:
+            batch.append((session, uuids))
+    if batch:
+        settled: list[list[str]] = []
+        hall = batch[0][0].hall
+        guard(batch[0][0], lambda: settled.extend(hall.confirm_batch(batch)))
+        for (session, _), unknown in zip(batch, settled, strict=False):  # [] if it failed
+            if unknown:
+                guard(session, session._unknown_confirms, unknown)
+                if session._ending is not None:
+                    guard(session, session._end_with, session._ending)
+    for session, uuids in others:
+        guard(session, session._serve, uuids)
