@@ -172,6 +172,24 @@ def test_confirm_twice_or_by_non_recipient_is_unknown_uuid():
         assert info.value.code == "unknown_uuid"
 
 
+def test_confirms_of_several_members_settled_together_each_have_their_own_unknowns():
+    """A loop's turn of deferred reads: every member's confirms in one call; a uuid
+    unknown to one member is its error alone, and the receipts count the others."""
+    hall, log = make_hall()
+    a, b, c, d = joined(hall, "a", "b", "c", "d")
+    hall.message(a, U1, "one")
+    hall.message(a, U2, "two")
+    unknowns = hall.confirm_batch([(b, [U1, U2]), (c, [U1, U3]), (a, [U2]), (d, [U1])])
+    assert unknowns == [[], [U3], [U2], []]  # a sent U2: not its to confirm
+    assert [f for f in a.frames if f["type"] == "confirm"] == [
+        {"type": "confirm", "uuid": U1, "delivered": 3, "recipients": 3}]
+    assert log.named("delivery") == [{"uuid": U1, "room": "general", "delivered": 3,
+                                      "recipients": 3}]
+    assert hall.confirm_batch([(c, [U2]), (d, [U2])]) == [[], []]
+    assert a.frames[-1] == {"type": "confirm", "uuid": U2, "delivered": 3, "recipients": 3}
+    assert hall.pending_count() == 0
+
+
 def test_a_broadcast_is_encoded_once_for_every_recipient():
     hall, _ = make_hall()
     members = joined(hall, "a", "b", "c", "d")
