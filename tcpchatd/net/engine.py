@@ -326,16 +326,21 @@ class EventLoop:
                 for channel, end, _, chats in rounds:
                     self.round_end[channel] = end
                     self._round_chats[channel] = (chats, now)
-            for conn in ready:
-                self._guard(conn, conn.flush)
             # What the last turn read without a chat message, confirms mostly, is served
             # after the round that sends the messages read beside it: at 20 senders x 20
             # msg/s to 200 members a turn reads 180 confirms a message, and settling them
             # first made each message wait for all of them. A connection's deferred frames
-            # are served before its next read (the next turn's), so its order is kept.
+            # are served before its next read (the next turn's), so its order is kept; the
+            # receipts they complete go out in this turn still (a sender's window reopens
+            # no later than when its confirms were settled as they were read).
             deferred, self._deferred = self._deferred, []
             if deferred:
                 self.engine.serve_reads(deferred, self._guard)
+                with self._lock:
+                    ready += self._ready
+                    self._ready = []
+            for conn in ready:
+                self._guard(conn, conn.flush)
             if rounds or ready:
                 self._settle([channel for channel, _, _, _ in rounds])
             self._fire_timers(now)
