@@ -338,3 +338,40 @@ def test_the_flood_bucket_refills_at_flood_rate(chat):
     time.sleep(0.6)
     later = [a.say(f"later {i}") for i in range(4)]
     assert [outcome(u) for u in later] == ["taken", "taken", "dropped", "dropped"]
+
+
+# --- join notices held together (net/engine.py, NOTICE_COALESCE; 2 s here, to be seen)
+
+def _held_notices(chat, monkeypatch):
+    from tcpchatd.net import engine
+    monkeypatch.setattr(engine, "NOTICE_COALESCE", 2.0)
+    h = chat()
+    a, b = h.client("a"), h.client("b")
+    a.read_until(lambda f: f.get("event") == "join" and f.get("nickname") == "b")
+    u = b.say("a round for the room")  # the room's last round: now
+    a.read_until(lambda f: f.get("uuid") == u)
+    return h, a, b
+
+
+def test_join_notices_after_a_round_wait_together_and_come_when_due(chat, monkeypatch):
+    h, a, b = _held_notices(chat, monkeypatch)
+    started = time.monotonic()
+    h.client("c")
+    h.client("d")
+    joins = [a.read_until(lambda f: f.get("event") == "join")["nickname"] for _ in "cd"]
+    waited = time.monotonic() - started
+    assert joins == ["c", "d"]
+    assert 1.0 < waited < 4.0, waited  # held, and sent once due, with nothing else to wake it
+
+
+def test_a_chat_message_takes_the_held_notices_with_it_at_once(chat, monkeypatch):
+    h, a, b = _held_notices(chat, monkeypatch)
+    h.client("c")
+    time.sleep(0.2)  # c's join is held for a
+    started = time.monotonic()
+    u = b.say("not held")
+    seen = []
+    a.read_until(lambda f: seen.append(f.get("nickname") if f.get("event") == "join"
+                                       else f.get("uuid")) or f.get("uuid") == u)
+    assert time.monotonic() - started < 1.0
+    assert seen[-2:] == ["c", u]  # the room's order: c's join, then the message
