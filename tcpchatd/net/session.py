@@ -836,6 +836,29 @@ class Session:
             if self.state == CHAT and not self.closing:
                 self._serve()
 
+    def deferred_confirms(self) -> tuple[list[str], bool] | None:
+        """For serve_deferred_reads: None when nothing of it waits (or it is ending);
+        else the confirms at the head of its buffer, taken out, and whether anything
+        else is left in it."""
+        if not self._deferred:
+            return None
+        self._deferred = False
+        if self.state != CHAT or self.closing:
+            return None
+        uuids = take_confirms(self.reader)
+        return uuids, bool(self.reader.buffer)
+
+    def confirms_unknown(self, unknown: list[str]) -> None:
+        """The uuids of a batch of its confirms that the hall did not know: each an error
+        that counts, and past error_limit the end."""
+        self._unknown_confirms(unknown)
+        if self._ending is not None:
+            self._end_with(self._ending)
+
+    def serve_after(self, confirms: list[str]) -> None:
+        """Its buffer, after the confirms taken from its head (deferred_confirms)."""
+        self._serve(confirms)
+
     def _serve(self, confirms: list[str] | None = None) -> None:
         """Take every whole frame buffered; whatever was valid before an end takes
         effect (the confirms read with a fatal frame are settled first). `confirms`:
@@ -1197,13 +1220,11 @@ def serve_deferred_reads(sessions: Sequence[Any], guard: Callable[..., None]) ->
     batch: list[tuple[Session, list[str]]] = []
     others: list[tuple[Session, list[str]]] = []
     for session in sessions:
-        if not session._deferred:
+        taken = session.deferred_confirms()
+        if taken is None:
             continue
-        session._deferred = False
-        if session.state != CHAT or session.closing:
-            continue
-        uuids = take_confirms(session.reader)
-        if session.reader.buffer:  # a frame of another kind, or one not yet whole
+        uuids, more = taken
+        if more:  # a frame of another kind, or one not yet whole
             others.append((session, uuids))
         elif uuids:
             batch.append((session, uuids))
@@ -1213,8 +1234,6 @@ def serve_deferred_reads(sessions: Sequence[Any], guard: Callable[..., None]) ->
         guard(batch[0][0], lambda: settled.extend(hall.confirm_batch(batch)))
         for (session, _), unknown in zip(batch, settled, strict=False):  # [] if it failed
             if unknown:
-                guard(session, session._unknown_confirms, unknown)
-                if session._ending is not None:
-                    guard(session, session._end_with, session._ending)
+                guard(session, session.confirms_unknown, unknown)
     for session, uuids in others:
-        guard(session, session._serve, uuids)
+        guard(session, session.serve_after, uuids)
