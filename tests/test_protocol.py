@@ -286,3 +286,28 @@ def test_a_bad_uuid_in_a_buffer_of_confirms_stops_the_run_there(bad):
     with pytest.raises(ProtocolError) as info:
         protocol.parse_client_frame(reader.next_body(1000), 10)
     assert info.value.code == "bad_uuid"
+
+
+@pytest.mark.parametrize("spaced", [False, True])
+@pytest.mark.parametrize("change", [
+    None,                        # taken by the one-frame check
+    ("6a8e", "6A8E"),            # upper-case hex: not CONFIRM_BODY's; the full path
+    ("6a8e", "6x8e"),            # not hex
+    ('"}', "\"'"),               # the frame's end changed, its length kept
+    ('"uuid"', '"uuiD"'),        # another key, same length
+])
+def test_a_buffer_of_one_confirm_takes_what_the_frame_reader_would(spaced, change):
+    """A reader's every read at a few messages a second is one confirm frame: the
+    one-frame check takes it, and anything else of the same length is left as it was."""
+    sep, colon = (", ", ": ") if spaced else (",", ":")
+    frame = f'{{"type"{colon}"confirm"{sep}"uuid"{colon}"{U}"}}'
+    if change is not None:
+        frame = frame.replace(*change, 1)
+    data = b"%-10d" % len(frame) + frame.encode()
+    assert len(data) == (77 if spaced else 74)  # the size the one-frame check looks at
+    reader = protocol.FrameReader(lambda n: b"", initial=data)
+    if change is None:
+        assert take_confirms(reader) == [U] and not reader.has_frame()
+        return
+    assert take_confirms(reader) == []
+    assert reader.next_body(1000) == frame.encode()  # left whole for the full path

@@ -34,6 +34,8 @@ _CONFIRM_HEADERS = _confirm_headers()
 _HEX = b"0123456789abcdef"  # lower case only (see CONFIRM_BODY)
 _HEX_TO_X = bytes.maketrans(_HEX, b"x" * len(_HEX))
 _UUID_SHAPE = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
+# a uuid as CONFIRM_BODY has it, and the end of the frame after it
+_UUID_TO_END = re.compile(rb'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"\}')
 
 
 class _ConfirmSpelling:
@@ -55,6 +57,7 @@ class _ConfirmSpelling:
         frame = f"{len(body):<{HEADER_LENGTH}}{body}".encode("ascii")
         self.size = len(frame)
         self.uuid_at = frame.index(_UUID_SHAPE.encode("ascii"))
+        self.prefix = frame[:self.uuid_at]  # header and body up to the uuid (take_one)
         self.masked = frame.translate(_HEX_TO_X)
         self.stripped = frame.translate(None, _HEX + b"x")
         self.exact = [(at, frame[at:at + 1]) for at in range(len(frame))
@@ -84,9 +87,21 @@ class _ConfirmSpelling:
         return uuids
 
 
+    def take_one(self, buf: bytearray) -> list[str] | None:
+        """A buffer of exactly one frame spelt this way (a reader's every read at a few
+        messages a second): three C calls, where the regex path is twice the time."""
+        at = self.uuid_at
+        if buf.startswith(self.prefix) and _UUID_TO_END.fullmatch(buf, at):
+            frame_uuid = buf[at:at + 36].decode("ascii")
+            buf.clear()
+            return [frame_uuid]
+        return None
+
+
 # ours (compact) and the original client's (json.dumps' default spaces), with the
 # header as both write it
 _CONFIRM_SPELLINGS = (_ConfirmSpelling(":", ","), _ConfirmSpelling(": ", ", "))
+_ONE_FRAME = {spelling.size: spelling for spelling in _CONFIRM_SPELLINGS}
 _RUN_AT_LEAST = 2 * min(spelling.size for spelling in _CONFIRM_SPELLINGS)
 
 
@@ -97,7 +112,12 @@ def take_confirms(reader: FrameReader) -> list[str]:
     confirm written another way) stops the run and is left for next_body.
     """
     buf = reader.buffer
-    if len(buf) >= _RUN_AT_LEAST:  # a run of two or more (one frame: the regex path)
+    one = _ONE_FRAME.get(len(buf))
+    if one is not None:
+        uuids = one.take_one(buf)
+        if uuids:
+            return uuids
+    elif len(buf) >= _RUN_AT_LEAST:  # a run of two or more (one frame: the regex path)
         for spelling in _CONFIRM_SPELLINGS:  # the common case: the buffer holds one kind
             uuids = spelling.take_all(buf)
             if uuids:
