@@ -375,3 +375,34 @@ def test_a_chat_message_takes_the_held_notices_with_it_at_once(chat, monkeypatch
                                        else f.get("uuid")) or f.get("uuid") == u)
     assert time.monotonic() - started < 1.0
     assert seen[-2:] == ["c", u]  # the room's order: c's join, then the message
+
+
+def test_in_a_storm_of_joins_each_wait_is_twice_the_last(chat, monkeypatch):
+    """While notices alone keep coming, a room's member is sent them after 0.3, then 0.6,
+    then 1.2 s (NOTICE_COALESCE_MAX here): a few writes, not one every 0.3 s."""
+    import threading
+    from tcpchatd.net import engine
+    monkeypatch.setattr(engine, "NOTICE_COALESCE", 0.3)
+    monkeypatch.setattr(engine, "NOTICE_COALESCE_MAX", 1.2)
+    h = chat()
+    a, b = h.client("a"), h.client("b")
+    a.read_until(lambda f: f.get("event") == "join" and f.get("nickname") == "b")
+    u = b.say("the storm starts after this round")
+    a.read_until(lambda f: f.get("uuid") == u)
+    names = [f"j{i}" for i in range(40)]
+    joiners = []
+
+    def storm():  # a join every 60 ms or so, for about 2.4 s
+        for name in names:
+            joiners.append(h.client(name))
+            time.sleep(0.06)
+    thread = threading.Thread(target=storm)
+    thread.start()
+    arrivals = []
+    for _ in names:
+        f = a.read_until(lambda f: f.get("event") == "join")
+        arrivals.append((time.monotonic(), f["nickname"]))
+    thread.join()
+    assert [name for _, name in arrivals] == names  # every one, in the room's order
+    bursts = 1 + sum(1 for (t0, _), (t1, _) in zip(arrivals, arrivals[1:]) if t1 - t0 > 0.15)
+    assert 2 <= bursts <= 5, [round(t - arrivals[0][0], 2) for t, _ in arrivals]

@@ -42,6 +42,10 @@ LOOP_TICK = 0.5  # the longest a loop sleeps: its heartbeat for the watchdog
 # storm of joins a member is sent them together, in one write, instead of one write each
 # (10,000 joins over 100 rooms: 500,000 sends otherwise). A chat message never waits.
 NOTICE_COALESCE = 0.25
+# ... and while the storm lasts (a round of notices alone right after another), each wait
+# is twice the one before, up to this: 100 rooms filling for 6 s sent each member its
+# room's notices 24 times at 250 ms, 6 times so. A chat message takes them at once.
+NOTICE_COALESCE_MAX = 2.0
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 _PR_SET_NAME = 15
 
@@ -154,8 +158,9 @@ class EventLoop:
         self._timers: list[tuple[float, int, Timer]] = []  # heap
         self._timer_order = itertools.count()
         self.round_end: dict[Channel, int] = {}  # each channel's end at its last round
-        # ... and its count of chat messages then, and when it was (NOTICE_COALESCE)
-        self._round_chats: dict[Channel, tuple[int, float]] = {}
+        # ... and its count of chat messages then, when it was, and how long a round of
+        # notices alone waits after it (NOTICE_COALESCE)
+        self._round_chats: dict[Channel, tuple[int, float, float]] = {}
         # channels whose notices wait, out of the turns, and their chat count then (any
         # thread reads it: published()); when the first of them is due, or later
         self._held: dict[Channel, int] = {}
@@ -334,7 +339,8 @@ class EventLoop:
                         self._guard(conn, conn.flush)
                 for channel, end, _, chats in rounds:
                     self.round_end[channel] = end
-                    self._round_chats[channel] = (chats, now)
+                    self._round_chats[channel] = (chats, now, self._hold_after(channel, chats,
+                                                                               now))
             # What the last turn read without a chat message, confirms mostly, is served
             # after the round that sends the messages read beside it: at 20 senders x 20
             # msg/s to 200 members a turn reads 180 confirms a message, and settling them
@@ -398,7 +404,8 @@ class EventLoop:
         if held and now >= self._held_until:  # the due come back; when the next is due
             following = None
             for channel in list(held):
-                due = round_chats[channel][1] + NOTICE_COALESCE
+                _, when, hold = round_chats[channel]
+                due = when + hold
                 if now >= due:
                     del held[channel]  # before its end is read below: see published()
                     changed[channel] = None
@@ -413,14 +420,23 @@ class EventLoop:
             if end == self.round_end.get(channel):
                 continue
             last = round_chats.get(channel)
-            if last is not None and last[0] == chats and now < last[1] + NOTICE_COALESCE:
+            if last is not None and last[0] == chats and now < last[1] + last[2]:
                 held[channel] = chats
-                due = last[1] + NOTICE_COALESCE
+                due = last[1] + last[2]
                 if len(held) == 1 or due < self._held_until:
                     self._held_until = due
                 continue
             rounds.append((channel, end, self._subscribers.get(channel), chats))
         return rounds, (self._held_until if held else None)
+
+    def _hold_after(self, channel: Channel, chats: int, now: float) -> float:
+        """How long notices alone wait after this round: NOTICE_COALESCE, or twice the
+        last wait (up to NOTICE_COALESCE_MAX) when this round was of notices alone and
+        came when that wait ended (a storm of joins goes on)."""
+        last = self._round_chats.get(channel)
+        if last is not None and last[0] == chats and now < last[1] + 2 * last[2]:
+            return min(2 * last[2], NOTICE_COALESCE_MAX)
+        return NOTICE_COALESCE
 
     @staticmethod
     def _round(rounds: list[tuple[Channel, int, dict[Client, None] | None, int]],
