@@ -78,7 +78,7 @@ class Client(Protocol):
 
     def writable(self) -> None: ...
 
-    def flush(self, news: tuple[Channel, ...] | None = None) -> None: ...
+    def flush(self) -> None: ...
 
     def serve_deferred(self) -> None: ...
 
@@ -334,10 +334,9 @@ class EventLoop:
                 self._round_chats.pop(channel, None)
                 self._held.pop(channel, None)
             if rounds:  # a broadcast round
-                news = tuple(channel for channel, _, _, _ in rounds)
                 for conn in subscribers:
                     if not conn.want_write:
-                        self._guard(conn, conn.flush, news)
+                        self._guard(conn, conn.flush)
                 for channel, end, _, chats in rounds:
                     self.round_end[channel] = end
                     self._round_chats[channel] = (chats, now, self._hold_after(channel, chats,

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..chat.accounts import Account
@@ -429,9 +429,8 @@ class Session:
         self.loop.watch(self)
         self.flush()
 
-    def flush(self, news: tuple[Channel, ...] | None = None) -> None:
-        """Send what is due in one non-blocking send; shut down once a close is done.
-        `news`: a broadcast round's channels, the only ones of its rooms looked at."""
+    def flush(self) -> None:
+        """Send what is due in one non-blocking send; shut down once a close is done."""
         if self.state == CLOSED:
             return
         if self.state == TLS_HANDSHAKE:  # nothing is sent before the handshake is done
@@ -445,7 +444,7 @@ class Session:
             elif self.want_write:
                 data = b""
             else:
-                data = self._collect(news)
+                data = self._collect()
         if data is None:
             self.release()
             return
@@ -491,10 +490,8 @@ class Session:
                   for channel, sub in subscriptions)
         return due + self.private_bytes + len(self.partial)
 
-    def _collect(self, news: tuple[Channel, ...] | None = None) -> bytes:
-        """Under the lock: the bytes due now, in order; moves the cursors past them.
-        With `news` (a round's channels), only those of its rooms: a member of five rooms
-        looked at four without news at every send (BENCHMARKS.md, "Rooms")."""
+    def _collect(self) -> bytes:
+        """Under the lock: the bytes due now, in order; moves the cursors past them."""
         subscriptions = self.subscriptions
         if self._drop_to is not None:  # disconnected for not reading: skip the backlog,
             # but finish the frame the kernel took a part of (a cut frame would corrupt
@@ -514,12 +511,7 @@ class Session:
         self._private.clear()
         self.private_bytes = 0
         finished = []
-        if news is None or len(subscriptions) <= len(news):
-            pairs: Iterable[tuple[Channel, Subscription]] = subscriptions.items()
-        else:
-            pairs = [(channel, subscriptions[channel]) for channel in news
-                     if channel in subscriptions]
-        for channel, sub in pairs:
+        for channel, sub in subscriptions.items():
             log = channel.log
             end = log.end
             if sub.cursor >= end:  # (most of a client's rooms have no news in a turn)
