@@ -33,8 +33,8 @@ class Loop:
     def call_soon(self, conn, call):
         call()
 
-    def serve_later(self, conn):
-        conn.serve_deferred()  # no rounds here: at once
+    def serve_later(self, conn, serve):
+        serve([conn], lambda c, method, *args: method(*args))  # no rounds here: at once
 
     def in_thread(self):
         return True

@@ -80,8 +80,6 @@ class Client(Protocol):
 
     def flush(self) -> None: ...
 
-    def serve_deferred(self) -> None: ...
-
     def timer(self, now: float) -> float | None: ...
 
     def caught_up(self) -> bool: ...
@@ -101,6 +99,10 @@ class Client(Protocol):
     def subscribe(self, channel: Channel, position: int, chat_base: int) -> None: ...
 
     def unsubscribe(self, channel: Channel, position: int) -> None: ...
+
+
+# serves a loop's deferred reads together: (connections, the loop's guard(conn, method, *args))
+ServeReads = Callable[[list[Client], Callable[..., None]], None]
 
 
 class Timer:
@@ -155,6 +157,7 @@ class EventLoop:
         self._masks: dict[Client, int] = {}
         self._lagging: set[Client] = set()  # waiting for room in the kernel's buffer
         self._deferred: list[Client] = []  # read this turn, served after the next round
+        self._serve_deferred: ServeReads | None = None  # ... by what their server gave
         self._timers: list[tuple[float, int, Timer]] = []  # heap
         self._timer_order = itertools.count()
         self.round_end: dict[Channel, int] = {}  # each channel's end at its last round
@@ -204,11 +207,13 @@ class EventLoop:
         broker's answer to its join)."""
         self._hand("_calls", (conn, call))
 
-    def serve_later(self, conn: Client) -> None:
+    def serve_later(self, conn: Client, serve: ServeReads) -> None:
         """(The loop thread:) serve what conn read after the next turn's round: frames
         without a chat message (confirms, mostly) wait for the messages read beside them
-        to go out first (see _run)."""
+        to go out first (see _run). `serve(conns, guard)` serves them all together
+        (session.py's serve_deferred_reads)."""
         self._deferred.append(conn)
+        self._serve_deferred = serve
 
     def in_thread(self) -> bool:
         """True on this loop's own thread."""
@@ -300,9 +305,7 @@ class EventLoop:
         try:
             self._turns()
         finally:  # what was read is served before an upgrade records the connections
-            deferred, self._deferred = self._deferred, []
-            if deferred:
-                self.engine.serve_reads(deferred, self._guard)
+            self._serve_reads()
 
     def _turns(self) -> None:
         while not self._stopping:
@@ -348,9 +351,7 @@ class EventLoop:
             # are served before its next read (the next turn's), so its order is kept; the
             # receipts they complete go out in this turn still (a sender's window reopens
             # no later than when its confirms were settled as they were read).
-            deferred, self._deferred = self._deferred, []
-            if deferred:
-                self.engine.serve_reads(deferred, self._guard)
+            if self._serve_reads():
                 with self._lock:
                     ready += self._ready
                     self._ready = []
@@ -389,6 +390,14 @@ class EventLoop:
                     self._guard(conn, conn.writable)
                 if mask & READ and not conn.closed:
                     self._guard(conn, conn.readable)
+
+    def _serve_reads(self) -> bool:
+        """The deferred reads served (serve_later); False if there were none."""
+        deferred, self._deferred = self._deferred, []
+        if not deferred or self._serve_deferred is None:
+            return False
+        self._serve_deferred(deferred, self._guard)
+        return True
 
     def _rounds(self, changed: dict[Channel, None], now: float,
                 ) -> tuple[list[tuple[Channel, int, dict[Client, None] | None, int]],
@@ -533,20 +542,12 @@ class EventLoop:
         return kept if keep_connections else []
 
 
-def _serve_each(conns: list[Client], guard: Callable[..., None]) -> None:
-    for conn in conns:
-        guard(conn, conn.serve_deferred)
-
-
 class Engine:
     """The loops, and the channels (each room's broadcasts) into them."""
 
     def __init__(self, io_threads: int,
                  error_log: Callable[[str], None] | None = None) -> None:
         self.error_log = error_log
-        # a loop's deferred reads, served after its round: each on its own unless the
-        # server of the connections serves them together (session.serve_deferred_reads)
-        self.serve_reads: Callable[[list[Client], Callable[..., None]], None] = _serve_each
         self.loops = [EventLoop(self, index) for index in range(io_threads)]
 
     def channel(self) -> Channel:

@@ -24,7 +24,7 @@ from ..wire import errors, protocol
 from .engine import Engine, name_os_thread
 from .httpdoor import HttpDoor
 from .irctransport import IrcTransport
-from .session import Session, serve_deferred_reads
+from .session import Session
 from .settings import NetSettings
 from .tls import TlsCredentials
 from .transport import PlainTransport, TlsTransport
@@ -106,7 +106,6 @@ class ChatServer:
         self._thread = threading.Thread(target=self._accept_loop, name="accept", daemon=True)
         self.heartbeat = time.monotonic()
         self.engine = engine  # the loops that serve what this server accepts
-        engine.serve_reads = serve_deferred_reads  # its sessions' confirms, settled together
 
     @property
     def config(self) -> NetSettings:

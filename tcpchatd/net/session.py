@@ -406,7 +406,7 @@ class Session:
                 self._serve()
             elif not self._deferred:
                 self._deferred = True
-                self.loop.serve_later(self)
+                self.loop.serve_later(self, serve_deferred_reads)
             if self.transport.at_end and not self.closing:  # a WebSocket's close came
                 self._peer_ended()                       # after its last messages
 
@@ -828,13 +828,6 @@ class Session:
         self.deliver(protocol.NICKNAME_PROMPT)
 
     # --- frames
-
-    def serve_deferred(self) -> None:
-        """Its loop's turn for what readable() left to after the round."""
-        if self._deferred:
-            self._deferred = False
-            if self.state == CHAT and not self.closing:
-                self._serve()
 
     def deferred_confirms(self) -> tuple[list[str], bool] | None:
         """For serve_deferred_reads: None when nothing of it waits (or it is ending);

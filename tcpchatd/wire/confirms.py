@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from .protocol import CONFIRM_BODY, HEADER_LENGTH, FrameReader
+from .protocol import CANONICAL_UUID, CONFIRM_BODY, HEADER_LENGTH, FrameReader
 
 # A whole confirm frame, header included, for take_confirms: under load a
 # reader finds dozens of them in one read, and matching them in a row costs a fraction of
@@ -35,7 +35,7 @@ _HEX = b"0123456789abcdef"  # lower case only (see CONFIRM_BODY)
 _HEX_TO_X = bytes.maketrans(_HEX, b"x" * len(_HEX))
 _UUID_SHAPE = "xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx"
 # a uuid as CONFIRM_BODY has it, and the end of the frame after it
-_UUID_TO_END = re.compile(rb'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"\}')
+_UUID_TO_END = re.compile(CANONICAL_UUID + rb'"\}')
 
 
 class _ConfirmSpelling:
@@ -86,7 +86,6 @@ class _ConfirmSpelling:
         del buf[:end]
         return uuids
 
-
     def take_one(self, buf: bytearray) -> list[str] | None:
         """A buffer of exactly one frame spelt this way (a reader's every read at a few
         messages a second): three C calls, where the regex path is twice the time."""
@@ -112,12 +111,14 @@ def take_confirms(reader: FrameReader) -> list[str]:
     confirm written another way) stops the run and is left for next_body.
     """
     buf = reader.buffer
+    # one frame of a known spelling, or a run of two or more; anything else (one frame
+    # spelt another way, a mixed run) is the regex path's
     one = _ONE_FRAME.get(len(buf))
     if one is not None:
         uuids = one.take_one(buf)
         if uuids:
             return uuids
-    elif len(buf) >= _RUN_AT_LEAST:  # a run of two or more (one frame: the regex path)
+    elif len(buf) >= _RUN_AT_LEAST:
         for spelling in _CONFIRM_SPELLINGS:  # the common case: the buffer holds one kind
             uuids = spelling.take_all(buf)
             if uuids:

@@ -258,8 +258,10 @@ class Confirms:
 # json.dumps' default spaces. A confirm is sent once per delivery, so recognising these
 # without building a dict or a UUID object is worth it; anything else takes the full path.
 # Lower-case uuids only: an upper-case one takes the full path, which normalises it.
-CONFIRM_BODY = (rb'\{"type": ?"confirm", ?"uuid": ?"([0-9a-f]{8}-[0-9a-f]{4}-'
-                rb'[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})"\}')  # also in confirms.py
+# a canonical uuid as a confirm of the fast paths writes it (lower-case hex)
+CANONICAL_UUID = rb'[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}'
+CONFIRM_BODY = (rb'\{"type": ?"confirm", ?"uuid": ?"(' + CANONICAL_UUID
+                + rb')"\}')  # also in confirms.py
 _CONFIRM = re.compile(CONFIRM_BODY + rb'\Z')
 
 
