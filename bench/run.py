@@ -118,9 +118,12 @@ def receipts_for(kind: str) -> bool:
     return kind.startswith("tcpchatd") and not kind.endswith("no-confirm")
 
 
-def compare(settings_for, kinds, repeats: int, log) -> dict[str, dict]:
-    """Alternate the servers A B A B ..., `repeats` times each; medians."""
-    runs: dict[str, list] = {k: [] for k, _ in kinds}
+def compare(settings_for, kinds, repeats: int, log,
+            runs: dict[str, list] | None = None) -> dict[str, dict]:
+    """Alternate the servers A B A B ..., `repeats` times each; medians (every run's
+    result in `runs`, if given)."""
+    runs = {} if runs is None else runs
+    runs.update({k: [] for k, _ in kinds})
     for _ in range(repeats):
         for kind, extra in kinds:
             result = measure(kind.split("/")[0], settings_for(kind), extra)
@@ -288,13 +291,18 @@ def rooms_comparison(args, log) -> dict:
     """Issue 25's two measures: the CPU per delivery of a client in 5 rooms of 200 beside
     one room of 200 (with receipts, alternated, medians); the time 10,000 clients take to
     join one room, and to join 100 rooms (each its own, leaving the default room)."""
-    def cpu(rooms: int) -> Settings:  # in those rooms alone (the default room parted)
+    def cpu(kind: str) -> Settings:  # in those rooms alone (the default room parted)
+        rooms = 5 if "5-rooms" in kind else 0
         return Settings(port=0, clients=200, senders=20, window=args.window,
                         duration=args.duration, rooms=rooms, rooms_per_client=rooms,
-                        leave_default=rooms > 0)
-    per_delivery = compare(lambda kind: cpu(5 if kind.endswith("5-rooms") else 0),
-                           [("tcpchatd/1-room", ()), ("tcpchatd/5-rooms", ())],
-                           args.repeats, log)
+                        leave_default=rooms > 0, rate=args.rate if "rate" in kind else 0.0)
+    # As fast as the generator goes (closed loop), and at one offered load for both
+    # (fixed rate): in the closed loop the one-process generator sets the pace, and the
+    # daemon's CPU per delivery moves with it; at a fixed rate both do the same work.
+    runs: dict[str, list] = {}
+    per_delivery = compare(cpu, [("tcpchatd/1-room", ()), ("tcpchatd/5-rooms", ()),
+                                 ("tcpchatd/1-room-rate", ()), ("tcpchatd/5-rooms-rate", ())],
+                           args.repeats, log, runs)
     joins: dict[str, list[float]] = {"one room": [], "100 rooms": [],
                                      "100 rooms, join and part": []}
     for _ in range(args.repeats):
@@ -308,18 +316,30 @@ def rooms_comparison(args, log) -> dict:
             log(json.dumps({"joins": kind, **result}))
             joins[kind].append(result["connect_join_s"])
     return {"per_delivery": per_delivery, "joins": joins, "clients": args.scale_clients,
-            "repeats": args.repeats, "duration": args.duration}
+            "repeats": args.repeats, "duration": args.duration, "rate": args.rate,
+            "cpu_runs": {kind: [r["cpu_us_per_delivery"] for r in results]
+                         for kind, results in runs.items()}}
 
 
 def rooms_text(found: dict) -> str:
-    one, five = found["per_delivery"]["tcpchatd/1-room"], found["per_delivery"]["tcpchatd/5-rooms"]
-    rows = [f"| {kind} | {r['deliveries_per_s']} | {r['cpu_us_per_delivery']} | "
-            f"{r['latency_p50_ms']} | {r['latency_p99_ms']} | {r['missing']} |"
-            for kind, r in (("200 clients, one room", one),
-                            ("200 clients, each in 5 rooms of 200", five))]
+    cpu, runs = found["per_delivery"], found["cpu_runs"]
+    rate = found["rate"]
+    names = {"tcpchatd/1-room": "200 clients, one room",
+             "tcpchatd/5-rooms": "200 clients, each in 5 rooms of 200",
+             "tcpchatd/1-room-rate": f"one room, {rate:g} msg/s per sender",
+             "tcpchatd/5-rooms-rate": f"5 rooms of 200, {rate:g} msg/s per sender"}
+    rows = [f"| {name} | {cpu[kind]['deliveries_per_s']} | {cpu[kind]['cpu_us_per_delivery']} "
+            f"({' / '.join(str(v) for v in runs[kind])}) | {cpu[kind]['latency_p50_ms']} | "
+            f"{cpu[kind]['latency_p99_ms']} | {cpu[kind]['missing']} |"
+            for kind, name in names.items()]
     joins = found["joins"]
-    more_cpu = five["cpu_us_per_delivery"] / one["cpu_us_per_delivery"] - 1
+
+    def more(kind: str) -> float:  # the 5-room run's CPU per delivery beside one room's
+        return cpu[f"tcpchatd/5-{kind}"]["cpu_us_per_delivery"] \
+            / cpu[f"tcpchatd/1-{kind.replace('rooms', 'room')}"]["cpu_us_per_delivery"] - 1
     more_time = statistics.median(joins["100 rooms"]) / statistics.median(joins["one room"]) - 1
+    paired = sum(f > o for o, f in zip(runs["tcpchatd/1-room"], runs["tcpchatd/5-rooms"],
+                                       strict=True))
 
     def verdict(more: float, what: str) -> str:  # the target is "no more": nothing allowed
         return f"no more {what}(target met)" if more <= 0 else \
@@ -327,14 +347,19 @@ def rooms_text(found: dict) -> str:
     return "\n".join([
         "## Rooms", "",
         measured(f"python -m bench rooms --repeats {found['repeats']} --duration "
-                 f"{found['duration']:g}") + " Alternated, medians of "
-        f"{found['repeats']}; with receipts; each sender sends to its rooms in turn.", "",
+                 f"{found['duration']:g} --rate {rate:g}") + " Alternated, medians of "
+        f"{found['repeats']} (every run's CPU in brackets); with receipts; each sender "
+        "sends to its rooms in turn. The first two rows go as fast as the one-process "
+        "generator allows (a closed loop, window 20); the last two offer the same load "
+        f"to both ({rate:g} messages a second from each of 20 senders).", "",
         "| run | deliveries/s | CPU µs/delivery | p50 ms | p99 ms | missing |",
         "|---|---|---|---|---|---|", *rows, "",
-        f"A client in 5 rooms of 200 costs {five['cpu_us_per_delivery']} µs of the daemon's "
-        f"CPU per delivery against {one['cpu_us_per_delivery']} in one room of 200: "
-        f"{verdict(more_cpu, '')}. Each room has a "
-        "broadcast log of its own; a loop sends only to the connections of the rooms "
+        f"A client in 5 rooms of 200 costs {cpu['tcpchatd/5-rooms']['cpu_us_per_delivery']} "
+        f"µs of the daemon's CPU per delivery in the closed loop against "
+        f"{cpu['tcpchatd/1-room']['cpu_us_per_delivery']} in one room of 200: "
+        f"{verdict(more('rooms'), '')} (more in {paired} of {found['repeats']} alternated "
+        f"pairs); at the same offered load {verdict(more('rooms-rate'), '')}. Each room "
+        "has a broadcast log of its own; a loop sends only to the connections of the rooms "
         "that have news.", "",
         f"{found['clients']:,} clients joining, seconds (connect, then the nickname): into "
         "one room " + " / ".join(f"{s:.2f}" for s in joins["one room"])
@@ -775,10 +800,13 @@ def main(argv=None) -> int:
     rooms = commands.add_parser("rooms", help="a client in 5 rooms against one room, and "
                                 "10,000 joins over 100 rooms against one; rewrites "
                                 "BENCHMARKS.md's section")
-    rooms.add_argument("--duration", type=float, default=5.0)
+    rooms.add_argument("--duration", type=float, default=15.0, help="seconds of each CPU "
+                       "run (5 s runs of the closed loop spread by 15 %%)")
     rooms.add_argument("--window", type=int, default=20)
     rooms.add_argument("--repeats", type=int, default=3)
     rooms.add_argument("--scale-clients", type=int, default=10_000)
+    rooms.add_argument("--rate", type=float, default=60.0, help="messages/s per sender of "
+                       "the fixed-rate pair")
     hist = commands.add_parser("history", help="CPU per delivery with the lasting history "
                                "on and off, its writer, searches over 1,000,000 messages; "
                                "rewrites BENCHMARKS.md's section")
