@@ -331,6 +331,10 @@ def daemon_factory(short_tmp):
             extra += ["--admin-socket", os.path.join(short_tmp, f"a{len(started)}.sock")]
         if "--log-target" not in extra and "--syslog-address" not in extra:
             extra += ["--log-target", "stderr"]
+            if "--log-gather" not in extra:
+                # each line written as it is logged: a test reads a line on stderr as soon
+                # as the action that logs it is done (the gathering itself: test_syslog)
+                extra += ["--log-gather", "0"]
         if "--state-dir" not in extra:  # never the host's /var/lib/tcpchatd
             extra += ["--state-dir", os.path.join(short_tmp, f"state{len(started)}")]
         if listen and not any(a == "--listen" or a.startswith("--listen=") for a in extra):

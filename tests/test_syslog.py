@@ -527,3 +527,35 @@ def test_an_action_is_marked_in_the_log(daemon_factory):
     line = wait_for(lambda: [l for l in d.stderr().splitlines()
                              if l.startswith("message ") and u in l])[0]
     assert parse_message(line)[1]["action"] == "yes"
+
+
+def test_an_idle_log_lets_lines_gather_then_writes_them_all_in_order(daemon_factory):
+    """`log_gather`: the writer, woken by a line after a quiet spell, waits that long for
+    more before it writes (one wake-up a batch under load); nothing is lost or reordered."""
+    d = daemon_factory("--log-gather", "2")
+    port = status_port(d)
+    started = time.monotonic()
+    c = RawClient(port)
+    c.join("gatherer")
+    sent = [c.say(f"line {i}") for i in range(5)]
+    c.read_until(lambda f: f.get("event") == "undelivered" and f.get("uuid") == sent[-1])
+    assert "join nick=gatherer" not in d.stderr()  # gathering: nothing written yet
+    wait_for(lambda: d.stderr().count("undelivered ") == 5, timeout=15)
+    assert time.monotonic() - started >= 1.9  # not before the gathering's end
+    events = [parse_message(line) for line in d.stderr().splitlines()
+              if line.startswith(("join ", "message ", "undelivered "))]
+    assert events[0] == ("join", {"nick": "gatherer", "room": "general",
+                                  "addr": events[0][1]["addr"]})
+    assert [f["uuid"] for e, f in events if e == "message"] == sent
+
+
+def test_a_stop_writes_the_lines_the_log_was_gathering(daemon_factory):
+    """A stop does not wait out `log_gather`: the held lines are written at once."""
+    d = daemon_factory("--log-gather", "60")
+    c = RawClient(status_port(d))
+    c.join("last")
+    assert "join nick=last" not in d.stderr()
+    began = time.monotonic()
+    assert d.stop() == 0
+    assert time.monotonic() - began < 20
+    assert d.stderr().count("join nick=last ") == 1

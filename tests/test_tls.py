@@ -193,7 +193,7 @@ def test_reload_loads_a_new_certificate_and_keeps_the_old_on_a_bad_pair(
         fh.write(f'tls_cert = "{live}/tls.crt"\ntls_key = "{live}/tls.key"\n')
     d = DaemonProcess(short_tmp, [
         "--config", conf, "--listen", "127.0.0.1:0", "--listen-tls", "127.0.0.1:0",
-        "--admin-socket", admin_path, "--log-target", "stderr",
+        "--admin-socket", admin_path, "--log-target", "stderr", "--log-gather", "0",
         "--state-dir", os.path.join(short_tmp, "st")]).ready()
     try:
         plain_port, tls_port = ports(d)
@@ -381,7 +381,7 @@ def test_a_certificate_with_its_description_before_it_starts_and_reloads(
     d = DaemonProcess(short_tmp, [
         "--listen", "127.0.0.1:0", "--listen-tls", "127.0.0.1:0", "--tls-cert", described,
         "--tls-key", certs("one.key"), "--admin-socket", admin_path, "--log-target",
-        "stderr", "--state-dir", os.path.join(short_tmp, "st")]).ready()
+        "stderr", "--log-gather", "0", "--state-dir", os.path.join(short_tmp, "st")]).ready()
     try:
         plain_port, tls_port = ports(d)
         stats = json.loads(ctl(admin_path, "stats", "--json").stdout)

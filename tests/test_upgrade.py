@@ -50,8 +50,11 @@ def end_started_daemons():
 
 def start(short_tmp, *args, env=None):
     admin_path = os.path.join(short_tmp, f"u{time.monotonic_ns() % 10**6}.sock")
+    # --log-gather 0: a line is on stderr once the action that logs it is done (the
+    # gathering of lines across an upgrade: test_an_upgrade_writes_the_line_the_log_held)
     d = DaemonProcess(short_tmp, ["--listen", "127.0.0.1:0", "--admin-socket", admin_path,
                                   "--log-target", "stderr", "--flood-rate", "0",
+                                  "--log-gather", "0",
                                   "--state-dir", os.path.join(short_tmp, "st"), *args],
                       env=env, cwd="/")  # not the source tree: PYTHONPATH decides
     STARTED.append(d)
@@ -171,6 +174,21 @@ def test_sigusr2_upgrades_the_same(short_tmp):
     chat_through(port, upgrade)
     assert start_time(pid) == started
     assert json.loads(ctl(admin_path, "stats", "--json").stdout)["upgrades"] == 1
+    assert d.stop() == 0 and "Traceback" not in d.stderr()
+
+
+def test_an_upgrade_writes_the_line_the_log_held(short_tmp):
+    """A line the log was gathering (`log_gather`) when an upgrade began is written once:
+    the old image writes what it holds before it hands over."""
+    d, admin_path, port = start(short_tmp, "--log-gather", "3")
+    c = RawClient(port)
+    c.join("held")
+    assert "join nick=held" not in d.stderr()
+    result = ctl(admin_path, "upgrade")
+    assert result.returncode == 0, result.stderr
+    wait_for(lambda: "upgrade ok=yes" in d.stderr(), timeout=20)
+    assert d.stderr().count("join nick=held ") == 1
+    c.say("after")  # the new image serves it
     assert d.stop() == 0 and "Traceback" not in d.stderr()
 
 

@@ -305,6 +305,10 @@ class Config:
     log_confirms: str = setting("summary", "'each' logs one line per confirm",
                                 _choice("summary", "each"))
     log_queue: int = setting(10_000, "log lines queued before lines are dropped", _int(1))
+    log_gather: float = setting(
+        0.02, "seconds an idle log writer lets lines gather before it writes them (one "
+        "wake-up of the writer per batch under load; 0: each line at once)", _float(0),
+        metavar="SECONDS")
     max_clients: int = setting(10_000, "most clients connected at once", _int(1))
     max_per_address: int = setting(16, "most clients from one IP address", _int(1))
     exempt_addresses: tuple[str, ...] = setting(

@@ -397,7 +397,7 @@ class Daemon:
         config = self.config
         self.pid_path, self.owned_admin_path = pid_path, owned_admin_path
         log = TrafficLog(config.log_target, config.syslog_address, config.syslog_facility,
-                         config.log_queue)
+                         config.log_queue, gather=config.log_gather)
         log.start()
         self.log = log
         for name, fields in (resume or {}).get("log", []):  # the old image's last lines
@@ -628,7 +628,7 @@ class Daemon:
         self.server.config = new
         self.admin_server.config = new
         self.log.reconfigure(new.log_target, new.syslog_address, new.syslog_facility,
-                             new.log_queue)
+                             new.log_queue, new.log_gather)
 
 
 def main_exit() -> None:

@@ -130,11 +130,13 @@ class TrafficLog:
 
     def __init__(self, target: str = "syslog", address: str = "/dev/log",
                  facility: str = "local6", queue_size: int = 10_000,
-                 ident: str = "tcpchatd", stderr: TextIO | None = None) -> None:
+                 ident: str = "tcpchatd", stderr: TextIO | None = None,
+                 gather: float = 0.0) -> None:
         self.target = target
         self.address = address
         self.facility = facility
         self.queue_size = queue_size
+        self.gather = gather
         self.ident = ident
         self._stderr = stderr  # None: the process's stderr, through console.py
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -146,14 +148,16 @@ class TrafficLog:
         self._others_queued = 0     # lines queued that are not CHAT_EVENTS
         self._others_to_drop = 0    # of those, how many the writer drops (see event)
         self._stopping = threading.Event()
+        self._hurry = threading.Event()  # set when closing: no more gathering
         self._thread: threading.Thread | None = None
         self._current: tuple | None = None  # the event the writer holds until it is sent
         self._tag = f"{ident}[{os.getpid()}]: "
 
-    def reconfigure(self, target: str, address: str, facility: str, queue_size: int) -> None:
+    def reconfigure(self, target: str, address: str, facility: str, queue_size: int,
+                    gather: float) -> None:
         """Apply new log settings (reload); the writer reconnects when the address changed."""
         self.target, self.address = target, address
-        self.facility, self.queue_size = facility, queue_size
+        self.facility, self.queue_size, self.gather = facility, queue_size, gather
 
     def start(self) -> None:
         """Start the writer; warn once on stderr when syslog cannot be reached now."""
@@ -186,6 +190,7 @@ class TrafficLog:
         events still waiting, the one the writer held first (an upgrade's new image
         logs them first)."""
         self._queue.put(_STOP)
+        self._hurry.set()
         if self._thread is not None:
             self._thread.join(timeout)
         self._stopping.set()
@@ -206,6 +211,7 @@ class TrafficLog:
         """Flush what is queued for at most `timeout` seconds, then stop the writer; the
         number of lines that syslog did not take in that time (counted as dropped)."""
         self._queue.put(_STOP)
+        self._hurry.set()
         if self._thread is not None:
             self._thread.join(timeout)
         self._stopping.set()
@@ -228,7 +234,20 @@ class TrafficLog:
 
     def _run(self) -> None:
         while True:
-            item = self._queue.get()
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                item = self._queue.get()
+                if item is not _STOP and self.gather:
+                    # Idle until now: the events of the next `gather` seconds come along
+                    # before anything is written. Each wake-up of this thread takes the
+                    # interpreter's lock from the event loop, and at 400 messages a
+                    # second (two lines each) a wake-up per line kept the loop waiting
+                    # for a thread the busy cores had not run yet (BENCHMARKS.md, "p99
+                    # on an independent generator"). The event is held meanwhile, so an
+                    # upgrade's hand_over still finds it; closing cuts the wait short.
+                    self._current = item
+                    self._hurry.wait(self.gather)
             if item is _STOP:
                 return
             name, fields = item
@@ -239,6 +258,7 @@ class TrafficLog:
                         self._others_to_drop -= 1
                         self.dropped += 1
                         self._unreported += 1
+                        self._current = None
                         continue
             self._current = item
             if not self._deliver(format_line(name, fields)):
