@@ -180,7 +180,7 @@ def test_sigusr2_upgrades_the_same(short_tmp):
 def test_an_upgrade_writes_the_line_the_log_held(short_tmp):
     """A line the log was gathering (`log_gather`) when an upgrade began is written once:
     the old image writes what it holds before it hands over."""
-    d, admin_path, port = start(short_tmp, "--log-gather", "3")
+    d, admin_path, port = start(short_tmp, "--log-gather", "1.5")
     c = RawClient(port)
     c.join("held")
     assert "join nick=held" not in d.stderr()
