@@ -64,6 +64,7 @@ def test_lists_booleans_modes_and_addresses():
     ({"max_clients": 5.0}, "bad value for max_clients: 5.0 (expected a whole number)"),
     ({"confirm_timeout": "soon"}, "bad value for confirm_timeout: 'soon' (expected a number)"),
     ({"max_json_depth": 65}, "must be at most 64"),
+    ({"log_gather": -0.5}, "bad value for log_gather: -0.5 (must be at least 0)"),
 ])
 def test_bad_values_are_clear_errors(values, message):
     with pytest.raises(ConfigError) as info:
