@@ -146,6 +146,29 @@ def test_retention_keeps_history_max_per_room(chat, short_tmp):
     del ben
 
 
+
+def test_a_batch_of_many_messages_is_written_once_each_in_order_and_found(short_tmp):
+    """One transaction of 253 messages (more than one INSERT statement's rows), three of
+    them twice (as a node's replay brings them): each kept once, in order, searchable."""
+    from conftest import RecordingLog
+    from tcpchatd.store.history import ROWS_PER_INSERT, HistoryStore, Kept
+    kept = [Kept(f"00000000-0000-4000-8000-{n:012d}", "general", "general", "ann", "ann",
+                 None, 1_000_000.0 + n / 8, f"word{n} common") for n in range(250)]
+    assert len(kept) > 2 * ROWS_PER_INSERT
+    store = HistoryStore(short_tmp, RecordingLog())
+    for item in kept + kept[:3]:  # queued before the writer starts: one batch
+        store.put(item)
+    store.open()
+    try:
+        assert wait_for(lambda: len(rows(short_tmp)) == 250)
+        assert [r[0] for r in rows(short_tmp)] == [k.uuid for k in kept]
+        assert store.written == 250
+        found = store.search("general", "word249", 10).result(5)
+        assert found == [kept[249]]  # every column read back as it was put, the time too
+        assert len(store.search("general", "common", 1000).result(5)) == 250
+    finally:
+        store.close()
+
 # --- the real daemon
 
 def start(daemon_factory, state, *args):

@@ -32,6 +32,12 @@ from typing import Any, NamedTuple, Protocol
 FILE_NAME = "history.sqlite3"
 WRITE_BATCH = 500     # messages in one transaction at most
 WRITE_WAIT = 0.05     # seconds the writer gathers a batch
+# Rows in one INSERT statement: 9 columns x 100 = 900 values, under SQLite's oldest limit
+# on a statement's parameters (999). The sqlite3 module lets go of the interpreter's lock
+# around each step of a statement, and executemany steps once a row: each row made this
+# thread take the lock back from the event loop (BENCHMARKS.md, "p99 on an independent
+# generator"); a statement of many rows is one step.
+ROWS_PER_INSERT = 100
 EXPIRE_EVERY = 60.0   # seconds between two passes of retention
 BUSY_TIMEOUT = 2.0    # seconds SQLite waits on a lock before it says `locked`
 
@@ -241,13 +247,17 @@ class HistoryStore:
         try:
             conn.execute("BEGIN")
             (last,) = conn.execute("SELECT coalesce(max(id), 0) FROM messages").fetchone()
-            cursor = conn.executemany(
-                f"INSERT OR IGNORE INTO messages ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, "
-                "?)", messages)
+            written = 0
+            for start in range(0, len(messages), ROWS_PER_INSERT):
+                rows = messages[start:start + ROWS_PER_INSERT]
+                cursor = conn.execute(
+                    f"INSERT OR IGNORE INTO messages ({COLUMNS}) VALUES "
+                    + ", ".join([_ROW] * len(rows)), [value for row in rows for value in row])
+                written += max(0, cursor.rowcount)
             conn.execute("INSERT INTO messages_fts (rowid, text, room) SELECT id, text, room "
                          "FROM messages WHERE id > ?", (last,))
             conn.execute("COMMIT")
-            self.written += max(0, cursor.rowcount)
+            self.written += written
         except sqlite3.Error as exc:
             self._failed("write", exc, lost=len(messages))
             try:
@@ -365,6 +375,7 @@ class HistoryStore:
 
 
 COLUMNS = "uuid, room, room_name, sender, sender_key, account, at, text, kind"
+_ROW = "(" + ", ".join("?" * len(COLUMNS.split(", "))) + ")"  # one message's values
 
 
 def _iso(moment: float) -> str:
