@@ -73,6 +73,7 @@ class RawClient:
         """True when the server closes the connection within `timeout` (what it still
         sends is drained); False when it keeps the connection open, or keeps sending."""
         deadline = time.monotonic() + timeout
+        kept = self.sock.gettimeout()  # a client that stays open is read on as before
         try:
             while True:
                 remaining = deadline - time.monotonic()
@@ -85,6 +86,8 @@ class RawClient:
             return True
         except TimeoutError:
             return False
+        finally:
+            self.sock.settimeout(kept)
 
     # --- chat
 
