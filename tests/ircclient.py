@@ -55,6 +55,7 @@ class IrcClient:
 
     def closed(self, timeout: float = 5.0) -> bool:
         deadline = time.monotonic() + timeout
+        kept = self.sock.gettimeout()  # a client that stays open is read on as before
         try:
             while time.monotonic() < deadline:
                 self.sock.settimeout(max(0.01, deadline - time.monotonic()))
@@ -65,6 +66,8 @@ class IrcClient:
             return True
         except TimeoutError:
             return False
+        finally:
+            self.sock.settimeout(kept)
         return False
 
     def close(self) -> None:

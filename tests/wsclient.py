@@ -148,6 +148,7 @@ class WsClient:
     def closed(self, timeout: float = 5.0) -> bool:
         """True once the server has closed (its close frame, then the socket's end)."""
         deadline = time.monotonic() + timeout
+        kept = self.sock.gettimeout()  # a client that stays open is read on as before
         try:
             while time.monotonic() < deadline:
                 self.sock.settimeout(max(0.01, deadline - time.monotonic()))
@@ -159,6 +160,8 @@ class WsClient:
             return False
         except (ConnectionResetError, BrokenPipeError):
             return True
+        finally:
+            self.sock.settimeout(kept)
         return False
 
     def close(self) -> None:
