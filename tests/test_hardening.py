@@ -2,6 +2,7 @@
 against an in-process server (issue 10)."""
 
 import socket
+import threading
 import time
 import uuid
 
@@ -377,3 +378,66 @@ def test_a_half_closed_sender_gets_every_receipt_of_a_bulk_confirm(chat):
         sock.close()
         receipts = [u for u in uuids if b'"type":"confirm","uuid":"%s"' % u.encode() in data]
         assert len(receipts) == len(uuids), f"round {round_}"
+
+
+# --- a failure inside the daemon ends one connection, never the loop
+
+def _failing_for(monkeypatch, method: str, nickname: str) -> list:
+    """Session.<method> raises once for `nickname` once armed (append to the list
+    returned)."""
+    from tcpchatd.net.session import Session
+    armed: list = []
+    original = getattr(Session, method)
+
+    def failing(self, *args, **kwargs):
+        if armed and self.nickname == nickname:
+            armed.clear()
+            raise RuntimeError(f"planted failure in {method}")
+        return original(self, *args, **kwargs)
+    monkeypatch.setattr(Session, method, failing)
+    return armed
+
+
+def _ended_by_the_planted_failure(h, victim, method: str) -> None:
+    """The victim's connection is closed; the traceback went to the error log once and
+    never to the peer; nothing else failed."""
+    assert victim.closed(5.0)
+    assert len(h.tracebacks) == 1, h.tracebacks
+    assert "internal error in 127.0.0.1:" in h.tracebacks[0]
+    assert f"RuntimeError: planted failure in {method}" in h.tracebacks[0]
+    h.tracebacks.clear()  # (the fixture's teardown asserts that none is left)
+
+
+def test_a_send_that_fails_ends_that_member_and_the_round_goes_on(chat, monkeypatch):
+    """bob is sent the round's news between alice and carol: his send fails, the others
+    still get the message at once and the room goes on."""
+    h = chat()
+    alice, bob, carol = h.client("alice"), h.client("bob"), h.client("carol")
+    for watcher in (alice, bob):
+        watcher.read_until(lambda f: f.get("nickname") == "carol")
+    armed = _failing_for(monkeypatch, "flush", "bob")
+    armed.append(True)
+    u = alice.say("past bob")
+    assert carol.read_until(lambda f: f.get("uuid") == u)["message"] == "alice: past bob"
+    _ended_by_the_planted_failure(h, bob, "flush")
+    assert_room_still_works(h, carol)
+
+
+def test_a_read_that_fails_ends_that_member_and_the_loop_goes_on(chat, monkeypatch):
+    """bob's bytes and carol's come while the loop is busy, so that one wait for events
+    finds both: bob's read fails, carol's message is still served and delivered."""
+    h = chat()
+    alice, bob, carol = h.client("alice"), h.client("bob"), h.client("carol")
+    alice.read_until(lambda f: f.get("nickname") == "carol")
+    armed = _failing_for(monkeypatch, "readable", "bob")
+    armed.append(True)
+    busy = threading.Event()
+    loop = h.server.engine.loops[0]
+    loop.call_soon(next(iter(loop.connections)), lambda: (busy.set(), time.sleep(0.3)))
+    assert busy.wait(5.0)
+    bob.send_raw(b"x")  # any byte: the read fails before it is looked at
+    u = carol.say("after bob's failure")
+    assert alice.read_until(lambda f: f.get("uuid") == u)["message"] == \
+        "carol: after bob's failure"
+    _ended_by_the_planted_failure(h, bob, "readable")
+    assert_room_still_works(h, alice)

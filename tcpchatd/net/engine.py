@@ -337,9 +337,7 @@ class EventLoop:
                 self._round_chats.pop(channel, None)
                 self._held.pop(channel, None)
             if rounds:  # a broadcast round
-                for conn in subscribers:
-                    if not conn.want_write:
-                        self._guard(conn, conn.flush)
+                self._fan_out(subscribers)
                 for channel, end, _, chats in rounds:
                     self.round_end[channel] = end
                     self._round_chats[channel] = (chats, now, self._hold_after(channel, chats,
@@ -378,18 +376,7 @@ class EventLoop:
             except (OSError, ValueError):
                 return  # closed under us: stopping
             self._sleeping = False
-            for key, mask in events:
-                conn = key.data
-                if conn is None:
-                    try:
-                        os.read(self._wake_read, 4096)
-                    except BlockingIOError:
-                        pass
-                    continue
-                if mask & WRITE:
-                    self._guard(conn, conn.writable)
-                if mask & READ and not conn.closed:
-                    self._guard(conn, conn.readable)
+            self._dispatch(events)
 
     def _serve_reads(self) -> bool:
         """The deferred reads served (serve_later); False if there were none."""
@@ -459,6 +446,47 @@ class EventLoop:
             if subscribers:
                 everyone.update(subscribers)
         return list(everyone)
+
+    def _dispatch(self, events: list[tuple[selectors.SelectorKey, int]]) -> None:
+        """What select() found: each connection's writable() then readable(), and the
+        wake-up pipe emptied. One try around the loop, not a guarded call an event (with
+        receipts a message brings a read from each member): a failure ends that
+        connection alone, as _guard does, and the loop goes on with the next event."""
+        remaining = iter(events)
+        conn = None
+        while True:
+            try:
+                for key, mask in remaining:
+                    conn = key.data
+                    if conn is None:
+                        try:
+                            os.read(self._wake_read, 4096)
+                        except BlockingIOError:
+                            pass
+                        continue
+                    if mask & WRITE:
+                        conn.writable()
+                    if mask & READ and not conn.closed:
+                        conn.readable()
+                return
+            except Exception:
+                if conn is None:  # the wake-up pipe's: the loop's own, as before
+                    raise
+                self._fail(conn)
+
+    def _fan_out(self, subscribers: list[Client]) -> None:
+        """A round's sends: flush() each subscriber not waiting on the kernel already.
+        One try around the loop, as _dispatch, not a guarded call a connection (a round
+        makes 200 and more)."""
+        remaining = iter(subscribers)
+        while True:
+            try:
+                for conn in remaining:
+                    if not conn.want_write:
+                        conn.flush()
+                return
+            except Exception:
+                self._fail(conn)
 
     def _guard(self, conn: Client, method: Callable, *args: Any) -> None:
         """Run a connection's handler; a failure ends that connection only, with its
