@@ -851,7 +851,8 @@ def main(argv=None) -> int:
                                 "and the readers in processes of their own, beside "
                                 "ngircd; rewrites BENCHMARKS.md's section")
     alone.add_argument("--duration", type=float, default=15.0, help="seconds of sending "
-                       "in each run (15: a p99 of 5 s runs rested on ~400 latencies)")
+                       "in each run (15: the p99 of a 5 s run rested on its slowest 20 "
+                       "messages or so)")
     alone.add_argument("--drain", type=float, default=3.0)
     alone.add_argument("--repeats", type=int, default=5, help="rounds of the three "
                        "(5: a median of p99 that one burst of the machine's cannot move)")
