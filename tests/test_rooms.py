@@ -188,6 +188,43 @@ def test_receipts_are_per_room_and_a_part_settles_what_the_member_owed(chat):
     assert h.hall.pending_count() == 0
 
 
+def test_a_member_of_several_rooms_gets_each_room_s_news_once_in_order(chat):
+    """Messages interleaved over a member's three rooms: every one once, with its room,
+    in the order sent; a join in a quiet room is heard beside the chat of another."""
+    h = chat()
+    many = h.client("many")
+    for room in ("r1", "r2", "r3"):
+        many.enter(room)
+    senders = {}
+    for room in ("r1", "r2", "r3"):
+        senders[room] = h.client(f"s{room}")
+        senders[room].enter(room)
+        many.read_until(lambda f, room=room: f.get("event") == "join" and f["room"] == room
+                        and f["nickname"] == f"s{room}")
+    sent = []
+    for n in range(12):  # interleaved over the three rooms, each read before the next
+        room = ("r1", "r2", "r3")[n % 3]
+        u = senders[room].say(f"{room} number {n}", room=room)
+        got = many.read_until(lambda f: f.get("type") == "message")
+        assert (got["uuid"], got["room"]) == (u, room)
+        sent.append(u)
+    late = h.client("late")
+    late.enter("r2")  # a notice alone in r2, while r1 chats
+    u = senders["r1"].say("r1 after the join", room="r1")
+    wanted = {("message", "r1", u), ("system", "r2", "late")}  # (and late's join into
+    heard: set = set()                                         # general, the default room)
+    while not wanted <= heard:
+        f = many.read_until(lambda f: f.get("type") == "message" or f.get("event") == "join")
+        heard.add((f["type"], f["room"], f.get("uuid") or f["nickname"]))
+    assert heard - wanted <= {("system", "general", "late")}
+    many.sock.settimeout(0.5)  # nothing more: no message came twice
+    extra = []
+    with pytest.raises(TimeoutError):
+        while True:
+            extra.append(many.read())
+    assert [f for f in extra if f.get("type") == "message"] == []
+
+
 def test_private_messages_go_between_people_whatever_their_rooms(chat):
     h = chat()
     ann, ben = h.client("ann"), h.client("ben")
