@@ -18,7 +18,7 @@ from .scale import members_text, members_run
 from .history import history_comparison, history_text
 from .logins import logins_comparison, logins_text
 from .loadgen import CONNECTS_IN_FLIGHT, IRC_SERVER_MASK, LoadGenerator, Settings
-from .servers import GroupStats, Ngircd, Tcpchatd, raise_fd_limit
+from .servers import SERVER_CPUS, GroupStats, Ngircd, Tcpchatd, raise_fd_limit
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
@@ -128,12 +128,13 @@ def receipts_for(kind: str) -> bool:
 
 def compare(settings_for, kinds, repeats: int, log,
             runs: dict[str, list] | None = None) -> dict[str, dict]:
-    """Alternate the servers A B A B ..., `repeats` times each; medians (every run's
-    result in `runs`, if given)."""
+    """Alternate the servers A B, B A, A B ..., `repeats` times each (the order turned
+    round every other time: a machine that slows or speeds up over a run favours none);
+    medians (every run's result in `runs`, if given)."""
     runs = {} if runs is None else runs
     runs.update({k: [] for k, _ in kinds})
-    for _ in range(repeats):
-        for kind, extra in kinds:
+    for repeat in range(repeats):
+        for kind, extra in (kinds if repeat % 2 == 0 else kinds[::-1]):
             result = measure(kind.split("/")[0], settings_for(kind), extra)
             result["server"] = kind
             log(json.dumps(result))
@@ -295,6 +296,19 @@ def replace_section(title: str, text: str) -> None:
         fh.write(join_sections(head, sections))
 
 
+def pin(args) -> None:
+    """`--pin`: the generator on the first of this process's CPUs, the servers on the
+    others (servers.SERVER_CPUS), so that neither slows the other by sharing a core."""
+    if not getattr(args, "pin", False):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        raise SystemExit("--pin needs two CPUs at least")
+    SERVER_CPUS.clear()
+    SERVER_CPUS.update(cpus[1:])
+    os.sched_setaffinity(0, {cpus[0]})
+
+
 def rooms_comparison(args, log) -> dict:
     """Issue 25's two measures: the CPU per delivery of a client in 5 rooms of 200 beside
     one room of 200 (with receipts, alternated, medians); the time 10,000 clients take to
@@ -325,6 +339,7 @@ def rooms_comparison(args, log) -> dict:
             joins[kind].append(result["connect_join_s"])
     return {"per_delivery": per_delivery, "joins": joins, "clients": args.scale_clients,
             "repeats": args.repeats, "duration": args.duration, "rate": args.rate,
+            "pin": args.pin,
             "cpu_runs": {kind: [r["cpu_us_per_delivery"] for r in results]
                          for kind, results in runs.items()}}
 
@@ -355,10 +370,13 @@ def rooms_text(found: dict) -> str:
     return "\n".join([
         "## Rooms", "",
         measured(f"python -m bench rooms --repeats {found['repeats']} --duration "
-                 f"{found['duration']:g} --rate {rate:g}") + " Alternated, medians of "
+                 f"{found['duration']:g} --rate {rate:g}" + (" --pin" if found["pin"] else ""))
+        + " Alternated, medians of "
         f"{found['repeats']} (every run's CPU in brackets); with receipts; each sender "
-        "sends to its rooms in turn. The first two rows go as fast as the one-process "
-        "generator allows (a closed loop, window 20); the last two offer the same load "
+        "sends to its rooms in turn." + (" The generator runs on one core, the daemon on "
+                                         "the other (`--pin`)." if found["pin"] else "")
+        + " The first two rows go as fast as the one-process generator allows (a closed "
+        "loop, window 20); the last two offer the same load "
         f"to both ({rate:g} messages a second from each of 20 senders).", "",
         "| run | deliveries/s | CPU µs/delivery | p50 ms | p99 ms | missing |",
         "|---|---|---|---|---|---|", *rows, "",
@@ -793,6 +811,8 @@ def main(argv=None) -> int:
                      help="each client goes straight into its first room (a hello frame)")
     one.add_argument("--server-arg", action="append", default=[], metavar="ARG",
                      help="passed to tcpchatd (repeat: --server-arg=--io-threads --server-arg=1)")
+    one.add_argument("--pin", action="store_true", help="the generator on one core, the "
+                     "server on the other(s): neither slowed by sharing a core")
     run = commands.add_parser("run", help="the whole comparison; writes BENCHMARKS.md")
     tls = commands.add_parser("tls", help="plaintext beside TLS; rewrites BENCHMARKS.md's "
                               "TLS section")
@@ -815,6 +835,8 @@ def main(argv=None) -> int:
     rooms.add_argument("--scale-clients", type=int, default=10_000)
     rooms.add_argument("--rate", type=float, default=60.0, help="messages/s per sender of "
                        "the fixed-rate pair")
+    rooms.add_argument("--pin", action="store_true", help="the generator on one core, the "
+                       "daemon on the other(s): neither slowed by sharing a core")
     hist = commands.add_parser("history", help="CPU per delivery with the lasting history "
                                "on and off, its writer, searches over 1,000,000 messages; "
                                "rewrites BENCHMARKS.md's section")
@@ -904,6 +926,7 @@ def main(argv=None) -> int:
         return 0
     if args.cmd == "rooms":
         raise_fd_limit()
+        pin(args)
         replace_section("Rooms", rooms_text(rooms_comparison(args, print)))
         return 0
     if args.cmd == "upgrade":
@@ -918,6 +941,7 @@ def main(argv=None) -> int:
         replace_tls_section(tls_text(tls_comparison(args, print)))
         return 0
     raise_fd_limit()
+    pin(args)
     result = measure(args.server, Settings(
         port=0, clients=args.clients, senders=args.senders, window=args.window,
         duration=args.duration, rate=args.rate,

@@ -36,6 +36,18 @@ def compile_package() -> None:
     compileall.compile_dir(os.path.dirname(tcpchatd.__file__), quiet=1)
 
 
+# `--pin`: the CPUs the servers run on, apart from the generator's (run.py's pin()). On a
+# machine of two cores the generator and the daemon otherwise share both, and whatever
+# makes the generator busier slows the daemon too (BENCHMARKS.md, "Rooms").
+SERVER_CPUS: set[int] = set()
+
+
+def _pinned() -> None:
+    """In a server's child process before exec: every thread it starts inherits this."""
+    if SERVER_CPUS:
+        os.sched_setaffinity(0, SERVER_CPUS)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -203,7 +215,8 @@ class Tcpchatd(Server):
              # its own state (bans, accounts, history), never the machine's
              *(() if "--state-dir" in self.extra else
                ("--state-dir", os.path.join(self.dir, "state"))), *self.extra],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr)
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=stderr,
+            preexec_fn=_pinned)
         wait_listening(self.port, self.proc)
         return self
 
@@ -248,7 +261,7 @@ class Ngircd(Server):
         os.chmod(self.dir, 0o755)
         self.proc = subprocess.Popen(["ngircd", "--nodaemon", "--config", conf],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+                                     stderr=subprocess.DEVNULL, preexec_fn=_pinned)
         wait_listening(self.port, self.proc)
         return self
 
