@@ -118,7 +118,11 @@ def call(path: str, cmd: str, args: dict | None = None, timeout: float = 10.0) -
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
         sock.settimeout(timeout)
         sock.connect(path)
-        sock.sendall(request(1, cmd, args))
+        try:
+            sock.sendall(request(1, cmd, args))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # a caller refused is told so at once, then closed: the refusal is
+            # still there to read, though the daemon went before taking the request
         line = LineReader(sock, 1 << 24).read_line()
     if line is None:
         raise AdminError(errors.INTERNAL, "the daemon closed the connection without a reply")
