@@ -3,6 +3,7 @@ is driven as its loop drives it (readable, flush, timer); what it sends is the b
 transport took (issue 24: the protocol apart from the transport)."""
 
 import json
+import uuid
 
 from tcpchatd.chat.hall import Hall
 from tcpchatd.cluster.local import LocalBroker
@@ -149,3 +150,45 @@ def test_a_bad_header_is_answered_and_closes():
     ann.flush()
     assert frames(out)[-1]["code"] == "bad_header"
     assert ann.closing
+
+
+def test_members_of_two_rooms_sent_at_different_times_each_get_what_they_are_due():
+    """A round's readers take a room's last joined range without a call (the broadcast
+    log's `latest`): a reader whose range starts or stops elsewhere, or who sent a frame
+    of it, gets its own range instead. Four members of general and dev, flushed at
+    different times between messages in both rooms: each gets every message once, in
+    its room's order, never its own."""
+    server = Server(flood_rate=0)
+    members = {}
+    for nick in ("ann", "ben", "cy", "dee"):
+        conn, out = joined(server, nick)
+        out.feed(frame({"type": "request", "id": "j", "cmd": "join", "room": "dev"}))
+        conn.readable()
+        members[nick] = conn
+    for conn in members.values():
+        conn.flush()
+        frames(conn.transport)
+    ann, ben, cy, dee = members.values()
+
+    def say(conn, text, room):
+        conn.transport.feed(frame({"type": "message", "uuid": str(uuid.uuid4()),
+                                   "message": f"{conn.nickname}: {text}", "room": room}))
+        conn.readable()
+
+    def messages(conn):
+        conn.flush()
+        return [(f["room"], f["message"]) for f in frames(conn.transport)
+                if isinstance(f, dict) and f.get("type") == "message"]
+
+    say(ann, "one", "dev")
+    say(ann, "x", "general")
+    assert messages(ben) == [("general", "ann: x"), ("dev", "ann: one")]
+    assert messages(dee) == [("general", "ann: x"), ("dev", "ann: one")]
+    say(ben, "two", "dev")
+    # dev's range now stops one further than the one joined for ben and dee
+    assert messages(cy) == [("general", "ann: x"), ("dev", "ann: one"), ("dev", "ben: two")]
+    # dee's range stops where cy's did but starts after "one"
+    assert messages(dee) == [("dev", "ben: two")]
+    # ann's range is cy's, but ann sent two of its frames
+    assert messages(ann) == [("dev", "ben: two")]
+    assert messages(ben) == []

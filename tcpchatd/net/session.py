@@ -517,7 +517,11 @@ class Session:
             if sub.cursor >= end:  # (most of a client's rooms have no news in a turn)
                 pass
             elif sub.until is None and not sub.gaps:  # the common case, inline
-                parts.append(log.chunk(sub.cursor, end, self))
+                start, stop, joined, senders = log.latest  # this round's, most often
+                if start == sub.cursor and stop == end and self not in senders:
+                    parts.append(joined)
+                else:
+                    parts.append(log.chunk(sub.cursor, end, self))
                 sub.cursor = end
             else:
                 self._take(channel, sub, end, parts)
