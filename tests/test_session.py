@@ -192,3 +192,52 @@ def test_members_of_two_rooms_sent_at_different_times_each_get_what_they_are_due
     # ann's range is cy's, but ann sent two of its frames
     assert messages(ann) == [("dev", "ben: two")]
     assert messages(ben) == []
+
+
+def test_a_round_sends_its_rooms_news_and_private_frames_and_leaves_the_others_rooms():
+    """A broadcast round flushes its subscribers with its channels (flush(news)): a
+    member's other rooms are not looked at, their news waits for their own round; a
+    private frame goes out with any round, after what every room published before it; a
+    flush of every room (news None) sends all."""
+    server = Server(flood_rate=0)
+    ann, ann_out = joined(server, "ann")
+    ben, ben_out = joined(server, "ben")
+    for conn in (ann, ben):
+        conn.transport.feed(frame({"type": "request", "id": "j", "cmd": "join",
+                                   "room": "dev"}))
+        conn.readable()
+        conn.flush()
+        frames(conn.transport)
+    general, dev = list(ben.subscriptions)
+
+    def say(text, room, to=None):
+        ann_out.feed(frame({"type": "message", "uuid": str(uuid.uuid4()),
+                            "message": f"ann: {text}", "room": room,
+                            **({"to": to} if to else {})}))
+        ann.readable()
+
+    def messages():
+        return [(f.get("room"), f["message"]) for f in frames(ben_out)
+                if isinstance(f, dict) and f.get("type") == "message"]
+
+    say("in general", "general")
+    say("in dev", "dev")
+    ben.flush([dev])
+    assert messages() == [("dev", "ann: in dev")]
+    say("later in general", "general")
+    ben.flush([dev])
+    assert messages() == []
+    say("psst", None, to="ben")
+    say("more dev", "dev")
+    # the private frame goes out with any round, after what every room published before
+    # it (the order ann sent them in); news after it waits for its own room's round
+    say("after psst in general", "general")
+    ben.flush([dev])
+    assert messages() == [("general", "ann: in general"), ("general", "ann: later in general"),
+                          (None, "ann (private): psst"), ("dev", "ann: more dev")]
+    ben.flush([general])
+    assert messages() == [("general", "ann: after psst in general")]
+    say("last in general", "general")
+    say("last in dev", "dev")
+    ben.flush()
+    assert messages() == [("general", "ann: last in general"), ("dev", "ann: last in dev")]

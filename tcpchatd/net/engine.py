@@ -31,7 +31,7 @@ import selectors
 import threading
 import time
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from .broadcastlog import BroadcastLog
@@ -78,7 +78,8 @@ class Client(Protocol):
 
     def writable(self) -> None: ...
 
-    def flush(self) -> None: ...
+    def flush(self, news: Sequence[Channel] | None = None) -> None:
+        """Send what is due (news: of these channels alone, a round's; None: of all)."""
 
     def timer(self, now: float) -> float | None: ...
 
@@ -337,7 +338,7 @@ class EventLoop:
                 self._round_chats.pop(channel, None)
                 self._held.pop(channel, None)
             if rounds:  # a broadcast round
-                self._fan_out(subscribers)
+                self._fan_out(subscribers, [channel for channel, _, _, _ in rounds])
                 for channel, end, _, chats in rounds:
                     self.round_end[channel] = end
                     self._round_chats[channel] = (chats, now, self._hold_after(channel, chats,
@@ -474,16 +475,16 @@ class EventLoop:
                     raise
                 self._fail(conn)
 
-    def _fan_out(self, subscribers: list[Client]) -> None:
-        """A round's sends: flush() each subscriber not waiting on the kernel already.
-        One try around the loop, as _dispatch, not a guarded call a connection (a round
-        makes 200 and more)."""
+    def _fan_out(self, subscribers: list[Client], news: list[Channel]) -> None:
+        """A round's sends: flush() each subscriber not waiting on the kernel already,
+        of the round's channels (news). One try around the loop, as _dispatch, not a
+        guarded call a connection (a round makes 200 and more)."""
         remaining = iter(subscribers)
         while True:
             try:
                 for conn in remaining:
                     if not conn.want_write:
-                        conn.flush()
+                        conn.flush(news)
                 return
             except Exception:
                 self._fail(conn)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from ..chat.accounts import Account
@@ -429,8 +429,10 @@ class Session:
         self.loop.watch(self)
         self.flush()
 
-    def flush(self) -> None:
-        """Send what is due in one non-blocking send; shut down once a close is done."""
+    def flush(self, news: Sequence[Channel] | None = None) -> None:
+        """Send what is due in one non-blocking send; shut down once a close is done.
+        news: a broadcast round's channels; its other rooms are not looked at (their own
+        rounds send their news). None: every room."""
         if self.state == CLOSED:
             return
         if self.state == TLS_HANDSHAKE:  # nothing is sent before the handshake is done
@@ -444,7 +446,7 @@ class Session:
             elif self.want_write:
                 data = b""
             else:
-                data = self._collect()
+                data = self._collect(news)
         if data is None:
             self.release()
             return
@@ -490,8 +492,9 @@ class Session:
                   for channel, sub in subscriptions)
         return due + self.private_bytes + len(self.partial)
 
-    def _collect(self) -> bytes:
-        """Under the lock: the bytes due now, in order; moves the cursors past them."""
+    def _collect(self, news: Sequence[Channel] | None = None) -> bytes:
+        """Under the lock: the bytes due now, in order; moves the cursors past them.
+        news: only these channels' broadcasts (a round's), besides private frames."""
         subscriptions = self.subscriptions
         if self._drop_to is not None:  # disconnected for not reading: skip the backlog,
             # but finish the frame the kernel took a part of (a cut frame would corrupt
@@ -511,7 +514,16 @@ class Session:
         self._private.clear()
         self.private_bytes = 0
         finished = []
-        for channel, sub in subscriptions.items():
+        visit: Iterable[tuple[Channel, Subscription]] = subscriptions.items()
+        if news is not None and len(news) < len(subscriptions):
+            # a member of five rooms need not look at the four without news (a round
+            # comes to each room's own): 45 ns each, at every round of every member
+            visit = []
+            for channel in news:
+                sub = subscriptions.get(channel)
+                if sub is not None:
+                    visit.append((channel, sub))
+        for channel, sub in visit:
             log = channel.log
             end = log.end
             if sub.cursor >= end:  # (most of a client's rooms have no news in a turn)
