@@ -366,6 +366,7 @@ def rooms_text(found: dict) -> str:
 
     def verdict(more: float, what: str) -> str:  # the target is "no more": nothing allowed
         return f"no more {what}(target met)" if more <= 0 else \
+            f"{more:.1%} MORE {what}(target missed)" if more < 0.01 else \
             f"{more:.0%} MORE {what}(target missed)"
     return "\n".join([
         "## Rooms", "",
