@@ -337,8 +337,10 @@ class EventLoop:
                 self.round_end.pop(channel, None)
                 self._round_chats.pop(channel, None)
                 self._held.pop(channel, None)
+            news: list[Channel] = []  # the channels of this turn's round, if it has one
             if rounds:  # a broadcast round
-                self._fan_out(subscribers, [channel for channel, _, _, _ in rounds])
+                news = [channel for channel, _, _, _ in rounds]
+                self._fan_out(subscribers, news)
                 for channel, end, _, chats in rounds:
                     self.round_end[channel] = end
                     self._round_chats[channel] = (chats, now, self._hold_after(channel, chats,
@@ -357,7 +359,7 @@ class EventLoop:
             for conn in ready:
                 self._guard(conn, conn.flush)
             if rounds or ready:
-                self._settle([channel for channel, _, _, _ in rounds])
+                self._settle(news)
             self._fire_timers(now)
             with self._lock:
                 self._sleeping = not (self._incoming or self._ready or self._new_timers
