@@ -262,7 +262,7 @@ def to_history(sections: list[tuple[str, str]], title: str, old: str) -> list[tu
     """Move a replaced section's text into History (its heading one level down)."""
     moved = old.replace("## ", "### ", 1).replace("\n### ", "\n#### ").rstrip("\n")
     heading, _, body = moved.partition("\n")
-    date = re.search(r"Measured (\d{4}-\d\d-\d\d)", body)
+    date = re.search(r"Measured (?:by `[^`]*` on\s+)?(\d{4}-\d\d-\d\d)", body)
     moved = f"{heading}, {date.group(1) if date else 'an earlier run'}\n{body}"
     history = dict(sections).get(HISTORY, f"## {HISTORY}\n\nOlder runs, newest first.\n")
     first, _, rest = history.partition("\n\n")
@@ -598,12 +598,14 @@ def write_report(rows, scale, args) -> None:
                          capture_output=True, text=True).stdout.strip()
     text = f"""# Benchmarks
 
+{INTRO}
+
 Measured by `{' '.join(['python', '-m', 'bench', 'run'] + sys.argv[2:])}` on
 {time.strftime('%Y-%m-%d')}: {os.cpu_count()} cores ({cpu}), Linux {platform.release()},
 Python {platform.python_version()}, tcpchatd and ngircd on loopback, the load generator
 (bench/loadgen.py, one process, selectors) sharing the same cores. Window {args.window}
 unconfirmed messages per sender, {args.duration} s of sending per run, servers
-alternated A B A B, medians of {args.repeats}. tcpchatd runs with `flood_rate = 0` and its
+alternated (A B, then B A), medians of {args.repeats}. tcpchatd runs with `flood_rate = 0` and its
 traffic log written (to /dev/null). `no-confirm`: recipients do not confirm; senders are
 paced by what one observer client has received, exactly as for ngircd (IRC has no receipts).
 `io2`: with receipts, `io_threads = 2` (two event loops) instead of the default one.
@@ -641,16 +643,49 @@ Raw results of every run: bench/results.jsonl.
     head, sections = split_sections(text)
     written = {title for title, _ in sections}
     # what this run does not measure stays (the cluster's, the history); the single node's
-    # last tables go to History
+    # last tables go to History, with what was written of them under the old targets
     kept = [(t, body) for t, body in old_sections if t not in written]
+    title = next(t for t, _ in sections if t.startswith("Targets"))
+    rechecks = ""
+    if title in dict(old_sections):
+        merged, rechecks = merge_targets(dict(sections)[title], dict(old_sections)[title])
+        sections = [(t, merged if t == title else body) for t, body in sections]
     if old_head.strip():
-        kept = to_history(kept, "Single node", "## Single node\n" + old_head.split(
-            "\n", 1)[1])
+        old_run = old_head.split("\n", 1)[1].replace(INTRO, "").strip("\n")
+        kept = to_history(kept, "Single node", f"## Single node\n\n{old_run}\n"
+                          + (f"\n{rechecks}\n" if rechecks else ""))
     at = next(i for i, (t, _) in enumerate(sections) if t.startswith("Targets"))
     sections = sections[:at] + [(t, b) for t, b in kept if t != HISTORY] + sections[at:] + [
         (t, b) for t, b in kept if t == HISTORY]
     with open(path, "w") as fh:
         fh.write(join_sections(head, sections))
+
+
+INTRO = """Each section holds one current run, with its date and the command that reproduces it;
+older runs and rechecks are under "History" at the end, newest first (the bench moves a
+section there when it writes a new one)."""
+
+
+def merge_targets(new: str, old: str) -> tuple[str, str]:
+    """This run's targets section with the rows of the old one that it does not measure
+    kept after its own (the other sections' targets: rooms, the hot path, memory...), and,
+    for History, the old rows it measured again and the old section's text after its
+    table (rechecks of the run it replaces)."""
+    def parts(section: str) -> tuple[list[str], list[str], list[str]]:
+        lines = section.rstrip("\n").split("\n")
+        start = next(i for i, line in enumerate(lines) if line.startswith("|"))
+        end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")),
+                   len(lines))
+        return lines[:start + 2], lines[start + 2:end], lines[end:]
+    head, rows, after = parts(new)
+    _, old_rows, old_after = parts(old)
+    ours = {row.split("|")[1].strip() for row in rows}
+    replaced = [row for row in old_rows if row.split("|")[1].strip() in ours]
+    rows += [row for row in old_rows if row not in replaced]
+    history = "\n\n".join(part for part in ("\n".join(head[-2:] + replaced) if replaced
+                                              else "", "\n".join(old_after).strip("\n"))
+                          if part)
+    return "\n".join(head + rows + after) + "\n", history
 
 
 LIMITS = """## What limits tcpchatd, and what moved it
@@ -667,12 +702,12 @@ LIMITS = """## What limits tcpchatd, and what moved it
   GIL back and forth (a convoy): the `io2` rows pay for it in latency and CPU, and one
   loop is the default. TLS does not change that (the `tls-io2` row): the crypto of a
   small record is short next to the GIL hand-offs around it.
-- **TLS.** About 2 µs more per delivery at saturation (encrypting every send, decrypting
-  every confirm). At 20 senders × 20 msg/s with receipts the TLS run falls behind the
-  offered load (its deliveries/s under the 79,600 offered, p99 above a second): the server
-  and the one-process generator, itself decrypting 80,000 deliveries a second, share two
-  cores. A TLS connection holds an OpenSSL object and its buffers, about 14 KiB more per
-  client at 10,000. Joins over TLS are paced by the generator, which opens and verifies one
+- **TLS.** About twice the CPU per delivery at saturation (encrypting every send,
+  decrypting every confirm). At 20 senders × 20 msg/s with receipts the TLS run keeps up
+  with the offered load, at a p99 of tens of milliseconds (on 2026-12-02 it fell behind,
+  p99 above a second): the server and the one-process generator, itself decrypting 80,000
+  deliveries a second, share two cores. A TLS connection holds an OpenSSL object and its
+  buffers, about 14 KiB more per client at 10,000. Joins over TLS are paced by the generator, which opens and verifies one
   handshake at a time.
 - **Latency at a fixed load is partly the generator's.** At 20 senders × 20 messages/s the
   one-process generator reads about 80,000 deliveries/s from 200 sockets, close to a full
